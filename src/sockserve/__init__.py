@@ -1,0 +1,66 @@
+"""sockserve: a framework for network servers.
+
+A drop-in for the stdlib's ``socketserver`` (``import sockserve as
+socketserver``), made fit for production. This module is the public API: it
+re-exports names from the private modules and lists them in ``__all__``; it
+defines nothing itself.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+from ._base_server import BaseServer as BaseServer
+from ._combos import ThreadingTCPServer as ThreadingTCPServer
+from ._combos import ThreadingUDPServer as ThreadingUDPServer
+from ._combos import ThreadingUnixDatagramServer as ThreadingUnixDatagramServer
+from ._combos import ThreadingUnixStreamServer as ThreadingUnixStreamServer
+from ._errors import SocketPathInUse as SocketPathInUse
+from ._errors import SocketPathNotASocket as SocketPathNotASocket
+from ._errors import SockserveError as SockserveError
+from ._forking import ForkingMixIn as ForkingMixIn
+from ._handlers import BaseRequestHandler as BaseRequestHandler
+from ._handlers import DatagramRequestHandler as DatagramRequestHandler
+from ._handlers import StreamRequestHandler as StreamRequestHandler
+from ._inet_servers import TCPServer as TCPServer
+from ._inet_servers import UDPServer as UDPServer
+from ._threading import ThreadingMixIn as ThreadingMixIn
+from ._unix_servers import UnixDatagramServer as UnixDatagramServer
+from ._unix_servers import UnixStreamServer as UnixStreamServer
+
+__version__ = "0.1.0"
+
+# The stdlib's names first, in the stdlib's order.
+__all__ = [
+    "BaseServer",
+    "TCPServer",
+    "UDPServer",
+    "ThreadingUDPServer",
+    "ThreadingTCPServer",
+    "BaseRequestHandler",
+    "StreamRequestHandler",
+    "DatagramRequestHandler",
+    "ThreadingMixIn",
+    "ThreadingUnixStreamServer",
+    "ThreadingUnixDatagramServer",
+    "UnixStreamServer",
+    "UnixDatagramServer",
+    # sockserve's own
+    "SockserveError",
+    "SocketPathInUse",
+    "SocketPathNotASocket",
+]
+
+if hasattr(_os, "fork"):
+    from ._combos import ForkingTCPServer as ForkingTCPServer
+    from ._combos import ForkingUDPServer as ForkingUDPServer
+    from ._combos import ForkingUnixDatagramServer as ForkingUnixDatagramServer
+    from ._combos import ForkingUnixStreamServer as ForkingUnixStreamServer
+
+    __all__ += [
+        "ForkingMixIn",
+        "ForkingTCPServer",
+        "ForkingUDPServer",
+        "ForkingUnixDatagramServer",
+        "ForkingUnixStreamServer",
+    ]

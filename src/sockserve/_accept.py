@@ -1,0 +1,67 @@
+"""Accept policy: how many requests to take per wake-up, and what to do when
+the process runs out of descriptors.
+
+The stdlib swallows every ``OSError`` from ``get_request()`` and returns to
+``select()``, which reports the listening socket readable again at once: out of
+descriptors, it spins at 100% CPU. Here such errors are logged once per episode
+and the loop backs off, keeping its listening socket, until accepting works
+again; the connection that could not be accepted waits in the kernel backlog
+and is served then.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from typing import Any
+
+from ._log import format_address, logger
+
+# Errors that mean "no resources to accept right now", not "this connection is
+# bad": retrying immediately cannot succeed, retrying later will.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+# Long enough that a process out of descriptors uses no measurable CPU, short
+# enough that service resumes quickly once a descriptor frees up (trio uses 0.1).
+BACKOFF_SECONDS = 0.1
+
+# Upper bound of requests taken per wake-up, so that service_actions() and a
+# pending shutdown() still get their turn under a flood of connections.
+ACCEPT_BATCH = 64
+
+
+class AcceptBackoff:
+    """Tracks one episode of accept failures and decides how loud to be."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self._since = 0.0
+
+    def failed(self, exc: OSError, listen_address: Any) -> bool:
+        """Record ``exc``; True if the caller should back off before retrying."""
+        if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+            logger.debug("accept on %s failed: %s", format_address(listen_address), exc)
+            return False
+        if self.failures == 0:
+            self._since = time.monotonic()
+            logger.error(
+                "cannot accept on %s: %s; backing off %.2fs between tries, "
+                "pending connections wait in the backlog",
+                format_address(listen_address),
+                exc,
+                BACKOFF_SECONDS,
+            )
+        else:
+            logger.debug("accept on %s still failing: %s", format_address(listen_address), exc)
+        self.failures += 1
+        return True
+
+    def succeeded(self, listen_address: Any) -> None:
+        if self.failures:
+            logger.warning(
+                "accepting on %s again after %d failed tries in %.2fs",
+                format_address(listen_address),
+                self.failures,
+                time.monotonic() - self._since,
+            )
+            self.failures = 0

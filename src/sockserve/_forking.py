@@ -1,0 +1,119 @@
+"""ForkingMixIn: a child process per request, with the stdlib's semantics.
+
+Children are reaped in ``service_actions()`` (every turn of the serve loop),
+in ``handle_timeout()`` and in ``server_close()``, as the stdlib does. Two
+things differ, both invisible to working code:
+
+* at ``max_children`` the parent waits for one of *its own* children to exit
+  (through pidfds where the OS has them), where the stdlib's ``waitpid(-1)``
+  could reap, and lose the status of, a child the program forked itself;
+* the cap is also checked before forking, so taking several requests per
+  wake-up can never push the number of children over ``max_children``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from typing import Any
+
+
+def _wait_for_any(pids: set[int]) -> None:
+    """Block until at least one of ``pids`` has exited (it is not reaped here)."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:  # pragma: no cover - not Linux: block on the oldest child
+        os.waitpid(min(pids), 0)
+        return
+    fds = []
+    try:
+        for pid in pids:
+            try:
+                fds.append(pidfd_open(pid))
+            except ProcessLookupError:
+                return  # already reaped elsewhere: a slot is free
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        poller.poll()
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+class ForkingMixIn:
+    """Mix-in class to handle each request in a new process.
+
+    Class variables:
+
+    - timeout: handle_request()'s timeout, so that children get reaped (300 s)
+    - max_children: at most this many children at once (40)
+    - block_on_close: server_close() waits for all children to exit
+    """
+
+    timeout: float | None = 300
+    active_children: set[int] | None = None
+    max_children: int = 40
+    block_on_close: bool = True
+
+    def collect_children(self, *, blocking: bool = False) -> None:
+        """Reap the children that have exited; wait while at max_children."""
+        if self.active_children is None:
+            return
+        while len(self.active_children) >= self.max_children:
+            _wait_for_any(self.active_children)
+            before = len(self.active_children)
+            self._reap(blocking=False)
+            if len(self.active_children) == before:
+                break  # nothing could be reaped (not our children any more)
+        self._reap(blocking=blocking)
+
+    def _reap(self, *, blocking: bool) -> None:
+        assert self.active_children is not None
+        flags = 0 if blocking else os.WNOHANG
+        for pid in self.active_children.copy():
+            try:
+                reaped, _ = os.waitpid(pid, flags)
+            except ChildProcessError:
+                self.active_children.discard(pid)  # reaped by someone else
+                continue
+            except OSError:
+                continue
+            if reaped:
+                self.active_children.discard(pid)
+
+    def handle_timeout(self) -> None:
+        """Reap children when handle_request() times out."""
+        self.collect_children()
+
+    def service_actions(self) -> None:
+        """Reap children once per turn of the serve_forever() loop."""
+        self.collect_children()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Fork a child that handles the request and exits."""
+        if self.active_children is not None and len(self.active_children) >= self.max_children:
+            self.collect_children()
+        pid = os.fork()
+        if pid:
+            if self.active_children is None:
+                self.active_children = set()
+            self.active_children.add(pid)
+            self.close_request(request)  # type: ignore[attr-defined]
+            return
+        # The child: handle the request, then exit without returning into the
+        # parent's loop. os._exit skips atexit handlers that belong to the parent.
+        status = 1
+        try:
+            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            status = 0
+        except Exception:
+            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+        finally:
+            try:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+            finally:
+                os._exit(status)
+
+    def server_close(self) -> None:
+        super().server_close()  # type: ignore[misc]
+        self.collect_children(blocking=self.block_on_close)

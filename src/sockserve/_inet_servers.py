@@ -1,0 +1,155 @@
+"""TCPServer and UDPServer: binding, listening, accepting and receiving.
+
+Beyond the stdlib, an IPv6 address such as ``("::", 0)`` or ``("::1", 8000)``
+works with the plain classes: the family is taken from the address when the
+class keeps the default ``AF_INET``. Binding the IPv6 wildcard ``"::"`` is
+dual-stack (IPv4 clients arrive as ``::ffff:a.b.c.d``) on every platform,
+instead of depending on the ``net.ipv6.bindv6only`` setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._base_server import BaseServer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._handlers import BaseRequestHandler
+
+
+def _family_for(default_family: int, server_address: Any) -> int:
+    """AF_INET6 for an IPv6 address given to a server that kept AF_INET."""
+    if default_family != socket.AF_INET or not isinstance(server_address, tuple):
+        return default_family
+    if len(server_address) == 4:
+        return socket.AF_INET6
+    host = server_address[0] if server_address else None
+    if isinstance(host, (bytes, bytearray)):
+        host = bytes(host).decode("ascii", "replace")
+    if isinstance(host, str) and ":" in host:
+        return socket.AF_INET6
+    return default_family
+
+
+def _is_ipv6_wildcard(server_address: Any) -> bool:
+    host = server_address[0] if isinstance(server_address, tuple) and server_address else None
+    if not isinstance(host, str) or not host:
+        return False
+    try:
+        return ipaddress.IPv6Address(host.split("%", 1)[0]) == ipaddress.IPv6Address("::")
+    except ValueError:
+        return False
+
+
+class TCPServer(BaseServer):
+    """Base class for various socket-based server classes.
+
+    Defaults to synchronous IP stream (i.e., TCP).
+
+    Methods for the caller: as BaseServer, plus ``fileno()``.
+
+    Methods that may be overridden: as BaseServer, plus ``server_bind()``.
+
+    Class variables that may be overridden by derived classes or instances:
+
+    - address_family (AF_INET; an IPv6 address switches the instance to AF_INET6)
+    - socket_type
+    - request_queue_size (only for stream sockets)
+    - allow_reuse_address
+    - allow_reuse_port
+
+    Instance variables:
+
+    - server_address (after binding: the address the kernel chose, e.g. the port for port 0)
+    - RequestHandlerClass
+    - socket
+    """
+
+    address_family: int = socket.AF_INET
+    socket_type: int = socket.SOCK_STREAM
+    # The stdlib's value, kept so the drop-in behaves the same; sockserve's own
+    # production servers ask for a deeper backlog.
+    request_queue_size: int = 5
+    allow_reuse_address: bool = False
+    allow_reuse_port: bool = False
+
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: Callable[[Any, Any, Self], BaseRequestHandler],  # noqa: N803 - stdlib name
+        bind_and_activate: bool = True,
+    ) -> None:
+        super().__init__(server_address, RequestHandlerClass)
+        family = _family_for(self.address_family, server_address)
+        if family != self.address_family:
+            self.address_family = family
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+
+    def server_bind(self) -> None:
+        """Bind the socket; afterwards ``server_address`` is the real address."""
+        inet = self.address_family in (socket.AF_INET, socket.AF_INET6)
+        if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.allow_reuse_port and inet and hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self.address_family == socket.AF_INET6 and _is_ipv6_wildcard(self.server_address):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        self.socket.listen(self.request_queue_size)
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def get_request(self) -> tuple[Any, Any]:
+        return self.socket.accept()
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            # Tell the client we are done before closing, so a reply is not
+            # cut off by a reset when unread input remains.
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the client may have closed already; closing is all that is left
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        request.close()
+
+
+class UDPServer(TCPServer):
+    """UDP server class: each datagram is a request ``(data, socket)``."""
+
+    allow_reuse_address = False
+    socket_type = socket.SOCK_DGRAM
+    max_packet_size = 8192
+
+    def get_request(self) -> tuple[Any, Any]:
+        data, client_address = self.socket.recvfrom(self.max_packet_size)
+        return (data, self.socket), client_address
+
+    def server_activate(self) -> None:
+        """Datagram sockets do not listen."""
+
+    def shutdown_request(self, request: Any) -> None:
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """The socket is shared by all requests: nothing to close."""

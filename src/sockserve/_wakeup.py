@@ -1,0 +1,49 @@
+"""A self-pipe (a socketpair) that lets any thread wake a select() at once.
+
+``shutdown()`` writes one byte here, so ``serve_forever()`` returns without
+waiting for its ``poll_interval`` to run out, as the stdlib's does.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+
+
+class Waker:
+    """Two connected sockets: ``wake()`` makes ``fileno()`` readable."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    def wake(self) -> None:
+        try:
+            self._writer.send(b"\0")
+        except BlockingIOError:
+            pass  # the buffer is full of earlier wake-ups: the reader is awake already
+        except OSError:
+            pass  # closed by the loop that owned it: nobody is left to wake
+
+    def drain(self) -> None:
+        try:
+            while self._reader.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; True if woken early."""
+        # poll() rather than select(): no FD_SETSIZE limit, and unlike epoll it
+        # needs no descriptor of its own, so it works while we are out of them.
+        poller = select.poll()
+        poller.register(self._reader, select.POLLIN)
+        return bool(poller.poll(max(timeout, 0.0) * 1000.0))
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
