@@ -1,0 +1,88 @@
+"""Registry of the servers under test.
+
+Each entry names a script in this directory (run as
+``python3 benchmarks/servers/<module>.py HOST:PORT``, see ``_common.py`` for
+the READY/SKIP/EXIT protocol), the transport it speaks, the server its
+numbers are compared with (``baseline``), and optionally which scenarios
+apply (default: every scenario of its protocol).
+
+To add a server: write ``benchmarks/servers/<module>.py`` (copy
+``sockserve_thread.py``) and add one ``ServerSpec`` line below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+SERVERS_DIR = Path(__file__).resolve().parent
+
+Protocol = Literal["tcp", "udp"]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    module: str
+    protocol: Protocol
+    baseline: str
+    description: str
+    scenarios: tuple[str, ...] | None = None  # None: all scenarios of `protocol`
+    args: tuple[str, ...] = ()
+
+    @property
+    def script(self) -> Path:
+        return SERVERS_DIR / f"{self.module}.py"
+
+
+TCP_BASELINE = "stdlib_thread"
+UDP_BASELINE = "stdlib_thread_udp"
+
+_SPECS = [
+    # --- TCP peers that exist today ---------------------------------------
+    ServerSpec(
+        "stdlib_thread", "stdlib_thread", "tcp", TCP_BASELINE, "socketserver.ThreadingTCPServer + StreamRequestHandler"
+    ),
+    ServerSpec(
+        "stdlib_fork",
+        "stdlib_fork",
+        "tcp",
+        TCP_BASELINE,
+        "socketserver.ForkingTCPServer (stdlib defaults: max_children=40)",
+    ),
+    ServerSpec(
+        "asyncio_streams",
+        "asyncio_streams",
+        "tcp",
+        TCP_BASELINE,
+        "asyncio.start_server, StreamReader.readline / writer.write",
+    ),
+    ServerSpec("asyncio_protocol", "asyncio_protocol", "tcp", TCP_BASELINE, "asyncio.Protocol on loop.create_server"),
+    ServerSpec("uvloop_streams", "uvloop_streams", "tcp", TCP_BASELINE, "asyncio_streams on uvloop"),
+    ServerSpec("uvloop_protocol", "uvloop_protocol", "tcp", TCP_BASELINE, "asyncio_protocol on uvloop"),
+    # --- sockserve ---------------------------------------------------------
+    ServerSpec(
+        "sockserve_thread",
+        "sockserve_thread",
+        "tcp",
+        TCP_BASELINE,
+        "sockserve.ThreadingTCPServer + StreamRequestHandler",
+    ),
+    # e.g. ServerSpec("sockserve_prefork", "sockserve_prefork", "tcp", "stdlib_fork", "...")
+    # --- UDP -----------------------------------------------------------------
+    ServerSpec(
+        "stdlib_thread_udp",
+        "stdlib_thread_udp",
+        "udp",
+        UDP_BASELINE,
+        "socketserver.ThreadingUDPServer, a thread per datagram",
+    ),
+    ServerSpec("stdlib_udp", "stdlib_udp", "udp", UDP_BASELINE, "socketserver.UDPServer, synchronous"),
+    ServerSpec("asyncio_datagram", "asyncio_datagram", "udp", UDP_BASELINE, "asyncio.DatagramProtocol"),
+    ServerSpec("uvloop_datagram", "uvloop_datagram", "udp", UDP_BASELINE, "asyncio.DatagramProtocol on uvloop"),
+]
+
+SERVERS: dict[str, ServerSpec] = {spec.name: spec for spec in _SPECS}
+
+assert all(spec.baseline in SERVERS for spec in _SPECS), "unknown baseline"
