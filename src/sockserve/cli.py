@@ -1,0 +1,111 @@
+"""The ``sockserve`` command: argument parsing, and calls into the library as a
+user's program would. It is also the only place that configures logging.
+
+    sockserve demo                          walk through the four classic examples
+    sockserve echo --listen 127.0.0.1:7000  a real echo server; Ctrl-C or SIGTERM stops it
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from ._combos import ThreadingTCPServer, ThreadingUnixStreamServer
+from ._handlers import BaseRequestHandler
+from ._log import format_address
+
+log = logging.getLogger("sockserve.cli")
+
+
+def parse_listen(value: str) -> tuple[str, Any]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``unix:PATH`` -> (kind, address)."""
+    if value.startswith("unix:"):
+        if not value[5:]:
+            raise argparse.ArgumentTypeError("unix: needs a path, e.g. unix:/tmp/echo.sock")
+        return "unix", value[5:]
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, [V6ADDR]:PORT or unix:PATH, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return "tcp", (host or "0.0.0.0", int(port))
+
+
+class EchoHandler(BaseRequestHandler):
+    """Sends back every byte it receives, until the client closes."""
+
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+def _run_echo(args: argparse.Namespace) -> int:
+    kind, address = args.listen
+    server_class = ThreadingUnixStreamServer if kind == "unix" else ThreadingTCPServer
+    server_class.daemon_threads = True  # Ctrl-C must not wait for idle clients
+    with server_class(address, EchoHandler) as server:
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            # Safe in a signal handler: on the serving thread shutdown() only
+            # sets a flag and wakes the loop, it never waits.
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            server.shutdown()
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            print(f"sockserve echo: listening on {format_address(server.server_address)}", flush=True)
+            server.serve_forever()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    print("sockserve echo: stopped", flush=True)
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    # The examples ship inside the package but live in the repository's examples/.
+    examples = importlib.import_module("sockserve.examples").EXAMPLES
+
+    logging.getLogger().setLevel(logging.DEBUG)
+    for number, (name, summary) in enumerate(examples, 1):
+        print(f"\n=== {number}. {name}: {summary}", flush=True)
+        print(f"    (run it alone: python -m sockserve.examples.{name})\n", flush=True)
+        module = importlib.import_module(f"sockserve.examples.{name}")
+        module.main()
+        sys.stdout.flush()
+    print("\nAll four examples ran; each server was shut down and closed.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sockserve", description="A framework for network servers.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser("demo", help="walk through the four classic SocketServer examples")
+    demo.set_defaults(run=_run_demo)
+    echo = commands.add_parser("echo", help="run an echo server until Ctrl-C or SIGTERM")
+    echo.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=parse_listen("127.0.0.1:7007"),
+        metavar="ADDRESS",
+        help="HOST:PORT, [V6ADDR]:PORT or unix:PATH (default 127.0.0.1:7007; port 0 picks a free one)",
+    )
+    echo.set_defaults(run=_run_echo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
+    return int(args.run(args))
+
+
+def console_main() -> None:
+    """Entry point of the console script."""
+    sys.exit(main())
