@@ -1,0 +1,48 @@
+"""Client-side helpers shared by the tests: every read has a timeout."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+TIMEOUT = 10.0
+
+
+def connect(address: Any, family: int | None = None, timeout: float = TIMEOUT) -> socket.socket:
+    """A connected stream socket to ``address`` (a (host, port) tuple or a Unix path)."""
+    if isinstance(address, (str, bytes)):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(address)
+        return sock
+    host, port = address[0], address[1]
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def recv_line(sock: socket.socket, limit: int = 1 << 20) -> bytes:
+    """Read up to and including b'\\n' (or EOF), failing the test on timeout."""
+    buf = b""
+    while not buf.endswith(b"\n") and len(buf) < limit:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    """Read until the peer closes."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def round_trip(address: Any, payload: bytes = b"hello\n") -> bytes:
+    with connect(address) as sock:
+        sock.sendall(payload)
+        return recv_line(sock)

@@ -1,0 +1,73 @@
+"""The four examples run as a user runs them, and say what the article says."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(args: list[str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=60, check=False, cwd=EXAMPLES.parent
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(params=["script", "module"])
+def how(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run_example(name: str, how: str) -> str:
+    if how == "script":
+        return run([str(EXAMPLES / f"{name}.py")])
+    return run(["-m", f"sockserve.examples.{name}"])
+
+
+def test_logging_echo_shows_the_hooks_in_call_order(how: str) -> None:
+    out = run_example("logging_echo", how)
+    assert "client: response from server: b'Hello, world'" in out
+    hooks = [
+        "EchoServer: verify_request",
+        "EchoServer: process_request",
+        "EchoServer: finish_request",
+        "EchoRequestHandler: __init__",
+        "EchoRequestHandler: setup",
+        "EchoRequestHandler: handle",
+        "EchoRequestHandler: finish",
+        "EchoServer: close_request",
+    ]
+    lines = out.splitlines()
+    positions = [next(i for i, line in enumerate(lines) if line.startswith(h)) for h in hooks]
+    assert positions == sorted(positions), out
+    assert lines.index("EchoServer: server_activate") < positions[0]
+
+
+def test_plain_echo_comes_back(how: str) -> None:
+    out = run_example("echo", how)
+    assert out.splitlines() == ["Sending : 'Hello, world'", "Received: 'Hello, world'"]
+
+
+def test_threaded_reply_names_a_worker_thread(how: str) -> None:
+    out = run_example("threaded_echo", how)
+    loop_thread = re.search(r"Server loop running in thread: (.+)", out).group(1)  # type: ignore[union-attr]
+    worker = re.search(r"Received: '(.+): Hello, world'", out).group(1)  # type: ignore[union-attr]
+    assert worker != loop_thread
+    assert worker.startswith("Thread-")
+
+
+def test_forking_reply_names_a_child_process(how: str) -> None:
+    out = run_example("forking_echo", how)
+    server_pid = int(re.search(r"Server loop running in process: (\d+)", out).group(1))  # type: ignore[union-attr]
+    child_pid = int(re.search(r"Received: '(\d+): Hello, world'", out).group(1))  # type: ignore[union-attr]
+    assert child_pid != server_pid
+    assert child_pid != os.getpid()

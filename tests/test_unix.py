@@ -1,0 +1,119 @@
+"""Unix servers own their socket file: refuse a live one, replace a stale one,
+never touch a non-socket, remove their own on close."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import uuid
+
+import pytest
+
+import sockserve
+from sockserve.testing import running_server
+
+from .helpers import round_trip
+
+
+class LineEcho(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+class DatagramEcho(sockserve.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
+@pytest.mark.parametrize("server_class", [sockserve.UnixStreamServer, sockserve.UnixDatagramServer])
+def test_server_close_removes_the_socket_file(unix_path: str, server_class: type[sockserve.TCPServer]) -> None:
+    server = server_class(unix_path, LineEcho)
+    assert os.path.exists(unix_path)
+    server.server_close()
+    assert not os.path.exists(unix_path)
+
+
+@pytest.mark.parametrize("server_class", [sockserve.UnixStreamServer, sockserve.UnixDatagramServer])
+def test_a_live_server_is_not_taken_over(unix_path: str, server_class: type[sockserve.TCPServer]) -> None:
+    with server_class(unix_path, LineEcho) as live:
+        with pytest.raises(sockserve.SocketPathInUse) as caught:
+            server_class(unix_path, LineEcho)
+        assert isinstance(caught.value, OSError)
+        assert caught.value.errno == errno.EADDRINUSE
+        assert unix_path in str(caught.value)
+        assert os.path.exists(unix_path), "the refused server must not remove the live one's file"
+        if server_class is sockserve.UnixStreamServer:
+            with running_server(live):
+                assert round_trip(unix_path) == b"hello\n"
+
+
+@pytest.mark.parametrize(
+    ("server_class", "kind"),
+    [(sockserve.UnixStreamServer, socket.SOCK_STREAM), (sockserve.UnixDatagramServer, socket.SOCK_DGRAM)],
+)
+def test_a_stale_socket_file_is_replaced(unix_path: str, server_class: type[sockserve.TCPServer], kind: int) -> None:
+    dead = socket.socket(socket.AF_UNIX, kind)
+    dead.bind(unix_path)
+    if kind == socket.SOCK_STREAM:
+        dead.listen()
+    dead.close()  # a crashed server: the file stays, nobody answers
+    assert os.path.exists(unix_path)
+    with server_class(unix_path, LineEcho) as server:
+        assert server.server_address == unix_path
+        if kind == socket.SOCK_STREAM:
+            with running_server(server):
+                assert round_trip(unix_path) == b"hello\n"
+
+
+def test_a_path_that_is_not_a_socket_is_left_alone(unix_path: str) -> None:
+    with open(unix_path, "w") as f:
+        f.write("precious")
+    with pytest.raises(sockserve.SocketPathNotASocket) as caught:
+        sockserve.UnixStreamServer(unix_path, LineEcho)
+    assert isinstance(caught.value, OSError)
+    with open(unix_path) as f:
+        assert f.read() == "precious"
+
+
+def test_a_symlink_to_a_socket_is_not_followed(unix_path: str, short_tmp: str) -> None:
+    with sockserve.UnixStreamServer(os.path.join(short_tmp, "real.sock"), LineEcho):
+        os.symlink(os.path.join(short_tmp, "real.sock"), unix_path)
+        with pytest.raises(sockserve.SocketPathNotASocket):
+            sockserve.UnixStreamServer(unix_path, LineEcho)
+        assert os.path.islink(unix_path)
+
+
+def test_a_replaced_file_is_not_removed_by_the_old_server(unix_path: str) -> None:
+    old = sockserve.UnixStreamServer(unix_path, LineEcho)
+    try:
+        os.unlink(unix_path)  # someone removed it and a new server took the path
+        with sockserve.UnixStreamServer(unix_path, LineEcho) as new:
+            old.server_close()
+            assert os.path.exists(unix_path), "the old server removed the new server's file"
+            with running_server(new):
+                assert round_trip(unix_path) == b"hello\n"
+    finally:
+        old.server_close()
+    assert not os.path.exists(unix_path)
+
+
+def test_a_forked_child_closing_the_server_keeps_the_file(unix_path: str) -> None:
+    with sockserve.UnixStreamServer(unix_path, LineEcho) as server:
+        pid = os.fork()
+        if pid == 0:  # the child closes its copy, as a prefork worker would
+            status = 1
+            try:
+                server.server_close()
+                status = 0
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.path.exists(unix_path)
+
+
+def test_abstract_namespace_addresses_have_no_file() -> None:
+    name = f"\0sockserve-test-{uuid.uuid4().hex}"
+    with running_server(sockserve.ThreadingUnixStreamServer(name, LineEcho)) as server:
+        assert round_trip(server.server_address) == b"hello\n"
