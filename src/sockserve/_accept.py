@@ -45,8 +45,7 @@ class AcceptBackoff:
         if self.failures == 0:
             self._since = time.monotonic()
             logger.error(
-                "cannot accept on %s: %s; backing off %.2fs between tries, "
-                "pending connections wait in the backlog",
+                "cannot accept on %s: %s; backing off %.2fs between tries, pending connections wait in the backlog",
                 format_address(listen_address),
                 exc,
                 BACKOFF_SECONDS,

@@ -271,9 +271,7 @@ class BaseServer:
         Called inside the ``except`` block, so ``sys.exc_info()`` is the error.
         Logs it with its traceback on the ``sockserve`` logger; the server goes on.
         """
-        logger.error(
-            "exception while handling a request from %s", format_address(client_address), exc_info=True
-        )
+        logger.error("exception while handling a request from %s", format_address(client_address), exc_info=True)
 
     def __enter__(self) -> Self:
         return self
