@@ -2,9 +2,14 @@
 
 The tree::
 
-    SockserveError                      base of everything below
-    ├── SocketPathInUse (OSError)       a Unix socket path has a live server on it
-    └── SocketPathNotASocket (OSError)  a Unix socket path exists and is not a socket
+    SockserveError                          base of everything below
+    ├── SocketPathInUse (OSError)           a Unix socket path has a live server on it
+    ├── SocketPathNotASocket (OSError)      a Unix socket path exists and is not a socket
+    └── LimitExceeded                       a limit that protects the server fired
+        ├── ConnectionLimitReached          too many connections (from one client)
+        ├── LineTooLong (ValueError)        a line longer than the reader's cap
+        ├── IdleTimeoutExpired (TimeoutError)     the client sent nothing for too long
+        └── ConnectionDeadlineExceeded (TimeoutError)  the connection lasted too long in all
 
 Each class subclasses what callers of the stdlib already catch (``OSError`` for
 bind failures), so code written for ``socketserver`` keeps working, and says in
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 __all__ = ["SocketPathInUse", "SocketPathNotASocket", "SockserveError"]
 
@@ -50,4 +56,54 @@ class SocketPathNotASocket(SockserveError, OSError):
             errno.EEXIST,
             f"{os.fsdecode(path)!r} exists and is not a socket; refusing to replace it",
             os.fsdecode(path),
+        )
+
+
+def _client(client_address: Any) -> str:
+    from ._log import format_address  # late: _log must not import the errors' dependents
+
+    return "" if client_address is None else f" from {format_address(client_address)}"
+
+
+class LimitExceeded(SockserveError):
+    """A limit that protects the server fired. ``limit`` is its value and
+    ``client_address`` the client it fired for (None when not known)."""
+
+    def __init__(self, message: str, limit: float, client_address: Any = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.client_address = client_address
+
+
+class ConnectionLimitReached(LimitExceeded):
+    """A new connection was refused: the server, or this client's address,
+    already has ``limit`` connections open."""
+
+    def __init__(self, limit: int, client_address: Any = None, *, per_ip: bool = False) -> None:
+        scope = "max_connections_per_ip" if per_ip else "max_connections"
+        super().__init__(f"connection refused{_client(client_address)}: {scope}={limit} reached", limit, client_address)
+        self.per_ip = per_ip
+
+
+class LineTooLong(LimitExceeded, ValueError):
+    """A line did not end within ``limit`` bytes. The reader does not buffer
+    past the limit, so an endless line cannot exhaust memory."""
+
+    def __init__(self, limit: int, client_address: Any = None) -> None:
+        super().__init__(f"line longer than {limit} bytes{_client(client_address)}", limit, client_address)
+
+
+class IdleTimeoutExpired(LimitExceeded, TimeoutError):
+    """The client sent nothing for ``limit`` seconds while the handler waited for it."""
+
+    def __init__(self, limit: float, client_address: Any = None) -> None:
+        super().__init__(f"idle timeout ({limit:g}s) expired{_client(client_address)}", limit, client_address)
+
+
+class ConnectionDeadlineExceeded(LimitExceeded, TimeoutError):
+    """The connection was open for longer than ``limit`` seconds in all."""
+
+    def __init__(self, limit: float, client_address: Any = None) -> None:
+        super().__init__(
+            f"connection deadline ({limit:g}s) exceeded{_client(client_address)}", limit, client_address
         )
