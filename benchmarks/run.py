@@ -1,0 +1,513 @@
+#!/usr/bin/env python3
+"""Run the sockserve benchmarks: every selected server, every scenario, side by side.
+
+    python3 benchmarks/run.py                      # everything, default settings
+    python3 benchmarks/run.py --servers stdlib_thread,asyncio_streams \\
+        --scenarios pingpong_1x64 --duration 5 --repeat 5
+    python3 benchmarks/run.py --list
+
+Each measurement starts a fresh server pinned to CPU 0 (taskset) and runs
+loadgen pinned to CPU 1, then stops the server (SIGTERM, then SIGKILL to its
+process group).  Every (server, scenario) pair is measured --repeat times,
+round-robin, and the median and min-max spread are reported.  See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness import (
+    RAW_DIR,
+    RESULTS_DIR,
+    LoadgenArgs,
+    ServerFailed,
+    ServerProcess,
+    ServerSkipped,
+    build_loadgen,
+    machine_info,
+    run_loadgen,
+)
+from procstat import MemorySampler, cpu_busy_pct, cpu_times, main_hwm_kib, tree_cpu_s
+from servers import SERVERS, ServerSpec
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    protocol: str  # "tcp" | "udp"
+    loadgen: str  # loadgen --scenario
+    connections: int
+    size: int
+    headline: str  # what the scenario is for
+    timeout_ms: float = 5000
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("pingpong_1x64", "tcp", "pingpong", 1, 64,
+                 "latency: 1 connection, 64 B ping-pong (p50/p99)"),
+        Scenario("pingpong_50x1k", "tcp", "pingpong", 50, 1024,
+                 "throughput: 50 connections, 1 KiB ping-pong (requests/s)"),
+        Scenario("connect_20", "tcp", "connect", 20, 64,
+                 "connection per request, 20 in flight (connections/s)"),
+        Scenario("hold_1000", "tcp", "hold", 1000, 64,
+                 "1000 concurrent connections held open, then ping-pong over all"),
+        Scenario("udp_64", "udp", "udp", 10, 64,
+                 "UDP: 10 clients, 64 B datagram echo (no reply in 1 s = lost)", timeout_ms=1000),
+    ]
+}  # fmt: skip
+
+
+def applies(spec: ServerSpec, scenario: Scenario) -> bool:
+    if spec.scenarios is not None:
+        return scenario.name in spec.scenarios
+    return spec.protocol == scenario.protocol
+
+
+def parse_list(text: str, known: dict[str, Any], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return names
+
+
+@dataclass
+class Settings:
+    duration: float
+    warmup: float
+    repeat: int
+    hold_timeout: float
+    server_cpu: int | None
+    loadgen_cpu: int | None
+    sample_interval: float
+    python: str
+
+
+def measure(spec: ServerSpec, scenario: Scenario, rep: int, st: Settings, log_dir: Path) -> dict[str, Any]:
+    """One measurement: fresh server, one loadgen run, server stopped."""
+    record: dict[str, Any] = {"server": spec.name, "scenario": scenario.name, "repeat": rep}
+    server = ServerProcess(
+        spec,
+        st.python,
+        cpu=st.server_cpu,
+        stderr_path=log_dir / f"{spec.name}.{scenario.name}.{rep}.stderr",
+    )
+    sampler: MemorySampler | None = None
+    t0 = time.monotonic()
+    record["loadavg_1min"] = os.getloadavg()[0]
+    try:
+        server.start()
+        sampler = MemorySampler(server.pid, st.sample_interval)
+        sampler.start()
+        cpu_marks: dict[str, float] = {}
+        core_marks: dict[str, dict[int, tuple[int, int]]] = {}
+        lock = threading.Lock()
+
+        def on_phase(phase: str) -> None:
+            if phase in ("measure", "done"):
+                value, cores = tree_cpu_s(server.pid), cpu_times()
+                with lock:
+                    cpu_marks[phase] = value
+                    core_marks[phase] = cores
+
+        args = LoadgenArgs(
+            scenario=scenario.loadgen,
+            connections=scenario.connections,
+            size=scenario.size,
+            duration=st.duration,
+            warmup=st.warmup,
+            timeout_ms=scenario.timeout_ms,
+            hold_timeout=st.hold_timeout,
+        )
+        lg = run_loadgen(args, server.port, cpu=st.loadgen_cpu, on_phase=on_phase)
+        record["loadgen"] = lg
+        sampler.sample_now()
+        record["hwm_main_kib"] = main_hwm_kib(server.pid)
+        if not server.alive():
+            raise ServerFailed("server died during the run")
+        with lock:
+            if "measure" in cpu_marks and "done" in cpu_marks:
+                cpu = cpu_marks["done"] - cpu_marks["measure"]
+                record["server_cpu_s"] = cpu
+                record["server_cpu_pct"] = 100 * cpu / max(lg["duration_s"], 1e-9)
+                if lg["requests"]:
+                    record["server_cpu_us_per_req"] = 1e6 * cpu / lg["requests"]
+                # whole-CPU view (includes softirq work and anything else running)
+                busy = cpu_busy_pct(core_marks["measure"], core_marks["done"])
+                record["cpu_busy_pct"] = {str(k): round(v, 1) for k, v in busy.items()}
+                if st.loadgen_cpu is not None:
+                    record["loadgen_core_busy_pct"] = busy.get(st.loadgen_cpu)
+                if st.server_cpu is not None:
+                    record["server_core_busy_pct"] = busy.get(st.server_cpu)
+        record["loadgen_cpu_pct"] = 100 * lg["loadgen_cpu_s"] / max(lg["wall_s"], 1e-9)
+        record["status"] = "ok"
+    except ServerSkipped as exc:
+        record.update(status="skipped", reason=str(exc))
+    except Exception as exc:  # one failed run must not stop the suite
+        record.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+    finally:
+        if sampler is not None:
+            peaks = sampler.stop()
+            record["memory_peaks_kib"] = asdict(peaks)
+        exit_info = server.stop()
+        record["server_exit"] = asdict(exit_info)
+        record["wall_s"] = time.monotonic() - t0
+        record["loadavg_1min"] = max(record["loadavg_1min"], os.getloadavg()[0])
+    return record
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if r["status"] == "ok"]
+    agg: dict[str, Any] = {"runs": len(runs), "ok": len(ok)}
+    failed = [r for r in runs if r["status"] == "failed"]
+    if failed:
+        agg["failures"] = sorted({r["reason"] for r in failed})
+    if not ok:
+        return agg
+
+    def series(get: Any) -> list[float]:
+        values = []
+        for r in ok:
+            try:
+                v = get(r)
+            except KeyError:
+                continue
+            if v is not None:
+                values.append(float(v))
+        return values
+
+    def stats(values: list[float]) -> dict[str, float] | None:
+        if not values:
+            return None
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    agg["requests_per_s"] = stats(series(lambda r: r["loadgen"]["requests_per_s"]))
+    for p in ("p50", "p90", "p99", "max"):
+        agg[f"latency_{p}_us"] = stats(series(lambda r, p=p: r["loadgen"]["latency_us"][p]))
+    agg["server_cpu_pct"] = stats(series(lambda r: r.get("server_cpu_pct")))
+    agg["server_cpu_us_per_req"] = stats(series(lambda r: r.get("server_cpu_us_per_req")))
+    agg["peak_pss_mib"] = stats(series(lambda r: r["memory_peaks_kib"]["pss_kib"] / 1024))
+    agg["peak_rss_mib"] = stats(series(lambda r: r["memory_peaks_kib"]["hwm_kib"] / 1024))
+    agg["loadgen_cpu_pct"] = stats(series(lambda r: r.get("loadgen_cpu_pct")))
+    agg["loadgen_core_busy_pct"] = stats(series(lambda r: r.get("loadgen_core_busy_pct")))
+    agg["server_core_busy_pct"] = stats(series(lambda r: r.get("server_core_busy_pct")))
+    agg["loadavg_max"] = max(r.get("loadavg_1min", 0.0) for r in ok)
+    agg["max_processes"] = max(r["memory_peaks_kib"]["processes"] for r in ok)
+    agg["max_threads"] = max(r["memory_peaks_kib"]["threads"] for r in ok)
+    errors: dict[str, int] = {}
+    for r in ok:
+        for kind, n in r["loadgen"]["errors"].items():
+            errors[kind] = errors.get(kind, 0) + n
+    agg["errors"] = errors
+    setups = [r["loadgen"]["setup"] for r in ok if "setup" in r["loadgen"]]
+    if setups:
+        key = "round_answered" if "round_answered" in setups[0] else "answered"
+        agg["connections_ok_min"] = min(s[key] for s in setups)
+        agg["connections_target"] = setups[0]["target"]
+        agg["setup_s"] = stats([s["setup_s"] + s.get("round_s", 0.0) for s in setups])
+    agg["unclean_exits"] = sum(1 for r in ok if not r["server_exit"]["clean"])
+    agg["stderr_lines"] = sum(r["server_exit"]["stderr_lines"] for r in ok)
+    heads = [r["server_exit"]["stderr_head"] for r in ok if r["server_exit"]["stderr_head"]]
+    if heads:
+        agg["stderr_example"] = heads[0]
+    return agg
+
+
+# --------------------------------------------------------------------------- output
+
+
+def fmt_num(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def fmt_stat(s: dict[str, float] | None, spread: bool = False) -> str:
+    if not s:
+        return "-"
+    text = fmt_num(s["median"])
+    if spread:
+        text += f" ({fmt_num(s['min'])}-{fmt_num(s['max'])})"
+    return text
+
+
+def fmt_errors(errors: dict[str, int]) -> str:
+    total = sum(errors.values())
+    if not total:
+        return "0"
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1]))
+    return f"{total} ({kinds})"
+
+
+def scenario_table(
+    scenario: Scenario,
+    names: list[str],
+    summary: dict[str, dict[str, Any]],
+    skipped: dict[str, str],
+) -> list[str]:
+    unit = "conn/s" if scenario.loadgen == "connect" else "req/s"
+    with_conns = scenario.loadgen in ("pingpong", "hold") and scenario.connections > 1
+    head = ["server", "baseline", f"{unit} median (min-max)", "ratio", "p50 µs", "p99 µs"]
+    if with_conns:
+        head.append("conns ok")
+    head += [
+        "srv CPU %",
+        "srv CPU µs/req",
+        "peak RSS MiB",
+        "peak PSS MiB",
+        "loadgen CPU % / core busy %",
+        "errors",
+    ]
+    lines = [
+        f"### {scenario.name}: {scenario.headline}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for name in names:
+        spec = SERVERS[name]
+        if not applies(spec, scenario):
+            continue
+        if name in skipped:
+            row = [name, spec.baseline, f"skipped: {skipped[name]}"] + [""] * (len(head) - 3)
+            lines.append("| " + " | ".join(row) + " |")
+            continue
+        agg = summary.get(name)
+        if agg is None:
+            continue
+        if not agg.get("requests_per_s"):
+            reason = "; ".join(agg.get("failures", ["no successful run"]))
+            row = [name, spec.baseline, f"failed: {reason}"[:200]] + [""] * (len(head) - 3)
+            lines.append("| " + " | ".join(row) + " |")
+            continue
+        base = summary.get(spec.baseline, {}).get("requests_per_s")
+        ratio = f"{agg['requests_per_s']['median'] / base['median']:.2f}x" if base else "n/a"
+        row = [
+            name,
+            spec.baseline,
+            fmt_stat(agg["requests_per_s"], spread=True),
+            ratio,
+            fmt_stat(agg["latency_p50_us"]),
+            fmt_stat(agg["latency_p99_us"]),
+        ]
+        if with_conns:
+            row.append(f"{agg.get('connections_ok_min', '-')}/{agg.get('connections_target', '-')}")
+        row += [
+            fmt_stat(agg["server_cpu_pct"]),
+            fmt_stat(agg["server_cpu_us_per_req"]),
+            fmt_stat(agg["peak_rss_mib"]),
+            fmt_stat(agg["peak_pss_mib"]),
+            f"{fmt_stat(agg['loadgen_cpu_pct'])} / {fmt_stat(agg['loadgen_core_busy_pct'])}",
+            fmt_errors(agg["errors"]),
+        ]
+        if agg["ok"] < agg["runs"]:
+            row[2] += f" [{agg['runs'] - agg['ok']} of {agg['runs']} runs failed]"
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    meta, st = report["meta"], report["settings"]
+    out = [
+        "# sockserve benchmarks",
+        "",
+        f"- date: {meta['date']}",
+        f"- machine: `{meta['machine']['uname']}`",
+        f"- CPU: {meta['machine']['cpu_model']}, nproc {meta['machine']['nproc']}",
+        f"- Python: {meta['machine']['python']} ({st['python']})",
+        f"- command: `{meta['command']}`",
+        f"- settings: duration {st['duration']} s, warmup {st['warmup']} s, "
+        f"repeat {st['repeat']} (median, spread min-max), server on CPU {st['server_cpu']}, "
+        f"loadgen on CPU {st['loadgen_cpu']}, memory sampled every {st['sample_interval']} s",
+        f"- total wall time: {meta['wall_s']:.0f} s; 1-min load average during the runs: "
+        f"{meta['loadavg_min']:.1f}-{meta['loadavg_max']:.1f} (other work on this machine "
+        "disturbs wall-clock numbers)",
+        "",
+        "ratio = median req/s ÷ the median req/s of the server in the `baseline` column "
+        "(higher is better). p50/p99 = medians over the repeats. srv CPU = user+system time "
+        "of the server's process tree during the measured window (100 % = one core). "
+        "peak RSS = max over samples of Σ VmHWM over the tree (counts shared pages once per "
+        "process); peak PSS = max over samples of Σ Pss (shared pages split between sharers). "
+        "loadgen CPU % = loadgen's own CPU time ÷ its wall time; core busy % = how busy "
+        "loadgen's core was during the measured window (well below 100 % means loadgen was "
+        "not the bottleneck). "
+        "Wall-clock numbers vary 30-40 % between runs on this machine: compare within one table, "
+        "and use callgrind.py for small differences.",
+        "",
+    ]
+    names = report["server_order"]
+    for name in report["scenario_order"]:
+        out += scenario_table(SCENARIOS[name], names, report["summary"].get(name, {}), report["skipped"])
+    notes = []
+    for scen, per_server in report["summary"].items():
+        for name, agg in per_server.items():
+            if agg.get("stderr_lines"):
+                notes.append(
+                    f"- {name} / {scen}: {agg['stderr_lines']} stderr lines over the repeats, "
+                    f"e.g. `{agg.get('stderr_example', '')}`"
+                )
+            if agg.get("unclean_exits"):
+                notes.append(
+                    f"- {name} / {scen}: {agg['unclean_exits']} run(s) did not exit cleanly on SIGTERM (killed)"
+                )
+    if notes:
+        out += ["Notes:", "", *notes, ""]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated server names (default: all)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated scenarios (default: all)")
+    ap.add_argument("--duration", type=float, default=3.0, help="measured seconds per run (default 3)")
+    ap.add_argument("--warmup", type=float, default=0.5, help="warmup seconds per run (default 0.5)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per server and scenario (default 3)")
+    ap.add_argument(
+        "--hold-timeout",
+        type=float,
+        default=5.0,
+        help="seconds allowed for opening the connections (and hold's first round)",
+    )
+    ap.add_argument(
+        "--no-baselines", action="store_true", help="do not add the baseline of each selected server automatically"
+    )
+    ap.add_argument("--no-pin", action="store_true", help="do not pin server and loadgen to CPUs")
+    ap.add_argument("--server-cpu", type=int, default=0)
+    ap.add_argument("--loadgen-cpu", type=int, default=1)
+    ap.add_argument("--sample-interval", type=float, default=0.1, help="memory sampling period, s")
+    ap.add_argument("--python", default=sys.executable, help="interpreter for the servers")
+    ap.add_argument("--latest", action="store_true", help="also write results/latest.md and results/latest.json")
+    ap.add_argument("--list", action="store_true", help="list servers and scenarios and exit")
+    opts = ap.parse_args(argv)
+
+    if opts.list:
+        for spec in SERVERS.values():
+            print(f"{spec.name:20} {spec.protocol}  baseline={spec.baseline:18} {spec.description}")
+        print()
+        for sc in SCENARIOS.values():
+            print(f"{sc.name:16} {sc.protocol}  {sc.headline}")
+        return 0
+    if opts.repeat < 1 or opts.duration <= 0:
+        ap.error("--repeat must be >= 1 and --duration > 0")
+
+    server_names = parse_list(opts.servers, SERVERS, "server")
+    scenario_names = parse_list(opts.scenarios, SCENARIOS, "scenario")
+    if not opts.no_baselines:
+        for name in list(server_names):
+            base = SERVERS[name].baseline
+            if base not in server_names:
+                server_names.insert(0, base)
+    # keep registry order, for stable tables
+    server_names = [n for n in SERVERS if n in server_names]
+
+    pin = not opts.no_pin and (os.cpu_count() or 1) >= 2
+    if not opts.no_pin and not pin:
+        print("warning: fewer than 2 CPUs, not pinning", file=sys.stderr)
+    st = Settings(
+        duration=opts.duration,
+        warmup=opts.warmup,
+        repeat=opts.repeat,
+        hold_timeout=opts.hold_timeout,
+        server_cpu=opts.server_cpu if pin else None,
+        loadgen_cpu=opts.loadgen_cpu if pin else None,
+        sample_interval=opts.sample_interval,
+        python=opts.python,
+    )
+    if pin:
+        # the harness itself (memory sampler, bookkeeping) stays off the server's CPU
+        os.sched_setaffinity(0, {opts.loadgen_cpu})
+
+    build_loadgen()
+    started = time.monotonic()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = RAW_DIR / f"{stamp}-logs"
+
+    plan = [
+        (rep, SCENARIOS[sc], SERVERS[name])
+        for rep in range(opts.repeat)
+        for sc in scenario_names
+        for name in server_names
+        if applies(SERVERS[name], SCENARIOS[sc])
+    ]
+    runs: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for i, (rep, scenario, spec) in enumerate(plan, 1):
+        if spec.name in skipped:
+            continue
+        record = measure(spec, scenario, rep, st, log_dir)
+        runs.append(record)
+        if record["status"] == "skipped":
+            skipped[spec.name] = record["reason"]
+            print(f"[{i}/{len(plan)}] {spec.name}: skipped ({record['reason']})", file=sys.stderr)
+            continue
+        if record["status"] == "ok":
+            lg = record["loadgen"]
+            msg = (
+                f"{lg['requests_per_s']:>10,.0f} req/s  p50 {lg['latency_us']['p50']:>8.1f} µs  "
+                f"p99 {lg['latency_us']['p99']:>9.1f} µs  errors {lg['errors_total']}"
+            )
+        else:
+            msg = f"FAILED: {record['reason']}"
+        print(f"[{i}/{len(plan)}] {scenario.name:15} {spec.name:18} #{rep + 1}: {msg}", file=sys.stderr)
+
+    summary: dict[str, dict[str, Any]] = {}
+    for sc in scenario_names:
+        for name in server_names:
+            these = [r for r in runs if r["scenario"] == sc and r["server"] == name]
+            if these and name not in skipped:
+                summary.setdefault(sc, {})[name] = aggregate(these)
+
+    report = {
+        "meta": {
+            "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": machine_info(),
+            "command": shlex.join(["python3", *sys.argv]),
+            "wall_s": time.monotonic() - started,
+            "loadavg_min": min((r["loadavg_1min"] for r in runs), default=0.0),
+            "loadavg_max": max((r["loadavg_1min"] for r in runs), default=0.0),
+        },
+        "settings": asdict(st),
+        "scenarios": {n: asdict(SCENARIOS[n]) for n in scenario_names},
+        "servers": {n: asdict(SERVERS[n]) for n in server_names},
+        "server_order": server_names,
+        "scenario_order": scenario_names,
+        "skipped": skipped,
+        "summary": summary,
+        "runs": runs,
+    }
+    markdown = render_markdown(report)
+    RAW_DIR.mkdir(parents=True, exist_ok=True)
+    json_path = RAW_DIR / f"{stamp}.json"
+    json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (RAW_DIR / f"{stamp}.md").write_text(markdown + "\n")
+    if opts.latest:
+        (RESULTS_DIR / "latest.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        (RESULTS_DIR / "latest.md").write_text(markdown + "\n")
+    print(markdown)
+    print(f"raw results: {json_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
