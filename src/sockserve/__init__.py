@@ -15,6 +15,17 @@ from ._combos import ThreadingTCPServer as ThreadingTCPServer
 from ._combos import ThreadingUDPServer as ThreadingUDPServer
 from ._combos import ThreadingUnixDatagramServer as ThreadingUnixDatagramServer
 from ._combos import ThreadingUnixStreamServer as ThreadingUnixStreamServer
+from ._combos import ThreadPoolTCPServer as ThreadPoolTCPServer
+from ._combos import ThreadPoolUDPServer as ThreadPoolUDPServer
+from ._combos import ThreadPoolUnixDatagramServer as ThreadPoolUnixDatagramServer
+from ._combos import ThreadPoolUnixStreamServer as ThreadPoolUnixStreamServer
+from ._drain import DEFAULT_GRACE as DEFAULT_GRACE
+from ._drain import DrainReport as DrainReport
+from ._errors import ConnectionDeadlineExceeded as ConnectionDeadlineExceeded
+from ._errors import ConnectionLimitReached as ConnectionLimitReached
+from ._errors import IdleTimeoutExpired as IdleTimeoutExpired
+from ._errors import LimitExceeded as LimitExceeded
+from ._errors import LineTooLong as LineTooLong
 from ._errors import SocketPathInUse as SocketPathInUse
 from ._errors import SocketPathNotASocket as SocketPathNotASocket
 from ._errors import SockserveError as SockserveError
@@ -24,6 +35,10 @@ from ._handlers import DatagramRequestHandler as DatagramRequestHandler
 from ._handlers import StreamRequestHandler as StreamRequestHandler
 from ._inet_servers import TCPServer as TCPServer
 from ._inet_servers import UDPServer as UDPServer
+from ._limits import Limits as Limits
+from ._pool import ThreadPoolMixIn as ThreadPoolMixIn
+from ._pool import WorkerPool as WorkerPool
+from ._serve import serve as serve
 from ._threading import ThreadingMixIn as ThreadingMixIn
 from ._unix_servers import UnixDatagramServer as UnixDatagramServer
 from ._unix_servers import UnixStreamServer as UnixStreamServer
@@ -46,7 +61,22 @@ __all__ = [
     "UnixStreamServer",
     "UnixDatagramServer",
     # sockserve's own
+    "DEFAULT_GRACE",
+    "ConnectionDeadlineExceeded",
+    "ConnectionLimitReached",
+    "DrainReport",
+    "IdleTimeoutExpired",
+    "LimitExceeded",
+    "Limits",
+    "LineTooLong",
+    "ThreadPoolMixIn",
+    "ThreadPoolTCPServer",
+    "ThreadPoolUDPServer",
+    "ThreadPoolUnixDatagramServer",
+    "ThreadPoolUnixStreamServer",
+    "WorkerPool",
     "SockserveError",
+    "serve",
     "SocketPathInUse",
     "SocketPathNotASocket",
 ]

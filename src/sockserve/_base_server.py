@@ -20,15 +20,21 @@ these deliberate differences, all invisible to code that works on the stdlib:
 from __future__ import annotations
 
 import selectors
+import socket as _socket
+import sys
 import threading
 import time
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import _drain
 from ._accept import ACCEPT_BATCH, BACKOFF_SECONDS, AcceptBackoff
+from ._errors import IdleTimeoutExpired, LimitExceeded
+from ._limits import NO_LIMITS, ConnectionTracker, Limits
 from ._log import format_address, logger
 from ._wakeup import Waker
+from ._watchdog import DeadlineWatchdog
 
 if TYPE_CHECKING:
     import socket
@@ -89,6 +95,9 @@ class BaseServer:
     """
 
     timeout: float | None = None
+    # sockserve's own: connection caps and timeouts (none by default, as in
+    # the stdlib). Set on a subclass or an instance before serving.
+    limits: Limits = NO_LIMITS
     socket: socket.socket
 
     def __init__(
@@ -110,6 +119,10 @@ class BaseServer:
         self.__serving_thread: int | None = None
         self.__waker: Waker | None = None
         self._accept_backoff = AcceptBackoff()
+        self.__paused = False  # the loop stopped watching the socket: at capacity
+        self.__force = False  # force_stop() was called during stop()
+        self.__tracker: ConnectionTracker | None = None
+        self.__watchdog: DeadlineWatchdog | None = None
 
     def server_activate(self) -> None:
         """Called by the constructor to activate the server. May be overridden."""
@@ -133,7 +146,23 @@ class BaseServer:
                 selector.register(self, selectors.EVENT_READ)
                 selector.register(waker, selectors.EVENT_READ)
                 pending.register(self, selectors.EVENT_READ)
+                watching = True
                 while not self.__shutdown_request:
+                    # At capacity the listening socket is not watched, so new
+                    # connections wait in the kernel backlog; a slot freeing up
+                    # wakes the loop (see _capacity_freed). The flag is set
+                    # before capacity is checked again, so a slot freed in
+                    # between is never missed.
+                    self.__paused = True
+                    paused = self._accepting_paused()
+                    self.__paused = paused
+                    if paused == watching:
+                        if paused:
+                            selector.unregister(self)
+                            logger.debug("%s at capacity: not accepting", format_address(self.server_address))
+                        else:
+                            selector.register(self, selectors.EVENT_READ)
+                        watching = not paused
                     ready = selector.select(poll_interval)
                     if self.__shutdown_request:
                         break
@@ -144,6 +173,7 @@ class BaseServer:
                             self._serve_pending(pending)
                     self.service_actions()
         finally:
+            self.__paused = False
             with self.__state_lock:
                 self.__shutdown_request = False
                 self.__serving_thread = None
@@ -198,7 +228,7 @@ class BaseServer:
         for _ in range(ACCEPT_BATCH):
             if not self._accept_and_dispatch() or self.__shutdown_request:
                 return
-            if not pending.select(0):
+            if self._accepting_paused() or not pending.select(0):
                 return
 
     def _accept_and_dispatch(self) -> bool:
@@ -211,6 +241,12 @@ class BaseServer:
             return False
         self._accept_backoff.succeeded(self.server_address)
         try:
+            self._tracker().admit(request, client_address)
+        except LimitExceeded as exc:
+            logger.warning("%s", exc)
+            self.shutdown_request(request)
+            return True
+        try:
             if self.verify_request(request, client_address):
                 self.process_request(request, client_address)
             else:
@@ -222,6 +258,105 @@ class BaseServer:
             self.shutdown_request(request)
             raise
         return True
+
+    def _tracker(self) -> ConnectionTracker:
+        """The connections in flight; made on first use, with the limits then in force."""
+        tracker = self.__tracker
+        if tracker is None:
+            with self.__state_lock:
+                if self.__tracker is None:
+                    self.__tracker = ConnectionTracker(self.limits, on_free=self._capacity_freed)
+                    if self.limits.connection_timeout is not None:
+                        self.__watchdog = DeadlineWatchdog(self.__tracker)
+                tracker = self.__tracker
+        if self.__watchdog is not None:
+            self.__watchdog.ensure_running()
+        return tracker
+
+    def _release(self, request: Any) -> None:
+        """Count a request out of the tracker (called when it is closed)."""
+        if self.__tracker is not None:
+            self.__tracker.release(request)
+
+    def _accepting_paused(self) -> bool:
+        """True while the server must not accept. Concurrency models with a
+        capacity of their own (the bounded pool) extend this."""
+        tracker = self.__tracker
+        return tracker is not None and tracker.at_capacity()
+
+    def _capacity_freed(self) -> None:
+        """Called from any thread when a slot frees up: wake a paused loop."""
+        if self.__paused:
+            waker = self.__waker
+            if waker is not None:
+                waker.wake()
+
+    def stop(self, grace: float | None = _drain.DEFAULT_GRACE) -> _drain.DrainReport:
+        """Stop gracefully: stop accepting at once, let the requests in flight
+        finish for up to ``grace`` seconds, then close what remains and the server.
+
+        Call it from any thread but the one running ``serve_forever()`` (there,
+        call ``shutdown()`` and then ``stop()`` once ``serve_forever()`` has
+        returned, which is what ``sockserve.serve()`` does). New connections
+        are refused from the moment it is called. ``force_stop()`` from another
+        thread or a signal handler ends the grace period early.
+
+        Returns:
+            A DrainReport: how many requests were in flight, and how many had to be closed.
+        """
+        if self.__serving_thread == threading.get_ident():
+            raise RuntimeError(
+                "stop() would wait for its own request: call shutdown(), then stop() after serve_forever()"
+            )
+        self.shutdown()
+        self._stop_accepting()
+        try:
+            return _drain.drain(
+                self.server_address, self._in_flight(), grace, self._wait_in_flight, self._force_in_flight
+            )
+        finally:
+            self.server_close()
+
+    def force_stop(self) -> None:
+        """End a graceful stop's grace period now, or make the next stop()
+        close everything at once. Safe from any thread and from a signal handler."""
+        self.__force = True
+        self._interrupt_drain()
+
+    @property
+    def forced(self) -> bool:
+        """True once force_stop() has been called."""
+        return self.__force
+
+    def _interrupt_drain(self) -> None:
+        """Wake whatever a drain is waiting on. Models with their own waits extend it."""
+        if self.__tracker is not None:
+            self.__tracker.interrupt()
+
+    def _stop_accepting(self) -> None:
+        """Make new connections fail at once: close the listening socket."""
+        sock = getattr(self, "socket", None)
+        if sock is not None:
+            sock.close()
+
+    def _in_flight(self) -> int:
+        return 0 if self.__tracker is None else len(self.__tracker)
+
+    def _wait_in_flight(self, timeout: float | None) -> bool:
+        if self.__tracker is None or self.__force:
+            return self.__tracker is None or not len(self.__tracker)
+        return self.__tracker.wait_idle(timeout)
+
+    def _force_in_flight(self) -> int:
+        """Close the connections still in flight: their handlers' reads end and
+        their writes fail, so the handler threads finish."""
+        if self.__tracker is None:
+            return 0
+        forced = 0
+        for record in self.__tracker.snapshot():
+            if _abort(record.request):
+                forced += 1
+        return forced
 
     def _back_off(self) -> None:
         """Wait before the next accept, waking early for shutdown()."""
@@ -253,6 +388,12 @@ class BaseServer:
 
     def server_close(self) -> None:
         """Clean up the server. May be overridden."""
+        self._stop_watchdog()
+
+    def _stop_watchdog(self) -> None:
+        watchdog, self.__watchdog = self.__watchdog, None
+        if watchdog is not None:
+            watchdog.close()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Finish one request by instantiating RequestHandlerClass."""
@@ -264,14 +405,24 @@ class BaseServer:
 
     def close_request(self, request: Any) -> None:
         """Called to clean up an individual request."""
+        self._release(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Report an exception raised while handling a request. May be overridden.
 
         Called inside the ``except`` block, so ``sys.exc_info()`` is the error.
-        Logs it with its traceback on the ``sockserve`` logger; the server goes on.
+        Logs it with its traceback on the ``sockserve`` logger; the server goes
+        on. A limit that fired (``LimitExceeded``, or a read that outlived
+        ``limits.idle_timeout``) is not a bug: it gets one line naming the limit
+        and the client, without a traceback.
         """
-        logger.error("exception while handling a request from %s", format_address(client_address), exc_info=True)
+        exc = sys.exc_info()[1]
+        if isinstance(exc, LimitExceeded):
+            logger.warning("%s: closing the connection", exc)
+        elif isinstance(exc, TimeoutError) and self.limits.idle_timeout is not None:
+            logger.warning("%s: closing the connection", IdleTimeoutExpired(self.limits.idle_timeout, client_address))
+        else:
+            logger.error("exception while handling a request from %s", format_address(client_address), exc_info=True)
 
     def __enter__(self) -> Self:
         return self
@@ -283,3 +434,18 @@ class BaseServer:
         traceback: types.TracebackType | None,
     ) -> None:
         self.server_close()
+
+
+def _abort(request: Any) -> bool:
+    """Shut a stream request down from another thread; False if not a stream.
+
+    shutdown(), not close(): closing a descriptor another thread is blocked on
+    could let a new connection reuse the number under that thread's feet.
+    """
+    if not isinstance(request, _socket.socket):
+        return False
+    try:
+        request.shutdown(_socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed or reset by the client: it is ending anyway
+    return True

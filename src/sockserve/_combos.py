@@ -1,4 +1,5 @@
-"""The ready-made Threading*/Forking* server classes the stdlib exports.
+"""The ready-made server classes: the stdlib's Threading*/Forking* ones, and
+sockserve's ThreadPool* ones.
 
 The Forking*Unix* pair is offered on every supported Python, not only on 3.12+
 where the stdlib added it.
@@ -10,6 +11,7 @@ import os
 
 from ._forking import ForkingMixIn
 from ._inet_servers import TCPServer, UDPServer
+from ._pool import ThreadPoolMixIn
 from ._threading import ThreadingMixIn
 from ._unix_servers import UnixDatagramServer, UnixStreamServer
 
@@ -28,6 +30,22 @@ class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
 
 class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
     """Unix datagram server with a thread per datagram."""
+
+
+class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):
+    """TCP server with a bounded pool of reused threads."""
+
+
+class ThreadPoolUDPServer(ThreadPoolMixIn, UDPServer):
+    """UDP server with a bounded pool of reused threads."""
+
+
+class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer):
+    """Unix stream server with a bounded pool of reused threads."""
+
+
+class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer):
+    """Unix datagram server with a bounded pool of reused threads."""
 
 
 if hasattr(os, "fork"):

@@ -104,6 +104,4 @@ class ConnectionDeadlineExceeded(LimitExceeded, TimeoutError):
     """The connection was open for longer than ``limit`` seconds in all."""
 
     def __init__(self, limit: float, client_address: Any = None) -> None:
-        super().__init__(
-            f"connection deadline ({limit:g}s) exceeded{_client(client_address)}", limit, client_address
-        )
+        super().__init__(f"connection deadline ({limit:g}s) exceeded{_client(client_address)}", limit, client_address)

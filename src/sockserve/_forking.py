@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import os
 import select
+import signal
+import time
 from typing import Any
 
+from ._wakeup import Waker
 
-def _wait_for_any(pids: set[int]) -> None:
-    """Block until at least one of ``pids`` has exited (it is not reaped here)."""
+
+def _wait_for_any(pids: set[int], timeout: float | None = None, waker: Waker | None = None) -> None:
+    """Block until one of ``pids`` has exited (it is not reaped here), ``timeout``
+    seconds have passed, or ``waker`` was woken."""
     pidfd_open = getattr(os, "pidfd_open", None)
     if pidfd_open is None:  # pragma: no cover - not Linux: block on the oldest child
         os.waitpid(min(pids), 0)
@@ -34,7 +39,9 @@ def _wait_for_any(pids: set[int]) -> None:
         poller = select.poll()
         for fd in fds:
             poller.register(fd, select.POLLIN)
-        poller.poll()
+        if waker is not None:
+            poller.register(waker.fileno(), select.POLLIN)
+        poller.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
     finally:
         for fd in fds:
             os.close(fd)
@@ -117,3 +124,44 @@ class ForkingMixIn:
     def server_close(self) -> None:
         super().server_close()  # type: ignore[misc]
         self.collect_children(blocking=self.block_on_close)
+
+    # Graceful stop: each connection in flight is a child process.
+    _drain_waker: Waker | None = None
+
+    def _in_flight(self) -> int:
+        self.collect_children()
+        return len(self.active_children or ())
+
+    def _wait_in_flight(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._drain_waker = waker = Waker()
+        try:
+            while True:
+                if self.active_children:
+                    self._reap(blocking=False)
+                if not self.active_children:
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self.forced or (remaining is not None and remaining <= 0):  # type: ignore[attr-defined]
+                    return False
+                _wait_for_any(self.active_children, remaining, waker)
+        finally:
+            self._drain_waker = None
+            waker.close()
+
+    def _force_in_flight(self) -> int:
+        """The grace period is over: kill the children still handling requests."""
+        forced = 0
+        for pid in list(self.active_children or ()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                forced += 1
+            except ProcessLookupError:
+                pass  # it exited just now: server_close() reaps it
+        return forced
+
+    def _interrupt_drain(self) -> None:
+        super()._interrupt_drain()  # type: ignore[misc]
+        waker = self._drain_waker
+        if waker is not None:
+            waker.wake()

@@ -10,6 +10,8 @@ import io
 import socket
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ._errors import LineTooLong
+
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
@@ -67,6 +69,51 @@ class _SocketWriter(io.BufferedIOBase):
         return self._sock.fileno()
 
 
+class _LineCappedReader(io.BufferedIOBase):
+    """Wraps ``rfile`` so that no line longer than ``max_line`` is ever buffered whole."""
+
+    def __init__(self, inner: Any, max_line: int, client_address: Any) -> None:
+        self._inner = inner
+        self._max_line = max_line
+        self._client_address = client_address
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        if size is not None and 0 <= size < self._max_line:
+            return bytes(self._inner.readline(size))  # the caller's own bound is tighter
+        line = bytes(self._inner.readline(self._max_line))
+        if len(line) == self._max_line and not line.endswith(b"\n"):
+            raise LineTooLong(self._max_line, self._client_address)
+        return line
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        return bytes(self._inner.read(size))
+
+    def read1(self, size: int = -1, /) -> bytes:
+        return bytes(self._inner.read1(size))
+
+    def readinto(self, buffer: Any, /) -> int:
+        return int(self._inner.readinto(buffer))
+
+    def peek(self, size: int = 0, /) -> bytes:
+        return bytes(self._inner.peek(size))
+
+    def fileno(self) -> int:
+        return int(self._inner.fileno())
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
 class StreamRequestHandler(BaseRequestHandler):
     """Handler for stream sockets: ``rfile`` and ``wfile`` are binary files.
 
@@ -76,12 +123,19 @@ class StreamRequestHandler(BaseRequestHandler):
     - wbufsize: buffer size of wfile (0: unbuffered, every write is sent at once)
     - timeout: socket timeout in seconds for the connection (None: none)
     - disable_nagle_algorithm: set TCP_NODELAY on the connection
+    - max_line: sockserve's own. When set, ``rfile.readline()`` (and iterating
+      over ``rfile``) raises ``LineTooLong`` instead of returning a line longer
+      than this many bytes, newline included; None (the default) reads lines
+      of any length, as the stdlib does.
+
+    When ``timeout`` is None, the server's ``limits.idle_timeout`` applies.
     """
 
     rbufsize: ClassVar[int] = -1
     wbufsize: ClassVar[int] = 0
     timeout: ClassVar[float | None] = None
     disable_nagle_algorithm: ClassVar[bool] = False
+    max_line: ClassVar[int | None] = None
 
     connection: Any
     rfile: io.BufferedIOBase
@@ -89,11 +143,14 @@ class StreamRequestHandler(BaseRequestHandler):
 
     def setup(self) -> None:
         self.connection = self.request
-        if self.timeout is not None:
-            self.connection.settimeout(self.timeout)
+        timeout = self.timeout if self.timeout is not None else self.server.limits.idle_timeout
+        if timeout is not None:
+            self.connection.settimeout(timeout)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         self.rfile = self.connection.makefile("rb", self.rbufsize)
+        if self.max_line is not None:
+            self.rfile = _LineCappedReader(self.rfile, self.max_line, self.client_address)
         if self.wbufsize == 0:
             self.wfile = _SocketWriter(self.connection)
         else:

@@ -113,6 +113,7 @@ class TCPServer(BaseServer):
         self.socket.listen(self.request_queue_size)
 
     def server_close(self) -> None:
+        super().server_close()
         self.socket.close()
 
     def fileno(self) -> int:
@@ -131,6 +132,7 @@ class TCPServer(BaseServer):
         self.close_request(request)
 
     def close_request(self, request: Any) -> None:
+        self._release(request)
         request.close()
 
 
@@ -153,3 +155,4 @@ class UDPServer(TCPServer):
 
     def close_request(self, request: Any) -> None:
         """The socket is shared by all requests: nothing to close."""
+        self._release(request)

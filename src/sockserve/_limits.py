@@ -88,8 +88,11 @@ class ConnectionTracker:
     def __init__(self, limits: Limits = NO_LIMITS, on_free: Callable[[], None] | None = None) -> None:
         self.limits = limits
         self._on_free = on_free
-        self._lock = threading.Lock()
+        # Reentrant: interrupt() may run in a signal handler on a thread that
+        # holds the lock at that moment.
+        self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
+        self._interrupted = False
         self._open: dict[int, Tracked] = {}  # id(request) -> record (which holds the request)
         self._per_client: dict[Hashable, int] = {}
         self.admitted = 0  # connections admitted since the start (a counter, for reports)
@@ -159,11 +162,20 @@ class ConnectionTracker:
         with self._lock:
             return list(self._open.values())
 
+    def interrupt(self) -> None:
+        """Make a current or future ``wait_idle()`` return False at once."""
+        with self._idle:
+            self._interrupted = True
+            self._idle.notify_all()
+
     def wait_idle(self, timeout: float | None) -> bool:
-        """Block until no connection is in flight; False if ``timeout`` ran out first."""
+        """Block until no connection is in flight; False if ``timeout`` ran out
+        first or ``interrupt()`` was called."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
             while self._open:
+                if self._interrupted:
+                    return False
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 
-from ._combos import ThreadingTCPServer, ThreadingUnixStreamServer
+from ._combos import ThreadPoolTCPServer, ThreadPoolUnixStreamServer
 from ._handlers import BaseRequestHandler
 from ._log import format_address
+from ._serve import serve
 
 log = logging.getLogger("sockserve.cli")
 
@@ -47,24 +46,16 @@ class EchoHandler(BaseRequestHandler):
 
 def _run_echo(args: argparse.Namespace) -> int:
     kind, address = args.listen
-    server_class = ThreadingUnixStreamServer if kind == "unix" else ThreadingTCPServer
-    server_class.daemon_threads = True  # Ctrl-C must not wait for idle clients
-    with server_class(address, EchoHandler) as server:
-
-        def stop(signum: int, frame: FrameType | None) -> None:
-            # Safe in a signal handler: on the serving thread shutdown() only
-            # sets a flag and wakes the loop, it never waits.
-            log.info("received %s, stopping", signal.Signals(signum).name)
-            server.shutdown()
-
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            print(f"sockserve echo: listening on {format_address(server.server_address)}", flush=True)
-            server.serve_forever()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    print("sockserve echo: stopped", flush=True)
+    server_class = ThreadPoolUnixStreamServer if kind == "unix" else ThreadPoolTCPServer
+    server = server_class(address, EchoHandler)
+    print(f"sockserve echo: listening on {format_address(server.server_address)}", flush=True)
+    # First SIGTERM/SIGINT: stop accepting, let connections finish (up to
+    # --grace seconds); a second one, or SIGQUIT: close them at once.
+    report = serve(server, grace=args.grace)
+    print(
+        f"sockserve echo: stopped ({report.in_flight} connection(s) in flight, {report.forced} closed early)",
+        flush=True,
+    )
     return 0
 
 
@@ -95,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=parse_listen("127.0.0.1:7007"),
         metavar="ADDRESS",
         help="HOST:PORT, [V6ADDR]:PORT or unix:PATH (default 127.0.0.1:7007; port 0 picks a free one)",
+    )
+    echo.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on the first SIGTERM/SIGINT, how long connections may finish (default 10)",
     )
     echo.set_defaults(run=_run_echo)
     return parser

@@ -1,0 +1,212 @@
+"""The bounded thread pool: reused worker threads, a fixed or min/max number.
+
+The pool never queues work it cannot start: ``try_submit`` hands a request to
+an idle worker, or starts a new one below ``max_workers``, or says no. The
+server then stops accepting until a worker is free, so under overload
+connections wait in the kernel's listen backlog (``request_queue_size``), not
+in an unbounded queue of ours, and the server's memory stays flat.
+
+``ThreadPoolMixIn`` adapts it to the stdlib's mixin contract: it overrides
+only ``process_request`` and ``server_close`` (as ``ThreadingMixIn`` does), so
+any handler runs unchanged.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._log import logger
+
+Task = tuple[Callable[..., object], tuple[Any, ...]]
+
+
+class WorkerPool:
+    """Between ``min_workers`` and ``max_workers`` threads running submitted calls.
+
+    Workers above ``min_workers`` exit after ``idle_timeout`` seconds without
+    work. ``on_idle`` is called (from the worker, outside any lock) each time a
+    worker finishes a call, so a paused accept loop can be woken.
+    """
+
+    def __init__(
+        self,
+        max_workers: int,
+        min_workers: int = 0,
+        idle_timeout: float | None = 30.0,
+        on_idle: Callable[[], None] | None = None,
+        name: str = "sockserve-pool",
+    ) -> None:
+        if max_workers < 1 or not 0 <= min_workers <= max_workers:
+            raise ValueError(
+                f"need 0 <= min_workers <= max_workers and max_workers >= 1, got {min_workers}/{max_workers}"
+            )
+        self.max_workers = max_workers
+        self.min_workers = min_workers
+        self.idle_timeout = idle_timeout
+        self._on_idle = on_idle
+        self._name = name
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._tasks: collections.deque[Task] = collections.deque()
+        self._workers: set[threading.Thread] = set()
+        self._exited: list[threading.Thread] = []  # joined later: they have ended or are ending
+        self._idle = 0
+        self._closing = False
+        self._started = 0
+        for _ in range(min_workers):
+            self._start_worker()
+
+    @property
+    def size(self) -> int:
+        """Worker threads alive now."""
+        return len(self._workers)
+
+    @property
+    def idle(self) -> int:
+        """Workers waiting for work now."""
+        return self._idle
+
+    def full(self) -> bool:
+        """True when a new call would have to wait for a worker to finish."""
+        return self._idle <= len(self._tasks) and len(self._workers) >= self.max_workers
+
+    def try_submit(self, fn: Callable[..., object], *args: Any) -> bool:
+        """Start ``fn(*args)`` on a worker now; False if every worker is busy at the maximum."""
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the pool is shut down")
+            if self._idle > len(self._tasks):
+                self._tasks.append((fn, args))
+                self._work_ready.notify()
+                return True
+            if len(self._workers) < self.max_workers:
+                self._tasks.append((fn, args))
+                self._start_worker()
+                return True
+            return False
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        """Like try_submit, but waits for a free worker instead of failing."""
+        while not self.try_submit(fn, *args):
+            with self._lock:
+                self._work_ready.wait(0.05)  # a worker finishing notifies; the timeout guards a missed wake-up
+
+    def shutdown(self) -> None:
+        """Let the workers finish what they run, then join them all."""
+        with self._lock:
+            self._closing = True
+            self._work_ready.notify_all()
+            workers = list(self._workers) + self._exited
+            self._exited = []
+        for worker in workers:
+            if worker is not threading.current_thread():
+                worker.join()
+
+    def _start_worker(self) -> None:
+        # Called with the lock held. Reap workers that retired meanwhile.
+        self._exited = [t for t in self._exited if t.is_alive()]
+        self._started += 1
+        worker = threading.Thread(target=self._work, name=f"{self._name}-{self._started}", daemon=True)
+        self._workers.add(worker)
+        worker.start()
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        try:
+            while True:
+                with self._lock:
+                    self._idle += 1
+                    try:
+                        while not self._tasks and not self._closing:
+                            if not self._work_ready.wait(self._retire_after()) and self._may_retire():
+                                return
+                        if not self._tasks:
+                            return  # closing, and nothing left to run
+                        fn, args = self._tasks.popleft()
+                    finally:
+                        self._idle -= 1
+                try:
+                    fn(*args)
+                finally:
+                    del fn, args  # do not keep the request alive while idle
+                    with self._lock:
+                        self._work_ready.notify()  # for submit() waiting for a free worker
+                    if self._on_idle is not None:
+                        self._on_idle()
+        finally:
+            with self._lock:
+                self._workers.discard(me)
+                self._exited.append(me)
+
+    def _retire_after(self) -> float | None:
+        return self.idle_timeout if len(self._workers) > self.min_workers else None
+
+    def _may_retire(self) -> bool:
+        # Called with the lock held, after an idle timeout.
+        return not self._tasks and len(self._workers) > self.min_workers
+
+
+class ThreadPoolMixIn:
+    """Mix-in class to handle each request on a bounded pool of reused threads.
+
+    Class variables:
+
+    - pool_max_workers: the most requests handled at once (128). At that
+      number the server stops accepting until one finishes; new connections
+      wait in the listen backlog.
+    - pool_min_workers: threads kept even when idle (4)
+    - pool_idle_timeout: seconds an idle thread above the minimum lives (30)
+    - request_queue_size: the listen backlog, deeper than the stdlib's 5
+      because it is where connections wait when the pool is busy (1024)
+
+    A stream connection holds its worker until its handler returns: with
+    persistent connections, ``pool_max_workers`` is the number of clients
+    served at once.
+    """
+
+    pool_max_workers: int = 128
+    pool_min_workers: int = 4
+    pool_idle_timeout: float | None = 30.0
+    request_queue_size: int = 1024
+    _worker_pool: WorkerPool | None = None
+
+    def _pool(self) -> WorkerPool:
+        pool = self._worker_pool
+        if pool is None:
+            pool = self._worker_pool = WorkerPool(
+                self.pool_max_workers,
+                self.pool_min_workers,
+                self.pool_idle_timeout,
+                on_idle=self._capacity_freed,  # type: ignore[attr-defined]
+                name=f"{type(self).__name__}-worker",
+            )
+        return pool
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """What a worker runs for one request: the handler, then closing it."""
+        try:
+            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+        except Exception:
+            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+        finally:
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the request to a free worker (serve_forever only accepts when one is free)."""
+        pool = self._pool()
+        if not pool.try_submit(self.process_request_thread, request, client_address):
+            # Only handle_request(), which has no capacity check, gets here.
+            logger.debug("worker pool busy: %s waits for a free worker", client_address)
+            pool.submit(self.process_request_thread, request, client_address)
+
+    def _accepting_paused(self) -> bool:
+        return super()._accepting_paused() or self._pool().full()  # type: ignore[misc]
+
+    def server_close(self) -> None:
+        super().server_close()  # type: ignore[misc]
+        pool, self._worker_pool = self._worker_pool, None
+        if pool is not None:
+            pool.shutdown()
