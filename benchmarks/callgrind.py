@@ -50,7 +50,7 @@ from harness import (
     run_loadgen,
     server_env,
 )
-from run import SCENARIOS, applies
+from run import SCENARIOS, applies, install_exit_on_signals
 from servers import SERVERS, ServerSpec
 
 DEFAULT_SERVERS = {
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         names = DEFAULT_SERVERS[scenario.protocol]
     names = [n for n in names if applies(SERVERS[n], scenario)]
 
+    install_exit_on_signals()
     build_loadgen()
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {1})

@@ -175,7 +175,7 @@ static hist_t hist;
 static const char *stopped_by = "duration";
 static int opening; /* setup ramp: connections connecting or awaiting their first echo */
 static int opened;  /* setup ramp: connections attempted */
-static int established, answered, round_answered;
+static int established, answered, round_answered, attempted;
 static double setup_s, round_s;
 
 static uint64_t now_ns(void) {
@@ -822,6 +822,7 @@ int main(int argc, char **argv) {
                     err(c->state == ST_CONNECTING ? E_CONNECT_TIMEOUT : E_UNANSWERED);
                     close_conn(c);
                 }
+                attempted = opened; /* below the target if the ramp stalled */
                 opened = cfg.conns;
                 inflight = 0;
                 setup_s = (double)(now - t_begin) / 1e9;
@@ -928,9 +929,9 @@ int main(int argc, char **argv) {
     }
     printf("}, \"errors_total\": %llu, ", (unsigned long long)etotal);
     if (cfg.scenario == SC_HOLD || cfg.scenario == SC_PINGPONG) {
-        printf("\"setup\": {\"target\": %d, \"established\": %d, \"answered\": %d, "
-               "\"setup_s\": %.3f",
-               cfg.conns, established, answered, setup_s);
+        printf("\"setup\": {\"target\": %d, \"attempted\": %d, \"established\": %d, "
+               "\"answered\": %d, \"setup_s\": %.3f",
+               cfg.conns, attempted, established, answered, setup_s);
         if (cfg.scenario == SC_HOLD)
             printf(", \"round_answered\": %d, \"round_s\": %.3f", round_answered, round_s);
         printf("}, ");

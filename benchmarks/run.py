@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import statistics
 import sys
 import threading
@@ -376,6 +377,16 @@ def render_markdown(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def install_exit_on_signals() -> None:
+    """SIGTERM/SIGHUP raise SystemExit, so the finally blocks stop the servers."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated server names (default: all)")
@@ -438,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         # the harness itself (memory sampler, bookkeeping) stays off the server's CPU
         os.sched_setaffinity(0, {opts.loadgen_cpu})
 
+    install_exit_on_signals()
     build_loadgen()
     started = time.monotonic()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
