@@ -46,3 +46,18 @@ def round_trip(address: Any, payload: bytes = b"hello\n") -> bytes:
     with connect(address) as sock:
         sock.sendall(payload)
         return recv_line(sock)
+
+
+def wait_until(predicate: Any, timeout: float = TIMEOUT, interval: float = 0.01) -> bool:
+    """Check ``predicate`` until it holds or ``timeout`` passes, for state that
+    offers no event to wait on (a thread pool shrinking). Bounded in time."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(interval)
+    return True

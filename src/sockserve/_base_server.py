@@ -301,6 +301,11 @@ class BaseServer:
         are refused from the moment it is called. ``force_stop()`` from another
         thread or a signal handler ends the grace period early.
 
+        Closing a request that outlived the grace period shuts its socket
+        down, which ends a handler blocked reading or writing it. A handler
+        blocked on something else is still waited for by ``server_close()``,
+        as the stdlib's ``block_on_close`` promises.
+
         Returns:
             A DrainReport: how many requests were in flight, and how many had to be closed.
         """
@@ -334,9 +339,12 @@ class BaseServer:
             self.__tracker.interrupt()
 
     def _stop_accepting(self) -> None:
-        """Make new connections fail at once: close the listening socket."""
+        """Make new connections fail at once: close a stream server's listening
+        socket. A datagram server keeps its socket until server_close(): the
+        handlers still in flight reply through it, and since the loop has
+        stopped, nothing new is read from it."""
         sock = getattr(self, "socket", None)
-        if sock is not None:
+        if sock is not None and sock.type == _socket.SOCK_STREAM:
             sock.close()
 
     def _in_flight(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import time
 from typing import Any
 
@@ -111,6 +112,7 @@ class ForkingMixIn:
         # parent's loop. os._exit skips atexit handlers that belong to the parent.
         status = 1
         try:
+            self._close_inherited_listener()
             self.finish_request(request, client_address)  # type: ignore[attr-defined]
             status = 0
         except Exception:
@@ -120,6 +122,18 @@ class ForkingMixIn:
                 self.shutdown_request(request)  # type: ignore[attr-defined]
             finally:
                 os._exit(status)
+
+    def _close_inherited_listener(self) -> None:
+        """In a child, close our copy of a stream server's listening socket.
+
+        Otherwise a child busy with a long request keeps the port open after
+        the parent has stopped, and new connections queue for nobody instead
+        of being refused. (A datagram child replies through that socket, so
+        it keeps it.)
+        """
+        sock = getattr(self, "socket", None)
+        if sock is not None and sock.type == socket.SOCK_STREAM:
+            sock.close()
 
     def server_close(self) -> None:
         super().server_close()  # type: ignore[misc]

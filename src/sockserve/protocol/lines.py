@@ -69,14 +69,14 @@ class LineSplitter:
             del self._buffer[:cut]
             self._scanned = 0
             return line
-        if len(self._buffer) >= self._max_line:
-            raise LineTooLong(self._max_line)  # no delimiter can end within the cap any more
-        self._scanned = len(self._buffer)
+        if len(self._buffer) > self._max_line:
+            raise LineTooLong(self._max_line)  # no delimiter within the cap, and more bytes came
         if self._eof:
             line = bytes(self._buffer)
             self._buffer.clear()
             self._scanned = 0
             return line
+        self._scanned = len(self._buffer)
         return None
 
     def take_buffered(self) -> bytes:

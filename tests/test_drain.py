@@ -1,0 +1,227 @@
+"""Graceful stop: in-flight requests finish, new connections are refused,
+stragglers are closed when the grace period ends, nothing is left behind."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+import sockserve
+from sockserve.testing import running_server
+
+from .helpers import connect, recv_all, recv_line
+
+TIMEOUT = 10.0
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+
+def slow_handler(gate: Gate) -> type[sockserve.StreamRequestHandler]:
+    class Slow(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            line = self.rfile.readline()
+            gate.entered.set()
+            gate.release.wait(TIMEOUT)
+            self.wfile.write(b"full reply to " + line)
+
+    return Slow
+
+
+class _DrainStarted(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("draining "):
+            self.event.set()
+
+
+def stop_in_thread(server: sockserve.BaseServer, grace: float | None) -> tuple[threading.Thread, list[Any]]:
+    """Start server.stop(grace) in a thread; return once the drain has begun
+    (accepting has stopped and the requests in flight are counted)."""
+    result: list[Any] = []
+    log = logging.getLogger("sockserve")
+    watcher, level = _DrainStarted(), log.level
+    log.addHandler(watcher)
+    log.setLevel(logging.INFO)
+    try:
+        thread = threading.Thread(target=lambda: result.append(server.stop(grace)))
+        thread.start()
+        assert watcher.event.wait(TIMEOUT), "the drain did not start"
+    finally:
+        log.removeHandler(watcher)
+        log.setLevel(level)
+    return thread, result
+
+
+def assert_refused(address: Any) -> None:
+    with pytest.raises((ConnectionRefusedError, FileNotFoundError)):
+        connect(address).close()
+
+
+STREAM_MODELS = {
+    "sync": sockserve.TCPServer,
+    "threading": sockserve.ThreadingTCPServer,
+    "pool": sockserve.ThreadPoolTCPServer,
+}
+
+
+@pytest.mark.parametrize("model", sorted(STREAM_MODELS))
+def test_in_flight_request_gets_its_full_reply(model: str) -> None:
+    gate = Gate()
+    server = STREAM_MODELS[model](("127.0.0.1", 0), slow_handler(gate))
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    address = server.server_address
+    with connect(address) as client:
+        client.sendall(b"slow request\n")
+        assert gate.entered.wait(TIMEOUT)
+        if model == "sync":  # its loop is busy in the handler: stop() waits for the loop first
+            stopper = threading.Thread(target=lambda: report.append(server.stop(TIMEOUT)))
+            report: list[Any] = []
+            stopper.start()
+        else:
+            stopper, report = stop_in_thread(server, grace=TIMEOUT)
+            assert_refused(address)  # the stop is under way: new connections are refused ...
+        gate.release.set()  # ... while the request in flight finishes
+        assert recv_line(client) == b"full reply to slow request\n"
+        stopper.join(TIMEOUT)
+        loop.join(TIMEOUT)
+    assert not stopper.is_alive()
+    assert not loop.is_alive()
+    assert_refused(address)
+    assert report[0].forced == 0
+    assert server.socket.fileno() == -1
+
+
+class WaitsForMore(sockserve.StreamRequestHandler):
+    """A client that never sends its second line keeps this handler reading."""
+
+    entered = threading.Event()
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        WaitsForMore.entered.set()
+        self.rfile.readline()  # returns b"" once the server shuts the connection down
+
+
+def test_grace_period_over_closes_the_stragglers() -> None:
+    WaitsForMore.entered.clear()
+    server = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), WaitsForMore)
+    with running_server(server), connect(server.server_address) as stuck:
+        stuck.sendall(b"first line only\n")
+        assert WaitsForMore.entered.wait(TIMEOUT)
+        report = server.stop(grace=0.1)
+        assert report.in_flight == 1
+        assert report.forced == 1
+        assert recv_all(stuck) == b""
+
+
+def test_force_stop_ends_an_unbounded_grace_period() -> None:
+    gate = Gate()
+    server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), slow_handler(gate))
+    with running_server(server), connect(server.server_address) as client:
+        client.sendall(b"x\n")
+        assert gate.entered.wait(TIMEOUT)
+        stopper, report = stop_in_thread(server, grace=None)
+        assert_refused(server.server_address)
+        server.force_stop()
+        gate.release.set()  # the handler waits on the gate, not the socket: let server_close() join it
+        stopper.join(TIMEOUT)
+        assert not stopper.is_alive()
+        assert report[0].forced == 1
+
+
+def test_datagram_server_drains_its_handlers() -> None:
+    gate = Gate()
+
+    class SlowDatagram(sockserve.DatagramRequestHandler):
+        def handle(self) -> None:
+            gate.entered.set()
+            gate.release.wait(TIMEOUT)
+            self.wfile.write(b"late " + self.rfile.read())
+
+    server = sockserve.ThreadingUDPServer(("127.0.0.1", 0), SlowDatagram)
+    with running_server(server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(TIMEOUT)
+        client.sendto(b"ping", server.server_address)
+        assert gate.entered.wait(TIMEOUT)
+        stopper, report = stop_in_thread(server, grace=TIMEOUT)
+        gate.release.set()
+        assert client.recvfrom(64)[0] == b"late ping"
+        stopper.join(TIMEOUT)
+    assert report[0].in_flight == 1
+    assert report[0].forced == 0
+
+
+def test_unix_server_drains_and_removes_its_file(unix_path: str) -> None:
+    gate = Gate()
+    server = sockserve.ThreadPoolUnixStreamServer(unix_path, slow_handler(gate))
+    with running_server(server), connect(unix_path) as client:
+        client.sendall(b"unix\n")
+        assert gate.entered.wait(TIMEOUT)
+        stopper, _ = stop_in_thread(server, grace=TIMEOUT)
+        gate.release.set()
+        assert recv_line(client) == b"full reply to unix\n"
+        stopper.join(TIMEOUT)
+    assert not os.path.exists(unix_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+class TestForkingDrain:
+    def test_children_finish_their_requests(self) -> None:
+        read_end, write_end = os.pipe()
+
+        class Slow(sockserve.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline()
+                os.read(read_end, 1)  # the test says when to answer
+                self.wfile.write(b"child reply to " + line)
+
+        server = sockserve.ForkingTCPServer(("127.0.0.1", 0), Slow)
+        try:
+            with running_server(server), connect(server.server_address) as client:
+                client.sendall(b"fork\n")
+                assert _wait_children(server)
+                stopper, report = stop_in_thread(server, grace=TIMEOUT)
+                assert_refused(server.server_address)
+                os.write(write_end, b"x")
+                assert recv_line(client) == b"child reply to fork\n"
+                stopper.join(TIMEOUT)
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        assert report[0].in_flight == 1
+        assert report[0].forced == 0
+        assert not server.active_children
+
+    def test_children_past_the_grace_period_are_killed_and_reaped(self) -> None:
+        class Stuck(sockserve.StreamRequestHandler):
+            def handle(self) -> None:
+                self.rfile.readline()
+                threading.Event().wait(60)
+
+        server = sockserve.ForkingTCPServer(("127.0.0.1", 0), Stuck)
+        with running_server(server), connect(server.server_address) as client:
+            client.sendall(b"stuck\n")
+            assert _wait_children(server)
+            report = server.stop(grace=0.1)
+            assert recv_all(client) == b""
+        assert report.forced == 1
+        assert not server.active_children
+
+
+def _wait_children(server: Any) -> bool:
+    from .helpers import wait_until
+
+    return wait_until(lambda: bool(server.active_children))

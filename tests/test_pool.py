@@ -1,0 +1,169 @@
+"""The bounded thread pool: reused workers, a hard cap, backpressure to the backlog."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import sockserve
+from sockserve.testing import running_server
+
+from .helpers import connect, recv_line, round_trip, wait_until
+
+
+class NamesThread(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(threading.current_thread().name.encode() + b" " + line)
+
+
+def test_requests_run_on_reused_pool_workers() -> None:
+    class Pool(sockserve.ThreadPoolTCPServer):
+        pool_min_workers = 1
+        pool_max_workers = 1
+
+    with running_server(Pool(("127.0.0.1", 0), NamesThread)) as server:
+        names = {round_trip(server.server_address).split(b" ")[0] for _ in range(5)}
+    assert len(names) == 1, "one worker must have served all five, one after another"
+    assert b"Pool-worker" in names.pop()
+
+
+class Gate:
+    """Lets the test hold handlers inside handle() and release them."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+
+
+def test_at_max_workers_the_server_stops_accepting_until_one_is_free() -> None:
+    gate = Gate()
+    accepted: list[Any] = []
+    turns = threading.Semaphore(0)
+
+    class Held(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            gate.entered.release()
+            gate.release.wait(10)
+            self.wfile.write(self.rfile.readline())
+
+    class Pool(sockserve.ThreadPoolTCPServer):
+        pool_min_workers = 0
+        pool_max_workers = 2
+
+        def get_request(self) -> tuple[Any, Any]:
+            request = super().get_request()
+            accepted.append(request[1])
+            return request
+
+        def service_actions(self) -> None:
+            turns.release()
+
+    with running_server(Pool(("127.0.0.1", 0), Held), poll_interval=0.01) as server:
+        clients = [connect(server.server_address) for _ in range(3)]
+        try:
+            for c in clients:
+                c.sendall(b"x\n")
+            assert gate.entered.acquire(timeout=10)
+            assert gate.entered.acquire(timeout=10)
+            for _ in range(20):  # twenty loop turns in which the third connection stays in the backlog
+                assert turns.acquire(timeout=10)
+            assert len(accepted) == 2
+            assert server._worker_pool is not None
+            assert server._worker_pool.size == 2
+            gate.release.set()
+            for c in clients:
+                assert recv_line(c) == b"x\n"
+            assert len(accepted) == 3
+        finally:
+            for c in clients:
+                c.close()
+
+
+def test_idle_workers_above_the_minimum_retire() -> None:
+    gate = Gate()
+
+    class Held(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            gate.entered.release()
+            gate.release.wait(10)
+            self.wfile.write(b"done\n")
+
+    class Pool(sockserve.ThreadPoolTCPServer):
+        pool_min_workers = 1
+        pool_max_workers = 4
+        pool_idle_timeout = 0.05
+
+    with running_server(Pool(("127.0.0.1", 0), Held)) as server:
+        clients = [connect(server.server_address) for _ in range(4)]
+        try:
+            for _ in clients:
+                assert gate.entered.acquire(timeout=10)
+            pool = server._worker_pool
+            assert pool is not None
+            assert pool.size == 4
+            gate.release.set()
+            for c in clients:
+                assert recv_line(c) == b"done\n"
+        finally:
+            for c in clients:
+                c.close()
+        assert wait_until(lambda: pool.size == 1), f"pool did not shrink to its minimum: {pool.size}"
+
+
+def test_pool_handler_exception_is_logged_and_the_worker_lives_on(caplog: Any) -> None:
+    class Fails(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            if self.rfile.readline() == b"boom\n":
+                raise ValueError("broken")
+            self.wfile.write(b"ok\n")
+
+    class Pool(sockserve.ThreadPoolTCPServer):
+        pool_min_workers = 1
+        pool_max_workers = 1
+
+    with running_server(Pool(("127.0.0.1", 0), Fails)) as server:
+        with connect(server.server_address) as c:
+            c.sendall(b"boom\n")
+            assert recv_line(c) == b""
+        assert round_trip(server.server_address, b"fine\n") == b"ok\n"
+    assert any(r.exc_info and r.exc_info[0] is ValueError for r in caplog.records)
+
+
+def test_pool_serves_datagrams_and_unix_streams(unix_path: str) -> None:
+    class Echo(sockserve.DatagramRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.read())
+
+    with (
+        running_server(sockserve.ThreadPoolUDPServer(("127.0.0.1", 0), Echo)) as udp,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        client.settimeout(10)
+        client.sendto(b"dgram", udp.server_address)
+        assert client.recvfrom(64)[0] == b"dgram"
+    with running_server(sockserve.ThreadPoolUnixStreamServer(unix_path, NamesThread)) as unix:
+        assert round_trip(unix.server_address).endswith(b" hello\n")
+
+
+def test_handle_request_waits_for_a_free_worker() -> None:
+    """Without serve_forever's capacity check, process_request waits instead of queueing."""
+
+    class Pool(sockserve.ThreadPoolTCPServer):
+        pool_min_workers = 1
+        pool_max_workers = 1
+
+    with Pool(("127.0.0.1", 0), NamesThread) as server:
+        first, second = connect(server.server_address), connect(server.server_address)
+        try:
+            first.sendall(b"1\n")
+            second.sendall(b"2\n")
+            server.handle_request()
+            assert recv_line(first).endswith(b" 1\n")
+            first.close()  # frees the only worker
+            server.handle_request()
+            assert recv_line(second).endswith(b" 2\n")
+        finally:
+            first.close()
+            second.close()
