@@ -1,0 +1,153 @@
+"""The async request handlers: one instance per connection (or datagram),
+which does the protocol. The server makes them and drives their hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ._streams import DEFAULT_READ_LIMIT, DEFAULT_WRITE_LIMIT, AsyncStreamReader, AsyncStreamWriter
+
+if TYPE_CHECKING:
+    from ._server import AsyncBaseServer
+
+
+class AsyncStreamRequestHandler:
+    """Handler for stream connections, with ``async def`` hooks.
+
+    The server sets ``reader``, ``writer``, ``client_address`` and ``server``,
+    then awaits ``setup()``, ``handle()`` and, even if they raised,
+    ``finish()``; then it closes the connection (after sending what was
+    written). An exception is reported by ``server.handle_error()`` and ends
+    only this connection.
+
+    Class variables that may be overridden:
+
+    - max_line: the longest line ``reader.readline()``/``readuntil()``
+      return; None (the default) takes the server's ``limits.max_line``.
+    - read_limit: bytes buffered from the client before reading pauses.
+    - write_limit: bytes waiting to be sent before ``await writer.write()`` waits.
+    """
+
+    max_line: ClassVar[int | None] = None
+    read_limit: ClassVar[int] = DEFAULT_READ_LIMIT
+    write_limit: ClassVar[int] = DEFAULT_WRITE_LIMIT
+
+    def __init__(
+        self, reader: AsyncStreamReader, writer: AsyncStreamWriter, client_address: Any, server: AsyncBaseServer
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.client_address = client_address
+        self.server = server
+
+    async def setup(self) -> None:
+        """Prepare for handle(). May be overridden."""
+
+    async def handle(self) -> None:
+        """Do the work of the connection. Override this."""
+
+    async def finish(self) -> None:
+        """Clean up what setup() made. May be overridden."""
+
+
+class AsyncDatagramRequestHandler:
+    """Handler for one datagram, with ``async def`` hooks.
+
+    ``packet`` is the datagram, ``client_address`` its sender, ``socket`` the
+    server's socket; ``await self.reply(data)`` sends a datagram back (as
+    many as the protocol needs; unlike the synchronous handler, nothing is
+    sent when the handler does not reply).
+    """
+
+    def __init__(self, packet: bytes, client_address: Any, server: AsyncBaseServer, sock: socket.socket) -> None:
+        self.packet = packet
+        self.client_address = client_address
+        self.server = server
+        self.socket = sock
+
+    async def reply(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` to the client as one datagram (waits if the socket's buffer is full)."""
+        await sendto(self.socket, data, self.client_address)
+
+    async def setup(self) -> None:
+        """Prepare for handle(). May be overridden."""
+
+    async def handle(self) -> None:
+        """Do the work of the datagram. Override this."""
+
+    async def finish(self) -> None:
+        """Clean up what setup() made. May be overridden."""
+
+
+class AsyncProtocolHandler:
+    """A callback handler, in the style of ``asyncio.Protocol``, for the last microsecond.
+
+    No task runs per connection: the server calls ``connection_made()``
+    once the connection is set up, ``data_received(data)`` for each chunk,
+    ``eof_received()`` when the client has finished sending (return True to
+    keep the connection open for replies; otherwise it is closed once what
+    was written is sent), and ``connection_lost(exc)`` at the end.
+    ``write(data)`` sends, ``close()`` closes after sending; the flow-control
+    hooks ``pause_writing()``/``resume_writing()`` say when the client is not
+    keeping up. An exception in a callback is reported by
+    ``server.handle_error()`` and closes the connection.
+    """
+
+    def __init__(self, transport: asyncio.Transport, client_address: Any, server: AsyncBaseServer) -> None:
+        self.transport = transport
+        self.client_address = client_address
+        self.server = server
+        # The transport's own bound method, so a write costs one call.
+        self.write = transport.write  # type: ignore[method-assign]
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` (buffered by the transport if the socket is full)."""
+        self.transport.write(data)
+
+    def close(self) -> None:
+        """Close the connection once what was written is sent."""
+        self.transport.close()
+
+    def connection_made(self) -> None:
+        """The connection is ready. May be overridden."""
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the client. Override this."""
+
+    def eof_received(self) -> bool | None:
+        """The client finished sending. Return True to keep the connection open."""
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is closed (``exc`` is the error, if one closed it). May be overridden."""
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is over its limit: stop writing. May be overridden."""
+
+    def resume_writing(self) -> None:
+        """The transport's buffer has drained: writing may go on. May be overridden."""
+
+
+async def sendto(sock: socket.socket, data: bytes | bytearray | memoryview, address: Any) -> None:
+    """Send one datagram on a non-blocking socket, waiting while its buffer is full."""
+    while True:
+        try:
+            sock.sendto(data, address)
+            return
+        except (BlockingIOError, InterruptedError):
+            pass
+        loop = asyncio.get_running_loop()
+        writable: asyncio.Future[None] = loop.create_future()
+        fd = sock.fileno()
+        loop.add_writer(fd, _set_done, writable)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(fd)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
