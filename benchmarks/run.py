@@ -257,6 +257,15 @@ def fmt_errors(errors: dict[str, int]) -> str:
     return f"{total} ({kinds})"
 
 
+CONTENTION_POINTS = 20.0
+
+
+def contended(agg: dict[str, Any]) -> bool:
+    """The server's core was much busier than the server: other work ran there."""
+    cpu, core = agg.get("server_cpu_pct"), agg.get("server_core_busy_pct")
+    return bool(cpu and core and core["median"] - cpu["median"] > CONTENTION_POINTS)
+
+
 def scenario_table(
     scenario: Scenario,
     names: list[str],
@@ -310,8 +319,11 @@ def scenario_table(
         ]
         if with_conns:
             row.append(f"{agg.get('connections_ok_min', '-')}/{agg.get('connections_target', '-')}")
+        srv_cpu = fmt_stat(agg["server_cpu_pct"])
+        if contended(agg):
+            srv_cpu += f" (core {fmt_stat(agg['server_core_busy_pct'])} ⚠)"
         row += [
-            fmt_stat(agg["server_cpu_pct"]),
+            srv_cpu,
             fmt_stat(agg["server_cpu_us_per_req"]),
             fmt_stat(agg["peak_rss_mib"]),
             fmt_stat(agg["peak_pss_mib"]),
@@ -358,6 +370,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name in report["scenario_order"]:
         out += scenario_table(SCENARIOS[name], names, report["summary"].get(name, {}), report["skipped"])
     notes = []
+    flagged = [
+        f"{name} / {scen}"
+        for scen, per_server in report["summary"].items()
+        for name, agg in per_server.items()
+        if contended(agg)
+    ]
+    if flagged:
+        notes.append(
+            f"- ⚠ the server's core was more than {CONTENTION_POINTS:.0f} points busier than the server "
+            "itself (other processes or interrupt work shared its core), so these rows understate the "
+            f"server: {', '.join(flagged)}"
+        )
     for scen, per_server in report["summary"].items():
         for name, agg in per_server.items():
             if agg.get("stderr_lines"):
@@ -410,8 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter for the servers")
     ap.add_argument("--latest", action="store_true", help="also write results/latest.md and results/latest.json")
     ap.add_argument("--list", action="store_true", help="list servers and scenarios and exit")
+    ap.add_argument("--render", metavar="JSON", help="print the tables of a saved results JSON and exit")
     opts = ap.parse_args(argv)
 
+    if opts.render:
+        print(render_markdown(json.loads(Path(opts.render).read_text())))
+        return 0
     if opts.list:
         for spec in SERVERS.values():
             print(f"{spec.name:20} {spec.protocol}  baseline={spec.baseline:18} {spec.description}")
