@@ -14,7 +14,7 @@ import asyncio
 import sys
 import threading
 import types
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import _drain
@@ -23,7 +23,7 @@ from .._errors import ConnectionDeadlineExceeded, IdleTimeoutExpired, LimitExcee
 from .._limits import NO_LIMITS, ConnectionTracker, Limits
 from .._log import format_address, logger
 from ._loop import LoopChoice, new_event_loop
-from ._streams import READY
+from ._signals import signals_wake
 
 if TYPE_CHECKING:
     import socket
@@ -150,14 +150,19 @@ class AsyncBaseServer:
             self._get_tracker()
             self._serving = True
             self._start_accepting()
+            # Without a service_actions() of its own, no timer is armed: a
+            # pending timer makes every turn of asyncio's loop read the clock
+            # and compute a timeout, a cost paid on every request.
+            ticking = type(self).service_actions is not AsyncBaseServer.service_actions
             while not self._shutdown_request:
                 wake: asyncio.Future[None] = loop.create_future()
                 self._wake = wake
-                timer = loop.call_later(poll_interval, _resolve, wake)
+                timer = loop.call_later(poll_interval, _resolve, wake) if ticking else None
                 try:
                     await wake
                 finally:
-                    timer.cancel()
+                    if timer is not None:
+                        timer.cancel()
                     self._wake = None
                 if self._shutdown_request:
                     break
@@ -195,7 +200,8 @@ class AsyncBaseServer:
             own = self._own_loop = new_event_loop(loop or self.event_loop)
         task = own.create_task(self.serve(poll_interval))
         try:
-            own.run_until_complete(task)
+            with signals_wake(own):
+                own.run_until_complete(task)
         except BaseException:
             # KeyboardInterrupt or SystemExit out of the loop: end serve()
             # properly, so the server is not left looking as if it served.
@@ -206,7 +212,7 @@ class AsyncBaseServer:
                 except asyncio.CancelledError:
                     pass  # the cancellation asked for just above
             raise
-        return READY
+        return _FINISHED
 
     def shutdown(self) -> None:
         """Make ``serve()``/``serve_forever()`` return, and wait until it has.
@@ -527,6 +533,19 @@ class AsyncBaseServer:
     ) -> None:
         self.server_close()
         await self._settle()
+
+
+class _Finished:
+    """What a blocking ``serve_forever()`` returns: awaiting it returns at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+_FINISHED = _Finished()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -20,7 +20,8 @@ only gives it back whole, so the reader, which also serves ``read(n)`` and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Generator, Iterable
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, cast
 
 from .._errors import IdleTimeoutExpired, LineTooLong
@@ -30,18 +31,68 @@ DEFAULT_READ_LIMIT = 64 * 1024
 DEFAULT_WRITE_LIMIT = 64 * 1024
 
 
-class _Ready:
-    """An awaitable that is already done: what ``write()`` returns when the
-    transport is not full, so ``await writer.write(...)`` costs no future."""
+class Wakeup(asyncio.Future):  # type: ignore[type-arg]
+    """The future a handler's task waits on, for bytes or for room to write.
 
-    __slots__ = ()
+    When a transport callback completes it (``set_result``), the waiting
+    task resumes right there, inside that callback, instead of one turn of
+    asyncio's loop later: that saves a turn of the loop per request (a
+    ``call_soon``, an ``epoll_wait`` and the loop's bookkeeping in Python),
+    which is most of what a task costs over a bare protocol. Errors and
+    cancellation resume the task the usual way, with ``call_soon``; and so
+    does ``set_result`` if a task is running at that moment. Only used on
+    asyncio's own loop: on uvloop a turn of the loop is cheap C, and a plain
+    future is faster.
+    """
 
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # pragma: no cover - makes this a generator
+    # A class default, so that making one runs no Python __init__ (one per wait).
+    _eager_callbacks: list[tuple[Callable[[Any], object], contextvars.Context | None]] | None = None
 
+    def add_done_callback(self, fn: Callable[[Any], object], *, context: contextvars.Context | None = None) -> None:
+        if self.done():
+            self.get_loop().call_soon(fn, self, context=context)
+        elif self._eager_callbacks is None:
+            self._eager_callbacks = [(fn, context)]
+        else:
+            self._eager_callbacks.append((fn, context))
 
-READY = _Ready()
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        callbacks = self._eager_callbacks or []
+        kept = [(f, c) for f, c in callbacks if f != fn]
+        self._eager_callbacks = kept
+        return len(callbacks) - len(kept)
+
+    def set_result(self, result: Any) -> None:
+        super().set_result(result)
+        callbacks, self._eager_callbacks = self._eager_callbacks, None
+        for fn, context in callbacks or ():
+            try:
+                if context is None:
+                    fn(self)
+                else:
+                    context.run(fn, self)
+            except RuntimeError:
+                # Called from inside a running task, the waiting task could not
+                # be entered (asyncio allows one at a time) and did not run:
+                # resume it a turn later instead.
+                self.get_loop().call_soon(fn, self, context=context)
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        super().set_exception(exception)
+        self.exception()  # retrieved: the task that waited may have been cancelled meanwhile
+        self._schedule()
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self._schedule()
+        return True
+
+    def _schedule(self) -> None:
+        callbacks, self._eager_callbacks = self._eager_callbacks, None
+        loop = self.get_loop()
+        for fn, context in callbacks or ():
+            loop.call_soon(fn, self, context=context)
 
 
 class AsyncStreamReader(asyncio.Protocol):
@@ -68,8 +119,15 @@ class AsyncStreamReader(asyncio.Protocol):
         self.idle_timeout = idle_timeout
         self._read_limit = read_limit
         self._buf = bytearray()
-        self._scanned = 0  # bytes of _buf known to hold no _scan_sep
+        self._scanned = 0  # bytes of _buf known to hold no newline (readline)
+        self._scanned_sep = 0  # ... and no _scan_sep (readuntil)
         self._scan_sep = b"\n"
+        # A done future: what write() returns while the transport has room,
+        # so that ``await writer.write()`` then costs no Python frame at all.
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._ready.set_result(None)
+        self._eager = isinstance(loop, asyncio.BaseEventLoop)  # asyncio's loop, not uvloop
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._eof = False
         self._error: BaseException | None = None  # raised by reads that need more bytes, and by writes
         self._waiter: asyncio.Future[None] | None = None
@@ -88,14 +146,17 @@ class AsyncStreamReader(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
         if len(self._buf) > self._read_limit and not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._transport.pause_reading()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            if not waiter.done():
+                waiter.set_result(None)  # with a Wakeup, the handler runs now, before this returns
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -113,7 +174,6 @@ class AsyncStreamReader(asyncio.Protocol):
             self._drain_waiter = None
             if not drain.done():
                 drain.set_exception(self._error or ConnectionResetError("connection lost"))
-                drain.exception()  # retrieved: nobody may be waiting on it
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -188,13 +248,24 @@ class AsyncStreamReader(asyncio.Protocol):
         Raises:
             LineTooLong: no newline within ``max_line`` bytes.
         """
+        buf = self._buf
         while True:
-            end = self._scan(b"\n")
-            if end:
-                return self._take(end)
+            if buf:
+                found = buf.find(b"\n", self._scanned, self.max_line)
+                if found >= 0:
+                    if found + 1 == len(buf) and not self._reading_paused:
+                        # The usual case, one whole line and nothing more: _take() inlined.
+                        line = bytes(buf)
+                        buf.clear()
+                        self._scanned = self._scanned_sep = 0
+                        return line
+                    return self._take(found + 1)
+                if len(buf) >= self.max_line:
+                    raise LineTooLong(self.max_line, self.client_address)
+                self._scanned = len(buf)
             if self._eof:
                 self._raise_if_error()
-                return self._take(len(self._buf))
+                return self._take(len(buf))
             await self._wait()
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
@@ -229,14 +300,14 @@ class AsyncStreamReader(asyncio.Protocol):
         buf = self._buf
         if sep != self._scan_sep:
             self._scan_sep = sep
-            self._scanned = 0
-        start = self._scanned - len(sep) + 1
+            self._scanned_sep = 0
+        start = self._scanned_sep - len(sep) + 1
         found = buf.find(sep, start if start > 0 else 0, self.max_line)
         if found >= 0:
             return found + len(sep)
         if len(buf) >= self.max_line:
             raise LineTooLong(self.max_line, self.client_address)
-        self._scanned = len(buf)
+        self._scanned_sep = len(buf)
         return 0
 
     def _take(self, n: int) -> bytes:
@@ -247,34 +318,30 @@ class AsyncStreamReader(asyncio.Protocol):
         else:
             data = bytes(buf[:n])
             del buf[:n]
-        self._scanned = 0
+        self._scanned = self._scanned_sep = 0
         if self._reading_paused and len(buf) <= self._read_limit // 2:
             self._resume_reading()
         return data
 
-    async def _wait(self) -> None:
-        """Wait for more bytes, EOF or an error, at most ``idle_timeout``."""
+    def _wait(self) -> Awaitable[None]:
+        """A future done when more bytes, EOF or an error came, failed after ``idle_timeout``."""
         if self._error is not None:
             raise self._error
         if self._reading_paused:
             self._resume_reading()  # what is buffered is not enough: more must come in
-        waiter = self._loop.create_future()
+        loop = self._loop
+        waiter: asyncio.Future[None] = Wakeup(loop=loop) if self._eager else loop.create_future()
         self._waiter = waiter
-        if self.idle_timeout is None:
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-            return
-        timer = self._loop.call_later(self.idle_timeout, self._idle_expired, waiter)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            timer.cancel()
+        if self.idle_timeout is not None:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            self._idle_timer = loop.call_later(self.idle_timeout, self._idle_expired, waiter)
+        return waiter
 
     def _idle_expired(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
+        self._idle_timer = None
+        if self._waiter is waiter and not waiter.done():
+            self._waiter = None
             assert self.idle_timeout is not None
             waiter.set_exception(IdleTimeoutExpired(self.idle_timeout, self.client_address))
 
@@ -282,6 +349,9 @@ class AsyncStreamReader(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -302,9 +372,10 @@ class AsyncStreamReader(asyncio.Protocol):
         if self._lost:
             raise ConnectionResetError(f"connection to {self.client_address!r} lost")
         if not self._write_paused:
-            return READY
+            return self._ready
         if self._drain_waiter is None:
-            self._drain_waiter = self._loop.create_future()
+            loop = self._loop
+            self._drain_waiter = Wakeup(loop=loop) if self._eager else loop.create_future()
         return self._drain_waiter
 
 
@@ -332,7 +403,7 @@ class AsyncStreamWriter:
         self.transport.write(data)
         if reader._write_paused:
             return reader._drain()
-        return READY
+        return reader._ready
 
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> Awaitable[None]:
         """Send every buffer of ``data``, in order; awaitable like ``write()``."""
