@@ -212,6 +212,10 @@ class AsyncBaseServer:
                 except asyncio.CancelledError:
                     pass  # the cancellation asked for just above
             raise
+        if self._listener_closed:
+            # stop() or server_close() ran from another thread while serving:
+            # nothing can be served any more, so the loop is not kept.
+            self._close_own_loop()
         return _FINISHED
 
     def shutdown(self) -> None:
