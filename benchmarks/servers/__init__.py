@@ -70,6 +70,35 @@ _SPECS = [
         "sockserve.ThreadingTCPServer + StreamRequestHandler",
     ),
     # e.g. ServerSpec("sockserve_prefork", "sockserve_prefork", "tcp", "stdlib_fork", "...")
+    # sockserve.aio: each compared with its asyncio peer on the same loop (issue 4's targets)
+    ServerSpec(
+        "sockserve_aio_streams",
+        "sockserve_aio_streams",
+        "tcp",
+        "asyncio_streams",
+        "sockserve.aio.AsyncTCPServer + AsyncStreamRequestHandler (a task per connection)",
+    ),
+    ServerSpec(
+        "sockserve_aio_protocol",
+        "sockserve_aio_protocol",
+        "tcp",
+        "asyncio_protocol",
+        "sockserve.aio.AsyncTCPServer + AsyncProtocolHandler (callbacks)",
+    ),
+    ServerSpec(
+        "sockserve_aio_streams_uvloop",
+        "sockserve_aio_streams_uvloop",
+        "tcp",
+        "uvloop_streams",
+        "sockserve_aio_streams on uvloop",
+    ),
+    ServerSpec(
+        "sockserve_aio_protocol_uvloop",
+        "sockserve_aio_protocol_uvloop",
+        "tcp",
+        "uvloop_protocol",
+        "sockserve_aio_protocol on uvloop",
+    ),
     # --- UDP -----------------------------------------------------------------
     ServerSpec(
         "stdlib_thread_udp",
@@ -81,6 +110,20 @@ _SPECS = [
     ServerSpec("stdlib_udp", "stdlib_udp", "udp", UDP_BASELINE, "socketserver.UDPServer, synchronous"),
     ServerSpec("asyncio_datagram", "asyncio_datagram", "udp", UDP_BASELINE, "asyncio.DatagramProtocol"),
     ServerSpec("uvloop_datagram", "uvloop_datagram", "udp", UDP_BASELINE, "asyncio.DatagramProtocol on uvloop"),
+    ServerSpec(
+        "sockserve_aio_datagram",
+        "sockserve_aio_datagram",
+        "udp",
+        "asyncio_datagram",
+        "sockserve.aio.AsyncUDPServer + AsyncDatagramRequestHandler (a task per datagram)",
+    ),
+    ServerSpec(
+        "sockserve_aio_datagram_uvloop",
+        "sockserve_aio_datagram_uvloop",
+        "udp",
+        "uvloop_datagram",
+        "sockserve_aio_datagram on uvloop",
+    ),
 ]
 
 SERVERS: dict[str, ServerSpec] = {spec.name: spec for spec in _SPECS}
