@@ -198,20 +198,24 @@ def test_an_exception_is_logged_and_the_server_goes_on(loop_kind: str, logs: Log
             assert round_trip(server.server_address, b"fine\n") == b"fine\n"
 
 
-def test_callback_handler_exception_is_logged_and_the_server_goes_on(loop_kind: str, logs: LogWatcher) -> None:
+@pytest.mark.parametrize("error", [ValueError, FileNotFoundError], ids=["ValueError", "OSError"])
+def test_callback_handler_exception_is_logged_and_the_server_goes_on(
+    loop_kind: str, logs: LogWatcher, error: type[Exception]
+) -> None:
     class Handler(aio.AsyncProtocolHandler):
         def data_received(self, data: bytes) -> None:
             if data.startswith(b"boom"):
-                raise ValueError("boom in data_received")
+                raise error("boom in data_received")
             self.write(data)
 
     with running_server(make(aio.AsyncTCPServer, ("127.0.0.1", 0), Handler, loop_kind)) as server:
         with connect(server.server_address) as sock:
             sock.sendall(b"boom\n")
-            assert recv_all(sock) == b""  # the connection is closed
+            assert closed_by_server(sock) == b""
         record = logs.wait_for("exception while handling a request from 127.0.0.1")
         assert record.exc_info is not None
-        assert isinstance(record.exc_info[1], ValueError)
+        assert isinstance(record.exc_info[1], error)
+        assert len([m for m in logs.messages() if m.startswith("exception while")]) == 1
         assert round_trip(server.server_address, b"fine\n") == b"fine\n"
 
 

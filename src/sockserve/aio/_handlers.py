@@ -84,26 +84,29 @@ class AsyncDatagramRequestHandler:
 class AsyncProtocolHandler:
     """A callback handler, in the style of ``asyncio.Protocol``, for the last microsecond.
 
-    No task runs per connection: the server calls ``connection_made()``
-    once the connection is set up, ``data_received(data)`` for each chunk,
+    No task runs per connection, and the transport calls the handler's
+    methods directly. The server makes the handler when it accepts the
+    connection, sets ``transport`` and calls ``connection_made()`` once the
+    connection is set up, ``data_received(data)`` for each chunk,
     ``eof_received()`` when the client has finished sending (return True to
     keep the connection open for replies; otherwise it is closed once what
     was written is sent), and ``connection_lost(exc)`` at the end.
     ``write(data)`` sends, ``close()`` closes after sending; the flow-control
     hooks ``pause_writing()``/``resume_writing()`` say when the client is not
     keeping up. An exception in a callback is reported by
-    ``server.handle_error()`` and closes the connection.
+    ``server.handle_error()`` (through the loop's exception handler, which
+    ``serve()`` sets up) and closes the connection at once.
     """
 
-    def __init__(self, transport: asyncio.Transport, client_address: Any, server: AsyncBaseServer) -> None:
-        self.transport = transport
+    transport: asyncio.Transport  # set by the server before connection_made()
+
+    def __init__(self, client_address: Any, server: AsyncBaseServer) -> None:
         self.client_address = client_address
         self.server = server
-        # The transport's own bound method, so a write costs one call.
-        self.write = transport.write  # type: ignore[method-assign]
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ``data`` (buffered by the transport if the socket is full)."""
+        """Send ``data`` (buffered by the transport if the socket is full).
+        Replaced by the transport's own ``write`` once connected."""
         self.transport.write(data)
 
     def close(self) -> None:

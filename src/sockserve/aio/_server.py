@@ -125,6 +125,9 @@ class AsyncBaseServer:
     def fileno(self) -> int:
         return self.socket.fileno()
 
+    def _on_serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called when ``serve()`` starts on ``loop``. Subclasses may prepare it."""
+
     def _on_readable(self) -> None:
         """The socket is readable: accept, or receive. Supplied by subclasses."""
         raise NotImplementedError
@@ -148,6 +151,7 @@ class AsyncBaseServer:
             self._is_shut_down.clear()
         try:
             self._get_tracker()
+            self._on_serve(loop)
             self._serving = True
             self._start_accepting()
             # Without a service_actions() of its own, no timer is armed: a

@@ -12,7 +12,8 @@ from .._accept import ACCEPT_BATCH
 from .._inet_servers import _family_for, _is_ipv6_wildcard
 from .._log import format_address, logger
 from .._unix_servers import _SocketFileOwner
-from ._connection import CallbackConnection, IdleCallbackConnection, StreamConnection, connect_callback, run_stream
+from ._callback import CallbackConnection, IdleCallbackConnection, connect_callback, route_loop_exceptions
+from ._connection import StreamConnection, run_stream
 from ._handlers import AsyncDatagramRequestHandler, AsyncProtocolHandler, AsyncStreamRequestHandler
 from ._server import AsyncBaseServer
 
@@ -111,11 +112,16 @@ class AsyncTCPServer(_BoundServer):
         if issubclass(handler_class, AsyncStreamRequestHandler):
             conn = StreamConnection(self, sock, client_address)
         else:
-            idle = self._get_tracker().limits.idle_timeout
-            if idle is None:
-                conn = CallbackConnection(self, sock, client_address, handler_class)
-            else:
-                conn = IdleCallbackConnection(self, sock, client_address, handler_class, idle)
+            try:
+                idle = self._get_tracker().limits.idle_timeout
+                if idle is None:
+                    conn = CallbackConnection(self, sock, client_address, handler_class)
+                else:
+                    conn = IdleCallbackConnection(self, sock, client_address, handler_class, idle)
+            except Exception:
+                self.handle_error(sock, client_address)  # the handler's constructor raised
+                sock.close()
+                return
         if not self._admit(conn, sock):
             sock.close()
             if isinstance(conn, IdleCallbackConnection):
@@ -126,6 +132,10 @@ class AsyncTCPServer(_BoundServer):
             conn.task = self._spawn(run_stream(conn, handler_class))
         else:
             conn.task = self._spawn(connect_callback(conn))
+
+    def _on_serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        if issubclass(self.RequestHandlerClass, AsyncProtocolHandler):
+            route_loop_exceptions(loop)
 
 
 class AsyncUDPServer(_BoundServer):

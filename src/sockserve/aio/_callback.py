@@ -1,0 +1,198 @@
+"""One accepted stream connection served by an ``AsyncProtocolHandler``: no
+task, only the transport's callbacks.
+
+The transport calls the handler's own ``data_received``, ``eof_received``,
+``pause_writing`` and ``resume_writing`` (bound methods set on the
+connection), with no frame of sockserve's in between: that is what makes the
+callback handler as fast as a bare ``asyncio.Protocol``. An exception they
+raise reaches asyncio (or uvloop), which closes the transport and calls the
+loop's exception handler; ``route_loop_exceptions`` puts a handler there that
+gives such errors to the server's ``handle_error()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING, Any, cast
+
+from .._errors import IdleTimeoutExpired
+from .._log import logger
+from ._handlers import AsyncProtocolHandler
+
+if TYPE_CHECKING:
+    from ._server import AsyncBaseServer
+
+
+class CallbackConnection(asyncio.Protocol):
+    """The transport's protocol for one connection: bookkeeping around the handler."""
+
+    # IdleCallbackConnection needs to see every chunk, so it keeps its own data_received.
+    _direct_data = True
+
+    def __init__(
+        self,
+        server: AsyncBaseServer,
+        sock: socket.socket,
+        client_address: Any,
+        handler_class: type[AsyncProtocolHandler],
+    ) -> None:
+        self.server = server
+        self.sock = sock
+        self.client_address = client_address
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.aborted: BaseException | None = None
+        self._reported: BaseException | None = None
+        handler = self.handler = handler_class(client_address, server)
+        if self._direct_data:
+            self.data_received = handler.data_received  # type: ignore[method-assign]
+        self.eof_received = handler.eof_received  # type: ignore[method-assign]
+        self.pause_writing = handler.pause_writing  # type: ignore[method-assign]
+        self.resume_writing = handler.resume_writing  # type: ignore[method-assign]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's quack like it
+        self.transport = transport
+        handler = self.handler
+        handler.transport = transport
+        handler.write = transport.write  # type: ignore[method-assign]  # one call per write
+        try:
+            handler.connection_made()
+        except Exception as exc:
+            self.report(exc)
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.handler.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.server._release(self)
+        if (
+            isinstance(exc, OSError)
+            and not isinstance(exc, (ConnectionError, TimeoutError))
+            and exc is not self._reported
+            and exc is not self.aborted
+        ):
+            # asyncio and uvloop close the transport without a word when a
+            # callback raises an OSError: report it here, where it arrives.
+            self.report(exc)
+        try:
+            self.handler.connection_lost(exc)
+        except Exception as error:
+            self.report(error)
+
+    def abort(self, exc: BaseException) -> None:
+        if self.aborted is not None:
+            return
+        self.aborted = exc
+        if self.transport is not None:
+            self.transport.abort()
+        elif self.task is not None:
+            self.task.cancel()
+
+    def report(self, exc: BaseException) -> None:
+        """Give ``exc`` to the server's ``handle_error()``, once."""
+        if exc is self._reported:
+            return
+        self._reported = exc
+        try:
+            raise exc
+        except Exception:
+            self.server.handle_error(self.sock, self.client_address)
+
+
+class IdleCallbackConnection(CallbackConnection):
+    """A callback connection under ``idle_timeout``: closed when the client
+    has sent nothing for that long."""
+
+    _direct_data = False
+
+    def __init__(
+        self,
+        server: AsyncBaseServer,
+        sock: socket.socket,
+        client_address: Any,
+        handler_class: type[AsyncProtocolHandler],
+        idle_timeout: float,
+    ) -> None:
+        super().__init__(server, sock, client_address, handler_class)
+        self._idle_timeout = idle_timeout
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = self._loop.call_later(idle_timeout, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        # A timestamp, not a timer per chunk: the timer re-arms itself lazily.
+        self._last = self._loop.time()
+        self.handler.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.cancel_idle_timer()
+        super().connection_lost(exc)
+
+    def cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self.aborted is not None:
+            return
+        left = self._last + self._idle_timeout - self._loop.time()
+        if left > 0:
+            self._idle_timer = self._loop.call_later(left, self._check_idle)
+            return
+        exc = IdleTimeoutExpired(self._idle_timeout, self.client_address)
+        logger.warning("%s: closing the connection", exc)
+        self.abort(exc)
+
+
+async def connect_callback(conn: CallbackConnection) -> None:
+    """Hand the accepted socket to a transport with ``conn`` as its protocol."""
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.connect_accepted_socket(lambda: conn, conn.sock)
+    except asyncio.CancelledError:
+        _never_connected(conn)
+        if conn.aborted is None:
+            raise
+    except Exception as exc:
+        conn.report(exc)
+        _never_connected(conn)
+
+
+def _never_connected(conn: CallbackConnection) -> None:
+    conn.server._release(conn)
+    conn.sock.close()
+    if isinstance(conn, IdleCallbackConnection):
+        conn.cancel_idle_timer()
+
+
+class _ExceptionRouter:
+    """A loop exception handler: errors of callback connections go to their
+    server's ``handle_error()``, everything else where it went before."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        protocol = context.get("protocol")
+        exc = context.get("exception")
+        if isinstance(protocol, CallbackConnection) and isinstance(exc, Exception):
+            protocol.report(exc)
+        elif self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+
+def route_loop_exceptions(loop: asyncio.AbstractEventLoop) -> None:
+    """Install the router on ``loop`` (once; it stays, and keeps the handler it found)."""
+    current = loop.get_exception_handler()
+    if not isinstance(current, _ExceptionRouter):
+        loop.set_exception_handler(_ExceptionRouter(current))
