@@ -161,10 +161,10 @@ def test_iterating_rfile_is_capped_too() -> None:
             except sockserve.LineTooLong:
                 self.wfile.write(b"too long\n")
 
-    with running_server(sockserve.TCPServer(("127.0.0.1", 0), Capped)) as server:
-        with connect(server.server_address) as c:
-            c.sendall(b"ok\nthis one is far too long\n")
-            assert recv_all(c) == b"ok\ntoo long\n"
+    server = sockserve.TCPServer(("127.0.0.1", 0), Capped)
+    with running_server(server), connect(server.server_address) as c:
+        c.sendall(b"ok\nthis one is far too long\n")
+        assert recv_all(c) == b"ok\ntoo long\n"
 
 
 def test_limits_are_validated() -> None:

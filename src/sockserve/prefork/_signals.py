@@ -1,0 +1,74 @@
+"""Signals to events: the handlers only record the signal and wake the
+supervisor's loop through a pipe; the loop acts and logs (never the handler).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import signal
+from types import FrameType
+
+SUPERVISOR_SIGNALS = (
+    signal.SIGTERM,  # graceful stop
+    signal.SIGINT,  # graceful stop (Ctrl-C)
+    signal.SIGQUIT,  # immediate stop
+    signal.SIGHUP,  # graceful reload
+    signal.SIGTTIN,  # one worker more
+    signal.SIGTTOU,  # one worker fewer
+    signal.SIGCHLD,  # a worker exited
+)
+
+
+class SignalQueue:
+    """Installs handlers that enqueue; ``wait()`` returns what arrived."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = SUPERVISOR_SIGNALS) -> None:
+        self._signals = signals
+        self._pending: collections.deque[signal.Signals] = collections.deque()
+        self._reader, self._writer = os.pipe()
+        os.set_blocking(self._reader, False)
+        os.set_blocking(self._writer, False)
+        self._previous: dict[signal.Signals, object] = {}
+
+    def install(self) -> None:
+        for sig in self._signals:
+            self._previous[sig] = signal.signal(sig, self._enqueue)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def close(self) -> None:
+        self.restore()
+        os.close(self._reader)
+        os.close(self._writer)
+
+    def _enqueue(self, signum: int, frame: FrameType | None) -> None:
+        self._pending.append(signal.Signals(signum))
+        try:
+            os.write(self._writer, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already: the loop will look
+
+    def put(self, sig: signal.Signals) -> None:
+        """Inject a signal as if it had arrived (for embedding and tests)."""
+        self._enqueue(sig, None)
+
+    def wait(self, timeout: float | None) -> list[signal.Signals]:
+        """Wait up to ``timeout`` seconds for signals; return those that arrived."""
+        if not self._pending:
+            poller = select.poll()
+            poller.register(self._reader, select.POLLIN)
+            poller.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
+        try:
+            while os.read(self._reader, 512):
+                pass
+        except BlockingIOError:
+            pass
+        arrived = []
+        while self._pending:
+            arrived.append(self._pending.popleft())
+        return arrived

@@ -1,0 +1,321 @@
+"""The prefork supervisor: binds, forks workers, keeps the right number alive.
+
+It only supervises: signals arrive through ``_signals``, the table and the
+restart policy live in ``_table``, and what a worker does is ``_worker``'s.
+The vocabulary is gunicorn's and nginx's:
+
+* SIGTERM, SIGINT: graceful stop. Workers stop accepting and finish their
+  requests (up to ``grace`` seconds); the supervisor then exits. A second
+  one makes it immediate.
+* SIGQUIT: immediate stop.
+* SIGHUP: graceful reload. A new generation of workers starts, then the old
+  one drains and exits.
+* SIGTTIN / SIGTTOU: one worker more / fewer.
+
+A worker that dies is replaced; one that dies soon after it started is
+replaced after an exponential back-off, so a crash loop does not spin.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._drain import DEFAULT_GRACE
+from ._signals import SignalQueue
+from ._table import RestartPolicy, WorkerTable
+from ._worker import WORKER_OK, WORKER_RECYCLED, run_worker
+
+log = logging.getLogger("sockserve.prefork")
+
+# How long after the grace period the supervisor waits for workers to exit
+# before it kills them: they may still be closing sockets and flushing logs.
+EXIT_MARGIN = 5.0
+# How long an immediate stop waits before SIGKILL.
+IMMEDIATE_TIMEOUT = 5.0
+
+
+class Prefork:
+    """Serve one address with several worker processes.
+
+    Args:
+        server_class: any sockserve server class (sync, thread, pool, or an
+            async server with the same constructor). Each worker serves with it.
+        server_address: where to listen (port 0: the kernel picks one, and
+            ``server_address`` says which after ``bind()``).
+        handler_class: the request handler, unchanged.
+        workers: how many worker processes (default: one per CPU).
+        reuse_port: each worker binds its own socket with SO_REUSEPORT and the
+            kernel spreads connections between them, instead of all workers
+            accepting from one inherited socket.
+        grace: seconds a worker may spend finishing requests when stopped.
+        max_requests: recycle a worker after about this many requests (0: never),
+            plus a random ``0..max_requests_jitter`` so they do not all restart at once.
+        configure: called with each new server object (e.g. to set ``limits``).
+        restart_policy: back-off for crashing workers.
+
+    Resource handling:
+        ``run()`` reaps every worker it started and closes the listening
+        socket (removing a Unix socket file) on every way out.
+    """
+
+    def __init__(
+        self,
+        server_class: type[Any],
+        server_address: Any,
+        handler_class: Any,
+        *,
+        workers: int | None = None,
+        reuse_port: bool = False,
+        grace: float | None = DEFAULT_GRACE,
+        max_requests: int = 0,
+        max_requests_jitter: int = 0,
+        configure: Callable[[Any], None] | None = None,
+        restart_policy: RestartPolicy | None = None,
+    ) -> None:
+        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        self.server_class = server_class
+        self.server_address = server_address
+        self.handler_class = handler_class
+        self.reuse_port = reuse_port
+        self.grace = grace
+        self.max_requests = max_requests
+        self.max_requests_jitter = max_requests_jitter
+        self.configure = configure
+        self.policy = restart_policy or RestartPolicy()
+        self.signals = SignalQueue()
+        self._table = WorkerTable()
+        self._generation = 0
+        self._server: Any = None  # the bound server (inherited mode)
+        self._reserved: socket.socket | None = None  # holds the port (SO_REUSEPORT mode)
+        self._stopping: str | None = None  # None, "graceful" or "immediate"
+        self._deadline = float("inf")
+
+    # -- binding ---------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind the listening socket now (``run()`` does it if needed)."""
+        if self._server is not None or self._reserved is not None:
+            return
+        if not self.reuse_port:
+            self._server = self._new_server(self.server_address)
+            self.server_address = self._server.server_address
+            return
+        # Each worker binds its own socket; the supervisor only holds the port
+        # (bound, never listening, so the kernel routes no connection to it).
+        family = socket.AF_INET6 if ":" in str(self.server_address[0]) else socket.AF_INET
+        reserved = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            reserved.bind(self.server_address)
+        except BaseException:
+            reserved.close()
+            raise
+        self._reserved = reserved
+        self.server_address = reserved.getsockname()
+
+    def _new_server(self, address: Any) -> Any:
+        server_class = self.server_class
+        if self.reuse_port:
+            server_class = type(server_class.__name__, (server_class,), {"allow_reuse_port": True})
+        server = server_class(address, self.handler_class)
+        if self.configure is not None:
+            self.configure(server)
+        return server
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until stopped by a signal; returns the exit status (0)."""
+        self.bind()
+        self.signals.install()
+        log.info(
+            "supervisor %d: serving %s with %d worker(s)%s",
+            os.getpid(),
+            self.server_address,
+            self.workers,
+            " (SO_REUSEPORT)" if self.reuse_port else "",
+        )
+        try:
+            while True:
+                now = time.monotonic()
+                if self._stopping is None:
+                    timeout = self._spawn_missing(now)
+                else:
+                    if not len(self._table):
+                        break
+                    if now >= self._deadline:
+                        self._kill_all(signal.SIGKILL, "did not exit in time")
+                        self._deadline = float("inf")
+                    timeout = None if self._deadline == float("inf") else self._deadline - now
+                for sig in self.signals.wait(timeout):
+                    self._on_signal(sig)
+                self._reap()
+        finally:
+            self._cleanup()
+        log.info("supervisor %d: stopped", os.getpid())
+        return 0
+
+    def _spawn_missing(self, now: float) -> float | None:
+        missing = self.workers - len(self._table.active())
+        if missing <= 0:
+            return None
+        if not self.policy.may_spawn(now):
+            return self.policy.wait_time(now)
+        for _ in range(missing):
+            self._spawn()
+        return None
+
+    def _spawn(self) -> None:
+        max_requests = self.max_requests
+        if max_requests and self.max_requests_jitter:
+            max_requests += random.randint(0, self.max_requests_jitter)  # noqa: S311 - spreading, not security
+        pid = os.fork()
+        if pid == 0:
+            self.signals.close()
+            if self.reuse_port:
+                address = self.server_address
+                if self._reserved is not None:
+                    self._reserved.close()
+                make = lambda: self._new_server(address)  # noqa: E731
+            else:
+                server = self._server
+                make = lambda: server  # noqa: E731
+            run_worker(make, grace=self.grace, max_requests=max_requests)
+        self._table.add(pid, self._generation)
+        log.info("spawned worker %d (generation %d)", pid, self._generation)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self._table.remove(pid)
+            if worker is None:
+                continue
+            now = time.monotonic()
+            code = os.waitstatus_to_exitcode(status)
+            expected = worker.retiring or self._stopping is not None
+            if code == WORKER_RECYCLED:
+                log.info("worker %d recycled after max_requests", pid)
+            elif expected:
+                log.info("worker %d exited (%s)", pid, _describe(code))
+            else:
+                log.error("worker %d died unexpectedly (%s): replacing it", pid, _describe(code))
+            if not expected:
+                crashed = code not in (WORKER_OK, WORKER_RECYCLED)
+                self.policy.worker_died(now - worker.started, now, crashed)
+                if self.policy.delay:
+                    log.warning(
+                        "worker %d lived %.2fs: next start in %.2fs", pid, now - worker.started, self.policy.delay
+                    )
+
+    # -- signals ---------------------------------------------------------------
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            if self._stopping is None:
+                self._stop("graceful", sig)
+            else:
+                self._stop("immediate", sig)
+        elif sig == signal.SIGQUIT:
+            self._stop("immediate", sig)
+        elif self._stopping is not None:
+            return  # no reloads or scaling while stopping
+        elif sig == signal.SIGHUP:
+            self._reload()
+        elif sig == signal.SIGTTIN:
+            self.workers += 1
+            log.info("SIGTTIN: %d worker(s)", self.workers)
+        elif sig == signal.SIGTTOU:
+            self._scale_down()
+
+    def _stop(self, how: str, sig: signal.Signals) -> None:
+        if self._stopping == "immediate":
+            return
+        log.info("supervisor %d: %s, %s stop", os.getpid(), sig.name, how)
+        self._stopping = how
+        self._close_listener()  # new connections are refused from now on
+        if how == "graceful":
+            self._deadline = time.monotonic() + (self.grace if self.grace is not None else float("inf")) + EXIT_MARGIN
+            self._kill_all(signal.SIGTERM)
+        else:
+            self._deadline = time.monotonic() + IMMEDIATE_TIMEOUT
+            self._kill_all(signal.SIGQUIT)
+
+    def _reload(self) -> None:
+        old = self._table.active()
+        self._generation += 1
+        log.info("SIGHUP: starting generation %d, draining %d old worker(s)", self._generation, len(old))
+        for worker in old:
+            worker.retiring = True
+        for _ in range(self.workers):
+            self._spawn()
+        for worker in old:
+            _signal(worker.pid, signal.SIGTERM)
+
+    def _scale_down(self) -> None:
+        if self.workers <= 1:
+            log.info("SIGTTOU: already at one worker")
+            return
+        self.workers -= 1
+        oldest = min(self._table.active(), key=lambda w: w.started, default=None)
+        log.info("SIGTTOU: %d worker(s)", self.workers)
+        if oldest is not None:
+            oldest.retiring = True
+            _signal(oldest.pid, signal.SIGTERM)
+
+    # -- the way out ----------------------------------------------------------
+
+    def _kill_all(self, sig: signal.Signals, why: str = "") -> None:
+        for worker in self._table.all():
+            if why:
+                log.warning("worker %d %s: sending %s", worker.pid, why, sig.name)
+            _signal(worker.pid, sig)
+
+    def _close_listener(self) -> None:
+        if self._server is not None:
+            self._server.socket.close()
+        if self._reserved is not None:
+            self._reserved.close()
+
+    def _cleanup(self) -> None:
+        try:
+            if len(self._table):  # an exception got us here: leave no worker behind
+                self._kill_all(signal.SIGKILL)
+                for worker in self._table.all():
+                    try:
+                        os.waitpid(worker.pid, 0)
+                    except ChildProcessError:
+                        pass
+                    self._table.remove(worker.pid)
+        finally:
+            self.signals.close()
+            if self._server is not None:
+                self._server.server_close()  # closes the socket, removes a Unix socket file
+            if self._reserved is not None:
+                self._reserved.close()
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # it has exited already; the reaper will see it
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"

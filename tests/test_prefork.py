@@ -1,0 +1,312 @@
+"""The prefork supervisor, driven as an operator would: with signals."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from .helpers import connect, recv_all, recv_line
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+
+SUPERVISOR = textwrap.dedent(
+    """
+    import json, logging, os, sys, time
+    import sockserve
+    from sockserve.prefork import Prefork, RestartPolicy
+
+    config = json.loads(sys.argv[1])
+
+    def say(**event):
+        # One write() per line: the supervisor and its workers share this pipe.
+        os.write(1, (json.dumps(event) + "\\n").encode())
+
+    class Report(logging.Handler):
+        def emit(self, record):
+            say(log=record.getMessage(), t=time.monotonic())
+
+    log = logging.getLogger("sockserve")
+    log.addHandler(Report())
+    log.setLevel(logging.INFO)
+
+    class Handler(sockserve.StreamRequestHandler):
+        # "slow" lines wait for a second line before the reply: a request in flight.
+        def handle(self):
+            for line in self.rfile:
+                if line.startswith(b"slow"):
+                    say(entered=os.getpid())
+                    line = line.strip() + b" " + self.rfile.readline()
+                self.wfile.write(b"%d " % os.getpid() + line)
+
+    class Crashing(sockserve.ThreadPoolTCPServer):
+        def serve_forever(self, poll_interval=0.5):
+            raise RuntimeError("this worker cannot serve")
+
+    server_class = Crashing if config.get("crash") else sockserve.ThreadPoolTCPServer
+    address = config.get("unix") or ("127.0.0.1", 0)
+    if config.get("unix"):
+        server_class = sockserve.ThreadPoolUnixStreamServer
+    supervisor = Prefork(
+        server_class, address, Handler,
+        workers=config.get("workers", 2),
+        reuse_port=config.get("reuse_port", False),
+        grace=config.get("grace", 30),
+        max_requests=config.get("max_requests", 0),
+        restart_policy=RestartPolicy(initial=0.1, maximum=2.0, stable_after=1.0),
+    )
+    supervisor.bind()
+    say(address=supervisor.server_address, supervisor=os.getpid())
+    sys.exit(supervisor.run())
+    """
+)
+
+
+class Supervisor:
+    """A supervisor in a subprocess, and its event stream on stdout."""
+
+    def __init__(self, tmp_path: Any, **config: Any) -> None:
+        script = tmp_path / "supervisor.py"
+        script.write_text(SUPERVISOR)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), json.dumps(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self.logs: list[str] = []
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+        first = self.next("address")
+        self.address = first["address"] if isinstance(first["address"], str) else tuple(first["address"])
+        self.pid = first["supervisor"]
+        self.spawned: list[tuple[int, float]] = []
+
+    def next(self, key: str, contains: str = "") -> dict[str, Any]:
+        """The next event that has ``key`` (and, for logs, contains ``contains``)."""
+        assert self.proc.stdout is not None
+        while line := self._readline():
+            event = json.loads(line)
+            if "log" in event:
+                self.logs.append(event["log"])
+                if event["log"].startswith("spawned worker"):
+                    self.spawned.append((int(event["log"].split()[2]), event["t"]))
+            if key in event and contains in str(event.get(key, "")):
+                return event  # type: ignore[no-any-return]
+        raise AssertionError(f"the supervisor exited before {key} {contains!r}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+
+    def _readline(self, timeout: float = 20.0) -> str:
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no event from the supervisor for {timeout}s; so far: {self.logs}") from None
+
+    def _pump(self) -> None:
+        """Reader thread: select() cannot see lines already in the file's buffer, a queue can."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # end of output
+
+    def wait_workers(self, n: int) -> None:
+        """Until ``n`` workers have been spawned in all, and each is serving."""
+        while len(self.spawned) < n:
+            self.next("log", "spawned worker")
+        for pid, _ in self.spawned[:n]:
+            self.saw(f"worker {pid} serving")
+
+    def saw(self, text: str) -> None:
+        """Until a log line containing ``text`` has come, now or earlier."""
+        while not any(text in line for line in self.logs):
+            self.next("log")
+
+    def signal(self, sig: signal.Signals) -> None:
+        os.kill(self.pid, sig)
+
+    def finish(self) -> int:
+        try:
+            code = self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._reader.join(10)
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+        for pid, _ in self.spawned:  # every worker was reaped by the supervisor itself
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        return code
+
+
+def ask(address: Any, line: bytes = b"hello\n") -> tuple[int, bytes]:
+    with connect(address) as client:
+        client.sendall(line)
+        pid, _, rest = recv_line(client).partition(b" ")
+    return int(pid), rest
+
+
+def test_workers_serve_and_a_graceful_stop_finishes_the_request_in_flight(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=2)
+    try:
+        sup.wait_workers(2)
+        workers = {pid for pid, _ in sup.spawned}
+        for _ in range(6):
+            pid, rest = ask(sup.address)
+            assert rest == b"hello\n"
+            assert pid in workers
+            assert pid != sup.pid
+        with connect(sup.address) as client:
+            client.sendall(b"slow\n")
+            busy = sup.next("entered")["entered"]
+            idle = (workers - {busy}).pop()
+            sup.signal(signal.SIGTERM)
+            # Every copy of the listening socket is closed once the busy worker
+            # drains (it closes its copy first) and the idle one has exited.
+            sup.saw("connection(s) in flight")
+            sup.saw(f"worker {idle} exited")
+            with pytest.raises(ConnectionRefusedError):
+                connect(sup.address).close()
+            client.sendall(b"request\n")
+            assert recv_line(client).endswith(b" slow request\n")
+    finally:
+        assert sup.finish() == 0
+
+
+def test_a_killed_worker_is_replaced(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=1)
+    try:
+        sup.wait_workers(1)
+        victim, _ = ask(sup.address)
+        os.kill(victim, signal.SIGKILL)
+        sup.saw(f"worker {victim} died unexpectedly")
+        sup.wait_workers(2)
+        pid, rest = ask(sup.address)
+        assert rest == b"hello\n"
+        assert pid != victim
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+
+
+def test_a_crash_loop_backs_off(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=1, crash=True)
+    try:
+        sup.wait_workers(5)
+    finally:
+        sup.signal(signal.SIGQUIT)
+        assert sup.finish() == 0
+    times = [t for _, t in sup.spawned]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # 0.1 s, then 0.2, 0.4, 0.8: the supervisor never starts a worker sooner.
+    for gap, delay in zip(gaps, (0.1, 0.2, 0.4, 0.8), strict=False):
+        assert gap >= delay * 0.9, gaps
+
+
+def test_sigquit_stops_at_once(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=1, grace=3600)
+    try:
+        sup.wait_workers(1)
+        with connect(sup.address) as client:
+            client.sendall(b"slow\n")
+            sup.next("entered")
+            started = time.monotonic()
+            sup.signal(signal.SIGQUIT)
+            assert recv_all(client) == b""
+    finally:
+        assert sup.finish() == 0
+    assert time.monotonic() - started < 3600  # (not a timing threshold: the grace was an hour)
+
+
+def test_sighup_starts_new_workers_and_drains_the_old(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=1)
+    try:
+        sup.wait_workers(1)
+        old = sup.spawned[0][0]
+        with connect(sup.address) as client:
+            client.sendall(b"slow\n")
+            assert sup.next("entered")["entered"] == old
+            sup.signal(signal.SIGHUP)
+            sup.wait_workers(2)
+            new = sup.spawned[1][0]
+            sup.saw("connection(s) in flight")  # the old worker has closed its listening socket
+            assert ask(sup.address)[0] == new  # new connections go to the new generation
+            client.sendall(b"request\n")  # the old worker still finishes its request
+            assert recv_line(client) == b"%d slow request\n" % old
+        sup.saw(f"worker {old} exited")
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+
+
+def test_sigttin_and_sigttou_scale_the_workers(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=1)
+    try:
+        sup.wait_workers(1)
+        sup.signal(signal.SIGTTIN)
+        sup.saw("SIGTTIN: 2 worker(s)")
+        sup.wait_workers(2)
+        sup.signal(signal.SIGTTOU)
+        sup.saw("SIGTTOU: 1 worker(s)")
+        sup.saw(f"worker {sup.spawned[0][0]} exited")  # the oldest retires
+        assert ask(sup.address)[0] == sup.spawned[1][0]
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+
+
+def test_max_requests_recycles_workers(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=1, max_requests=2)
+    try:
+        sup.wait_workers(1)
+        first = [ask(sup.address)[0] for _ in range(2)]
+        sup.saw("recycled")
+        sup.wait_workers(2)
+        assert first == [sup.spawned[0][0]] * 2
+        assert ask(sup.address)[0] == sup.spawned[1][0]
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+
+
+def test_reuse_port_workers_bind_their_own_sockets(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=2, reuse_port=True)
+    try:
+        sup.wait_workers(2)
+        assert sup.address[1] != 0
+        workers = {pid for pid, _ in sup.spawned}
+        seen = set()
+        for _ in range(40):  # the kernel hashes connections over the two sockets
+            pid, rest = ask(sup.address)
+            assert rest == b"hello\n"
+            seen.add(pid)
+            if seen == workers:
+                break
+        assert seen == workers
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+
+
+def test_unix_socket_prefork_removes_its_file(tmp_path: Any, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "prefork.sock")
+    sup = Supervisor(tmp_path, workers=2, unix=path)
+    try:
+        sup.wait_workers(2)
+        assert ask(path)[1] == b"hello\n"
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+    assert not os.path.exists(path)
