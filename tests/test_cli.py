@@ -23,9 +23,9 @@ def test_demo_walks_through_the_four_examples() -> None:
     assert "All four examples ran" in proc.stdout
 
 
-def _start_echo(listen: str) -> tuple[subprocess.Popen[str], str]:
+def _start_echo(listen: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sockserve", "echo", "--listen", listen],
+        [sys.executable, "-m", "sockserve", "echo", "--listen", listen, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -33,7 +33,7 @@ def _start_echo(listen: str) -> tuple[subprocess.Popen[str], str]:
     assert proc.stdout is not None
     first = proc.stdout.readline()
     assert first.startswith("sockserve echo: listening on "), first + proc.stderr.read()  # type: ignore[union-attr]
-    return proc, first.rsplit(" ", 1)[1].strip()
+    return proc, first.removeprefix("sockserve echo: listening on ").strip()
 
 
 def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -49,7 +49,7 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_echo_serves_and_stops_on_a_signal(stop_signal: signal.Signals) -> None:
     proc, where = _start_echo("127.0.0.1:0")
-    host, port = where.rsplit(":", 1)
+    host, port = where.split(" ")[0].rsplit(":", 1)
     with connect((host, int(port))) as client:
         client.sendall(b"echo me\n")
         assert recv_line(client) == b"echo me\n"
@@ -82,3 +82,16 @@ def test_bad_listen_address_is_a_clear_usage_error() -> None:
     )
     assert proc.returncode == 2
     assert "expected HOST:PORT" in proc.stderr
+
+
+def test_echo_with_prefork_workers_stops_on_sigterm() -> None:
+    proc, where = _start_echo("127.0.0.1:0", "--workers", "2")
+    host, port = where.split(" ")[0].rsplit(":", 1)
+    for _ in range(3):
+        with connect((host, int(port))) as client:
+            client.sendall(b"prefork\n")
+            assert recv_line(client) == b"prefork\n"
+    proc.send_signal(signal.SIGTERM)
+    code, out = _finish(proc)
+    assert code == 0
+    assert "sockserve echo: stopped" in out

@@ -47,6 +47,19 @@ class EchoHandler(BaseRequestHandler):
 def _run_echo(args: argparse.Namespace) -> int:
     kind, address = args.listen
     server_class = ThreadPoolUnixStreamServer if kind == "unix" else ThreadPoolTCPServer
+    if args.workers:
+        from .prefork import Prefork
+
+        supervisor = Prefork(server_class, address, EchoHandler, workers=args.workers, grace=args.grace)
+        supervisor.bind()
+        print(
+            f"sockserve echo: listening on {format_address(supervisor.server_address)} "
+            f"with {supervisor.workers} worker processes",
+            flush=True,
+        )
+        code = supervisor.run()
+        print("sockserve echo: stopped", flush=True)
+        return code
     server = server_class(address, EchoHandler)
     print(f"sockserve echo: listening on {format_address(server.server_address)}", flush=True)
     # First SIGTERM/SIGINT: stop accepting, let connections finish (up to
@@ -93,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="on the first SIGTERM/SIGINT, how long connections may finish (default 10)",
+    )
+    echo.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve with N prefork worker processes (default 0: one process); "
+        "SIGHUP reloads, SIGTTIN/SIGTTOU add/remove a worker",
     )
     echo.set_defaults(run=_run_echo)
     return parser
