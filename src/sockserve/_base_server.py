@@ -20,7 +20,6 @@ these deliberate differences, all invisible to code that works on the stdlib:
 from __future__ import annotations
 
 import selectors
-import socket as _socket
 import sys
 import threading
 import time
@@ -28,9 +27,9 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _drain
 from ._accept import ACCEPT_BATCH, BACKOFF_SECONDS, AcceptBackoff
 from ._errors import IdleTimeoutExpired, LimitExceeded
+from ._graceful import GracefulStop
 from ._limits import NO_LIMITS, ConnectionTracker, Limits
 from ._log import format_address, logger
 from ._wakeup import Waker
@@ -51,7 +50,7 @@ else:  # pragma: no cover - Windows
     _ServerSelector = selectors.SelectSelector
 
 
-class BaseServer:
+class BaseServer(GracefulStop):
     """Base class for server classes.
 
     Methods for the caller:
@@ -120,7 +119,7 @@ class BaseServer:
         self.__waker: Waker | None = None
         self._accept_backoff = AcceptBackoff()
         self.__paused = False  # the loop stopped watching the socket: at capacity
-        self.__force = False  # force_stop() was called during stop()
+        self._force_requested = False  # force_stop() was called
         self.__tracker: ConnectionTracker | None = None
         self.__watchdog: DeadlineWatchdog | None = None
 
@@ -291,80 +290,12 @@ class BaseServer:
             if waker is not None:
                 waker.wake()
 
-    def stop(self, grace: float | None = _drain.DEFAULT_GRACE) -> _drain.DrainReport:
-        """Stop gracefully: stop accepting at once, let the requests in flight
-        finish for up to ``grace`` seconds, then close what remains and the server.
+    def _tracker_if_any(self) -> ConnectionTracker | None:
+        return self.__tracker
 
-        Call it from any thread but the one running ``serve_forever()`` (there,
-        call ``shutdown()`` and then ``stop()`` once ``serve_forever()`` has
-        returned, which is what ``sockserve.serve()`` does). New connections
-        are refused from the moment it is called. ``force_stop()`` from another
-        thread or a signal handler ends the grace period early.
-
-        Closing a request that outlived the grace period shuts its socket
-        down, which ends a handler blocked reading or writing it. A handler
-        blocked on something else is still waited for by ``server_close()``,
-        as the stdlib's ``block_on_close`` promises.
-
-        Returns:
-            A DrainReport: how many requests were in flight, and how many had to be closed.
-        """
-        if self.__serving_thread == threading.get_ident():
-            raise RuntimeError(
-                "stop() would wait for its own request: call shutdown(), then stop() after serve_forever()"
-            )
-        self.shutdown()
-        self._stop_accepting()
-        try:
-            return _drain.drain(
-                self.server_address, self._in_flight(), grace, self._wait_in_flight, self._force_in_flight
-            )
-        finally:
-            self.server_close()
-
-    def force_stop(self) -> None:
-        """End a graceful stop's grace period now, or make the next stop()
-        close everything at once. Safe from any thread and from a signal handler."""
-        self.__force = True
-        self._interrupt_drain()
-
-    @property
-    def forced(self) -> bool:
-        """True once force_stop() has been called."""
-        return self.__force
-
-    def _interrupt_drain(self) -> None:
-        """Wake whatever a drain is waiting on. Models with their own waits extend it."""
-        if self.__tracker is not None:
-            self.__tracker.interrupt()
-
-    def _stop_accepting(self) -> None:
-        """Make new connections fail at once: close a stream server's listening
-        socket. A datagram server keeps its socket until server_close(): the
-        handlers still in flight reply through it, and since the loop has
-        stopped, nothing new is read from it."""
-        sock = getattr(self, "socket", None)
-        if sock is not None and sock.type == _socket.SOCK_STREAM:
-            sock.close()
-
-    def _in_flight(self) -> int:
-        return 0 if self.__tracker is None else len(self.__tracker)
-
-    def _wait_in_flight(self, timeout: float | None) -> bool:
-        if self.__tracker is None or self.__force:
-            return self.__tracker is None or not len(self.__tracker)
-        return self.__tracker.wait_idle(timeout)
-
-    def _force_in_flight(self) -> int:
-        """Close the connections still in flight: their handlers' reads end and
-        their writes fail, so the handler threads finish."""
-        if self.__tracker is None:
-            return 0
-        forced = 0
-        for record in self.__tracker.snapshot():
-            if _abort(record.request):
-                forced += 1
-        return forced
+    def _serving_here(self) -> bool:
+        """True on the thread that runs serve_forever()."""
+        return self.__serving_thread == threading.get_ident()
 
     def _back_off(self) -> None:
         """Wait before the next accept, waking early for shutdown()."""
@@ -442,18 +373,3 @@ class BaseServer:
         traceback: types.TracebackType | None,
     ) -> None:
         self.server_close()
-
-
-def _abort(request: Any) -> bool:
-    """Shut a stream request down from another thread; False if not a stream.
-
-    shutdown(), not close(): closing a descriptor another thread is blocked on
-    could let a new connection reuse the number under that thread's feet.
-    """
-    if not isinstance(request, _socket.socket):
-        return False
-    try:
-        request.shutdown(_socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed or reset by the client: it is ending anyway
-    return True

@@ -12,6 +12,7 @@ import threading
 import time
 
 from ._errors import ConnectionDeadlineExceeded
+from ._graceful import abort_request
 from ._limits import ConnectionTracker
 from ._log import logger
 
@@ -48,14 +49,12 @@ class DeadlineWatchdog:
             thread.join()
 
     def _run(self) -> None:
-        from ._base_server import _abort  # the one place that knows how to cut a request
-
         limit = self._tracker.limits.connection_timeout
         assert limit is not None
         with self._wakeup:
             while not self._closed:
                 for record in self._tracker.overdue():
-                    if _abort(record.request):
+                    if abort_request(record.request):
                         logger.warning(
                             "%s: closing the connection", ConnectionDeadlineExceeded(limit, record.client_address)
                         )
