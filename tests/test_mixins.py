@@ -165,3 +165,16 @@ class TestForking:
                 client.sendall(b"boom\n")
                 assert recv_line(client) == b""
             assert round_trip(server.server_address) == b"fine\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfd_open() (Linux 5.3+)")
+def test_a_finished_child_is_reaped_at_once_whatever_the_poll_interval() -> None:
+    """The stdlib reaps only every poll_interval: here a child's exit wakes the loop."""
+    from .helpers import wait_until
+
+    server = sockserve.ForkingTCPServer(("127.0.0.1", 0), NamesProcess)
+    with running_server(server, poll_interval=3600):
+        pid = int(round_trip(server.server_address).split(b": ")[0])
+        assert wait_until(lambda: pid not in (server.active_children or ())), "the zombie outlived its request"
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # already reaped by the server

@@ -121,6 +121,7 @@ class BaseServer(GracefulStop):
         self.__paused = False  # the loop stopped watching the socket: at capacity
         self._force_requested = False  # force_stop() was called
         self.__tracker: ConnectionTracker | None = None
+        self.__selector: selectors.BaseSelector | None = None  # serve_forever()'s, while it runs
         self.__watchdog: DeadlineWatchdog | None = None
 
     def server_activate(self) -> None:
@@ -145,6 +146,7 @@ class BaseServer(GracefulStop):
                 selector.register(self, selectors.EVENT_READ)
                 selector.register(waker, selectors.EVENT_READ)
                 pending.register(self, selectors.EVENT_READ)
+                self.__selector = selector
                 watching = True
                 while not self.__shutdown_request:
                     # At capacity the listening socket is not watched, so new
@@ -168,10 +170,13 @@ class BaseServer(GracefulStop):
                     for key, _ in ready:
                         if key.fileobj is waker:
                             waker.drain()
-                        else:
+                        elif key.fileobj is self:
                             self._serve_pending(pending)
+                        else:
+                            self._unwatch(key.fileobj)  # a watched descriptor: its event wakes the loop once
                     self.service_actions()
         finally:
+            self.__selector = None
             self.__paused = False
             with self.__state_lock:
                 self.__shutdown_request = False
@@ -289,6 +294,24 @@ class BaseServer(GracefulStop):
             waker = self.__waker
             if waker is not None:
                 waker.wake()
+
+    def _watch(self, fd: int) -> bool:
+        """Wake the serve loop once when ``fd`` becomes readable (then it is
+        unwatched). Only from the loop's own thread while it serves; False
+        otherwise. ForkingMixIn watches its children's pidfds this way."""
+        selector = self.__selector
+        if selector is None or not self._serving_here():
+            return False
+        selector.register(fd, selectors.EVENT_READ)
+        return True
+
+    def _unwatch(self, fd: Any) -> None:
+        selector = self.__selector
+        if selector is not None and self._serving_here():
+            try:
+                selector.unregister(fd)
+            except KeyError:
+                pass  # not watched (any more): nothing to undo
 
     def _tracker_if_any(self) -> ConnectionTracker | None:
         return self.__tracker

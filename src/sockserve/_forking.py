@@ -83,11 +83,39 @@ class ForkingMixIn:
                 reaped, _ = os.waitpid(pid, flags)
             except ChildProcessError:
                 self.active_children.discard(pid)  # reaped by someone else
+                self._forget_child(pid)
                 continue
             except OSError:
                 continue
             if reaped:
                 self.active_children.discard(pid)
+                self._forget_child(pid)
+
+    # A pidfd per child, watched by serve_forever(): a child's exit wakes the
+    # loop, whose service_actions() then reaps it at once, instead of up to
+    # poll_interval later. So no zombie outlives its request.
+    _child_fds: dict[int, int] | None = None
+
+    def _watch_child(self, pid: int) -> None:
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is None:
+            return  # pragma: no cover - not Linux: reaped on the poll_interval, as in the stdlib
+        try:
+            fd = pidfd_open(pid)
+        except OSError:
+            return  # e.g. out of descriptors: the poll_interval still reaps it
+        if not self._watch(fd):  # type: ignore[attr-defined]
+            os.close(fd)
+            return
+        if self._child_fds is None:
+            self._child_fds = {}
+        self._child_fds[pid] = fd
+
+    def _forget_child(self, pid: int) -> None:
+        fd = self._child_fds.pop(pid, None) if self._child_fds else None
+        if fd is not None:
+            self._unwatch(fd)  # type: ignore[attr-defined]
+            os.close(fd)
 
     def handle_timeout(self) -> None:
         """Reap children when handle_request() times out."""
@@ -106,6 +134,7 @@ class ForkingMixIn:
             if self.active_children is None:
                 self.active_children = set()
             self.active_children.add(pid)
+            self._watch_child(pid)
             self.close_request(request)  # type: ignore[attr-defined]
             return
         # The child: handle the request, then exit without returning into the
@@ -138,6 +167,8 @@ class ForkingMixIn:
     def server_close(self) -> None:
         super().server_close()  # type: ignore[misc]
         self.collect_children(blocking=self.block_on_close)
+        for pid in list(self._child_fds or ()):
+            self._forget_child(pid)  # children left running (block_on_close False) are not watched any more
 
     # Graceful stop: each connection in flight is a child process.
     _drain_waker: Waker | None = None
