@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._log import logger
+from ._threading import ThreadingMixIn
 
 Task = tuple[Callable[..., object], tuple[Any, ...]]
 
@@ -185,14 +186,9 @@ class ThreadPoolMixIn:
             )
         return pool
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """What a worker runs for one request: the handler, then closing it."""
-        try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
-        except Exception:
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
-        finally:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+    # What a worker runs for one request (the handler, then closing it): the
+    # same contract as ThreadingMixIn's, so overriding it works the same way.
+    process_request_thread = ThreadingMixIn.process_request_thread
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to a free worker (serve_forever only accepts when one is free)."""
