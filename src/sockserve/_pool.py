@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._log import logger
-from ._threading import ThreadingMixIn
+from ._threading import run_request
 
 Task = tuple[Callable[..., object], tuple[Any, ...]]
 
@@ -186,9 +186,9 @@ class ThreadPoolMixIn:
             )
         return pool
 
-    # What a worker runs for one request (the handler, then closing it): the
-    # same contract as ThreadingMixIn's, so overriding it works the same way.
-    process_request_thread = ThreadingMixIn.process_request_thread
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """What a worker runs for one request: the same as a ThreadingMixIn thread."""
+        run_request(self, request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to a free worker (serve_forever only accepts when one is free)."""

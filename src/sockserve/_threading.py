@@ -6,6 +6,18 @@ import threading
 from typing import Any
 
 
+def run_request(server: Any, request: Any, client_address: Any) -> None:
+    """Handle one request off the serve loop's thread, as the stdlib's threads
+    do: an Exception goes to handle_error(), anything else (SystemExit) ends
+    the thread; the request is shut down either way."""
+    try:
+        server.finish_request(request, client_address)
+    except Exception:
+        server.handle_error(request, client_address)
+    finally:
+        server.shutdown_request(request)
+
+
 class _NoThreads:
     """Stands in for the registry when ``block_on_close`` is False: nothing is kept."""
 
@@ -62,12 +74,7 @@ class ThreadingMixIn:
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """What a request thread runs: the handler, then closing the request."""
-        try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
-        except Exception:
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
-        finally:
-            self.shutdown_request(request)  # type: ignore[attr-defined]
+        run_request(self, request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a new thread to process the request."""
