@@ -40,7 +40,10 @@ class _BoundServer(AsyncBaseServer):
         family = _family_for(self.address_family, server_address)
         if family != self.address_family:
             self.address_family = family
-        self.socket = socket.socket(self.address_family, self.socket_type)
+        # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio turns
+        # Nagle off only on sockets that say they are TCP (uvloop always does).
+        tcp = self.socket_type == socket.SOCK_STREAM and self.address_family in (socket.AF_INET, socket.AF_INET6)
+        self.socket = socket.socket(self.address_family, self.socket_type, socket.IPPROTO_TCP if tcp else 0)
         if bind_and_activate:
             try:
                 self.server_bind()

@@ -28,6 +28,11 @@ from .._errors import IdleTimeoutExpired, LineTooLong
 from ..protocol.lines import DEFAULT_MAX_LINE
 
 DEFAULT_READ_LIMIT = 64 * 1024
+
+# What a reader's pending future waits for: any bytes (the caller looks), a
+# whole line (handed over in the future), or a line with StopAsyncIteration
+# at the end of input (``async for``).
+_RAW, _LINE, _LINE_OR_STOP = 0, 1, 2
 DEFAULT_WRITE_LIMIT = 64 * 1024
 
 
@@ -130,7 +135,8 @@ class AsyncStreamReader(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._eof = False
         self._error: BaseException | None = None  # raised by reads that need more bytes, and by writes
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[Any] | None = None
+        self._line_mode = _RAW  # what _waiter waits for
         self._transport: asyncio.Transport | None = None
         self._reading_paused = False
         self._write_paused = False
@@ -145,18 +151,26 @@ class AsyncStreamReader(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) > self._read_limit and not self._reading_paused and self._transport is not None:
+        buf = self._buf
+        buf += data
+        if len(buf) > self._read_limit and not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._transport.pause_reading()
         waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
-            if not waiter.done():
-                waiter.set_result(None)  # with a Wakeup, the handler runs now, before this returns
+        if waiter is None:
+            return
+        if self._line_mode == _LINE and self._idle_timer is None and not self._reading_paused:
+            # The usual case, a readline() waiting and one whole line come in:
+            # _wake() inlined. With a Wakeup, the handler runs before this returns.
+            found = buf.find(b"\n", self._scanned, self.max_line)
+            if found + 1 == len(buf) and not waiter.done():
+                line = bytes(buf)
+                buf.clear()
+                self._scanned = self._scanned_sep = 0
+                self._waiter = None
+                waiter.set_result(line)
+                return
+        self._wake()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -241,32 +255,36 @@ class AsyncStreamReader(asyncio.Protocol):
             await self._wait()
         return self._take(n)
 
-    async def readline(self) -> bytes:
+    def readline(self, _mode: int = _LINE) -> Awaitable[bytes]:
         """The next line, b"\\n" included, of at most ``max_line`` bytes; at the
         end of input the unterminated rest, then b"".
+
+        (A plain method that returns a future, so that a line costs no
+        coroutine: the transport's callback cuts the line and hands it over.)
 
         Raises:
             LineTooLong: no newline within ``max_line`` bytes.
         """
-        buf = self._buf
-        while True:
-            if buf:
-                found = buf.find(b"\n", self._scanned, self.max_line)
-                if found >= 0:
-                    if found + 1 == len(buf) and not self._reading_paused:
-                        # The usual case, one whole line and nothing more: _take() inlined.
-                        line = bytes(buf)
-                        buf.clear()
-                        self._scanned = self._scanned_sep = 0
-                        return line
-                    return self._take(found + 1)
-                if len(buf) >= self.max_line:
-                    raise LineTooLong(self.max_line, self.client_address)
-                self._scanned = len(buf)
-            if self._eof:
-                self._raise_if_error()
-                return self._take(len(buf))
-            await self._wait()
+        loop = self._loop
+        if self._buf or self._eof:
+            line = self._line_now()
+            if line is not None:
+                done: asyncio.Future[bytes] = loop.create_future()
+                if line or _mode != _LINE_OR_STOP:
+                    done.set_result(line)
+                else:
+                    done.set_exception(StopAsyncIteration())
+                return done
+        if self._error is not None:
+            raise self._error
+        if self._reading_paused:
+            self._resume_reading()  # what is buffered holds no line: more must come in
+        waiter: asyncio.Future[bytes] = Wakeup(loop=loop) if self._eager else loop.create_future()
+        self._waiter = waiter
+        self._line_mode = _mode
+        if self.idle_timeout is not None:
+            self._arm_idle_timer(waiter)
+        return waiter
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         """Bytes up to and including ``separator``, at most ``max_line`` in all.
@@ -289,11 +307,29 @@ class AsyncStreamReader(asyncio.Protocol):
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
-    async def __anext__(self) -> bytes:
-        line = await self.readline()
-        if not line:
-            raise StopAsyncIteration
-        return line
+    def __anext__(self) -> Awaitable[bytes]:
+        return self.readline(_LINE_OR_STOP)
+
+    def _line_now(self) -> bytes | None:
+        """A whole line from the buffer, the rest at the end of input, or None."""
+        buf = self._buf
+        if buf:
+            found = buf.find(b"\n", self._scanned, self.max_line)
+            if found >= 0:
+                if found + 1 == len(buf) and not self._reading_paused:
+                    # The usual case, one whole line and nothing more: _take() inlined.
+                    line = bytes(buf)
+                    buf.clear()
+                    self._scanned = self._scanned_sep = 0
+                    return line
+                return self._take(found + 1)
+            if len(buf) >= self.max_line:
+                raise LineTooLong(self.max_line, self.client_address)
+            self._scanned = len(buf)
+        if self._eof:
+            self._raise_if_error()
+            return self._take(len(buf))
+        return None
 
     def _scan(self, sep: bytes) -> int:
         """End of the first ``sep`` within the cap, or 0 if there is none yet."""
@@ -332,13 +368,18 @@ class AsyncStreamReader(asyncio.Protocol):
         loop = self._loop
         waiter: asyncio.Future[None] = Wakeup(loop=loop) if self._eager else loop.create_future()
         self._waiter = waiter
+        self._line_mode = _RAW
         if self.idle_timeout is not None:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-            self._idle_timer = loop.call_later(self.idle_timeout, self._idle_expired, waiter)
+            self._arm_idle_timer(waiter)
         return waiter
 
-    def _idle_expired(self, waiter: asyncio.Future[None]) -> None:
+    def _arm_idle_timer(self, waiter: asyncio.Future[Any]) -> None:
+        assert self.idle_timeout is not None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self._loop.call_later(self.idle_timeout, self._idle_expired, waiter)
+
+    def _idle_expired(self, waiter: asyncio.Future[Any]) -> None:
         self._idle_timer = None
         if self._waiter is waiter and not waiter.done():
             self._waiter = None
@@ -346,14 +387,35 @@ class AsyncStreamReader(asyncio.Protocol):
             waiter.set_exception(IdleTimeoutExpired(self.idle_timeout, self.client_address))
 
     def _wake(self) -> None:
+        """Bytes, EOF or the end came: complete the wait if it can be."""
         waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if waiter is None:
+            return
+        line: bytes | None = None
+        if not waiter.done() and self._line_mode != _RAW:
+            try:
+                line = self._line_now()
+            except Exception as exc:  # LineTooLong, or the error that ended the input
+                self._end_wait()
+                waiter.set_exception(exc)
+                return
+            if line is None:
+                return  # no whole line yet: wait on
+        self._end_wait()
+        if waiter.done():
+            return  # cancelled meanwhile (its task was)
+        if line is None:
+            waiter.set_result(None)
+        elif line or self._line_mode != _LINE_OR_STOP:
+            waiter.set_result(line)
+        else:
+            waiter.set_exception(StopAsyncIteration())
+
+    def _end_wait(self) -> None:
+        self._waiter = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     def _resume_reading(self) -> None:
         self._reading_paused = False
