@@ -240,3 +240,33 @@ def test_unix_stream_stop_removes_the_socket_file(unix_path: str, loop_kind: str
     assert server.stop(grace=5).clean
     thread.join(TIMEOUT)
     assert not os.path.exists(unix_path)
+
+
+def test_sockserve_serve_runs_an_async_server_until_sigterm(loop_kind: str) -> None:
+    """sockserve.serve() is what a prefork worker runs: SIGTERM drains, a second stops at once."""
+    gate = Gate()
+
+    class Slow(aio.AsyncStreamRequestHandler):
+        async def handle(self) -> None:
+            request = await self.reader.readline()
+            await gate.wait()
+            await self.writer.write(b"reply to " + request)
+
+    server = aio.AsyncTCPServer(("127.0.0.1", 0), Slow)
+    server.event_loop = loop_kind  # type: ignore[assignment]
+    replies: list[bytes] = []
+
+    def client() -> None:
+        with connect(server.server_address) as sock:
+            sock.sendall(b"in flight\n")
+            assert gate.entered.wait(TIMEOUT)
+            os.kill(os.getpid(), signal.SIGTERM)  # serve() is draining from here on
+            gate.release()
+            replies.append(recv_all(sock))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    report = sockserve.serve(server, grace=30)
+    thread.join(TIMEOUT)
+    assert replies == [b"reply to in flight\n"]
+    assert report.clean

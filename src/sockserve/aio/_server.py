@@ -417,7 +417,6 @@ class AsyncBaseServer:
         if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
             raise RuntimeError("aclose() must run on the event loop the server serves on")
         self._loop = loop
-        self._force = False
         done: asyncio.Future[None] = loop.create_future()
         self._drain_done = done
         try:
@@ -458,7 +457,8 @@ class AsyncBaseServer:
         return _drain.end(self.server_address, 0, 0, grace, started)
 
     def force_stop(self) -> None:
-        """End a graceful stop's grace period now (safe from any thread and a signal handler)."""
+        """End a graceful stop's grace period now, or make the next one end at
+        once (safe from any thread and a signal handler)."""
         self._force = True
         loop = self._loop
         if loop is not None:
