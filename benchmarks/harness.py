@@ -95,6 +95,7 @@ class ServerProcess:
     cpu: int | None = None
     wrapper: Sequence[str] = ()  # e.g. valgrind
     stderr_path: Path | None = None
+    args: Sequence[str] | None = None  # default: spec.args
     env: dict[str, str] = field(default_factory=server_env)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
@@ -115,7 +116,7 @@ class ServerProcess:
             self.python,
             str(self.spec.script),
             LISTEN_ADDRESS,
-            *self.spec.args,
+            *(self.spec.args if self.args is None else self.args),
         ]
         if self.stderr_path is not None:
             self.stderr_path.parent.mkdir(parents=True, exist_ok=True)

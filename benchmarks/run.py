@@ -100,11 +100,13 @@ class Settings:
 def measure(spec: ServerSpec, scenario: Scenario, rep: int, st: Settings, log_dir: Path) -> dict[str, Any]:
     """One measurement: fresh server, one loadgen run, server stopped."""
     record: dict[str, Any] = {"server": spec.name, "scenario": scenario.name, "repeat": rep}
+    record["server_args"] = list(spec.args_for(scenario.name))
     server = ServerProcess(
         spec,
         st.python,
         cpu=st.server_cpu,
         stderr_path=log_dir / f"{spec.name}.{scenario.name}.{rep}.stderr",
+        args=spec.args_for(scenario.name),
     )
     sampler: MemorySampler | None = None
     t0 = time.monotonic()
@@ -337,6 +339,12 @@ def scenario_table(
     return lines
 
 
+def pinning(st: dict[str, Any]) -> str:
+    if st["server_cpu"] is None:
+        return "NOT PINNED (--no-pin: server processes and loadgen float over all cores)"
+    return f"server on CPU {st['server_cpu']} (all its threads and processes), loadgen on CPU {st['loadgen_cpu']}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     meta, st = report["meta"], report["settings"]
     out = [
@@ -348,8 +356,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Python: {meta['machine']['python']} ({st['python']})",
         f"- command: `{meta['command']}`",
         f"- settings: duration {st['duration']} s, warmup {st['warmup']} s, "
-        f"repeat {st['repeat']} (median, spread min-max), server on CPU {st['server_cpu']}, "
-        f"loadgen on CPU {st['loadgen_cpu']}, memory sampled every {st['sample_interval']} s",
+        f"repeat {st['repeat']} (median, spread min-max), {pinning(st)}, "
+        f"memory sampled every {st['sample_interval']} s",
         f"- total wall time: {meta['wall_s']:.0f} s; 1-min load average during the runs: "
         f"{meta['loadavg_min']:.1f}-{meta['loadavg_max']:.1f} (other work on this machine "
         "disturbs wall-clock numbers)",
@@ -370,6 +378,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name in report["scenario_order"]:
         out += scenario_table(SCENARIOS[name], names, report["summary"].get(name, {}), report["skipped"])
     notes = []
+    for name in names:
+        spec = report["servers"].get(name, {})
+        extra = [f"{scen}: `{' '.join(args)}`" for scen, args in spec.get("scenario_args", ())]
+        if extra:
+            notes.append(f"- {name} runs with extra arguments in some scenarios: {'; '.join(extra)}")
     flagged = [
         f"{name} / {scen}"
         for scen, per_server in report["summary"].items()
@@ -442,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if opts.list:
         for spec in SERVERS.values():
-            print(f"{spec.name:20} {spec.protocol}  baseline={spec.baseline:18} {spec.description}")
+            print(f"{spec.name:30} {spec.protocol}  baseline={spec.baseline:18} {spec.description}")
         print()
         for sc in SCENARIOS.values():
             print(f"{sc.name:16} {sc.protocol}  {sc.headline}")

@@ -30,6 +30,12 @@ class ServerSpec:
     description: str
     scenarios: tuple[str, ...] | None = None  # None: all scenarios of `protocol`
     args: tuple[str, ...] = ()
+    # extra arguments for some scenarios only: ((scenario, (arg, ...)), ...)
+    scenario_args: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def args_for(self, scenario: str) -> tuple[str, ...]:
+        """The server's arguments in ``scenario``: ``args`` plus that scenario's extras."""
+        return self.args + dict(self.scenario_args).get(scenario, ())
 
     @property
     def script(self) -> Path:
@@ -37,6 +43,10 @@ class ServerSpec:
 
 
 TCP_BASELINE = "stdlib_thread"
+FORK_BASELINE = "stdlib_fork"
+# A persistent connection holds a pool worker until the client closes, so for
+# the 1000-connection scenario the pools get more workers than connections.
+HOLD_POOL_ARGS = (("hold_1000", ("--max-workers", "1024")),)
 UDP_BASELINE = "stdlib_thread_udp"
 
 _SPECS = [
@@ -69,7 +79,29 @@ _SPECS = [
         TCP_BASELINE,
         "sockserve.ThreadingTCPServer + StreamRequestHandler",
     ),
-    # e.g. ServerSpec("sockserve_prefork", "sockserve_prefork", "tcp", "stdlib_fork", "...")
+    ServerSpec(
+        "sockserve_pool",
+        "sockserve_pool",
+        "tcp",
+        TCP_BASELINE,
+        "sockserve.ThreadPoolTCPServer (pool_max_workers 128; 1024 in hold_1000)",
+        scenario_args=HOLD_POOL_ARGS,
+    ),
+    ServerSpec(
+        "sockserve_prefork",
+        "sockserve_prefork",
+        "tcp",
+        FORK_BASELINE,
+        "sockserve.prefork.Prefork, 2 workers, sync sockserve.TCPServer in each (one connection per worker)",
+    ),
+    ServerSpec(
+        "sockserve_prefork_pool",
+        "sockserve_prefork_pool",
+        "tcp",
+        FORK_BASELINE,
+        "sockserve.prefork.Prefork, 2 workers, ThreadPoolTCPServer in each (128 threads; 1024 in hold_1000)",
+        scenario_args=HOLD_POOL_ARGS,
+    ),
     # sockserve.aio: each compared with its asyncio peer on the same loop (issue 4's targets)
     ServerSpec(
         "sockserve_aio_streams",
@@ -108,6 +140,13 @@ _SPECS = [
         "socketserver.ThreadingUDPServer, a thread per datagram",
     ),
     ServerSpec("stdlib_udp", "stdlib_udp", "udp", UDP_BASELINE, "socketserver.UDPServer, synchronous"),
+    ServerSpec(
+        "sockserve_pool_udp",
+        "sockserve_pool_udp",
+        "udp",
+        UDP_BASELINE,
+        "sockserve.ThreadPoolUDPServer, each datagram on a pool of reused threads",
+    ),
     ServerSpec("asyncio_datagram", "asyncio_datagram", "udp", UDP_BASELINE, "asyncio.DatagramProtocol"),
     ServerSpec("uvloop_datagram", "uvloop_datagram", "udp", UDP_BASELINE, "asyncio.DatagramProtocol on uvloop"),
     ServerSpec(

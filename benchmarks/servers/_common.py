@@ -44,6 +44,26 @@ def listen_address() -> tuple[socket.AddressFamily, tuple[str, int]]:
     return parse_address(sys.argv[1])
 
 
+def option(name: str, default: int) -> int:
+    """An integer option ``--name N`` from the arguments after the address."""
+    args = sys.argv[2:]
+    if name in args:
+        i = args.index(name)
+        if i + 1 >= len(args):
+            raise SystemExit(f"{name} needs a value")
+        return int(args[i + 1])
+    return default
+
+
+def with_family(server_cls: type, family: socket.AddressFamily, **attrs: Any) -> type:
+    """``server_cls`` itself, or a subclass with another address family / class attributes."""
+    if family != getattr(server_cls, "address_family", family):
+        attrs["address_family"] = family
+    if not attrs:
+        return server_cls
+    return type(server_cls.__name__, (server_cls,), attrs)
+
+
 def ready(port: int) -> None:
     print(f"READY {port}", flush=True)
 
@@ -101,9 +121,7 @@ def serve_socketserver(server_cls: type[socketserver.BaseServer], handler_cls: t
     (the stdlib defaults: ``block_on_close = True``).
     """
     family, address = listen_address()
-    cls = server_cls
-    if family != getattr(server_cls, "address_family", family):
-        cls = type(server_cls.__name__, (server_cls,), {"address_family": family})
+    cls = with_family(server_cls, family)
     server = cls(address, handler_cls)  # type: ignore[call-arg]
 
     def on_signal(signum: int, frame: object) -> None:
@@ -115,6 +133,26 @@ def serve_socketserver(server_cls: type[socketserver.BaseServer], handler_cls: t
         ready(server.server_address[1])  # type: ignore[attr-defined]
         server.serve_forever()
     report_exit()
+
+
+def serve_prefork(server_cls: type, handler_cls: type, workers: int) -> None:
+    """Run ``sockserve.prefork.Prefork`` until SIGTERM/SIGINT (its graceful stop).
+
+    READY carries the port read after ``bind()`` (port 0 in, the kernel's
+    choice out).  The workers are forked children in the server's process
+    group, so the runner counts their CPU and memory and kills them with the
+    group if the supervisor does not reap them.  The supervisor prints
+    nothing and logs on ``sockserve.prefork`` (warnings and errors reach
+    stderr through logging's last-resort handler).
+    """
+    from sockserve.prefork import Prefork
+
+    family, address = listen_address()
+    supervisor = Prefork(with_family(server_cls, family), address, handler_cls, workers=workers, grace=5.0)
+    supervisor.bind()
+    ready(supervisor.server_address[1])
+    supervisor.run()
+    report_exit(workers=workers)
 
 
 async def wait_for_stop_signal() -> None:
