@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import threading
 from typing import Any
@@ -128,18 +129,18 @@ def test_grace_period_over_closes_the_stragglers() -> None:
 
 
 def test_force_stop_ends_an_unbounded_grace_period() -> None:
-    gate = Gate()
-    server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), slow_handler(gate))
+    WaitsForMore.entered.clear()
+    server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), WaitsForMore)
     with running_server(server), connect(server.server_address) as client:
-        client.sendall(b"x\n")
-        assert gate.entered.wait(TIMEOUT)
+        client.sendall(b"first line only\n")
+        assert WaitsForMore.entered.wait(TIMEOUT)
         stopper, report = stop_in_thread(server, grace=None)
         assert_refused(server.server_address)
         server.force_stop()
-        gate.release.set()  # the handler waits on the gate, not the socket: let server_close() join it
         stopper.join(TIMEOUT)
         assert not stopper.is_alive()
         assert report[0].forced == 1
+        assert recv_all(client) == b""
 
 
 def test_datagram_server_drains_its_handlers() -> None:
@@ -181,10 +182,12 @@ def test_unix_server_drains_and_removes_its_file(unix_path: str) -> None:
 class TestForkingDrain:
     def test_children_finish_their_requests(self) -> None:
         read_end, write_end = os.pipe()
+        entered_read, entered_write = os.pipe()
 
         class Slow(sockserve.StreamRequestHandler):
             def handle(self) -> None:
                 line = self.rfile.readline()
+                os.write(entered_write, b"e")  # the child runs (and has closed its copy of the listener)
                 os.read(read_end, 1)  # the test says when to answer
                 self.wfile.write(b"child reply to " + line)
 
@@ -192,15 +195,15 @@ class TestForkingDrain:
         try:
             with running_server(server), connect(server.server_address) as client:
                 client.sendall(b"fork\n")
-                assert _wait_children(server)
+                assert select.select([entered_read], [], [], TIMEOUT)[0], "the child never started"
                 stopper, report = stop_in_thread(server, grace=TIMEOUT)
                 assert_refused(server.server_address)
                 os.write(write_end, b"x")
                 assert recv_line(client) == b"child reply to fork\n"
                 stopper.join(TIMEOUT)
         finally:
-            os.close(read_end)
-            os.close(write_end)
+            for fd in (read_end, write_end, entered_read, entered_write):
+                os.close(fd)
         assert report[0].in_flight == 1
         assert report[0].forced == 0
         assert not server.active_children
