@@ -11,7 +11,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from ._handlers import AsyncStreamRequestHandler
-from ._streams import AsyncStreamReader, AsyncStreamWriter
+from ._streams import AsyncStreamReader, AsyncStreamWriter, new_reader
 
 if TYPE_CHECKING:
     from ._server import AsyncBaseServer
@@ -48,7 +48,7 @@ async def run_stream(conn: StreamConnection, handler_class: type[AsyncStreamRequ
     server = conn.server
     loop = asyncio.get_running_loop()
     limits = server._get_tracker().limits
-    reader = AsyncStreamReader(
+    reader = new_reader(
         loop,
         conn.client_address,
         max_line=handler_class.max_line or limits.max_line,
