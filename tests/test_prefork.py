@@ -83,6 +83,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: a failed test can kill workers and all
         )
         self._lines: queue.Queue[str] = queue.Queue()
         self.logs: list[str] = []
@@ -139,7 +140,7 @@ class Supervisor:
             code = self.proc.wait(timeout=30)
         finally:
             if self.proc.poll() is None:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the supervisor and every worker
                 self.proc.wait()
             self._reader.join(10)
             for stream in (self.proc.stdout, self.proc.stderr):
