@@ -19,6 +19,7 @@ these deliberate differences, all invisible to code that works on the stdlib:
 
 from __future__ import annotations
 
+import select
 import selectors
 import sys
 import threading
@@ -142,10 +143,13 @@ class BaseServer(GracefulStop):
             self.__waker = waker
             self.__is_shut_down.clear()
         try:
-            with _ServerSelector() as selector, _ServerSelector() as pending:
+            with _ServerSelector() as selector:
                 selector.register(self, selectors.EVENT_READ)
                 selector.register(waker, selectors.EVENT_READ)
-                pending.register(self, selectors.EVENT_READ)
+                # A bare poll object to ask "is another request waiting?" after
+                # each accept: a fraction of a selector's cost per call.
+                pending = select.poll()
+                pending.register(self.fileno(), select.POLLIN)
                 self.__selector = selector
                 watching = True
                 while not self.__shutdown_request:
@@ -227,12 +231,12 @@ class BaseServer(GracefulStop):
         """Handle one request, without blocking (the socket is known readable)."""
         self._accept_and_dispatch()
 
-    def _serve_pending(self, pending: selectors.BaseSelector) -> None:
+    def _serve_pending(self, pending: select.poll) -> None:
         """Take up to ACCEPT_BATCH requests that are already waiting."""
         for _ in range(ACCEPT_BATCH):
             if not self._accept_and_dispatch() or self.__shutdown_request:
                 return
-            if self._accepting_paused() or not pending.select(0):
+            if self._accepting_paused() or not pending.poll(0):
                 return
 
     def _accept_and_dispatch(self) -> bool:

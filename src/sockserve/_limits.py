@@ -66,7 +66,7 @@ def client_key(client_address: Any) -> Hashable:
     return client_address if isinstance(client_address, Hashable) else repr(client_address)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Tracked:
     """One connection in flight."""
 
