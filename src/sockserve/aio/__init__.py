@@ -24,13 +24,13 @@ from ._handlers import AsyncStreamRequestHandler as AsyncStreamRequestHandler
 from ._loop import LoopChoice as LoopChoice
 from ._loop import new_event_loop as new_event_loop
 from ._loop import uvloop_available as uvloop_available
+from ._reader import AsyncStreamReader as AsyncStreamReader
 from ._server import AsyncBaseServer as AsyncBaseServer
 from ._servers import AsyncTCPServer as AsyncTCPServer
 from ._servers import AsyncUDPServer as AsyncUDPServer
 from ._servers import AsyncUnixDatagramServer as AsyncUnixDatagramServer
 from ._servers import AsyncUnixStreamServer as AsyncUnixStreamServer
-from ._streams import AsyncStreamReader as AsyncStreamReader
-from ._streams import AsyncStreamWriter as AsyncStreamWriter
+from ._writer import AsyncStreamWriter as AsyncStreamWriter
 
 __all__ = [
     "AsyncBaseServer",

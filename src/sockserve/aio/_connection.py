@@ -11,7 +11,8 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from ._handlers import AsyncStreamRequestHandler
-from ._streams import AsyncStreamReader, AsyncStreamWriter, new_reader
+from ._reader import AsyncStreamReader, new_reader
+from ._writer import AsyncStreamWriter
 
 if TYPE_CHECKING:
     from ._server import AsyncBaseServer

@@ -7,7 +7,8 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._streams import DEFAULT_READ_LIMIT, DEFAULT_WRITE_LIMIT, AsyncStreamReader, AsyncStreamWriter
+from ._reader import DEFAULT_READ_LIMIT, AsyncStreamReader
+from ._writer import DEFAULT_WRITE_LIMIT, AsyncStreamWriter
 
 if TYPE_CHECKING:
     from ._server import AsyncBaseServer

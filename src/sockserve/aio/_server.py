@@ -1,11 +1,12 @@
 """AsyncBaseServer: the serve loop on an event loop, the server hooks, the
-shutdown handshake, the limits and the graceful stop of the async servers.
+shutdown handshake and the limits of the async servers (the graceful stop is
+``_stop``'s).
 
 It knows no socket type: subclasses bind the socket and say what to do when
 it is readable (accept a connection, receive a datagram). What it shares with
 the synchronous servers is shared code: ``Limits`` and ``ConnectionTracker``
-count and cap the connections, ``_drain`` logs and reports a graceful stop,
-``AcceptBackoff`` handles running out of descriptors.
+count and cap the connections, ``AcceptBackoff`` handles running out of
+descriptors.
 """
 
 from __future__ import annotations
@@ -13,38 +14,22 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-import types
 from collections.abc import Awaitable, Generator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from .. import _drain
 from .._accept import BACKOFF_SECONDS, AcceptBackoff
 from .._errors import ConnectionDeadlineExceeded, IdleTimeoutExpired, LimitExceeded
 from .._limits import NO_LIMITS, ConnectionTracker, Limits
 from .._log import format_address, logger
 from ._loop import LoopChoice, new_event_loop
 from ._signals import signals_wake
+from ._stop import SETTLE_SECONDS, AsyncGracefulStop, InFlight, resolve
 
 if TYPE_CHECKING:
     import socket
 
-    from typing_extensions import Self
 
-# How long closing waits for connections that were aborted to finish their
-# clean-up (their finish() hooks run; a well-behaved one takes microseconds).
-SETTLE_SECONDS = 5.0
-
-
-class InFlight(Protocol):
-    """What the server admits into its tracker: one connection or datagram."""
-
-    client_address: Any
-
-    def abort(self, exc: BaseException) -> None:
-        """End it now: close its transport, cancel or fail its handler."""
-
-
-class AsyncBaseServer:
+class AsyncBaseServer(AsyncGracefulStop):
     """Base class of the async servers.
 
     Methods for the caller:
@@ -161,7 +146,7 @@ class AsyncBaseServer:
             while not self._shutdown_request:
                 wake: asyncio.Future[None] = loop.create_future()
                 self._wake = wake
-                timer = loop.call_later(poll_interval, _resolve, wake) if ticking else None
+                timer = loop.call_later(poll_interval, resolve, wake) if ticking else None
                 try:
                     await wake
                 finally:
@@ -249,7 +234,7 @@ class AsyncBaseServer:
 
     def _wake_serve(self) -> None:
         if self._wake is not None:
-            _resolve(self._wake)
+            resolve(self._wake)
 
     # -- accepting ----------------------------------------------------------------------
 
@@ -379,169 +364,6 @@ class AsyncBaseServer:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _abort_all(self, exc: BaseException) -> int:
-        """Abort every connection in flight; how many there were."""
-        if self._tracker is None:
-            return 0
-        records = self._tracker.snapshot()
-        for record in records:
-            item: InFlight = record.request  # type: ignore[assignment]
-            item.abort(exc)
-        return len(records)
-
-    async def _wait_idle(self, timeout: float | None) -> bool:
-        """Wait until nothing is in flight; False if ``timeout`` or ``force_stop()`` came first."""
-        if not self._in_flight():
-            return True
-        if self._force:
-            return False
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self._idle_waiter = waiter
-        timer = None if timeout is None else loop.call_later(timeout, _resolve, waiter, False)
-        try:
-            return await waiter
-        finally:
-            self._idle_waiter = None
-            if timer is not None:
-                timer.cancel()
-
-    # -- stopping -----------------------------------------------------------------------
-
-    async def aclose(self, grace: float | None = _drain.DEFAULT_GRACE) -> _drain.DrainReport:
-        """Stop gracefully, on the server's loop: stop accepting at once (new
-        connections are refused), let those in flight finish for up to
-        ``grace`` seconds (None: no limit), abort the rest, close the server.
-        ``serve()`` returns once this is done. The async form of ``stop()``."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
-            raise RuntimeError("aclose() must run on the event loop the server serves on")
-        self._loop = loop
-        done: asyncio.Future[None] = loop.create_future()
-        self._drain_done = done
-        try:
-            self._request_shutdown()
-            self._close_listener_here()
-            in_flight = self._in_flight()
-            started = _drain.begin(self.server_address, in_flight, grace)
-            forced = 0
-            if not await self._wait_idle(grace):
-                forced = self._abort_all(ConnectionAbortedError("the server's grace period is over"))
-                await self._wait_idle(SETTLE_SECONDS)
-            report = _drain.end(self.server_address, in_flight, forced, grace, started)
-        finally:
-            self._drain_done = None
-            done.set_result(None)
-        self.server_close()
-        return report
-
-    def stop(self, grace: float | None = _drain.DEFAULT_GRACE) -> _drain.DrainReport:
-        """Stop gracefully (see ``aclose()``), from plain code or another thread.
-
-        On the loop's own thread, while it runs, use ``await aclose(grace)``
-        instead (or ``shutdown()`` and, once ``serve_forever()`` returned,
-        ``stop()``), which is what a prefork worker does.
-        """
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            if loop.is_running():
-                if _running_loop() is loop:
-                    raise RuntimeError("stop() would block the server's own loop: use await server.aclose(grace)")
-                return asyncio.run_coroutine_threadsafe(self.aclose(grace), loop).result()
-            report = loop.run_until_complete(self.aclose(grace))
-            self._close_own_loop()
-            return report
-        self._request_shutdown()
-        started = _drain.begin(self.server_address, 0, grace)
-        self.server_close()
-        return _drain.end(self.server_address, 0, 0, grace, started)
-
-    def force_stop(self) -> None:
-        """End a graceful stop's grace period now, or make the next one end at
-        once (safe from any thread and a signal handler)."""
-        self._force = True
-        loop = self._loop
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._end_grace)
-            except RuntimeError:
-                pass  # the loop is closed: no grace period is running
-
-    def _end_grace(self) -> None:
-        if self._idle_waiter is not None:
-            _resolve(self._idle_waiter, False)
-
-    def server_close(self) -> None:
-        """Close the listening socket and abort the connections still open. May be overridden.
-
-        Nothing is left behind: a loop that ``serve_forever()`` made is run
-        until the aborted connections have finished, then closed.
-        """
-        self._close_listener()
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        if loop.is_running():
-            exc = ConnectionAbortedError("the server was closed")
-            if _running_loop() is loop:
-                self._abort_all(exc)
-            else:
-                try:
-                    loop.call_soon_threadsafe(self._abort_all, exc)
-                except RuntimeError:
-                    pass  # closed meanwhile
-            return
-        self._close_own_loop()
-
-    def _close_own_loop(self) -> None:
-        loop = self._own_loop
-        if loop is None or loop.is_closed() or loop.is_running():
-            return
-        try:
-            self._abort_all(ConnectionAbortedError("the server was closed"))
-            loop.run_until_complete(self._settle())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
-            self._own_loop = None
-            if self._loop is loop:
-                self._loop = None
-
-    async def _settle(self) -> None:
-        """Let aborted connections run their clean-up (bounded)."""
-        await self._wait_idle(SETTLE_SECONDS)
-        tasks = [t for t in self._tasks if not t.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=SETTLE_SECONDS)
-        await asyncio.sleep(0)  # the transports' last callbacks close their sockets
-
-    # -- context managers ---------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        self.server_close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        self.server_close()
-        await self._settle()
-
 
 class _Finished:
     """What a blocking ``serve_forever()`` returns: awaiting it returns at once."""
@@ -554,15 +376,3 @@ class _Finished:
 
 
 _FINISHED = _Finished()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _resolve(future: asyncio.Future[Any], value: Any = None) -> None:
-    if not future.done():
-        future.set_result(value)

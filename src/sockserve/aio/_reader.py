@@ -1,13 +1,12 @@
-"""The reader and writer of an async stream handler, on one lean
-``asyncio.Protocol`` with its own buffer.
+"""The reader of an async stream handler: the connection's lean
+``asyncio.Protocol``, with its own buffer (the writer, in ``_writer``, wraps
+the same protocol).
 
-Built without ``asyncio.StreamReader``/``StreamWriter`` on purpose: a read that
-the buffer can satisfy returns without creating a future, a write that the
-transport takes at once returns a ready awaitable instead of running a
-coroutine, and there is one object per connection instead of three. Both
-directions are bounded: reading pauses the transport while more than
-``read_limit`` bytes wait in the buffer, and a write's awaitable waits while
-more than ``write_limit`` bytes wait to be sent.
+Built without ``asyncio.StreamReader``/``StreamWriter`` on purpose: a line is
+cut by the transport's callback and handed over in the future the handler
+waits on, a read that the buffer can satisfy creates no coroutine, and there
+is one object per connection instead of three. Reading is bounded: the
+transport is paused while more than ``read_limit`` bytes wait in the buffer.
 
 Lines are cut by the same rule as ``sockserve.protocol.LineSplitter``: a
 delimiter is searched for only within the first ``max_line`` bytes, a byte is
@@ -20,13 +19,13 @@ only gives it back whole, so the reader, which also serves ``read(n)`` and
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, cast
 
 from .._errors import IdleTimeoutExpired, LineTooLong
 from ..protocol.lines import DEFAULT_MAX_LINE
+from ._wakeup import Wakeup
 
 DEFAULT_READ_LIMIT = 64 * 1024
 
@@ -34,81 +33,6 @@ DEFAULT_READ_LIMIT = 64 * 1024
 # whole line (handed over in the future), or a line with StopAsyncIteration
 # at the end of input (``async for``).
 _RAW, _LINE, _LINE_OR_STOP = 0, 1, 2
-DEFAULT_WRITE_LIMIT = 64 * 1024
-
-
-class Wakeup(asyncio.Future):  # type: ignore[type-arg]
-    """The future a handler's task waits on, for bytes or for room to write.
-
-    When a transport callback completes it (``set_result``) and nothing else
-    is due in this turn of asyncio's loop, the waiting task resumes right
-    there, inside that callback, instead of one turn later: that saves a turn
-    of the loop per request (a ``call_soon``, an ``epoll_wait`` and the loop's
-    bookkeeping in Python), which is most of what a task costs over a bare
-    protocol when connections take turns. When other callbacks are due (busy
-    connections), it resumes a turn later as a plain future does. Errors and
-    cancellation resume the task the usual way, with ``call_soon``; and so
-    does ``set_result`` if a task is running at that moment. Only used on
-    asyncio's own loop: on uvloop a turn of the loop is cheap C, and a plain
-    future is faster.
-    """
-
-    # A class default, so that making one runs no Python __init__ (one per wait).
-    _eager_callbacks: list[tuple[Callable[[Any], object], contextvars.Context | None]] | None = None
-
-    def add_done_callback(self, fn: Callable[[Any], object], *, context: contextvars.Context | None = None) -> None:
-        if self.done():
-            self.get_loop().call_soon(fn, self, context=context)
-        elif self._eager_callbacks is None:
-            self._eager_callbacks = [(fn, context)]
-        else:
-            self._eager_callbacks.append((fn, context))
-
-    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
-        callbacks = self._eager_callbacks or []
-        kept = [(f, c) for f, c in callbacks if f != fn]
-        self._eager_callbacks = kept
-        return len(callbacks) - len(kept)
-
-    def set_result(self, result: Any) -> None:
-        super().set_result(result)
-        if self.get_loop()._ready:  # type: ignore[attr-defined]
-            # Other callbacks are due in this turn (other connections are
-            # ready too): resume with them, in the next turn, as asyncio does.
-            # Replies then leave together after the turn's reads, instead of
-            # one per read, each waking the client anew (measured: the
-            # kernel time per request doubled under 50 busy connections).
-            self._schedule()
-            return
-        callbacks, self._eager_callbacks = self._eager_callbacks, None
-        for fn, context in callbacks or ():
-            try:
-                if context is None:
-                    fn(self)
-                else:
-                    context.run(fn, self)
-            except RuntimeError:
-                # Called from inside a running task, the waiting task could not
-                # be entered (asyncio allows one at a time) and did not run:
-                # resume it a turn later instead.
-                self.get_loop().call_soon(fn, self, context=context)
-
-    def set_exception(self, exception: type | BaseException) -> None:
-        super().set_exception(exception)
-        self.exception()  # retrieved: the task that waited may have been cancelled meanwhile
-        self._schedule()
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        if not super().cancel(msg):
-            return False
-        self._schedule()
-        return True
-
-    def _schedule(self) -> None:
-        callbacks, self._eager_callbacks = self._eager_callbacks, None
-        loop = self.get_loop()
-        for fn, context in callbacks or ():
-            loop.call_soon(fn, self, context=context)
 
 
 class AsyncStreamReader(asyncio.Protocol):
@@ -499,73 +423,3 @@ def new_reader(loop: asyncio.AbstractEventLoop, client_address: Any, **options: 
     if isinstance(loop, asyncio.BaseEventLoop):
         return _ReadIntoReader(loop, client_address, **options)
     return AsyncStreamReader(loop, client_address, **options)
-
-
-class AsyncStreamWriter:
-    """Sends to the client, with backpressure.
-
-    ``writer.write(data)`` hands the bytes to the transport at once and
-    returns an awaitable: ``await writer.write(data)`` waits while more than
-    the write limit is still unsent (the client is not reading), so memory
-    stays bounded; without ``await`` it behaves like asyncio's ``write()``.
-    ``await writer.drain()`` is the same wait on its own.
-    """
-
-    __slots__ = ("_reader", "transport")
-
-    def __init__(self, transport: asyncio.Transport, reader: AsyncStreamReader) -> None:
-        self.transport = transport
-        self._reader = reader
-
-    def write(self, data: bytes | bytearray | memoryview) -> Awaitable[None]:
-        """Send ``data``; the result, awaited, waits for room in the buffer."""
-        reader = self._reader
-        if reader._lost or reader._error is not None:
-            return reader._drain()  # raises: the connection is gone
-        self.transport.write(data)
-        if reader._write_paused:
-            return reader._drain()
-        return reader._ready
-
-    def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> Awaitable[None]:
-        """Send every buffer of ``data``, in order; awaitable like ``write()``."""
-        if self._reader._lost or self._reader._error is not None:
-            return self._reader._drain()
-        self.transport.writelines(data)
-        return self._reader._drain()
-
-    def drain(self) -> Awaitable[None]:
-        """Wait until the buffer is below its limit again (at once if it is)."""
-        return self._reader._drain()
-
-    def can_write_eof(self) -> bool:
-        return self.transport.can_write_eof()
-
-    def write_eof(self) -> None:
-        """Half-close: the client reads EOF after what was written."""
-        self.transport.write_eof()
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def close(self) -> None:
-        """Close once what was written is sent (the server also does this after ``finish()``)."""
-        transport = self.transport
-        if transport.is_closing():
-            return
-        if not self._reader._lost and transport.can_write_eof():
-            try:
-                # EOF first, as the synchronous servers do: the client sees
-                # the reply end cleanly even if it has not read everything.
-                transport.write_eof()
-            except (OSError, RuntimeError):
-                pass  # already half-closed, or the client is gone: closing is all that is left
-        transport.close()
-
-    async def wait_closed(self) -> None:
-        """Wait until the connection is closed."""
-        await asyncio.shield(self._reader.closed)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """The transport's extra info: ``"peername"``, ``"sockname"``, ``"socket"``..."""
-        return self.transport.get_extra_info(name, default)

@@ -1,0 +1,228 @@
+"""Graceful stop for the async servers: stop accepting at once, let the
+connections in flight finish until a deadline, abort what remains, and close
+everything, including the event loop a blocking ``serve_forever()`` made.
+
+``AsyncBaseServer`` inherits it (as the synchronous ``BaseServer`` inherits
+``GracefulStop``); the order of the steps, the log lines and the report are
+the shared policy in ``_drain``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .. import _drain
+from .._limits import ConnectionTracker
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+# How long closing waits for connections that were aborted to finish their
+# clean-up (their finish() hooks run; a well-behaved one takes microseconds).
+SETTLE_SECONDS = 5.0
+
+
+class InFlight(Protocol):
+    """What the server admits into its tracker: one connection or datagram."""
+
+    client_address: Any
+
+    def abort(self, exc: BaseException) -> None:
+        """End it now: close its transport, cancel or fail its handler."""
+
+
+class AsyncGracefulStop:
+    """stop(grace), aclose(grace), force_stop() and server_close(); the server supplies the state below."""
+
+    server_address: Any
+    _loop: asyncio.AbstractEventLoop | None
+    _own_loop: asyncio.AbstractEventLoop | None
+    _tracker: ConnectionTracker | None
+    _tasks: set[asyncio.Task[None]]
+    _idle_waiter: asyncio.Future[bool] | None
+    _drain_done: asyncio.Future[None] | None
+    _force: bool
+
+    if TYPE_CHECKING:  # supplied by AsyncBaseServer
+
+        def _request_shutdown(self) -> int | None: ...
+        def _close_listener(self) -> None: ...
+        def _close_listener_here(self) -> None: ...
+        def _in_flight(self) -> int: ...
+
+    def _abort_all(self, exc: BaseException) -> int:
+        """Abort every connection in flight; how many there were."""
+        if self._tracker is None:
+            return 0
+        records = self._tracker.snapshot()
+        for record in records:
+            item: InFlight = record.request  # type: ignore[assignment]
+            item.abort(exc)
+        return len(records)
+
+    async def _wait_idle(self, timeout: float | None) -> bool:
+        """Wait until nothing is in flight; False if ``timeout`` or ``force_stop()`` came first."""
+        if not self._in_flight():
+            return True
+        if self._force:
+            return False
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._idle_waiter = waiter
+        timer = None if timeout is None else loop.call_later(timeout, resolve, waiter, False)
+        try:
+            return await waiter
+        finally:
+            self._idle_waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    # -- stopping -----------------------------------------------------------------------
+
+    async def aclose(self, grace: float | None = _drain.DEFAULT_GRACE) -> _drain.DrainReport:
+        """Stop gracefully, on the server's loop: stop accepting at once (new
+        connections are refused), let those in flight finish for up to
+        ``grace`` seconds (None: no limit), abort the rest, close the server.
+        ``serve()`` returns once this is done. The async form of ``stop()``."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
+            raise RuntimeError("aclose() must run on the event loop the server serves on")
+        self._loop = loop
+        done: asyncio.Future[None] = loop.create_future()
+        self._drain_done = done
+        try:
+            self._request_shutdown()
+            self._close_listener_here()
+            in_flight = self._in_flight()
+            started = _drain.begin(self.server_address, in_flight, grace)
+            forced = 0
+            if not await self._wait_idle(grace):
+                forced = self._abort_all(ConnectionAbortedError("the server's grace period is over"))
+                await self._wait_idle(SETTLE_SECONDS)
+            report = _drain.end(self.server_address, in_flight, forced, grace, started)
+        finally:
+            self._drain_done = None
+            done.set_result(None)
+        self.server_close()
+        return report
+
+    def stop(self, grace: float | None = _drain.DEFAULT_GRACE) -> _drain.DrainReport:
+        """Stop gracefully (see ``aclose()``), from plain code or another thread.
+
+        On the loop's own thread, while it runs, use ``await aclose(grace)``
+        instead (or ``shutdown()`` and, once ``serve_forever()`` returned,
+        ``stop()``), which is what a prefork worker does.
+        """
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            if loop.is_running():
+                if _running_loop() is loop:
+                    raise RuntimeError("stop() would block the server's own loop: use await server.aclose(grace)")
+                return asyncio.run_coroutine_threadsafe(self.aclose(grace), loop).result()
+            report = loop.run_until_complete(self.aclose(grace))
+            self._close_own_loop()
+            return report
+        self._request_shutdown()
+        started = _drain.begin(self.server_address, 0, grace)
+        self.server_close()
+        return _drain.end(self.server_address, 0, 0, grace, started)
+
+    def force_stop(self) -> None:
+        """End a graceful stop's grace period now, or make the next one end at
+        once (safe from any thread and a signal handler)."""
+        self._force = True
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._end_grace)
+            except RuntimeError:
+                pass  # the loop is closed: no grace period is running
+
+    def _end_grace(self) -> None:
+        if self._idle_waiter is not None:
+            resolve(self._idle_waiter, False)
+
+    def server_close(self) -> None:
+        """Close the listening socket and abort the connections still open. May be overridden.
+
+        Nothing is left behind: a loop that ``serve_forever()`` made is run
+        until the aborted connections have finished, then closed.
+        """
+        self._close_listener()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if loop.is_running():
+            exc = ConnectionAbortedError("the server was closed")
+            if _running_loop() is loop:
+                self._abort_all(exc)
+            else:
+                try:
+                    loop.call_soon_threadsafe(self._abort_all, exc)
+                except RuntimeError:
+                    pass  # closed meanwhile
+            return
+        self._close_own_loop()
+
+    def _close_own_loop(self) -> None:
+        loop = self._own_loop
+        if loop is None or loop.is_closed() or loop.is_running():
+            return
+        try:
+            self._abort_all(ConnectionAbortedError("the server was closed"))
+            loop.run_until_complete(self._settle())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+            self._own_loop = None
+            if self._loop is loop:
+                self._loop = None
+
+    async def _settle(self) -> None:
+        """Let aborted connections run their clean-up (bounded)."""
+        await self._wait_idle(SETTLE_SECONDS)
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=SETTLE_SECONDS)
+        await asyncio.sleep(0)  # the transports' last callbacks close their sockets
+
+    # -- context managers ---------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        self.server_close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        self.server_close()
+        await self._settle()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def resolve(future: asyncio.Future[Any], value: Any = None) -> None:
+    if not future.done():
+        future.set_result(value)
