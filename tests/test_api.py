@@ -54,3 +54,22 @@ def test_every_stdlib_method_exists() -> None:
 
 def test_the_package_is_typed() -> None:
     assert importlib.resources.files("sockserve").joinpath("py.typed").is_file()
+
+
+def test_every_subpackage_is_listed_for_the_wheel() -> None:
+    """pyproject.toml lists packages by hand (the examples live outside src/):
+    a subpackage missing there would be missing from a non-editable install."""
+    import pathlib
+    import sys
+
+    if sys.version_info < (3, 11):
+        import pytest
+
+        pytest.skip("tomllib is new in 3.11")
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    src = root / "src"
+    found = {".".join(p.parent.relative_to(src).parts) for p in (src / "sockserve").rglob("__init__.py")}
+    assert found | {"sockserve.examples"} == listed

@@ -106,3 +106,37 @@ def test_system_exit_in_a_request_thread_ends_only_that_thread() -> None:
     finally:
         threading.excepthook = previous
     assert hooked == [SystemExit]
+
+
+def test_a_client_that_vanishes_mid_request_is_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+    import struct
+
+    entered, vanished = threading.Event(), threading.Event()
+
+    class WritesAfterTheClientLeft(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            line = self.rfile.readline()
+            if line != b"start\n":
+                self.wfile.write(line)
+                return
+            entered.set()
+            vanished.wait(10)
+            for _ in range(1000):  # the first writes may still be accepted; a later one fails
+                self.wfile.write(b"x" * 65536)
+
+    caplog.set_level(logging.INFO, logger="sockserve")
+    server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), WritesAfterTheClientLeft)
+    with running_server(server):
+        client = connect(server.server_address)
+        client.sendall(b"start\n")
+        assert entered.wait(10)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # a reset, not a polite close
+        vanished.set()
+        assert round_trip(server.server_address, b"next\n") == b"next\n"  # still serving the others
+    records = [r for r in caplog.records if r.name == "sockserve" and "went away" in r.getMessage()]
+    assert len(records) == 1
+    assert records[0].levelname == "INFO"
+    assert records[0].exc_info is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

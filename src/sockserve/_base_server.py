@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import select
 import selectors
-import sys
 import threading
 import time
 import types
@@ -29,10 +28,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._accept import ACCEPT_BATCH, BACKOFF_SECONDS, AcceptBackoff
-from ._errors import IdleTimeoutExpired, LimitExceeded
+from ._errors import LimitExceeded
 from ._graceful import GracefulStop
 from ._limits import NO_LIMITS, ConnectionTracker, Limits
-from ._log import format_address, logger
+from ._log import format_address, logger, report_request_error
 from ._wakeup import Waker
 from ._watchdog import DeadlineWatchdog
 
@@ -382,13 +381,7 @@ class BaseServer(GracefulStop):
         ``limits.idle_timeout``) is not a bug: it gets one line naming the limit
         and the client, without a traceback.
         """
-        exc = sys.exc_info()[1]
-        if isinstance(exc, LimitExceeded):
-            logger.warning("%s: closing the connection", exc)
-        elif isinstance(exc, TimeoutError) and self.limits.idle_timeout is not None:
-            logger.warning("%s: closing the connection", IdleTimeoutExpired(self.limits.idle_timeout, client_address))
-        else:
-            logger.error("exception while handling a request from %s", format_address(client_address), exc_info=True)
+        report_request_error(client_address, self.limits.idle_timeout)
 
     def __enter__(self) -> Self:
         return self

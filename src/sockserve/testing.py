@@ -12,13 +12,20 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import TypeVar
-
-from ._base_server import BaseServer
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["running_server"]
 
-ServerT = TypeVar("ServerT", bound=BaseServer)
+
+class Servable(Protocol):
+    """What running_server() needs: the sync servers and the async ones have it."""
+
+    def serve_forever(self, poll_interval: float = ...) -> Any: ...
+    def shutdown(self) -> None: ...
+    def server_close(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=Servable)
 
 
 @contextlib.contextmanager

@@ -12,15 +12,14 @@ descriptors.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .._accept import BACKOFF_SECONDS, AcceptBackoff
-from .._errors import ConnectionDeadlineExceeded, IdleTimeoutExpired, LimitExceeded
+from .._errors import ConnectionDeadlineExceeded, LimitExceeded
 from .._limits import NO_LIMITS, ConnectionTracker, Limits
-from .._log import format_address, logger
+from .._log import format_address, logger, report_request_error
 from ._loop import LoopChoice, new_event_loop
 from ._signals import signals_wake
 from ._stop import SETTLE_SECONDS, AsyncGracefulStop, InFlight, resolve
@@ -99,13 +98,7 @@ class AsyncBaseServer(AsyncGracefulStop):
         Logs it with its traceback on the ``sockserve`` logger; the server goes
         on. A limit that fired gets one line naming the limit and the client.
         """
-        exc = sys.exc_info()[1]
-        if isinstance(exc, LimitExceeded):
-            logger.warning("%s: closing the connection", exc)
-        elif isinstance(exc, TimeoutError) and self.limits.idle_timeout is not None:
-            logger.warning("%s: closing the connection", IdleTimeoutExpired(self.limits.idle_timeout, client_address))
-        else:
-            logger.error("exception while handling a request from %s", format_address(client_address), exc_info=True)
+        report_request_error(client_address, self.limits.idle_timeout)
 
     def fileno(self) -> int:
         return self.socket.fileno()
