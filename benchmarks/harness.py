@@ -63,6 +63,12 @@ def server_env() -> dict[str, str]:
     src = str(REPO_DIR / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
+    # The same allocator state for every server: glibc's mmap threshold is
+    # dynamic, and a process that happened to free a large block early reads
+    # into heap memory while its peer pays mmap+munmap per recv(256 KiB).
+    # Fixing both thresholds compares servers, not allocator history.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", "2097152")
     return env
 
 
