@@ -46,6 +46,23 @@ def _is_ipv6_wildcard(server_address: Any) -> bool:
         return False
 
 
+def bind_socket(sock: socket.socket, address: Any, *, reuse_address: bool, reuse_port: bool) -> Any:
+    """Bind ``sock`` the way every sockserve server does; return the real address.
+
+    SO_REUSEPORT only for IP sockets (Linux refuses it on AF_UNIX); the IPv6
+    wildcard is made dual-stack.
+    """
+    inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+    if reuse_address and hasattr(socket, "SO_REUSEADDR"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port and inet and hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if sock.family == socket.AF_INET6 and _is_ipv6_wildcard(address):
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(address)
+    return sock.getsockname()
+
+
 class TCPServer(BaseServer):
     """Base class for various socket-based server classes.
 
@@ -99,15 +116,9 @@ class TCPServer(BaseServer):
 
     def server_bind(self) -> None:
         """Bind the socket; afterwards ``server_address`` is the real address."""
-        inet = self.address_family in (socket.AF_INET, socket.AF_INET6)
-        if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.allow_reuse_port and inet and hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if self.address_family == socket.AF_INET6 and _is_ipv6_wildcard(self.server_address):
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        self.socket.bind(self.server_address)
-        self.server_address = self.socket.getsockname()
+        self.server_address = bind_socket(
+            self.socket, self.server_address, reuse_address=self.allow_reuse_address, reuse_port=self.allow_reuse_port
+        )
 
     def server_activate(self) -> None:
         self.socket.listen(self.request_queue_size)

@@ -9,7 +9,7 @@ import socket
 from typing import Any
 
 from .._accept import ACCEPT_BATCH
-from .._inet_servers import _family_for, _is_ipv6_wildcard
+from .._inet_servers import _family_for, bind_socket
 from .._log import format_address, logger
 from .._unix_servers import _SocketFileOwner
 from ._callback import CallbackConnection, IdleCallbackConnection, connect_callback, route_loop_exceptions
@@ -55,14 +55,12 @@ class _BoundServer(AsyncBaseServer):
     def server_bind(self) -> None:
         """Bind the socket; afterwards ``server_address`` is the real address."""
         inet = self.address_family in (socket.AF_INET, socket.AF_INET6)
-        if self.allow_reuse_address and inet:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.allow_reuse_port and inet and hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if self.address_family == socket.AF_INET6 and _is_ipv6_wildcard(self.server_address):
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        self.socket.bind(self.server_address)
-        self.server_address = self.socket.getsockname()
+        self.server_address = bind_socket(
+            self.socket,
+            self.server_address,
+            reuse_address=self.allow_reuse_address and inet,
+            reuse_port=self.allow_reuse_port,
+        )
 
 
 class AsyncTCPServer(_BoundServer):
