@@ -53,7 +53,16 @@ SUPERVISOR = textwrap.dedent(
         def serve_forever(self, poll_interval=0.5):
             raise RuntimeError("this worker cannot serve")
 
+    from sockserve import aio
+
+    class AsyncHandler(aio.AsyncStreamRequestHandler):
+        async def handle(self):
+            async for line in self.reader:
+                await self.writer.write(b"%d " % os.getpid() + line)
+
     server_class = Crashing if config.get("crash") else sockserve.ThreadPoolTCPServer
+    if config.get("aio"):
+        server_class, Handler = aio.AsyncTCPServer, AsyncHandler
     address = config.get("unix") or ("127.0.0.1", 0)
     if config.get("unix"):
         server_class = sockserve.ThreadPoolUnixStreamServer
@@ -311,3 +320,20 @@ def test_unix_socket_prefork_removes_its_file(tmp_path: Any, short_tmp: str) -> 
         sup.signal(signal.SIGTERM)
         assert sup.finish() == 0
     assert not os.path.exists(path)
+
+
+def test_async_servers_run_in_prefork_workers(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=2, aio=True)
+    try:
+        sup.wait_workers(2)
+        workers = {pid for pid, _ in sup.spawned}
+        seen = set()
+        for _ in range(20):
+            pid, rest = ask(sup.address)
+            assert rest == b"hello\n"
+            assert pid in workers
+            seen.add(pid)
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+    assert seen  # served by worker processes, none by the supervisor
