@@ -63,6 +63,26 @@ def bind_socket(sock: socket.socket, address: Any, *, reuse_address: bool, reuse
     return sock.getsockname()
 
 
+def open_listener(server: Any, server_address: Any, bind_and_activate: bool, *, tcp_proto: bool = False) -> None:
+    """The second half of every server constructor, sync and async: take the
+    family from the address, make ``server.socket``, then bind and activate it,
+    closing the server if either fails. ``tcp_proto`` names IPPROTO_TCP
+    explicitly on IP stream sockets (the stdlib passes 0)."""
+    family = _family_for(server.address_family, server_address)
+    if family != server.address_family:
+        server.address_family = family
+    inet_stream = server.socket_type == socket.SOCK_STREAM and family in (socket.AF_INET, socket.AF_INET6)
+    proto = socket.IPPROTO_TCP if tcp_proto and inet_stream else 0
+    server.socket = socket.socket(family, server.socket_type, proto)
+    if bind_and_activate:
+        try:
+            server.server_bind()
+            server.server_activate()
+        except BaseException:
+            server.server_close()
+            raise
+
+
 class TCPServer(BaseServer):
     """Base class for various socket-based server classes.
 
@@ -102,17 +122,7 @@ class TCPServer(BaseServer):
         bind_and_activate: bool = True,
     ) -> None:
         super().__init__(server_address, RequestHandlerClass)
-        family = _family_for(self.address_family, server_address)
-        if family != self.address_family:
-            self.address_family = family
-        self.socket = socket.socket(self.address_family, self.socket_type)
-        if bind_and_activate:
-            try:
-                self.server_bind()
-                self.server_activate()
-            except BaseException:
-                self.server_close()
-                raise
+        open_listener(self, server_address, bind_and_activate)
 
     def server_bind(self) -> None:
         """Bind the socket; afterwards ``server_address`` is the real address."""

@@ -10,7 +10,7 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING, Any
 
-from ._handlers import AsyncStreamRequestHandler
+from ._handlers import AsyncStreamRequestHandler, run_handler
 from ._reader import AsyncStreamReader, new_reader
 from ._writer import AsyncStreamWriter
 
@@ -63,11 +63,7 @@ async def run_stream(conn: StreamConnection, handler_class: type[AsyncStreamRequ
             transport, _ = await loop.connect_accepted_socket(lambda: reader, conn.sock)
             transport.set_write_buffer_limits(high=handler_class.write_limit)
             handler = handler_class(reader, AsyncStreamWriter(transport, reader), conn.client_address, server)
-            try:
-                await handler.setup()
-                await handler.handle()
-            finally:
-                await handler.finish()
+            await run_handler(handler)
         except asyncio.CancelledError:
             if conn.aborted is None:
                 raise  # not ours (the loop is being torn down): pass it on

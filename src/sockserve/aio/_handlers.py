@@ -155,3 +155,12 @@ async def sendto(sock: socket.socket, data: bytes | bytearray | memoryview, addr
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+async def run_handler(handler: AsyncStreamRequestHandler | AsyncDatagramRequestHandler) -> None:
+    """setup() and handle(), then finish() whatever happened in them."""
+    try:
+        await handler.setup()
+        await handler.handle()
+    finally:
+        await handler.finish()

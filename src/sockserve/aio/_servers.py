@@ -9,12 +9,12 @@ import socket
 from typing import Any
 
 from .._accept import ACCEPT_BATCH
-from .._inet_servers import _family_for, bind_socket
+from .._inet_servers import bind_socket, open_listener
 from .._log import format_address, logger
 from .._unix_servers import _SocketFileOwner
 from ._callback import CallbackConnection, IdleCallbackConnection, connect_callback, route_loop_exceptions
 from ._connection import StreamConnection, run_stream
-from ._handlers import AsyncDatagramRequestHandler, AsyncProtocolHandler, AsyncStreamRequestHandler
+from ._handlers import AsyncDatagramRequestHandler, AsyncProtocolHandler, AsyncStreamRequestHandler, run_handler
 from ._server import AsyncBaseServer
 
 
@@ -37,20 +37,9 @@ class _BoundServer(AsyncBaseServer):
         if not (isinstance(RequestHandlerClass, type) and issubclass(RequestHandlerClass, self.handler_bases)):
             names = " or ".join(base.__name__ for base in self.handler_bases)
             raise TypeError(f"{type(self).__name__} needs a subclass of {names}, got {RequestHandlerClass!r}")
-        family = _family_for(self.address_family, server_address)
-        if family != self.address_family:
-            self.address_family = family
         # IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio turns
         # Nagle off only on sockets that say they are TCP (uvloop always does).
-        tcp = self.socket_type == socket.SOCK_STREAM and self.address_family in (socket.AF_INET, socket.AF_INET6)
-        self.socket = socket.socket(self.address_family, self.socket_type, socket.IPPROTO_TCP if tcp else 0)
-        if bind_and_activate:
-            try:
-                self.server_bind()
-                self.server_activate()
-            except BaseException:
-                self.server_close()
-                raise
+        open_listener(self, server_address, bind_and_activate, tcp_proto=True)
 
     def server_bind(self) -> None:
         """Bind the socket; afterwards ``server_address`` is the real address."""
@@ -203,11 +192,7 @@ class Datagram:
         handler_class: type[AsyncDatagramRequestHandler] = server.RequestHandlerClass
         try:
             handler = handler_class(self.packet, self.client_address, server, server.socket)
-            try:
-                await handler.setup()
-                await handler.handle()
-            finally:
-                await handler.finish()
+            await run_handler(handler)
         except asyncio.CancelledError:
             if self.aborted is None:
                 raise
