@@ -17,7 +17,6 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from ._errors import ConnectionLimitReached
-from .protocol.lines import DEFAULT_MAX_LINE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,25 +37,36 @@ class Limits:
         connection_timeout: seconds a connection may stay open in all, however
             busy; then it is closed (``ConnectionDeadlineExceeded``).
         max_line: the longest line, delimiter included, that the line readers
-            return; a longer one raises ``LineTooLong``.
+            return; a longer one raises ``LineTooLong``. A handler class's own
+            ``max_line`` takes precedence. None: each reader's default, which
+            is no cap for the drop-in ``StreamRequestHandler`` (as in the
+            stdlib) and ``DEFAULT_MAX_LINE`` (64 KiB) for the async readers.
     """
 
     max_connections: int | None = None
     max_connections_per_ip: int | None = None
     idle_timeout: float | None = None
     connection_timeout: float | None = None
-    max_line: int = DEFAULT_MAX_LINE
+    max_line: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_connections_per_ip", "idle_timeout", "connection_timeout"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None, got {value!r}")
-        if self.max_line < 1:
+        if self.max_line is not None and self.max_line < 1:
             raise ValueError(f"max_line must be at least 1, got {self.max_line!r}")
 
 
 NO_LIMITS = Limits()
+
+
+def limits_of(server: object) -> Limits:
+    """The limits a handler applies: its server's, or none at all when the
+    handler runs without a sockserve server (``server=None`` in a unit test,
+    or the stdlib's own ``socketserver`` servers), as the stdlib's handlers do."""
+    limits = getattr(server, "limits", None)
+    return limits if isinstance(limits, Limits) else NO_LIMITS
 
 
 def client_key(client_address: Any) -> Hashable:

@@ -10,6 +10,7 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ..protocol.lines import DEFAULT_MAX_LINE
 from ._handlers import AsyncStreamRequestHandler, run_handler
 from ._reader import AsyncStreamReader, new_reader
 from ._writer import AsyncStreamWriter
@@ -52,7 +53,7 @@ async def run_stream(conn: StreamConnection, handler_class: type[AsyncStreamRequ
     reader = new_reader(
         loop,
         conn.client_address,
-        max_line=handler_class.max_line or limits.max_line,
+        max_line=handler_class.max_line or limits.max_line or DEFAULT_MAX_LINE,
         idle_timeout=limits.idle_timeout,
         read_limit=handler_class.read_limit,
     )
