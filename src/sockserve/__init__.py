@@ -23,6 +23,7 @@ from ._drain import DEFAULT_GRACE as DEFAULT_GRACE
 from ._drain import DrainReport as DrainReport
 from ._errors import ConnectionDeadlineExceeded as ConnectionDeadlineExceeded
 from ._errors import ConnectionLimitReached as ConnectionLimitReached
+from ._errors import DatagramTooLarge as DatagramTooLarge
 from ._errors import IdleTimeoutExpired as IdleTimeoutExpired
 from ._errors import LimitExceeded as LimitExceeded
 from ._errors import LineTooLong as LineTooLong
@@ -64,6 +65,7 @@ __all__ = [
     "DEFAULT_GRACE",
     "ConnectionDeadlineExceeded",
     "ConnectionLimitReached",
+    "DatagramTooLarge",
     "DrainReport",
     "IdleTimeoutExpired",
     "LimitExceeded",

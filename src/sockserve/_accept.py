@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Callable
 from typing import Any
 
+from ._errors import SockserveError
 from ._log import format_address, logger
 
 # Errors that mean "no resources to accept right now", not "this connection is
@@ -39,6 +41,8 @@ class AcceptBackoff:
 
     def failed(self, exc: OSError, listen_address: Any) -> bool:
         """Record ``exc``; True if the caller should back off before retrying."""
+        if isinstance(exc, SockserveError):
+            return False  # our own, already reported (e.g. a datagram dropped for its size)
         if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
             logger.debug("accept on %s failed: %s", format_address(listen_address), exc)
             return False
@@ -64,3 +68,36 @@ class AcceptBackoff:
                 time.monotonic() - self._since,
             )
             self.failures = 0
+
+
+def accept_batch(
+    get_request: Callable[[], tuple[Any, Any]],
+    dispatch: Callable[[Any, Any], None],
+    go_on: Callable[[], bool],
+    backoff: AcceptBackoff,
+    listen_address: Any,
+    back_off: Callable[[], None],
+    limit: int = ACCEPT_BATCH,
+) -> None:
+    """Take up to ``limit`` waiting requests (connections, or datagrams) and
+    ``dispatch`` each; shared by the synchronous and async servers.
+
+    It stops early when nothing more is waiting (``BlockingIOError`` from a
+    non-blocking socket), when ``go_on()`` says so after a request (the server
+    is at capacity, or stopping), or when taking one failed: out of
+    descriptors, ``back_off()`` is called first (see ``AcceptBackoff``).
+    """
+    for _ in range(limit):
+        try:
+            request, client_address = get_request()
+        except (BlockingIOError, InterruptedError):
+            return  # nothing (more) waiting, or another worker process took it
+        except OSError as exc:
+            if backoff.failed(exc, listen_address):
+                back_off()
+            return
+        if backoff.failures:
+            backoff.succeeded(listen_address)
+        dispatch(request, client_address)
+        if not go_on():
+            return

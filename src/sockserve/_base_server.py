@@ -21,26 +21,27 @@ from __future__ import annotations
 
 import select
 import selectors
+import socket
 import threading
 import time
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._accept import ACCEPT_BATCH, BACKOFF_SECONDS, AcceptBackoff
-from ._errors import LimitExceeded
+from ._accept import BACKOFF_SECONDS, AcceptBackoff, accept_batch
 from ._graceful import GracefulStop
-from ._limits import NO_LIMITS, ConnectionTracker, Limits
+from ._limits import limits_of
 from ._log import format_address, logger, report_request_error
+from ._model import ConcurrencyModel, InlineModel
+from ._pipeline import Job, current_job, set_current_job
+from ._server_core import ServerCore
 from ._wakeup import Waker
 from ._watchdog import DeadlineWatchdog
 
 if TYPE_CHECKING:
-    import socket
-
     from typing_extensions import Self
 
-    from ._handlers import BaseRequestHandler
+    from ._admission import Admission
 
 # poll() needs no descriptor of its own (epoll does), which matters when the
 # process is out of them, and has no FD_SETSIZE limit (select does).
@@ -50,7 +51,7 @@ else:  # pragma: no cover - Windows
     _ServerSelector = selectors.SelectSelector
 
 
-class BaseServer(GracefulStop):
+class BaseServer(ServerCore, GracefulStop):
     """Base class for server classes.
 
     Methods for the caller:
@@ -94,35 +95,38 @@ class BaseServer(GracefulStop):
     """
 
     timeout: float | None = None
-    # sockserve's own: connection caps and timeouts (none by default, as in
-    # the stdlib). Set on a subclass or an instance before serving.
-    limits: Limits = NO_LIMITS
     socket: socket.socket
 
     def __init__(
         self,
         server_address: Any,
-        RequestHandlerClass: Callable[[Any, Any, Self], BaseRequestHandler],  # noqa: N803 - stdlib name
+        RequestHandlerClass: Callable[[Any, Any, Self], object],  # noqa: N803 - stdlib name
     ) -> None:
         self.server_address = server_address
-        self.RequestHandlerClass: Callable[[Any, Any, Any], BaseRequestHandler] = RequestHandlerClass
-        # The name-mangled spelling matches the stdlib's on purpose: programs
-        # that stop a server with ``server._BaseServer__shutdown_request = True``
-        # from inside a handler keep working.
-        self.__shutdown_request = False
-        self.__is_shut_down = threading.Event()
-        self.__is_shut_down.set()
-        # Reentrant: shutdown() may run in a signal handler that interrupted
-        # serve_forever() on the same thread while it held this lock.
-        self.__state_lock = threading.RLock()
-        self.__serving_thread: int | None = None
-        self.__waker: Waker | None = None
+        # Typed as what it is called with, not as BaseRequestHandler: the
+        # handlers' module knows the servers, and the servers need not know it.
+        self.RequestHandlerClass: Callable[[Any, Any, Any], object] = RequestHandlerClass
+        self._start_core()
+        self._waker: Waker | None = None  # serve_forever()'s, while it runs
+        self._selector: selectors.BaseSelector | None = None  # serve_forever()'s, while it runs
         self._accept_backoff = AcceptBackoff()
-        self.__paused = False  # the loop stopped watching the socket: at capacity
+        self._paused = False  # the loop stopped watching the socket: at capacity
         self._force_requested = False  # force_stop() was called
-        self.__tracker: ConnectionTracker | None = None
-        self.__selector: selectors.BaseSelector | None = None  # serve_forever()'s, while it runs
-        self.__watchdog: DeadlineWatchdog | None = None
+        self._concurrency: ConcurrencyModel | None = None
+        self._dispatching: Job | None = None  # the job process_request() may take over
+        self._watchdog: DeadlineWatchdog | None = None
+        self._start_graceful_stop()
+
+    # Programs that stop a server from inside a handler with the stdlib's own
+    # private flag, ``server._BaseServer__shutdown_request = True``, keep
+    # working: the name is mangled to exactly that.
+    def _get_shutdown_flag(self) -> bool:
+        return self._handshake.requested
+
+    def _set_shutdown_flag(self, value: bool) -> None:
+        self._handshake.requested = value
+
+    __shutdown_request = property(_get_shutdown_flag, _set_shutdown_flag)
 
     def server_activate(self) -> None:
         """Called by the constructor to activate the server. May be overridden."""
@@ -134,13 +138,13 @@ class BaseServer(GracefulStop):
         ``shutdown()`` does not wait for it.
         """
         waker = Waker()
-        with self.__state_lock:
-            if self.__serving_thread is not None:
-                waker.close()
-                raise RuntimeError("serve_forever() is already running on this server")
-            self.__serving_thread = threading.get_ident()
-            self.__waker = waker
-            self.__is_shut_down.clear()
+        try:
+            self._handshake.begin(waker.wake)
+        except RuntimeError:
+            waker.close()
+            raise RuntimeError("serve_forever() is already running on this server") from None
+        self._waker = waker
+        handshake = self._handshake
         try:
             with _ServerSelector() as selector:
                 selector.register(self, selectors.EVENT_READ)
@@ -149,17 +153,17 @@ class BaseServer(GracefulStop):
                 # each accept: a fraction of a selector's cost per call.
                 pending = select.poll()
                 pending.register(self.fileno(), select.POLLIN)
-                self.__selector = selector
+                self._selector = selector
                 watching = True
-                while not self.__shutdown_request:
+                while not handshake.requested:
                     # At capacity the listening socket is not watched, so new
                     # connections wait in the kernel backlog; a slot freeing up
                     # wakes the loop (see _capacity_freed). The flag is set
                     # before capacity is checked again, so a slot freed in
                     # between is never missed.
-                    self.__paused = True
+                    self._paused = True
                     paused = self._accepting_paused()
-                    self.__paused = paused
+                    self._paused = paused
                     if paused == watching:
                         if paused:
                             selector.unregister(self)
@@ -168,7 +172,7 @@ class BaseServer(GracefulStop):
                             selector.register(self, selectors.EVENT_READ)
                         watching = not paused
                     ready = selector.select(poll_interval)
-                    if self.__shutdown_request:
+                    if handshake.requested:
                         break
                     for key, _ in ready:
                         if key.fileobj is waker:
@@ -179,14 +183,11 @@ class BaseServer(GracefulStop):
                             self._unwatch(key.fileobj)  # a watched descriptor: its event wakes the loop once
                     self.service_actions()
         finally:
-            self.__selector = None
-            self.__paused = False
-            with self.__state_lock:
-                self.__shutdown_request = False
-                self.__serving_thread = None
-                self.__waker = None
-                waker.close()
-                self.__is_shut_down.set()
+            self._selector = None
+            self._paused = False
+            self._waker = None
+            handshake.end()
+            waker.close()
 
     def shutdown(self) -> None:
         """Stop the serve_forever() loop and wait until it has stopped.
@@ -196,14 +197,7 @@ class BaseServer(GracefulStop):
         itself (a synchronous server's handler, a signal handler) it does not
         wait, since that would deadlock: the loop ends once control returns to it.
         """
-        with self.__state_lock:
-            self.__shutdown_request = True
-            if self.__waker is not None:
-                self.__waker.wake()
-            serving = self.__serving_thread
-        if serving is None or serving == threading.get_ident():
-            return
-        self.__is_shut_down.wait()
+        self._handshake.request_and_wait()
 
     def service_actions(self) -> None:
         """Called once per turn of the serve_forever() loop. May be overridden."""
@@ -226,107 +220,140 @@ class BaseServer(GracefulStop):
                     if timeout < 0:
                         return self.handle_timeout()
 
-    def _handle_request_noblock(self) -> None:
-        """Handle one request, without blocking (the socket is known readable)."""
-        self._accept_and_dispatch()
+    # -- one connection's walk: accept, admit, dispatch (stages, handler), release ----
 
     def _serve_pending(self, pending: select.poll) -> None:
-        """Take up to ACCEPT_BATCH requests that are already waiting."""
-        for _ in range(ACCEPT_BATCH):
-            if not self._accept_and_dispatch() or self.__shutdown_request:
-                return
-            if self._accepting_paused() or not pending.poll(0):
-                return
+        """Take the requests that are waiting, up to ACCEPT_BATCH."""
 
-    def _accept_and_dispatch(self) -> bool:
-        """Get one request and run it through the hooks; False if none was got."""
+        def go_on() -> bool:
+            # The listening socket is blocking, as the stdlib's is: only ask
+            # for another request when one is known to be waiting.
+            return not self._handshake.requested and not self._accepting_paused() and bool(pending.poll(0))
+
+        accept_batch(
+            self.get_request, self._admit_and_dispatch, go_on, self._accept_backoff, self.server_address, self._back_off
+        )
+
+    def _handle_request_noblock(self) -> None:
+        """Handle one request, without blocking (the socket is known readable)."""
+        accept_batch(
+            self.get_request,
+            self._admit_and_dispatch,
+            lambda: False,
+            self._accept_backoff,
+            self.server_address,
+            self._back_off,
+            limit=1,
+        )
+
+    def _admit_and_dispatch(self, request: Any, client_address: Any) -> None:
+        """Walk one accepted request through admission and dispatch."""
         try:
-            request, client_address = self.get_request()
-        except OSError as exc:
-            if self._accept_backoff.failed(exc, self.server_address):
-                self._back_off()
-            return False
-        self._accept_backoff.succeeded(self.server_address)
-        try:
-            self._tracker().admit(request, client_address)
-        except LimitExceeded as exc:
-            logger.warning("%s", exc)
-            self.shutdown_request(request)
-            return True
-        try:
-            if self.verify_request(request, client_address):
-                self.process_request(request, client_address)
-            else:
-                self.shutdown_request(request)
-        except Exception:
-            self.handle_error(request, client_address)
-            self.shutdown_request(request)
+            ticket = self._admit(request, client_address)
         except BaseException:
             self.shutdown_request(request)
             raise
-        return True
+        if ticket is None:
+            self.shutdown_request(request)
+            return
+        if ticket.deadline is not None and not self._model().cuts_own_deadlines:
+            self._start_watchdog()
+        self._dispatch(Job(self, self._admission(), ticket, request, client_address, self._stage_factories()))
 
-    def _tracker(self) -> ConnectionTracker:
-        """The connections in flight; made on first use, with the limits then in force."""
-        tracker = self.__tracker
-        if tracker is None:
-            with self.__state_lock:
-                if self.__tracker is None:
-                    self.__tracker = ConnectionTracker(self.limits, on_free=self._capacity_freed)
-                    if self.limits.connection_timeout is not None:
-                        self.__watchdog = DeadlineWatchdog(self.__tracker)
-                tracker = self.__tracker
-        if self.__watchdog is not None:
-            self.__watchdog.ensure_running()
-        return tracker
+    def _dispatch(self, job: Job) -> None:
+        """Hand an admitted job to the concurrency model, through ``process_request()``.
 
-    def _release(self, request: Any) -> None:
-        """Count a request out of the tracker (called when it is closed)."""
-        if self.__tracker is not None:
-            self.__tracker.release(request)
+        A model's ``process_request()`` takes the job over (``_take_job``) and
+        releases it when its handler is done, wherever that runs. A job nobody
+        took (the sequential model, which runs it right here, or a
+        ``process_request()`` of the user's own) is released when
+        ``process_request()`` returns. Where the handler runs on this thread
+        anyway, the stages run here first.
+        """
+        model = self._model()
+        previous = set_current_job(job)
+        try:
+            if model.runs_on_loop and not job.prepare():
+                return
+            self._dispatching = job
+            self.process_request(job.request, job.client_address)
+        except Exception:
+            self.handle_error(job.request, job.client_address)
+            self.shutdown_request(job.request)
+        except BaseException:
+            self.shutdown_request(job.request)
+            raise
+        finally:
+            set_current_job(previous)
+            if self._dispatching is job:
+                self._dispatching = None
+                job.release()
+
+    def _take_job(self, request: Any, client_address: Any) -> Job:
+        """For a model's ``process_request()``: take over the job being
+        dispatched, and with it its release. A request the core did not
+        admit (a program calling ``process_request()`` itself) gets a job
+        with nothing to release."""
+        job = self._dispatching
+        if job is not None and job.request is request:
+            self._dispatching = None
+            return job
+        return Job(self, None, None, request, client_address, self._stage_factories())
+
+    # -- the concurrency model -----------------------------------------------------
+
+    def _model(self) -> ConcurrencyModel:
+        """This server's concurrency model; made on first use."""
+        model = self._concurrency
+        if model is None:
+            model = self._concurrency = self._make_model(self._admission())
+        return model
+
+    def _make_model(self, admission: Admission) -> ConcurrencyModel:
+        """The sequential model: handlers run on the serve loop's thread.
+        The mixins return their own."""
+        return InlineModel(admission)
 
     def _accepting_paused(self) -> bool:
-        """True while the server must not accept. Concurrency models with a
-        capacity of their own (the bounded pool) extend this."""
-        tracker = self.__tracker
-        return tracker is not None and tracker.at_capacity()
+        """True while the server must not accept: at max_connections, or the
+        model can take no more work."""
+        return self._admission().at_capacity() or self._model().at_capacity()
 
     def _capacity_freed(self) -> None:
         """Called from any thread when a slot frees up: wake a paused loop."""
-        if self.__paused:
-            waker = self.__waker
+        if self._paused:
+            waker = self._waker
             if waker is not None:
                 waker.wake()
+
+    def _start_watchdog(self) -> None:
+        watchdog = self._watchdog
+        if watchdog is None:
+            watchdog = self._watchdog = DeadlineWatchdog(self._admission())
+        watchdog.ensure_running()
 
     def _watch(self, fd: int) -> bool:
         """Wake the serve loop once when ``fd`` becomes readable (then it is
         unwatched). Only from the loop's own thread while it serves; False
-        otherwise. ForkingMixIn watches its children's pidfds this way."""
-        selector = self.__selector
-        if selector is None or not self._serving_here():
+        otherwise. The forking model watches its children's pidfds this way."""
+        selector = self._selector
+        if selector is None or not self._handshake.serving_here():
             return False
         selector.register(fd, selectors.EVENT_READ)
         return True
 
     def _unwatch(self, fd: Any) -> None:
-        selector = self.__selector
-        if selector is not None and self._serving_here():
+        selector = self._selector
+        if selector is not None and self._handshake.serving_here():
             try:
                 selector.unregister(fd)
             except KeyError:
                 pass  # not watched (any more): nothing to undo
 
-    def _tracker_if_any(self) -> ConnectionTracker | None:
-        return self.__tracker
-
-    def _serving_here(self) -> bool:
-        """True on the thread that runs serve_forever()."""
-        return self.__serving_thread == threading.get_ident()
-
     def _back_off(self) -> None:
         """Wait before the next accept, waking early for shutdown()."""
-        waker = self.__waker
-        if waker is not None and threading.get_ident() == self.__serving_thread:
+        waker = self._waker
+        if waker is not None and self._handshake.serving_here():
             waker.wait(BACKOFF_SECONDS)
         else:
             threading.Event().wait(BACKOFF_SECONDS)
@@ -353,12 +380,11 @@ class BaseServer(GracefulStop):
 
     def server_close(self) -> None:
         """Clean up the server. May be overridden."""
-        self._stop_watchdog()
-
-    def _stop_watchdog(self) -> None:
-        watchdog, self.__watchdog = self.__watchdog, None
+        watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.close()
+        if self._concurrency is not None:
+            self._concurrency.close()  # joins pool workers, reaps children
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Finish one request by instantiating RequestHandlerClass."""
@@ -370,7 +396,6 @@ class BaseServer(GracefulStop):
 
     def close_request(self, request: Any) -> None:
         """Called to clean up an individual request."""
-        self._release(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Report an exception raised while handling a request. May be overridden.
@@ -381,7 +406,13 @@ class BaseServer(GracefulStop):
         ``limits.idle_timeout``) is not a bug: it gets one line naming the limit
         and the client, without a traceback.
         """
-        report_request_error(client_address, self.limits.idle_timeout)
+        job = current_job()
+        report_request_error(
+            client_address,
+            limits_of(self).idle_timeout,
+            cut_by_server=None if job is None or job.ticket is None else job.ticket.aborted,
+            datagram=getattr(self, "socket_type", None) == socket.SOCK_DGRAM,
+        )
 
     def __enter__(self) -> Self:
         return self

@@ -5,6 +5,7 @@ The tree::
     SockserveError                          base of everything below
     ├── SocketPathInUse (OSError)           a Unix socket path has a live server on it
     ├── SocketPathNotASocket (OSError)      a Unix socket path exists and is not a socket
+    ├── DatagramTooLarge (OSError)          a datagram over max_packet_size, dropped
     └── LimitExceeded                       a limit that protects the server fired
         ├── ConnectionLimitReached          too many connections (from one client)
         ├── LineTooLong (ValueError)        a line longer than the reader's cap
@@ -21,6 +22,8 @@ from __future__ import annotations
 import errno
 import os
 from typing import Any
+
+from ._address import format_address
 
 __all__ = ["SocketPathInUse", "SocketPathNotASocket", "SockserveError"]
 
@@ -59,9 +62,20 @@ class SocketPathNotASocket(SockserveError, OSError):
         )
 
 
-def _client(client_address: Any) -> str:
-    from ._log import format_address  # late: _log must not import the errors' dependents
+class DatagramTooLarge(SockserveError, OSError):
+    """A datagram longer than the server's ``max_packet_size`` arrived; the
+    kernel cut it, and sockserve dropped it rather than pass it on cut.
+    ``limit`` is the size allowed, ``client_address`` the sender."""
 
+    def __init__(self, limit: int, client_address: Any = None) -> None:
+        super().__init__(
+            errno.EMSGSIZE, f"datagram{_client(client_address)} dropped: longer than max_packet_size={limit} bytes"
+        )
+        self.limit = limit
+        self.client_address = client_address
+
+
+def _client(client_address: Any) -> str:
     return "" if client_address is None else f" from {format_address(client_address)}"
 
 

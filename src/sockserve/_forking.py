@@ -1,14 +1,19 @@
 """ForkingMixIn: a child process per request, with the stdlib's semantics.
 
 Children are reaped in ``service_actions()`` (every turn of the serve loop),
-in ``handle_timeout()`` and in ``server_close()``, as the stdlib does. Two
-things differ, both invisible to working code:
+in ``handle_timeout()`` and in ``server_close()``, as the stdlib does. What
+differs, all invisible to working code:
 
-* at ``max_children`` the parent waits for one of *its own* children to exit
-  (through pidfds where the OS has them), where the stdlib's ``waitpid(-1)``
-  could reap, and lose the status of, a child the program forked itself;
-* the cap is also checked before forking, so taking several requests per
-  wake-up can never push the number of children over ``max_children``.
+* each child is an admitted connection until the parent reaps it, so
+  ``Limits`` hold under forking: ``max_connections`` and
+  ``max_connections_per_ip`` count children, and the child enforces its own
+  ``connection_timeout`` (the parent's threads do not survive a fork);
+* a child's exit wakes the serve loop (through its pidfd), so no zombie
+  outlives its request by ``poll_interval``;
+* at ``max_children`` the loop stops accepting until a child exits, and a
+  wait for a child only ever waits for one of *its own* (pidfds), where the
+  stdlib's ``waitpid(-1)`` could reap, and lose the status of, a child the
+  program forked itself.
 """
 
 from __future__ import annotations
@@ -18,9 +23,17 @@ import select
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ._pipeline import set_current_job
 from ._wakeup import Waker
+
+if TYPE_CHECKING:
+    from ._admission import Admission, Ticket
+    from ._base_server import BaseServer as _ServerBase
+    from ._model import ConcurrencyModel
+else:
+    _ServerBase = object  # a stand-alone mixin at run time, as the stdlib's is
 
 
 def _wait_for_any(pids: set[int], timeout: float | None = None, waker: Waker | None = None) -> None:
@@ -48,7 +61,139 @@ def _wait_for_any(pids: set[int], timeout: float | None = None, waker: Waker | N
             os.close(fd)
 
 
-class ForkingMixIn:
+class ForkingHost(Protocol):
+    """What the forking model needs of its server: the stdlib's settings, and
+    a way to have the serve loop wake when a descriptor becomes readable."""
+
+    max_children: int
+    block_on_close: bool
+
+    def _watch(self, fd: int) -> bool: ...
+    def _unwatch(self, fd: Any) -> None: ...
+
+
+class ForkModel:
+    """The children in flight, each with the admission ticket it holds until reaped."""
+
+    runs_on_loop = False
+    cuts_own_deadlines = True  # a child cuts its own connection (see Job.start_deadline_in_child)
+
+    def __init__(self, admission: Admission, host: ForkingHost) -> None:
+        self.admission = admission
+        self.host = host
+        self.pids: set[int] = set()  # the stdlib's ``active_children``, the same set object
+        self._tickets: dict[int, Ticket] = {}
+        self._pidfds: dict[int, int] = {}
+        self._drain_waker: Waker | None = None
+        self._interrupted = False
+
+    def started(self, pid: int, ticket: Ticket | None) -> None:
+        self.pids.add(pid)
+        if ticket is not None:
+            # The parent's copy of the socket is closed: only the child can
+            # cut this connection, and it does (deadline), or the drain kills it.
+            ticket.abort = None
+            self._tickets[pid] = ticket
+        self._watch_exit(pid)
+
+    def _watch_exit(self, pid: int) -> None:
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is None:
+            return  # pragma: no cover - not Linux: reaped on the poll_interval, as in the stdlib
+        try:
+            fd = pidfd_open(pid)
+        except OSError:
+            return  # e.g. out of descriptors: the poll_interval still reaps it
+        if not self.host._watch(fd):
+            os.close(fd)
+            return
+        self._pidfds[pid] = fd
+
+    def _finished(self, pid: int) -> None:
+        self.pids.discard(pid)
+        ticket = self._tickets.pop(pid, None)
+        if ticket is not None:
+            self.admission.release(ticket)
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            self.host._unwatch(fd)
+            os.close(fd)
+
+    def reap(self, *, blocking: bool = False) -> None:
+        """Reap the children that have exited (all of them, waiting, if ``blocking``)."""
+        flags = 0 if blocking else os.WNOHANG
+        for pid in self.pids.copy():
+            try:
+                reaped, _ = os.waitpid(pid, flags)
+            except ChildProcessError:
+                reaped = pid  # reaped by someone else: it is gone all the same
+            except OSError:
+                continue
+            if reaped:
+                self._finished(pid)
+
+    def collect(self, *, blocking: bool = False) -> None:
+        """The stdlib's collect_children(): wait while at max_children, then reap."""
+        while len(self.pids) >= self.host.max_children:
+            _wait_for_any(self.pids)
+            before = len(self.pids)
+            self.reap()
+            if len(self.pids) == before:
+                break  # nothing could be reaped (not our children any more)
+        self.reap(blocking=blocking)
+
+    # -- ConcurrencyModel --------------------------------------------------------------
+
+    def at_capacity(self) -> bool:
+        return len(self.pids) >= self.host.max_children
+
+    def in_flight(self) -> int:
+        self.reap()
+        return len(self.pids)
+
+    def wait(self, timeout: float | None, ignore: Ticket | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._drain_waker = waker = Waker()
+        try:
+            while True:
+                self.reap()
+                if not self.pids:
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self._interrupted or (remaining is not None and remaining <= 0):
+                    return False
+                _wait_for_any(self.pids, remaining, waker)
+        finally:
+            self._drain_waker = None
+            waker.close()
+
+    def force(self, reason: BaseException, ignore: Ticket | None = None) -> int:
+        """The grace period is over: kill the children still handling requests."""
+        forced = 0
+        for pid in list(self.pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                forced += 1
+            except ProcessLookupError:
+                pass  # it exited just now: it is reaped with the others
+        return forced
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+        waker = self._drain_waker
+        if waker is not None:
+            waker.wake()
+
+    def close(self) -> None:
+        self.reap(blocking=self.host.block_on_close)
+        for pid in list(self._pidfds):
+            # A child left running (block_on_close False) is not watched any more.
+            fd = self._pidfds.pop(pid)
+            self.host._unwatch(fd)
+            os.close(fd)
+
+
+class ForkingMixIn(_ServerBase):
     """Mix-in class to handle each request in a new process.
 
     Class variables:
@@ -62,60 +207,22 @@ class ForkingMixIn:
     active_children: set[int] | None = None
     max_children: int = 40
     block_on_close: bool = True
+    _fork_model: ForkModel | None = None
+
+    def _make_model(self, admission: Admission) -> ConcurrencyModel:
+        model = self._fork_model = ForkModel(admission, self)
+        return model
+
+    def _forks(self) -> ForkModel:
+        self._model()
+        assert self._fork_model is not None
+        return self._fork_model
 
     def collect_children(self, *, blocking: bool = False) -> None:
         """Reap the children that have exited; wait while at max_children."""
         if self.active_children is None:
             return
-        while len(self.active_children) >= self.max_children:
-            _wait_for_any(self.active_children)
-            before = len(self.active_children)
-            self._reap(blocking=False)
-            if len(self.active_children) == before:
-                break  # nothing could be reaped (not our children any more)
-        self._reap(blocking=blocking)
-
-    def _reap(self, *, blocking: bool) -> None:
-        assert self.active_children is not None
-        flags = 0 if blocking else os.WNOHANG
-        for pid in self.active_children.copy():
-            try:
-                reaped, _ = os.waitpid(pid, flags)
-            except ChildProcessError:
-                self.active_children.discard(pid)  # reaped by someone else
-                self._forget_child(pid)
-                continue
-            except OSError:
-                continue
-            if reaped:
-                self.active_children.discard(pid)
-                self._forget_child(pid)
-
-    # A pidfd per child, watched by serve_forever(): a child's exit wakes the
-    # loop, whose service_actions() then reaps it at once, instead of up to
-    # poll_interval later. So no zombie outlives its request.
-    _child_fds: dict[int, int] | None = None
-
-    def _watch_child(self, pid: int) -> None:
-        pidfd_open = getattr(os, "pidfd_open", None)
-        if pidfd_open is None:
-            return  # pragma: no cover - not Linux: reaped on the poll_interval, as in the stdlib
-        try:
-            fd = pidfd_open(pid)
-        except OSError:
-            return  # e.g. out of descriptors: the poll_interval still reaps it
-        if not self._watch(fd):  # type: ignore[attr-defined]
-            os.close(fd)
-            return
-        if self._child_fds is None:
-            self._child_fds = {}
-        self._child_fds[pid] = fd
-
-    def _forget_child(self, pid: int) -> None:
-        fd = self._child_fds.pop(pid, None) if self._child_fds else None
-        if fd is not None:
-            self._unwatch(fd)  # type: ignore[attr-defined]
-            os.close(fd)
+        self._forks().collect(blocking=blocking)
 
     def handle_timeout(self) -> None:
         """Reap children when handle_request() times out."""
@@ -127,30 +234,36 @@ class ForkingMixIn:
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Fork a child that handles the request and exits."""
-        if self.active_children is not None and len(self.active_children) >= self.max_children:
-            self.collect_children()
+        job = self._take_job(request, client_address)
+        forks = self._forks()
+        if forks.at_capacity():
+            forks.collect()  # handle_request() has no capacity check of its own
         pid = os.fork()
         if pid:
             if self.active_children is None:
-                self.active_children = set()
-            self.active_children.add(pid)
-            self._watch_child(pid)
-            self.close_request(request)  # type: ignore[attr-defined]
+                self.active_children = forks.pids
+            forks.started(pid, job.ticket)
+            self.close_request(request)
             return
         # The child: handle the request, then exit without returning into the
         # parent's loop. os._exit skips atexit handlers that belong to the parent.
+        set_current_job(job)
         status = 1
         try:
             self._close_inherited_listener()
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
-            status = 0
-        except Exception:
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+            job.start_deadline_in_child()
+            if job.prepare():
+                try:
+                    self.finish_request(job.request, job.client_address)
+                    status = 0
+                except Exception:
+                    self.handle_error(job.request, job.client_address)
+                finally:
+                    self.shutdown_request(job.request)
+            else:
+                status = 0  # the stages closed it, with a log line
         finally:
-            try:
-                self.shutdown_request(request)  # type: ignore[attr-defined]
-            finally:
-                os._exit(status)
+            os._exit(status)
 
     def _close_inherited_listener(self) -> None:
         """In a child, close our copy of a stream server's listening socket.
@@ -165,48 +278,5 @@ class ForkingMixIn:
             sock.close()
 
     def server_close(self) -> None:
-        super().server_close()  # type: ignore[misc]
+        super().server_close()
         self.collect_children(blocking=self.block_on_close)
-        for pid in list(self._child_fds or ()):
-            self._forget_child(pid)  # children left running (block_on_close False) are not watched any more
-
-    # Graceful stop: each connection in flight is a child process.
-    _drain_waker: Waker | None = None
-
-    def _in_flight(self) -> int:
-        self.collect_children()
-        return len(self.active_children or ())
-
-    def _wait_in_flight(self, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._drain_waker = waker = Waker()
-        try:
-            while True:
-                if self.active_children:
-                    self._reap(blocking=False)
-                if not self.active_children:
-                    return True
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if self.forced or (remaining is not None and remaining <= 0):  # type: ignore[attr-defined]
-                    return False
-                _wait_for_any(self.active_children, remaining, waker)
-        finally:
-            self._drain_waker = None
-            waker.close()
-
-    def _force_in_flight(self) -> int:
-        """The grace period is over: kill the children still handling requests."""
-        forced = 0
-        for pid in list(self.active_children or ()):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                forced += 1
-            except ProcessLookupError:
-                pass  # it exited just now: server_close() reaps it
-        return forced
-
-    def _interrupt_drain(self) -> None:
-        super()._interrupt_drain()  # type: ignore[misc]
-        waker = self._drain_waker
-        if waker is not None:
-            waker.wake()

@@ -1,45 +1,59 @@
 """Graceful stop for the synchronous servers: stop accepting at once, let the
 requests in flight finish until a deadline, then cut off what remains.
 
-``BaseServer`` inherits it; the order of the steps and the report are the
-shared policy in ``_drain``. A concurrency model with its own notion of "in
-flight" (``ForkingMixIn``: child processes) overrides the three steps
-``_in_flight``, ``_wait_in_flight`` and ``_force_in_flight``.
+``BaseServer`` inherits it. The order of the steps, the log lines and the
+report are the shared policy in ``_drain``; waiting for the requests and
+cutting them is the concurrency model's (``_model.ConcurrencyModel``).
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 from ._drain import DEFAULT_GRACE, DrainReport, drain
+from ._pipeline import current_job
 
 if TYPE_CHECKING:
-    from ._limits import ConnectionTracker
+    from ._admission import Admission
+    from ._model import ConcurrencyModel
+    from ._shutdown import ShutdownHandshake
 
 
 class GracefulStop:
-    """stop(grace) and force_stop(); the server supplies the hooks below."""
+    """stop(grace) and force_stop(); the server supplies the state below."""
 
     _force_requested: bool
     server_address: Any
 
     if TYPE_CHECKING:  # supplied by BaseServer
+        _handshake: ShutdownHandshake
+        _concurrency: ConcurrencyModel | None
+        _admission_book: Admission | None
 
-        def _tracker_if_any(self) -> ConnectionTracker | None: ...
-        def _serving_here(self) -> bool: ...
-        def shutdown(self) -> None: ...
+        def _model(self) -> ConcurrencyModel: ...
         def server_close(self) -> None: ...
+
+    def _start_graceful_stop(self) -> None:
+        self._stop_lock = threading.Lock()
+        self._stop_report: DrainReport | None = None
 
     def stop(self, grace: float | None = DEFAULT_GRACE) -> DrainReport:
         """Stop gracefully: stop accepting at once, let the requests in flight
         finish for up to ``grace`` seconds, then close what remains and the server.
 
-        Call it from any thread but the one running ``serve_forever()`` (there,
-        call ``shutdown()`` and then ``stop()`` once ``serve_forever()`` has
-        returned, which is what ``sockserve.serve()`` does). New connections
-        are refused from the moment it is called. ``force_stop()`` from another
-        thread or a signal handler ends the grace period early.
+        New connections are refused from the moment it is called.
+        ``force_stop()`` from another thread or a signal handler ends the grace
+        period early. Calling it again (or from two threads) stops once; every
+        call returns the same report.
+
+        Called from a request's handler (threads, pool), the server drains the
+        other requests; the caller's own request is neither waited for nor
+        cut off, and goes on once ``stop()`` returns. On the thread that runs
+        ``serve_forever()`` (a sequential server's handler, a signal handler),
+        it cannot wait: call ``shutdown()`` there, and ``stop()`` once
+        ``serve_forever()`` has returned, which is what ``sockserve.serve()`` does.
 
         Closing a request that outlived the grace period shuts its socket
         down, which ends a handler blocked reading or writing it. A handler
@@ -49,33 +63,54 @@ class GracefulStop:
         Returns:
             A DrainReport: how many requests were in flight, and how many had to be closed.
         """
-        if self._serving_here():
+        if self._handshake.serving_here():
             raise RuntimeError(
                 "stop() would wait for its own request: call shutdown(), then stop() after serve_forever()"
             )
-        self.shutdown()
+        with self._stop_lock:
+            report = self._stop_report
+            if report is None:
+                report = self._stop_report = self._drain(grace)
+        self.server_close()
+        return report
+
+    def _drain(self, grace: float | None) -> DrainReport:
+        job = current_job()
+        own = job.ticket if job is not None and job.admission is self._admission_book else None
+        model = self._model()
+        self._handshake.request()
+        if not model.runs_on_loop:
+            self._handshake.wait_stopped()  # at once: its handlers run elsewhere
         self._stop_accepting()
-        try:
-            return drain(self.server_address, self._in_flight(), grace, self._wait_in_flight, self._force_in_flight)
-        finally:
-            self.server_close()
+        if self._force_requested:
+            model.interrupt()
+        in_flight = model.in_flight() - (1 if own is not None and not own.released else 0)
+        datagram = getattr(self, "socket_type", None) == socket.SOCK_DGRAM
+        report = drain(
+            self.server_address,
+            in_flight,
+            grace,
+            lambda timeout: model.wait(timeout, own),
+            lambda reason: model.force(reason, own),
+            lambda: self._force_requested,
+            unit="datagram" if datagram else "connection",
+        )
+        # A sequential server's loop ends once the handler it runs has ended.
+        self._handshake.wait_stopped()
+        return report
 
     def force_stop(self) -> None:
         """End a graceful stop's grace period now, or make the next stop()
         close everything at once. Safe from any thread and from a signal handler."""
         self._force_requested = True
-        self._interrupt_drain()
+        model = self._concurrency
+        if model is not None:
+            model.interrupt()
 
     @property
     def forced(self) -> bool:
         """True once force_stop() has been called."""
         return self._force_requested
-
-    def _interrupt_drain(self) -> None:
-        """Wake whatever a drain is waiting on. Models with their own waits extend it."""
-        tracker = self._tracker_if_any()
-        if tracker is not None:
-            tracker.interrupt()
 
     def _stop_accepting(self) -> None:
         """Make new connections fail at once: close a stream server's listening
@@ -85,40 +120,3 @@ class GracefulStop:
         sock = getattr(self, "socket", None)
         if sock is not None and sock.type == socket.SOCK_STREAM:
             sock.close()
-
-    def _in_flight(self) -> int:
-        tracker = self._tracker_if_any()
-        return 0 if tracker is None else len(tracker)
-
-    def _wait_in_flight(self, timeout: float | None) -> bool:
-        tracker = self._tracker_if_any()
-        if tracker is None or self._force_requested:
-            return tracker is None or not len(tracker)
-        return tracker.wait_idle(timeout)
-
-    def _force_in_flight(self) -> int:
-        """Close the connections still in flight: their handlers' reads end and
-        their writes fail, so the handler threads finish."""
-        tracker = self._tracker_if_any()
-        if tracker is None:
-            return 0
-        forced = 0
-        for record in tracker.snapshot():
-            if abort_request(record.request):
-                forced += 1
-        return forced
-
-
-def abort_request(request: Any) -> bool:
-    """Shut a stream request down from another thread; False if not a stream.
-
-    shutdown(), not close(): closing a descriptor another thread is blocked on
-    could let a new connection reuse the number under that thread's feet.
-    """
-    if not isinstance(request, socket.socket):
-        return False
-    try:
-        request.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed or reset by the client: it is ending anyway
-    return True

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._base_server import BaseServer
+from ._errors import DatagramTooLarge
+from ._log import log_dropped
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-    from ._handlers import BaseRequestHandler
 
 
 def _family_for(default_family: int, server_address: Any) -> int:
@@ -61,6 +61,25 @@ def bind_socket(sock: socket.socket, address: Any, *, reuse_address: bool, reuse
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind(address)
     return sock.getsockname()
+
+
+def receive_datagram(sock: socket.socket, max_packet_size: int) -> tuple[bytes, Any]:
+    """One datagram of at most ``max_packet_size`` bytes, and its sender.
+
+    One byte more is asked for than is allowed: a datagram that fills it was
+    longer than the limit, and the kernel cut it. It is dropped, with a log
+    line naming the sender (rate-limited), instead of being passed on cut.
+
+    Raises:
+        DatagramTooLarge: the datagram was longer than ``max_packet_size``.
+        OSError: the receive failed (e.g. nothing to receive on a non-blocking socket).
+    """
+    data, client_address = sock.recvfrom(max_packet_size + 1)
+    if len(data) > max_packet_size:
+        error = DatagramTooLarge(max_packet_size, client_address)
+        log_dropped(error)
+        raise error
+    return data, client_address
 
 
 def open_listener(server: Any, server_address: Any, bind_and_activate: bool, *, tcp_proto: bool = False) -> None:
@@ -118,10 +137,12 @@ class TCPServer(BaseServer):
     def __init__(
         self,
         server_address: Any,
-        RequestHandlerClass: Callable[[Any, Any, Self], BaseRequestHandler],  # noqa: N803 - stdlib name
+        RequestHandlerClass: Callable[[Any, Any, Self], object],  # noqa: N803 - stdlib name
         bind_and_activate: bool = True,
     ) -> None:
-        super().__init__(server_address, RequestHandlerClass)
+        # Named, not super(), as the stdlib does: in a user's mixture of server
+        # classes, the next class in the MRO must not run here instead.
+        BaseServer.__init__(self, server_address, RequestHandlerClass)
         open_listener(self, server_address, bind_and_activate)
 
     def server_bind(self) -> None:
@@ -153,19 +174,23 @@ class TCPServer(BaseServer):
         self.close_request(request)
 
     def close_request(self, request: Any) -> None:
-        self._release(request)
         request.close()
 
 
 class UDPServer(TCPServer):
-    """UDP server class: each datagram is a request ``(data, socket)``."""
+    """UDP server class: each datagram is a request ``(data, socket)``.
+
+    A datagram longer than ``max_packet_size`` is dropped with a log line
+    (``DatagramTooLarge``), where the stdlib hands the handler its first
+    ``max_packet_size`` bytes as if they were the whole datagram.
+    """
 
     allow_reuse_address = False
     socket_type = socket.SOCK_DGRAM
     max_packet_size = 8192
 
     def get_request(self) -> tuple[Any, Any]:
-        data, client_address = self.socket.recvfrom(self.max_packet_size)
+        data, client_address = receive_datagram(self.socket, self.max_packet_size)
         return (data, self.socket), client_address
 
     def server_activate(self) -> None:
@@ -176,4 +201,3 @@ class UDPServer(TCPServer):
 
     def close_request(self, request: Any) -> None:
         """The socket is shared by all requests: nothing to close."""
-        self._release(request)

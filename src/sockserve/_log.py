@@ -1,49 +1,131 @@
-"""The ``sockserve`` logger and how addresses appear in its messages.
+"""The ``sockserve`` logger, how addresses appear in its messages, and the
+lines that report what happened to a connection.
 
 The library only emits records; configuring handlers is the application's job
-(the CLI does it for its own commands).
+(the CLI does it for its own commands). Lines about events a client can cause
+at will (refusals, limits that fire, vanished clients, failed handshakes,
+handler errors) go through a budget: a flood of them costs a few lines a
+second, and the next line that gets through says how many were held back.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 from typing import Any
+
+from ._address import format_address as format_address
+from ._errors import IdleTimeoutExpired, LimitExceeded
 
 logger = logging.getLogger("sockserve")
 
-
-def format_address(address: Any) -> str:
-    """Render a socket address for a log line: ``host:port``, ``[v6]:port`` or a path."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        if isinstance(host, str) and ":" in host:
-            return f"[{host}]:{port}"
-        return f"{host}:{port}"
-    if isinstance(address, bytes):
-        return address.decode("utf-8", "backslashreplace") or "<unnamed>"
-    if address == "" or address is None:
-        return "<unnamed>"
-    return str(address)
+# Per kind of event: at most LOG_BURST lines in any LOG_PERIOD seconds.
+LOG_BURST = 20
+LOG_PERIOD = 1.0
 
 
-def report_request_error(client_address: Any, idle_timeout: float | None) -> None:
+class LogBudget:
+    """Lets at most ``burst`` lines of each kind through per ``period`` seconds."""
+
+    def __init__(self, burst: int = LOG_BURST, period: float = LOG_PERIOD) -> None:
+        self.burst = burst
+        self.period = period
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[float, int, int]] = {}  # kind -> (window start, lines, held back)
+
+    def take(self, kind: str, now: float | None = None) -> int | None:
+        """None if this line must be held back; otherwise how many were held back since the last one."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            start, lines, held = self._windows.get(kind, (now, 0, 0))
+            if now - start >= self.period:
+                start, lines = now, 0
+            if lines >= self.burst:
+                self._windows[kind] = (start, lines, held + 1)
+                return None
+            self._windows[kind] = (start, lines + 1, 0)
+            return held
+
+
+budget = LogBudget()
+
+
+def _emit(kind: str, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
+    if not logger.isEnabledFor(level):
+        return
+    held = budget.take(kind)
+    if held is None:
+        return
+    if held:
+        message += " (%d more like it held back)"
+        args = (*args, held)
+    logger.log(level, message, *args, exc_info=exc_info or None)
+
+
+def log_refused(error: BaseException) -> None:
+    """A connection refused by the admission policy (its message names the limit and the client)."""
+    _emit("refused", logging.WARNING, "%s", error)
+
+
+def log_limit(error: BaseException) -> None:
+    """A limit fired on a connection in flight, which the server closes."""
+    _emit("limit", logging.WARNING, "%s: closing the connection", error)
+
+
+def log_dropped(error: BaseException) -> None:
+    """A datagram dropped before any handler saw it (its message names the sender)."""
+    _emit("dropped", logging.WARNING, "%s", error)
+
+
+def log_stage_failed(error: BaseException, client_address: Any) -> None:
+    """A connection's stages (PROXY header, TLS handshake...) did not complete."""
+    if isinstance(error, OSError):
+        _emit(
+            "vanished",
+            logging.INFO,
+            "client %s went away before its request: %s",
+            format_address(client_address),
+            error,
+        )
+    else:
+        _emit("stage", logging.WARNING, "closing the connection from %s: %s", format_address(client_address), error)
+
+
+_VANISHED = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+
+
+def report_request_error(
+    client_address: Any,
+    idle_timeout: float | None,
+    *,
+    cut_by_server: BaseException | None = None,
+    datagram: bool = False,
+) -> None:
     """What the servers' default ``handle_error()`` does, sync and async alike.
 
-    Called inside an ``except`` block. A client that reset or closed the
-    connection mid-request: one info line. A limit that fired
-    (``LimitExceeded``, or a read that outlived ``idle_timeout``): one warning
-    line naming the limit and the client. Anything else: an error with traceback.
+    Called inside an ``except`` block. A connection the server itself cut
+    (``cut_by_server``: a limit or a drain, already logged when it happened):
+    a debug line only. A client that reset or closed the connection
+    mid-request: one info line. A limit that fired (``LimitExceeded``, or a
+    read that outlived ``idle_timeout``): one warning naming the limit and the
+    client. Anything else: an error with its traceback. All rate-limited.
     """
-    from ._errors import IdleTimeoutExpired, LimitExceeded  # late: _errors imports this module
-
     exc = sys.exc_info()[1]
-    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
-        # The client vanished mid-request: routine on a busy server, not a bug here.
-        logger.info("client %s went away mid-request: %s", format_address(client_address), exc)
+    peer = format_address(client_address)
+    if cut_by_server is not None and isinstance(exc, OSError):
+        logger.debug("request from %s ended after the server closed it (%s): %s", peer, cut_by_server, exc)
     elif isinstance(exc, LimitExceeded):
-        logger.warning("%s: closing the connection", exc)
-    elif isinstance(exc, TimeoutError) and idle_timeout is not None:
-        logger.warning("%s: closing the connection", IdleTimeoutExpired(idle_timeout, client_address))
+        log_limit(exc)
+    elif isinstance(exc, TimeoutError) and idle_timeout is not None and not datagram:
+        log_limit(IdleTimeoutExpired(idle_timeout, client_address))
+    elif datagram and isinstance(exc, ConnectionRefusedError):
+        # An ICMP "port unreachable" for an earlier reply: the client's socket is gone.
+        _emit("vanished", logging.INFO, "datagram client %s is unreachable: %s", peer, exc)
+    elif isinstance(exc, _VANISHED) and not datagram:
+        # The client vanished mid-request: routine on a busy server, not a bug here.
+        _emit("vanished", logging.INFO, "client %s went away mid-request: %s", peer, exc)
     else:
-        logger.error("exception while handling a request from %s", format_address(client_address), exc_info=True)
+        what = "a datagram" if datagram else "a request"
+        _emit("error", logging.ERROR, "exception while handling %s from %s", what, peer, exc_info=True)

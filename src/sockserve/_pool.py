@@ -16,10 +16,17 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._log import logger
+from ._log import format_address, logger
+from ._model import ConcurrencyModel, TicketModel
 from ._threading import run_request
+
+if TYPE_CHECKING:
+    from ._admission import Admission
+    from ._base_server import BaseServer as _ServerBase
+else:
+    _ServerBase = object  # a stand-alone mixin at run time, as ThreadingMixIn is
 
 Task = tuple[Callable[..., object], tuple[Any, ...]]
 
@@ -165,7 +172,22 @@ class WorkerPool:
         return not self._tasks and len(self._workers) > self.min_workers
 
 
-class ThreadPoolMixIn:
+class PoolModel(TicketModel):
+    """The pool as a concurrency model: full when every worker is busy at the
+    maximum; closing it lets the workers finish and joins them."""
+
+    def __init__(self, admission: Admission, pool: WorkerPool) -> None:
+        super().__init__(admission)
+        self.pool = pool
+
+    def at_capacity(self) -> bool:
+        return self.pool.full()
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+class ThreadPoolMixIn(_ServerBase):
     """Mix-in class to handle each request on a bounded pool of reused threads.
 
     Class variables:
@@ -187,19 +209,23 @@ class ThreadPoolMixIn:
     pool_min_workers: int = 4
     pool_idle_timeout: float | None = 30.0
     request_queue_size: int = 1024
-    _worker_pool: WorkerPool | None = None
+    _pool_model: PoolModel | None = None
+
+    def _make_model(self, admission: Admission) -> ConcurrencyModel:
+        pool = WorkerPool(
+            self.pool_max_workers,
+            self.pool_min_workers,
+            self.pool_idle_timeout,
+            on_idle=self._capacity_freed,
+            name=f"{type(self).__name__}-worker",
+        )
+        model = self._pool_model = PoolModel(admission, pool)
+        return model
 
     def _pool(self) -> WorkerPool:
-        pool = self._worker_pool
-        if pool is None:
-            pool = self._worker_pool = WorkerPool(
-                self.pool_max_workers,
-                self.pool_min_workers,
-                self.pool_idle_timeout,
-                on_idle=self._capacity_freed,  # type: ignore[attr-defined]
-                name=f"{type(self).__name__}-worker",
-            )
-        return pool
+        self._model()
+        assert self._pool_model is not None
+        return self._pool_model.pool
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """What a worker runs for one request: the same as a ThreadingMixIn thread."""
@@ -207,17 +233,9 @@ class ThreadPoolMixIn:
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to a free worker (serve_forever only accepts when one is free)."""
+        job = self._take_job(request, client_address)
         pool = self._pool()
-        if not pool.try_submit(self.process_request_thread, request, client_address):
+        if not pool.try_submit(job.run, self.process_request_thread):
             # Only handle_request(), which has no capacity check, gets here.
-            logger.debug("worker pool busy: %s waits for a free worker", client_address)
-            pool.submit(self.process_request_thread, request, client_address)
-
-    def _accepting_paused(self) -> bool:
-        return super()._accepting_paused() or self._pool().full()  # type: ignore[misc]
-
-    def server_close(self) -> None:
-        super().server_close()  # type: ignore[misc]
-        pool, self._worker_pool = self._worker_pool, None
-        if pool is not None:
-            pool.shutdown()
+            logger.debug("worker pool busy: %s waits for a free worker", format_address(client_address))
+            pool.submit(job.run, self.process_request_thread)

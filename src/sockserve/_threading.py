@@ -1,9 +1,27 @@
-"""ThreadingMixIn: a thread per request, with the stdlib's exact semantics."""
+"""ThreadingMixIn: a thread per request, with the stdlib's exact semantics.
+
+Each request's thread runs its ``Job`` (stages, then the stdlib's
+``process_request_thread``, then the release of its admission ticket), so
+overriding ``process_request_thread``, ``shutdown_request`` or
+``close_request`` cannot leak a slot. Graceful stop waits for the admitted
+requests (``TicketModel``).
+"""
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ._model import ConcurrencyModel, TicketModel
+
+if TYPE_CHECKING:
+    from ._admission import Admission
+    from ._base_server import BaseServer as _ServerBase
+else:
+    # At run time the mixins stand alone, as the stdlib's do, so that their
+    # place in a user's class hierarchy is the same; to the type checker they
+    # are servers, whose hooks they call.
+    _ServerBase = object
 
 
 def run_request(server: Any, request: Any, client_address: Any) -> None:
@@ -51,13 +69,14 @@ class _Threads:
         with self._lock:
             threads, self._threads = self._threads, []
         for thread in threads:
-            thread.join()
+            if thread is not threading.current_thread():  # server_close() from a request's own handler
+                thread.join()
 
     def __len__(self) -> int:
         return len(self._threads)
 
 
-class ThreadingMixIn:
+class ThreadingMixIn(_ServerBase):
     """Mix-in class to handle each request in a new thread.
 
     Class variables:
@@ -78,13 +97,22 @@ class ThreadingMixIn:
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a new thread to process the request."""
+        job = self._take_job(request, client_address)
         if self.block_on_close and "_threads" not in vars(self):
             self._threads = _Threads()
-        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address))
+        target = self.process_request_thread
+
+        def process_request_thread() -> None:  # named as the stdlib's thread target, so threads are named alike
+            job.run(target)
+
+        thread = threading.Thread(target=process_request_thread)
         thread.daemon = self.daemon_threads
         self._threads.append(thread)
         thread.start()
 
+    def _make_model(self, admission: Admission) -> ConcurrencyModel:
+        return TicketModel(admission)
+
     def server_close(self) -> None:
-        super().server_close()  # type: ignore[misc]
+        super().server_close()
         self._threads.join()

@@ -69,24 +69,30 @@ def _clear_stale_socket_file(path: Any, socket_type: int) -> None:
 
 
 class _SocketFileOwner:
-    """Mixed into the Unix servers: claims the path on bind, removes it on close."""
+    """Mixed into the Unix servers: claims the path before binding, removes the file on close.
+
+    It does not bind or close anything itself: each Unix server class names
+    the base whose ``server_bind``/``server_close`` it extends, as the stdlib's
+    Unix classes simply are ``TCPServer``'s. Reaching them through ``super()``
+    would let a user's mixture of classes (``class S(UnixStreamServer,
+    http.server.HTTPServer)``, as asyncio's own tests write) run another
+    class's method in their place.
+    """
 
     server_address: Any
     socket: socket.socket
     _socket_file: tuple[Any, int, int, int] | None = None  # (path, pid, st_dev, st_ino)
 
-    def server_bind(self) -> None:
-        path = self.server_address
-        if _has_file(path):
-            _clear_stale_socket_file(path, self.socket.type)
-        super().server_bind()  # type: ignore[misc]
+    def _claim_socket_path(self) -> None:
+        """Before binding: make sure the path is free, replacing a stale socket file."""
+        if _has_file(self.server_address):
+            _clear_stale_socket_file(self.server_address, self.socket.type)
+
+    def _own_socket_file(self, path: Any) -> None:
+        """After binding: remember which file is ours, and in which process."""
         if _has_file(path):
             st = os.stat(path)
             self._socket_file = (path, os.getpid(), st.st_dev, st.st_ino)
-
-    def server_close(self) -> None:
-        super().server_close()  # type: ignore[misc]
-        self._remove_socket_file()
 
     def _remove_socket_file(self) -> None:
         owned, self._socket_file = self._socket_file, None
@@ -108,8 +114,28 @@ class UnixStreamServer(_SocketFileOwner, TCPServer):
 
     address_family = socket.AF_UNIX
 
+    def server_bind(self) -> None:
+        path = self.server_address
+        self._claim_socket_path()
+        TCPServer.server_bind(self)
+        self._own_socket_file(path)
+
+    def server_close(self) -> None:
+        TCPServer.server_close(self)
+        self._remove_socket_file()
+
 
 class UnixDatagramServer(_SocketFileOwner, UDPServer):
     """Datagram server on a Unix-domain socket (a path, or an abstract name)."""
 
     address_family = socket.AF_UNIX
+
+    def server_bind(self) -> None:
+        path = self.server_address
+        self._claim_socket_path()
+        UDPServer.server_bind(self)
+        self._own_socket_file(path)
+
+    def server_close(self) -> None:
+        UDPServer.server_close(self)
+        self._remove_socket_file()

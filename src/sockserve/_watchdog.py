@@ -1,9 +1,11 @@
 """Enforces ``Limits.connection_timeout`` for the synchronous servers.
 
-One thread per server, started with the first connection: it sleeps until
-the earliest deadline among the connections in flight, then shuts the overdue
-ones down (their handler's reads end, writes fail) and logs which limit fired
-for which client. The async servers enforce the same limit on their loop.
+One thread per server, started with the first connection that has a
+deadline: it sleeps until the earliest deadline among the connections in
+flight, then cuts the overdue ones (through their ticket: their handler's
+reads end, writes fail) and logs which limit fired for which client. A forked
+child enforces its own connection's deadline (``Job.start_deadline_in_child``);
+the async servers enforce the limit on their loop.
 """
 
 from __future__ import annotations
@@ -11,17 +13,16 @@ from __future__ import annotations
 import threading
 import time
 
+from ._admission import Admission
 from ._errors import ConnectionDeadlineExceeded
-from ._graceful import abort_request
-from ._limits import ConnectionTracker
-from ._log import logger
+from ._log import log_limit
 
 
 class DeadlineWatchdog:
-    """Closes connections that outlive ``connection_timeout``."""
+    """Cuts connections that outlive ``connection_timeout``."""
 
-    def __init__(self, tracker: ConnectionTracker) -> None:
-        self._tracker = tracker
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
         self._wakeup = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -49,17 +50,16 @@ class DeadlineWatchdog:
             thread.join()
 
     def _run(self) -> None:
-        limit = self._tracker.limits.connection_timeout
+        limit = self._admission.limits.connection_timeout
         assert limit is not None
         with self._wakeup:
             while not self._closed:
-                for record in self._tracker.overdue():
-                    if abort_request(record.request):
-                        logger.warning(
-                            "%s: closing the connection", ConnectionDeadlineExceeded(limit, record.client_address)
-                        )
-                    record.deadline = None  # dealt with; its handler is ending and will release it
-                next_deadline = self._tracker.next_deadline()
+                for ticket in self._admission.overdue():
+                    exc = ConnectionDeadlineExceeded(limit, ticket.peer)
+                    if ticket.cut(exc):
+                        log_limit(exc)
+                    ticket.deadline = None  # dealt with; its handler is ending and will release it
+                next_deadline = self._admission.next_deadline()
                 self._idle = next_deadline is None
                 timeout = None if next_deadline is None else max(0.0, next_deadline - time.monotonic())
                 self._wakeup.wait(timeout)

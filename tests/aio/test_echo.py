@@ -265,7 +265,7 @@ def test_datagram_handler_exception_is_logged(loop_kind: str, logs: LogWatcher) 
     ):
         client.settimeout(10)
         client.sendto(b"boom", server.server_address)
-        logs.wait_for("exception while handling a request from 127.0.0.1")
+        logs.wait_for("exception while handling a datagram from 127.0.0.1")
         client.sendto(b"fine", server.server_address)
         assert client.recvfrom(100)[0] == b"fine"
 

@@ -154,10 +154,12 @@ def test_shutdown_from_a_signal_handler(loop_kind: str) -> None:
             signal.signal(signal.SIGUSR1, previous)
 
 
-def test_serve_forever_inside_a_running_loop(loop_kind: str) -> None:
+def test_serve_inside_a_running_loop_and_serve_forever_refuses_to_block_it(loop_kind: str) -> None:
     async def main() -> sockserve.DrainReport:
         server = aio.AsyncTCPServer(("127.0.0.1", 0), LineEcho)
-        serving = asyncio.create_task(server.serve_forever())
+        with pytest.raises(RuntimeError, match=r"use await server\.serve\(\)"):
+            server.serve_forever()  # one return type: it always blocks, so inside a loop it must refuse
+        serving = asyncio.create_task(server.serve())
         reader, writer = await asyncio.open_connection(*server.server_address)
         writer.write(b"inside\n")
         assert await reader.readline() == b"inside\n"

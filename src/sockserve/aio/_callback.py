@@ -14,18 +14,28 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from .._errors import IdleTimeoutExpired
-from .._log import logger
+from .._log import log_limit, log_stage_failed
+from .._stages import StageFactory, StageFailed
+from ._connection import stage_delay
 from ._handlers import AsyncProtocolHandler
+from ._inflight import InFlight
+from ._stages import StagedProtocol, hand_over, run_stages
 
 if TYPE_CHECKING:
+    from .._admission import Ticket
     from ._server import AsyncBaseServer
 
 
-class CallbackConnection(asyncio.Protocol):
-    """The transport's protocol for one connection: bookkeeping around the handler."""
+class CallbackConnection(InFlight, asyncio.Protocol):
+    """The transport's protocol for one connection: bookkeeping around the handler.
+
+    The handler is made by ``attach()``: at once, or, when the connection has
+    stages, once they are over (so it sees the client's real address).
+    """
 
     # IdleCallbackConnection needs to see every chunk, so it keeps its own data_received.
     _direct_data = True
@@ -35,17 +45,17 @@ class CallbackConnection(asyncio.Protocol):
         server: AsyncBaseServer,
         sock: socket.socket,
         client_address: Any,
-        handler_class: type[AsyncProtocolHandler],
+        release: Callable[[Ticket], None],
     ) -> None:
+        super().__init__(client_address, release)
         self.server = server
         self.sock = sock
-        self.client_address = client_address
         self.transport: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.aborted: BaseException | None = None
         self._reported: BaseException | None = None
-        handler = self.handler = handler_class(client_address, server)
+
+    def attach(self, handler_class: type[AsyncProtocolHandler]) -> None:
+        """Make the handler, and let the transport call its methods directly."""
+        handler = self.handler = handler_class(self.client_address, self.server)
         if self._direct_data:
             self.data_received = handler.data_received  # type: ignore[method-assign]
         self.eof_received = handler.eof_received  # type: ignore[method-assign]
@@ -68,9 +78,7 @@ class CallbackConnection(asyncio.Protocol):
         self.handler.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.server._release(self)
+        self.finish()
         if (
             isinstance(exc, OSError)
             and not isinstance(exc, (ConnectionError, TimeoutError))
@@ -116,10 +124,10 @@ class IdleCallbackConnection(CallbackConnection):
         server: AsyncBaseServer,
         sock: socket.socket,
         client_address: Any,
-        handler_class: type[AsyncProtocolHandler],
+        release: Callable[[Ticket], None],
         idle_timeout: float,
     ) -> None:
-        super().__init__(server, sock, client_address, handler_class)
+        super().__init__(server, sock, client_address, release)
         self._idle_timeout = idle_timeout
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
@@ -148,27 +156,59 @@ class IdleCallbackConnection(CallbackConnection):
             self._idle_timer = self._loop.call_later(left, self._check_idle)
             return
         exc = IdleTimeoutExpired(self._idle_timeout, self.client_address)
-        logger.warning("%s: closing the connection", exc)
+        log_limit(exc)
         self.abort(exc)
 
 
-async def connect_callback(conn: CallbackConnection) -> None:
-    """Hand the accepted socket to a transport with ``conn`` as its protocol."""
+async def connect_callback(
+    conn: CallbackConnection, handler_class: type[AsyncProtocolHandler], stages: Sequence[StageFactory]
+) -> None:
+    """Hand the accepted socket to a transport with ``conn`` as its protocol,
+    after the connection's stages if the server has any."""
     loop = asyncio.get_running_loop()
     try:
-        await loop.connect_accepted_socket(lambda: conn, conn.sock)
+        if not stages:
+            await loop.connect_accepted_socket(lambda: conn, conn.sock)
+            return
+        transport, staged = await loop.connect_accepted_socket(
+            lambda: StagedProtocol(loop, stages, conn.client_address), conn.sock
+        )
     except asyncio.CancelledError:
         _never_connected(conn)
         if conn.aborted is None:
             raise
+        return
     except Exception as exc:
         conn.report(exc)
         _never_connected(conn)
+        return
+    try:
+        prepared, rest = await run_stages(loop, staged, stage_delay(conn.ticket))
+        conn.client_address = prepared.client_address
+        conn.attach(handler_class)
+    except asyncio.CancelledError:
+        _never_connected(conn, transport)
+        if conn.aborted is None:
+            raise
+        return
+    except (StageFailed, OSError) as exc:
+        log_stage_failed(exc, conn.client_address)
+        _never_connected(conn, transport)
+        return
+    except Exception:
+        conn.server.handle_error(conn.sock, conn.client_address)  # the handler's constructor raised
+        _never_connected(conn, transport)
+        return
+    hand_over(transport, conn, rest)
 
 
-def _never_connected(conn: CallbackConnection) -> None:
-    conn.server._release(conn)
-    conn.sock.close()
+def _never_connected(conn: CallbackConnection, transport: asyncio.Transport | None = None) -> None:
+    """The handler's protocol never got the connection: close it, count it out."""
+    conn.finish()
+    if transport is None:
+        conn.sock.close()  # no transport took the socket
+    else:
+        transport.abort()  # the transport owns the socket, and closes it
     if isinstance(conn, IdleCallbackConnection):
         conn.cancel_idle_timer()
 
@@ -191,8 +231,16 @@ class _ExceptionRouter:
             loop.default_exception_handler(context)
 
 
-def route_loop_exceptions(loop: asyncio.AbstractEventLoop) -> None:
-    """Install the router on ``loop`` (once; it stays, and keeps the handler it found)."""
+def route_loop_exceptions(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Install the router on ``loop``; returns what puts the loop's handler back."""
     current = loop.get_exception_handler()
-    if not isinstance(current, _ExceptionRouter):
-        loop.set_exception_handler(_ExceptionRouter(current))
+    if isinstance(current, _ExceptionRouter):
+        return lambda: None  # another server on this loop installed it; that one restores it
+    router = _ExceptionRouter(current)
+    loop.set_exception_handler(router)
+
+    def restore() -> None:
+        if loop.get_exception_handler() is router and not loop.is_closed():
+            loop.set_exception_handler(current)
+
+    return restore

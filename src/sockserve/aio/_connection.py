@@ -1,37 +1,45 @@
 """One accepted stream connection served by an ``AsyncStreamRequestHandler``,
-in a task of its own, from its socket to its close. It is what the server's
-tracker counts, and knows how to abort itself when a limit or a drain says so.
-(``_callback`` does the same for ``AsyncProtocolHandler``.)
+in a task of its own, from its socket to its close: its stages (if the server
+has any), its handler's hooks, and its release. It knows how to abort itself
+when a limit or a drain says so. (``_callback`` does the same for
+``AsyncProtocolHandler``.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._limits import Limits
+from .._log import log_stage_failed
+from .._stages import DEFAULT_STAGE_TIMEOUT, StageFactory, StageFailed
 from ..protocol.lines import DEFAULT_MAX_LINE
 from ._handlers import AsyncStreamRequestHandler, run_handler
+from ._inflight import InFlight
 from ._reader import AsyncStreamReader, new_reader
+from ._stages import StagedProtocol, hand_over, run_stages
 from ._writer import AsyncStreamWriter
 
 if TYPE_CHECKING:
+    from .._admission import Ticket
     from ._server import AsyncBaseServer
 
 
-class StreamConnection:
+class StreamConnection(InFlight):
     """A connection served by an ``AsyncStreamRequestHandler`` in its own task."""
 
-    __slots__ = ("aborted", "client_address", "reader", "server", "sock", "task", "timer")
+    __slots__ = ("reader", "server", "sock")
 
-    def __init__(self, server: AsyncBaseServer, sock: socket.socket, client_address: Any) -> None:
+    def __init__(
+        self, server: AsyncBaseServer, sock: socket.socket, client_address: Any, release: Callable[[Ticket], None]
+    ) -> None:
+        super().__init__(client_address, release)
         self.server = server
         self.sock = sock
-        self.client_address = client_address
         self.reader: AsyncStreamReader | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.aborted: BaseException | None = None
 
     def abort(self, exc: BaseException) -> None:
         if self.aborted is not None:
@@ -39,29 +47,55 @@ class StreamConnection:
         self.aborted = exc
         reader = self.reader
         waiting = reader is not None and reader.abort(exc)
-        # Not in a read or a drain (connecting, or awaiting something else):
-        # only cancelling reaches the handler.
+        # Not in a read or a drain (connecting, in its stages, or awaiting
+        # something else): only cancelling reaches the handler.
         if not waiting and self.task is not None and not self.task.done():
             self.task.cancel()
 
 
-async def run_stream(conn: StreamConnection, handler_class: type[AsyncStreamRequestHandler]) -> None:
-    """Set the connection up, run the handler's hooks, close, count it out."""
+def stage_delay(ticket: Ticket | None) -> float:
+    """How long a connection's stages may take: the stages' own bound, or
+    what is left of its connection_timeout if that ends first."""
+    delay = DEFAULT_STAGE_TIMEOUT
+    if ticket is not None and ticket.deadline is not None:
+        delay = min(delay, ticket.deadline - time.monotonic())
+    return max(0.0, delay)
+
+
+async def run_stream(
+    conn: StreamConnection,
+    handler_class: type[AsyncStreamRequestHandler],
+    limits: Limits,
+    stages: Sequence[StageFactory],
+) -> None:
+    """Run the connection's stages, set the handler up, run its hooks, close, count it out."""
     server = conn.server
     loop = asyncio.get_running_loop()
-    limits = server._get_tracker().limits
-    reader = new_reader(
-        loop,
-        conn.client_address,
-        max_line=handler_class.max_line or limits.max_line or DEFAULT_MAX_LINE,
-        idle_timeout=limits.idle_timeout,
-        read_limit=handler_class.read_limit,
-    )
-    conn.reader = reader
     transport: asyncio.Transport | None = None
+    reader: AsyncStreamReader | None = None
     try:
         try:
-            transport, _ = await loop.connect_accepted_socket(lambda: reader, conn.sock)
+            if stages:
+                transport, staged = await loop.connect_accepted_socket(
+                    lambda: StagedProtocol(loop, stages, conn.client_address), conn.sock
+                )
+                try:
+                    prepared, rest = await run_stages(loop, staged, stage_delay(conn.ticket))
+                except (StageFailed, OSError) as exc:
+                    log_stage_failed(exc, conn.client_address)
+                    return
+                conn.client_address = prepared.client_address
+            reader = conn.reader = new_reader(
+                loop,
+                conn.client_address,
+                max_line=handler_class.max_line or limits.max_line or DEFAULT_MAX_LINE,
+                idle_timeout=limits.idle_timeout,
+                read_limit=handler_class.read_limit,
+            )
+            if transport is None:
+                transport, _ = await loop.connect_accepted_socket(lambda: reader, conn.sock)
+            else:
+                hand_over(transport, reader, rest)
             transport.set_write_buffer_limits(high=handler_class.write_limit)
             handler = handler_class(reader, AsyncStreamWriter(transport, reader), conn.client_address, server)
             await run_handler(handler)
@@ -71,8 +105,8 @@ async def run_stream(conn: StreamConnection, handler_class: type[AsyncStreamRequ
         except Exception as exc:
             if exc is not conn.aborted:  # a limit that fired was logged where it fired
                 server.handle_error(conn.sock, conn.client_address)
-        if transport is not None:
-            _close(transport, reader)
+        if transport is not None and reader is not None:
+            AsyncStreamWriter(transport, reader).close()
             try:
                 await reader.closed
             except asyncio.CancelledError:
@@ -84,10 +118,4 @@ async def run_stream(conn: StreamConnection, handler_class: type[AsyncStreamRequ
             conn.sock.close()  # never handed to a transport (a no-op if one closed it)
         elif not transport.is_closing():
             transport.abort()
-        if conn.timer is not None:
-            conn.timer.cancel()
-        server._release(conn)
-
-
-def _close(transport: asyncio.Transport, reader: AsyncStreamReader) -> None:
-    AsyncStreamWriter(transport, reader).close()
+        conn.finish()

@@ -1,34 +1,35 @@
-"""AsyncBaseServer: the serve loop on an event loop, the server hooks, the
-shutdown handshake and the limits of the async servers (the graceful stop is
-``_stop``'s).
+"""AsyncBaseServer: the serve loop on an event loop, the server hooks, and
+the async side of a connection's walk (the graceful stop is ``_stop``'s).
 
 It knows no socket type: subclasses bind the socket and say what to do when
 it is readable (accept a connection, receive a datagram). What it shares with
-the synchronous servers is shared code: ``Limits`` and ``ConnectionTracker``
-count and cap the connections, ``AcceptBackoff`` handles running out of
-descriptors.
+the synchronous servers is the same code: ``ServerCore`` (limits, the admit
+step, ``max_requests``, the shutdown handshake), ``accept_batch`` and
+``AcceptBackoff`` (taking what waits, running out of descriptors), the
+stages, and the log lines of limits that fire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
-from collections.abc import Awaitable, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from .._accept import BACKOFF_SECONDS, AcceptBackoff
-from .._errors import ConnectionDeadlineExceeded, LimitExceeded
-from .._limits import NO_LIMITS, ConnectionTracker, Limits
-from .._log import format_address, logger, report_request_error
+from .._admission import Ticket
+from .._errors import ConnectionDeadlineExceeded
+from .._limits import limits_of
+from .._log import format_address, log_limit, logger, report_request_error
+from .._server_core import ServerCore
+from ._inflight import InFlight
 from ._loop import LoopChoice, new_event_loop
 from ._signals import signals_wake
-from ._stop import SETTLE_SECONDS, AsyncGracefulStop, InFlight, resolve
-
-if TYPE_CHECKING:
-    import socket
+from ._stop import SETTLE_SECONDS, AsyncGracefulStop, resolve
 
 
-class AsyncBaseServer(AsyncGracefulStop):
+class AsyncBaseServer(ServerCore, AsyncGracefulStop):
     """Base class of the async servers.
 
     Methods for the caller:
@@ -51,20 +52,13 @@ class AsyncBaseServer(AsyncGracefulStop):
     loop that a blocking ``serve_forever()`` creates.
     """
 
-    limits: Limits = NO_LIMITS
     event_loop: LoopChoice = "auto"
     socket: socket.socket
 
     def __init__(self, server_address: Any, RequestHandlerClass: type[Any]) -> None:  # noqa: N803 - stdlib name
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
-        # Reentrant: shutdown() may run in a signal handler that interrupted
-        # this thread while it held the lock.
-        self._state_lock = threading.RLock()
-        self._shutdown_request = False
-        self._is_shut_down = threading.Event()
-        self._is_shut_down.set()
-        self._serving_thread: int | None = None
+        self._start_core()
         self._loop: asyncio.AbstractEventLoop | None = None  # where the connections run
         self._own_loop: asyncio.AbstractEventLoop | None = None  # made by serve_forever()
         self._wake: asyncio.Future[None] | None = None
@@ -73,7 +67,6 @@ class AsyncBaseServer(AsyncGracefulStop):
         self._listener_closed = False
         self._backoff_timer: asyncio.TimerHandle | None = None
         self._accept_backoff = AcceptBackoff()
-        self._tracker: ConnectionTracker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle_waiter: asyncio.Future[bool] | None = None
         self._drain_done: asyncio.Future[None] | None = None
@@ -98,13 +91,19 @@ class AsyncBaseServer(AsyncGracefulStop):
         Logs it with its traceback on the ``sockserve`` logger; the server goes
         on. A limit that fired gets one line naming the limit and the client.
         """
-        report_request_error(client_address, self.limits.idle_timeout)
+        report_request_error(
+            client_address,
+            limits_of(self).idle_timeout,
+            datagram=getattr(self, "socket_type", None) == socket.SOCK_DGRAM,
+        )
 
     def fileno(self) -> int:
         return self.socket.fileno()
 
-    def _on_serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Called when ``serve()`` starts on ``loop``. Subclasses may prepare it."""
+    def _on_serve(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
+        """Called when ``serve()`` starts on ``loop``. Subclasses may prepare
+        it, and return what undoes that when ``serve()`` ends."""
+        return None
 
     def _on_readable(self) -> None:
         """The socket is readable: accept, or receive. Supplied by subclasses."""
@@ -119,24 +118,25 @@ class AsyncBaseServer(AsyncGracefulStop):
         in flight go on running on the loop (``aclose()`` drains them).
         """
         loop = asyncio.get_running_loop()
-        with self._state_lock:
-            if self._serving_thread is not None:
-                raise RuntimeError("serve() is already running on this server")
-            if self._loop is not None and self._loop is not loop and not self._loop.is_closed() and self._in_flight():
-                raise RuntimeError("this server's connections run on another event loop")
-            self._loop = loop
-            self._serving_thread = threading.get_ident()
-            self._is_shut_down.clear()
+        if self._loop is not None and self._loop is not loop and not self._loop.is_closed() and self._in_flight():
+            raise RuntimeError("this server's connections run on another event loop")
         try:
-            self._get_tracker()
-            self._on_serve(loop)
+            self._handshake.begin(lambda: self._wake_from_anywhere(loop))
+        except RuntimeError:
+            raise RuntimeError("serve() is already running on this server") from None
+        self._loop = loop
+        handshake = self._handshake
+        restore_exception_handler = None
+        try:
+            self._admission()
+            restore_exception_handler = self._on_serve(loop)
             self._serving = True
             self._start_accepting()
             # Without a service_actions() of its own, no timer is armed: a
             # pending timer makes every turn of asyncio's loop read the clock
             # and compute a timeout, a cost paid on every request.
             ticking = type(self).service_actions is not AsyncBaseServer.service_actions
-            while not self._shutdown_request:
+            while not handshake.requested:
                 wake: asyncio.Future[None] = loop.create_future()
                 self._wake = wake
                 timer = loop.call_later(poll_interval, resolve, wake) if ticking else None
@@ -146,7 +146,7 @@ class AsyncBaseServer(AsyncGracefulStop):
                     if timer is not None:
                         timer.cancel()
                     self._wake = None
-                if self._shutdown_request:
+                if handshake.requested:
                     break
                 self.service_actions()
         finally:
@@ -158,25 +158,25 @@ class AsyncBaseServer(AsyncGracefulStop):
                     # the loop running until the drain is over.
                     await asyncio.shield(self._drain_done)
             finally:
-                with self._state_lock:
-                    self._shutdown_request = False
-                    self._serving_thread = None
-                    self._is_shut_down.set()
+                if restore_exception_handler is not None:
+                    restore_exception_handler()
+                handshake.end()
 
-    def serve_forever(self, poll_interval: float = 0.5, *, loop: LoopChoice | None = None) -> Awaitable[None]:
-        """Serve until ``shutdown()``.
+    def serve_forever(self, poll_interval: float = 0.5, *, loop: LoopChoice | None = None) -> None:
+        """Serve until ``shutdown()``, blocking: it runs an event loop of its
+        own (the kind is ``loop``, else ``event_loop``), which is kept for
+        ``stop()`` until ``server_close()``.
 
-        From plain code it blocks, running an event loop of its own (the kind
-        is ``loop``, else ``event_loop``), which is kept for ``stop()`` until
-        ``server_close()``. Inside a running loop it returns ``serve()``, so
-        ``await server.serve_forever()`` serves on that loop.
+        Raises:
+            RuntimeError: called inside a running event loop; there, use
+                ``await server.serve()``.
         """
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             pass
         else:
-            return self.serve(poll_interval)
+            raise RuntimeError("serve_forever() blocks; inside a running event loop, use await server.serve()")
         own = self._own_loop
         if own is None or own.is_closed():
             own = self._own_loop = new_event_loop(loop or self.event_loop)
@@ -198,7 +198,6 @@ class AsyncBaseServer(AsyncGracefulStop):
             # stop() or server_close() ran from another thread while serving:
             # nothing can be served any more, so the loop is not kept.
             self._close_own_loop()
-        return _FINISHED
 
     def shutdown(self) -> None:
         """Make ``serve()``/``serve_forever()`` return, and wait until it has.
@@ -208,22 +207,14 @@ class AsyncBaseServer(AsyncGracefulStop):
         wait, which would deadlock: the loop returns once control is back with
         it. Called while nothing serves, the next ``serve()`` returns at once.
         """
-        serving = self._request_shutdown()
-        if serving is None or serving == threading.get_ident():
-            return
-        self._is_shut_down.wait()
+        self._handshake.request_and_wait()
 
-    def _request_shutdown(self) -> int | None:
-        with self._state_lock:
-            self._shutdown_request = True
-            serving = self._serving_thread
-            loop = self._loop
-        if serving is not None and loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._wake_serve)
-            except RuntimeError:
-                pass  # the loop closed meanwhile: serve() is over
-        return serving
+    def _wake_from_anywhere(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The handshake's wake-up: resolve serve()'s future on its loop."""
+        try:
+            loop.call_soon_threadsafe(self._wake_serve)
+        except RuntimeError:
+            pass  # the loop closed meanwhile: serve() is over
 
     def _wake_serve(self) -> None:
         if self._wake is not None:
@@ -240,7 +231,7 @@ class AsyncBaseServer(AsyncGracefulStop):
             or self._listener_closed
             or self._backoff_timer is not None
             or loop is None
-            or self._get_tracker().at_capacity()
+            or self._admission().at_capacity()
         ):
             return
         loop.add_reader(self.socket.fileno(), self._on_readable)
@@ -263,14 +254,14 @@ class AsyncBaseServer(AsyncGracefulStop):
         self._start_accepting()
 
     def _capacity_freed(self) -> None:
-        # Called by the tracker on release (on the loop's thread) when it goes
-        # from full to not full.
+        # Called by the admission on release (on the loop's thread) when it
+        # goes from full to not full.
         self._start_accepting()
 
     def _close_listener(self) -> None:
         """Refuse new connections from now on: close the listening socket."""
         loop = self._loop
-        if self._accepting and loop is not None and self._serving_thread not in (None, threading.get_ident()):
+        if self._accepting and loop is not None and self._handshake.serving and not self._handshake.serving_here():
             done = threading.Event()
 
             def close_there() -> None:
@@ -296,57 +287,34 @@ class AsyncBaseServer(AsyncGracefulStop):
 
     # -- connections in flight ----------------------------------------------------------
 
-    def _get_tracker(self) -> ConnectionTracker:
-        """The connections in flight; made on first use, with the limits then in force."""
-        if self._tracker is None:
-            self._tracker = ConnectionTracker(self.limits, on_free=self._capacity_freed)
-        return self._tracker
-
-    def _in_flight(self) -> int:
-        return 0 if self._tracker is None else len(self._tracker)
-
-    def _admit(self, item: InFlight, request: Any) -> bool:
-        """Count ``item`` in and ask ``verify_request``; False if it must be dropped
-        (the caller closes it). Pauses accepting at ``max_connections``."""
-        tracker = self._get_tracker()
-        client_address = item.client_address
-        try:
-            tracker.admit(item, client_address)
-        except LimitExceeded as exc:
-            logger.warning("%s", exc)
+    def _admit_item(self, item: InFlight, request: Any) -> bool:
+        """The admit step for ``item``; False if it must be dropped (the caller
+        closes it). Pauses accepting at ``max_connections``, and arms the
+        item's ``connection_timeout``."""
+        ticket = self._admit(request, item.client_address)
+        if ticket is None:
             return False
-        try:
-            verified = self.verify_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-            verified = False
-        if not verified:
-            tracker.release(item)
-            return False
-        if tracker.at_capacity():
+        item.admitted(ticket)
+        admission = self._admission()
+        if admission.at_capacity():
             self._pause_accepting()
             logger.debug("%s at capacity: not accepting", format_address(self.server_address))
+        limit = admission.limits.connection_timeout
+        if limit is not None and self._loop is not None:
+            item.timer = self._loop.call_later(limit, self._deadline_passed, ticket, limit)
         return True
 
-    def _deadline_timer(self, item: InFlight) -> asyncio.TimerHandle | None:
-        """The timer that enforces ``connection_timeout`` on ``item``, if there is one."""
-        limit = self._get_tracker().limits.connection_timeout
-        if limit is None or self._loop is None:
-            return None
-        return self._loop.call_later(limit, self._deadline_passed, item, limit)
+    def _deadline_passed(self, ticket: Ticket, limit: float) -> None:
+        exc = ConnectionDeadlineExceeded(limit, ticket.peer)
+        if ticket.cut(exc):
+            log_limit(exc)
 
-    def _deadline_passed(self, item: InFlight, limit: float) -> None:
-        exc = ConnectionDeadlineExceeded(limit, item.client_address)
-        logger.warning("%s: closing the connection", exc)
-        item.abort(exc)
-
-    def _release(self, item: InFlight) -> None:
-        """Count ``item`` out (on the loop's thread)."""
-        if self._tracker is None:
-            return
-        self._tracker.release(item)
+    def _release(self, ticket: Ticket) -> None:
+        """Count an item out (on the loop's thread): the items call this when they finish."""
+        admission = self._admission()
+        admission.release(ticket)
         waiter = self._idle_waiter
-        if waiter is not None and not len(self._tracker) and not waiter.done():
+        if waiter is not None and not len(admission) and not waiter.done():
             waiter.set_result(True)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
@@ -356,16 +324,3 @@ class AsyncBaseServer(AsyncGracefulStop):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-class _Finished:
-    """What a blocking ``serve_forever()`` returns: awaiting it returns at once."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # pragma: no cover - makes this a generator
-
-
-_FINISHED = _Finished()

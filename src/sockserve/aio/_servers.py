@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Any
 
-from .._accept import ACCEPT_BATCH
-from .._inet_servers import bind_socket, open_listener
-from .._log import format_address, logger
+from .._accept import accept_batch
+from .._inet_servers import bind_socket, open_listener, receive_datagram
 from .._unix_servers import _SocketFileOwner
 from ._callback import CallbackConnection, IdleCallbackConnection, connect_callback, route_loop_exceptions
 from ._connection import StreamConnection, run_stream
 from ._handlers import AsyncDatagramRequestHandler, AsyncProtocolHandler, AsyncStreamRequestHandler, run_handler
+from ._inflight import InFlight
 from ._server import AsyncBaseServer
 
 
@@ -79,53 +80,53 @@ class AsyncTCPServer(_BoundServer):
 
     def _on_readable(self) -> None:
         """Accept what is waiting, up to ACCEPT_BATCH per wake-up."""
-        listener = self.socket
-        backoff = self._accept_backoff
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, client_address = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if backoff.failed(exc, self.server_address):
-                    self._back_off()
-                return
-            if backoff.failures:
-                backoff.succeeded(self.server_address)
-            self._start_connection(sock, client_address)
-            if not self._accepting:
-                return  # at capacity, or stopped
+        accept_batch(
+            self.socket.accept,
+            self._start_connection,
+            self._still_accepting,
+            self._accept_backoff,
+            self.server_address,
+            self._back_off,
+        )
+
+    def _still_accepting(self) -> bool:
+        return self._accepting  # False at capacity, or once stopped
 
     def _start_connection(self, sock: socket.socket, client_address: Any) -> None:
         handler_class = self.RequestHandlerClass
+        stages = self._stage_factories()
         conn: StreamConnection | CallbackConnection
         if issubclass(handler_class, AsyncStreamRequestHandler):
-            conn = StreamConnection(self, sock, client_address)
+            conn = StreamConnection(self, sock, client_address, self._release)
         else:
-            try:
-                idle = self._get_tracker().limits.idle_timeout
-                if idle is None:
-                    conn = CallbackConnection(self, sock, client_address, handler_class)
-                else:
-                    conn = IdleCallbackConnection(self, sock, client_address, handler_class, idle)
-            except Exception:
-                self.handle_error(sock, client_address)  # the handler's constructor raised
-                sock.close()
-                return
-        if not self._admit(conn, sock):
+            idle = self._admission().limits.idle_timeout
+            if idle is None:
+                conn = CallbackConnection(self, sock, client_address, self._release)
+            else:
+                conn = IdleCallbackConnection(self, sock, client_address, self._release, idle)
+            if not stages:
+                try:
+                    conn.attach(handler_class)
+                except Exception:
+                    self.handle_error(sock, client_address)  # the handler's constructor raised
+                    sock.close()
+                    if isinstance(conn, IdleCallbackConnection):
+                        conn.cancel_idle_timer()
+                    return
+        if not self._admit_item(conn, sock):
             sock.close()
             if isinstance(conn, IdleCallbackConnection):
                 conn.cancel_idle_timer()
             return
-        conn.timer = self._deadline_timer(conn)
         if isinstance(conn, StreamConnection):
-            conn.task = self._spawn(run_stream(conn, handler_class))
+            conn.task = self._spawn(run_stream(conn, handler_class, self._admission().limits, stages))
         else:
-            conn.task = self._spawn(connect_callback(conn))
+            conn.task = self._spawn(connect_callback(conn, handler_class, stages))
 
-    def _on_serve(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _on_serve(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
         if issubclass(self.RequestHandlerClass, AsyncProtocolHandler):
-            route_loop_exceptions(loop)
+            return route_loop_exceptions(loop)
+        return None
 
 
 class AsyncUDPServer(_BoundServer):
@@ -142,6 +143,7 @@ class AsyncUDPServer(_BoundServer):
     socket_type: int = socket.SOCK_DGRAM
     max_packet_size: int = 8192
     handler_bases = (AsyncDatagramRequestHandler,)
+    _datagrams = True
 
     def server_activate(self) -> None:
         """Datagram sockets do not listen."""
@@ -150,36 +152,33 @@ class AsyncUDPServer(_BoundServer):
     def _on_readable(self) -> None:
         """Receive what is waiting, up to ACCEPT_BATCH datagrams per wake-up."""
         sock = self.socket
-        for _ in range(ACCEPT_BATCH):
-            try:
-                packet, client_address = sock.recvfrom(self.max_packet_size)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # e.g. ECONNREFUSED: an ICMP error about an earlier reply.
-                logger.debug("receive on %s failed: %s", format_address(self.server_address), exc)
-                return
-            datagram = Datagram(self, packet, client_address)
-            if not self._admit(datagram, (packet, sock)):
-                continue
-            datagram.timer = self._deadline_timer(datagram)
+        accept_batch(
+            lambda: receive_datagram(sock, self.max_packet_size),
+            self._start_datagram,
+            self._still_receiving,
+            self._accept_backoff,
+            self.server_address,
+            self._back_off,
+        )
+
+    def _still_receiving(self) -> bool:
+        return self._accepting  # False at capacity, or once stopped
+
+    def _start_datagram(self, packet: bytes, client_address: Any) -> None:
+        datagram = Datagram(self, packet, client_address, self._release)
+        if self._admit_item(datagram, (packet, self.socket)):
             datagram.task = self._spawn(datagram.run())
-            if not self._accepting:
-                return
 
 
-class Datagram:
+class Datagram(InFlight):
     """One datagram in flight: its handler's task."""
 
-    __slots__ = ("aborted", "client_address", "packet", "server", "task", "timer")
+    __slots__ = ("packet", "server")
 
-    def __init__(self, server: AsyncUDPServer, packet: bytes, client_address: Any) -> None:
+    def __init__(self, server: AsyncUDPServer, packet: bytes, client_address: Any, release: Any) -> None:
+        super().__init__(client_address, release)
         self.server = server
         self.packet = packet
-        self.client_address = client_address
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.aborted: BaseException | None = None
 
     def abort(self, exc: BaseException) -> None:
         if self.aborted is None:
@@ -199,9 +198,7 @@ class Datagram:
         except Exception:
             server.handle_error((self.packet, server.socket), self.client_address)
         finally:
-            if self.timer is not None:
-                self.timer.cancel()
-            server._release(self)
+            self.finish()
 
 
 class AsyncUnixStreamServer(_SocketFileOwner, AsyncTCPServer):
@@ -214,6 +211,16 @@ class AsyncUnixStreamServer(_SocketFileOwner, AsyncTCPServer):
 
     address_family = socket.AF_UNIX
 
+    def server_bind(self) -> None:
+        path = self.server_address
+        self._claim_socket_path()
+        AsyncTCPServer.server_bind(self)
+        self._own_socket_file(path)
+
+    def server_close(self) -> None:
+        AsyncTCPServer.server_close(self)
+        self._remove_socket_file()
+
 
 class AsyncUnixDatagramServer(_SocketFileOwner, AsyncUDPServer):
     """Datagram server on a Unix-domain socket (a path, or an abstract name).
@@ -222,3 +229,13 @@ class AsyncUnixDatagramServer(_SocketFileOwner, AsyncUDPServer):
     """
 
     address_family = socket.AF_UNIX
+
+    def server_bind(self) -> None:
+        path = self.server_address
+        self._claim_socket_path()
+        AsyncUDPServer.server_bind(self)
+        self._own_socket_file(path)
+
+    def server_close(self) -> None:
+        AsyncUDPServer.server_close(self)
+        self._remove_socket_file()

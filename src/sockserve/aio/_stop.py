@@ -11,26 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import types
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .. import _drain
-from .._limits import ConnectionTracker
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from .._admission import Admission
+    from .._shutdown import ShutdownHandshake
+
 # How long closing waits for connections that were aborted to finish their
 # clean-up (their finish() hooks run; a well-behaved one takes microseconds).
 SETTLE_SECONDS = 5.0
-
-
-class InFlight(Protocol):
-    """What the server admits into its tracker: one connection or datagram."""
-
-    client_address: Any
-
-    def abort(self, exc: BaseException) -> None:
-        """End it now: close its transport, cancel or fail its handler."""
 
 
 class AsyncGracefulStop:
@@ -39,28 +32,30 @@ class AsyncGracefulStop:
     server_address: Any
     _loop: asyncio.AbstractEventLoop | None
     _own_loop: asyncio.AbstractEventLoop | None
-    _tracker: ConnectionTracker | None
     _tasks: set[asyncio.Task[None]]
     _idle_waiter: asyncio.Future[bool] | None
     _drain_done: asyncio.Future[None] | None
     _force: bool
+    _stop_report: _drain.DrainReport | None = None
+    _datagrams = False  # a datagram server: its drain counts datagrams, not connections
 
-    if TYPE_CHECKING:  # supplied by AsyncBaseServer
+    if TYPE_CHECKING:  # supplied by AsyncBaseServer and ServerCore
+        _handshake: ShutdownHandshake
+        _admission_book: Admission | None
 
-        def _request_shutdown(self) -> int | None: ...
         def _close_listener(self) -> None: ...
         def _close_listener_here(self) -> None: ...
         def _in_flight(self) -> int: ...
 
     def _abort_all(self, exc: BaseException) -> int:
         """Abort every connection in flight; how many there were."""
-        if self._tracker is None:
+        admission = self._admission_book
+        if admission is None:
             return 0
-        records = self._tracker.snapshot()
-        for record in records:
-            item: InFlight = record.request  # type: ignore[assignment]
-            item.abort(exc)
-        return len(records)
+        tickets = admission.tickets()
+        for ticket in tickets:
+            ticket.cut(exc)
+        return len(tickets)
 
     async def _wait_idle(self, timeout: float | None) -> bool:
         """Wait until nothing is in flight; False if ``timeout`` or ``force_stop()`` came first."""
@@ -90,18 +85,32 @@ class AsyncGracefulStop:
         if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
             raise RuntimeError("aclose() must run on the event loop the server serves on")
         self._loop = loop
+        if self._stop_report is not None:  # stopped already: one drain, one set of log lines
+            self.server_close()
+            return self._stop_report
         done: asyncio.Future[None] = loop.create_future()
         self._drain_done = done
         try:
-            self._request_shutdown()
+            self._handshake.request()
             self._close_listener_here()
             in_flight = self._in_flight()
-            started = _drain.begin(self.server_address, in_flight, grace)
+            unit = "datagram" if self._datagrams else "connection"
+            started = _drain.begin(self.server_address, in_flight, grace, unit)
             forced = 0
-            if not await self._wait_idle(grace):
-                forced = self._abort_all(ConnectionAbortedError("the server's grace period is over"))
+            finished = await self._wait_idle(grace)
+            if not finished:
+                forced = self._abort_all(_drain.force_reason(grace, self._force))
                 await self._wait_idle(SETTLE_SECONDS)
-            report = _drain.end(self.server_address, in_flight, forced, grace, started)
+            report = self._stop_report = _drain.end(
+                self.server_address,
+                in_flight,
+                forced,
+                grace,
+                started,
+                finished=finished,
+                forced_early=self._force,
+                unit=unit,
+            )
         finally:
             self._drain_done = None
             done.set_result(None)
@@ -124,10 +133,12 @@ class AsyncGracefulStop:
             report = loop.run_until_complete(self.aclose(grace))
             self._close_own_loop()
             return report
-        self._request_shutdown()
-        started = _drain.begin(self.server_address, 0, grace)
+        if self._stop_report is None:
+            self._handshake.request()
+            started = _drain.begin(self.server_address, 0, grace)
+            self._stop_report = _drain.end(self.server_address, 0, 0, grace, started)
         self.server_close()
-        return _drain.end(self.server_address, 0, 0, grace, started)
+        return self._stop_report
 
     def force_stop(self) -> None:
         """End a graceful stop's grace period now, or make the next one end at

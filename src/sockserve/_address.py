@@ -1,0 +1,21 @@
+"""How a socket address is written in messages: one format everywhere, in log
+lines and in exceptions alike. Imports nothing of sockserve's, so every
+module may use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_address(address: Any) -> str:
+    """Render a socket address: ``host:port``, ``[v6]:port``, or a Unix path."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        if isinstance(host, str) and ":" in host:
+            return f"[{host}]:{port}"
+        return f"{host}:{port}"
+    if isinstance(address, bytes):
+        return address.decode("utf-8", "backslashreplace") or "<unnamed>"
+    if address == "" or address is None:
+        return "<unnamed>"
+    return str(address)

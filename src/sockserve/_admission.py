@@ -1,0 +1,201 @@
+"""Admission: the step of a connection's life between accept and its handler
+that decides whether it may be served, and the book of those that were.
+
+``Admission.admit(peer)`` returns a ``Ticket`` or a ``Refusal`` (with the limit
+that refused it); ``release(ticket)`` counts the connection out, exactly once
+however often it is called. The servers' core admits and releases around the
+dispatch of each request, never in a hook that a subclass may replace, so a
+``close_request()`` override that does not call ``super()`` cannot leak a slot.
+
+The same object serves the synchronous servers (thread-safe) and the async
+ones (on their loop's thread). No I/O happens here: cutting a connection whose
+deadline passed is the ticket's ``abort`` callback, which the concurrency
+model that runs the connection supplies.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, final
+
+from ._errors import ConnectionLimitReached, LimitExceeded
+from ._limits import NO_LIMITS, Limits
+
+
+def client_key(client_address: Any) -> Hashable:
+    """What counts as "one client" for max_connections_per_ip: the host part."""
+    if isinstance(client_address, tuple) and client_address:
+        host: Hashable = client_address[0]
+        return host
+    return client_address if isinstance(client_address, Hashable) else repr(client_address)
+
+
+@final
+class Ticket:
+    """One admitted connection (or datagram), from admission to release.
+
+    Attributes:
+        peer: the client's address.
+        admitted_at: ``time.monotonic()`` at admission.
+        deadline: when ``connection_timeout`` ends it (monotonic), or None.
+        abort: set by the model running the connection: cuts it from any
+            thread (its handler's reads end, its writes fail). None while
+            nothing can cut it (a datagram, or a forked child's connection,
+            which the child cuts itself).
+        aborted: why the server cut it, once it did (so that the error the
+            handler then sees is not reported as the client's doing).
+    """
+
+    __slots__ = ("abort", "aborted", "admitted_at", "deadline", "key", "peer", "released")
+
+    def __init__(self, peer: Any, key: Hashable, admitted_at: float, deadline: float | None) -> None:
+        self.peer = peer
+        self.key = key
+        self.admitted_at = admitted_at
+        self.deadline = deadline
+        self.abort: Callable[[BaseException], object] | None = None
+        self.aborted: BaseException | None = None
+        self.released = False
+
+    def cut(self, reason: BaseException) -> bool:
+        """Cut the connection for ``reason`` (once); False if nothing can cut it now."""
+        if self.aborted is not None or self.abort is None:
+            return False
+        self.aborted = reason
+        self.abort(reason)
+        return True
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """A connection that may not be served: ``error`` says which limit refused it."""
+
+    error: LimitExceeded
+
+    @property
+    def reason(self) -> str:
+        """A short name for counting refusals: the limit's name."""
+        if isinstance(self.error, ConnectionLimitReached):
+            return "max_connections_per_ip" if self.error.per_ip else "max_connections"
+        return type(self.error).__name__
+
+
+class Admission:
+    """The admission policy of one server (its ``Limits``) and the connections it admitted.
+
+    ``on_free`` is called, outside the lock, when a release takes the server
+    from full (``max_connections``) to not full, so a paused accept loop can
+    be woken.
+    """
+
+    def __init__(self, limits: Limits = NO_LIMITS, on_free: Callable[[], None] | None = None) -> None:
+        self.limits = limits
+        self._on_free = on_free
+        # Reentrant: interrupt() may run in a signal handler on a thread that
+        # holds the lock at that moment.
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._interrupted = False
+        self._open: dict[int, Ticket] = {}  # id(ticket) -> ticket
+        self._per_client: dict[Hashable, int] = {}
+        self.admitted = 0  # tickets given since the start
+        self.refused: collections.Counter[str] = collections.Counter()  # refusals by reason
+
+    def admit(self, peer: Any, now: float | None = None) -> Ticket | Refusal:
+        """A ticket for a new connection from ``peer``, or the limit that refuses it.
+
+        ``max_connections`` is also checked here, although the accept loop stops
+        accepting at that number: a request taken by ``handle_request()``, or
+        by a loop that raced a release, must not go over it either.
+        """
+        limits = self.limits
+        now = time.monotonic() if now is None else now
+        key = client_key(peer)
+        with self._lock:
+            total = limits.max_connections
+            if total is not None and len(self._open) >= total:
+                refusal = Refusal(ConnectionLimitReached(total, peer))
+            else:
+                count = self._per_client.get(key, 0)
+                per_ip = limits.max_connections_per_ip
+                if per_ip is None or count < per_ip:
+                    self._per_client[key] = count + 1
+                    timeout = limits.connection_timeout
+                    ticket = Ticket(peer, key, now, None if timeout is None else now + timeout)
+                    self._open[id(ticket)] = ticket
+                    self.admitted += 1
+                    return ticket
+                refusal = Refusal(ConnectionLimitReached(per_ip, peer, per_ip=True))
+            self.refused[refusal.reason] += 1
+            return refusal
+
+    def release(self, ticket: Ticket) -> None:
+        """Count a finished connection out; only the first call for a ticket counts."""
+        with self._lock:
+            if ticket.released:
+                return
+            ticket.released = True
+            del self._open[id(ticket)]
+            remaining = self._per_client[ticket.key] - 1
+            if remaining:
+                self._per_client[ticket.key] = remaining
+            else:
+                del self._per_client[ticket.key]
+            limit = self.limits.max_connections
+            freed = limit is not None and len(self._open) == limit - 1
+            if len(self._open) <= 1:  # a drain may wait for none, or for none but its caller's own
+                self._idle.notify_all()
+        if freed and self._on_free is not None:
+            self._on_free()
+
+    def at_capacity(self) -> bool:
+        """True while ``max_connections`` are open: the accept loop should pause."""
+        limit = self.limits.max_connections
+        return limit is not None and len(self._open) >= limit
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def tickets(self) -> list[Ticket]:
+        """The connections in flight now."""
+        with self._lock:
+            return list(self._open.values())
+
+    def next_deadline(self) -> float | None:
+        """The earliest connection deadline of those that can be cut, or None."""
+        with self._lock:
+            deadlines = [t.deadline for t in self._open.values() if t.deadline is not None and t.abort is not None]
+        return min(deadlines, default=None)
+
+    def overdue(self, now: float | None = None) -> list[Ticket]:
+        """The connections that can be cut and whose deadline has passed."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return [
+                t for t in self._open.values() if t.deadline is not None and t.deadline <= now and t.abort is not None
+            ]
+
+    def interrupt(self) -> None:
+        """Make a current or future ``wait_idle()`` return False at once."""
+        with self._idle:
+            self._interrupted = True
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float | None, ignore: Ticket | None = None) -> bool:
+        """Block until no connection is in flight but ``ignore`` (the caller's
+        own); False if ``timeout`` ran out first or ``interrupt()`` was called."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while len(self._open) > (1 if ignore is not None and id(ignore) in self._open else 0):
+                if self._interrupted:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True

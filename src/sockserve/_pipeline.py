@@ -1,0 +1,143 @@
+"""One connection's walk through a synchronous server, after it was
+accepted (``_accept``) and admitted (``_server_core``): stages -> handler ->
+release.
+
+What is admitted becomes a ``Job``, which a
+concurrency model runs where it runs handlers (on the loop's thread, a
+thread, a pool worker, a child process): ``Job.run(target)`` drives the
+connection's stages with the blocking driver, calls ``target`` (the model's
+stdlib hook, such as ``process_request_thread``) with the connection as the
+stages left it, and releases the admission ticket however that ends. The
+release is wrapped around the model's work by this module, never left to a
+hook that a subclass may override.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, final
+
+from ._admission import Admission, Ticket
+from ._errors import ConnectionDeadlineExceeded
+from ._log import format_address, log_limit, log_stage_failed
+from ._stages import DEFAULT_STAGE_TIMEOUT, StageFactory, StageFailed, run_blocking
+
+_local = threading.local()
+
+
+def current_job() -> Job | None:
+    """The job whose handler runs on this thread, if any."""
+    job: Job | None = getattr(_local, "job", None)
+    return job
+
+
+def set_current_job(job: Job | None) -> Job | None:
+    """Make ``job`` this thread's current job; returns the one it replaces."""
+    previous: Job | None = getattr(_local, "job", None)
+    _local.job = job
+    return previous
+
+
+def abort_request(request: Any) -> bool:
+    """Cut a stream request from another thread; False if it is not a stream.
+
+    shutdown(), not close(): closing a descriptor another thread is blocked on
+    could let a new connection reuse the number under that thread's feet.
+    """
+    if not isinstance(request, socket.socket):
+        return False
+    try:
+        request.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed or reset by the client: it is ending anyway
+    return True
+
+
+class JobHost(Protocol):
+    """What a job needs of its server: the stdlib hook that closes a request."""
+
+    def shutdown_request(self, request: Any) -> None: ...
+
+
+@final
+class Job:
+    """One admitted request, from dispatch to release: what a concurrency model runs.
+
+    ``ticket`` is None for a request the server did not admit itself (a
+    program that calls ``process_request()`` directly): then there is
+    nothing to release.
+    """
+
+    __slots__ = ("admission", "client_address", "host", "request", "stages", "ticket")
+
+    def __init__(
+        self,
+        host: JobHost,
+        admission: Admission | None,
+        ticket: Ticket | None,
+        request: Any,
+        client_address: Any,
+        stages: Sequence[StageFactory] = (),
+    ) -> None:
+        self.host = host
+        self.admission = admission
+        self.ticket = ticket
+        self.request = request
+        self.client_address = client_address
+        self.stages = stages
+        if ticket is not None and isinstance(request, socket.socket):
+            ticket.abort = lambda reason: abort_request(request)
+
+    def run(self, target: Callable[[Any, Any], object]) -> None:
+        """Run the stages, then ``target(request, client_address)``; release the ticket at the end."""
+        previous = set_current_job(self)
+        try:
+            if self.prepare():
+                target(self.request, self.client_address)
+        finally:
+            set_current_job(previous)
+            self.release()
+
+    def prepare(self) -> bool:
+        """Run the stages that are left, on this thread; False if they closed the connection."""
+        if not self.stages:
+            return True
+        stages, self.stages = self.stages, ()
+        deadline = time.monotonic() + DEFAULT_STAGE_TIMEOUT
+        if self.ticket is not None and self.ticket.deadline is not None:
+            deadline = min(deadline, self.ticket.deadline)
+        try:
+            prepared = run_blocking(self.request, stages, self.client_address, deadline)
+        except (StageFailed, OSError) as exc:
+            log_stage_failed(exc, self.client_address)
+            self.host.shutdown_request(self.request)
+            return False
+        self.client_address = prepared.client_address
+        return True
+
+    def release(self) -> None:
+        if self.ticket is not None and self.admission is not None:
+            self.admission.release(self.ticket)
+
+    def start_deadline_in_child(self) -> None:
+        """In a forked child: cut this connection at its deadline, as the
+        parent's watchdog would (its threads did not survive the fork)."""
+        ticket = self.ticket
+        if ticket is None or ticket.deadline is None or ticket.abort is None:
+            return
+        limit = ticket.deadline - ticket.admitted_at
+        request, peer = self.request, self.client_address
+
+        def cut_at_deadline() -> None:
+            if abort_request(request):
+                log_limit(ConnectionDeadlineExceeded(limit, peer))
+
+        timer = threading.Timer(max(0.0, ticket.deadline - time.monotonic()), cut_at_deadline)
+        timer.name = f"sockserve deadline {format_address(peer)}"
+        # A daemon: the child ends with os._exit() once its request is done,
+        # whether or not the deadline came.
+        timer.daemon = True
+        timer.start()
