@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import importlib.resources
 import inspect
+import shutil
 import socketserver
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
+
+import pytest
 
 import sockserve
 
@@ -67,3 +73,61 @@ def test_every_package_directory_is_a_package() -> None:
     for directory in (src / "sockserve").rglob("*"):
         if directory.is_dir() and any(directory.glob("*.py")):
             assert (directory / "__init__.py").is_file(), f"{directory.relative_to(src)} has no __init__.py"
+
+
+@pytest.mark.slow
+def test_an_editable_install_is_followed_by_mypy(tmp_path: Path) -> None:
+    """`pip install -e .` must leave a tree mypy can follow. mypy reads the
+    path lines of .pth files but does not run their import lines, so an
+    editable install that works through setuptools' import hook (which a
+    package mapped to a directory outside src/ forces) is invisible to it.
+
+    Building the editable wheel with the project's build backend and unpacking
+    it into a bare virtual environment is what pip does, less the fetching;
+    then mypy, run from elsewhere with that environment's interpreter, must
+    find sockserve and its py.typed. (tests/test_docs.py runs mypy through the
+    suite's own installation too, which ./scripts/test makes editable.)"""
+    project = tmp_path / "project"
+    ignore = shutil.ignore_patterns(".*", "*.egg-info", "__pycache__", "build", "dist", "benchmarks", "docs", "tests")
+    shutil.copytree(ROOT, project, symlinks=True, ignore=ignore)
+    build = "import sys; from setuptools import build_meta; build_meta.build_editable(sys.argv[1])"
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-c", build, str(wheels)], cwd=project, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = wheels.glob("*.whl")
+
+    with zipfile.ZipFile(wheel) as archive:
+        pth = [archive.read(name).decode() for name in archive.namelist() if name.endswith(".pth")]
+        assert [line.strip() for text in pth for line in text.splitlines()] == [str(project / "src")], pth
+
+        env = tmp_path / "env"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=60)
+        site = subprocess.run(
+            [str(env / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+        archive.extractall(site)
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "server.py").write_text(
+        "import sockserve\n\n\n"
+        "class Echo(sockserve.StreamRequestHandler):\n"
+        "    def handle(self) -> None:\n"
+        "        self.wfile.write(self.rfile.readline())\n\n\n"
+        'server = sockserve.TCPServer(("127.0.0.1", 0), Echo)\n'
+    )
+    mypy = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--python-executable", str(env / "bin" / "python"), "server.py"],
+        cwd=user,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert mypy.returncode == 0, mypy.stdout + mypy.stderr
