@@ -1,13 +1,18 @@
-"""The public API: one place, a superset of the stdlib's, typed."""
+"""The public API: one place, a superset of the stdlib's, typed, and listed
+in full in each public module's ``__all__``."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.resources
 import inspect
+import pkgutil
 import shutil
 import socketserver
 import subprocess
 import sys
+import types
 import zipfile
 from pathlib import Path
 
@@ -17,15 +22,34 @@ import sockserve
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The modules a user imports from. Every other module is private (a name
+# with a leading underscore somewhere in its path) or listed in NOT_API.
+PUBLIC_MODULES = ["sockserve", "sockserve.aio", "sockserve.prefork", "sockserve.protocol", "sockserve.testing"]
+NOT_API = {
+    "sockserve.cli": "the `sockserve` command; its interface is the command line",
+    "sockserve.examples": "programs to read and run (`python -m sockserve.examples.echo`), not to import from",
+    "sockserve.protocol.lines": "the module behind sockserve.protocol, which re-exports its API",
+}
+# Public-looking names of a public module that are deliberately not in its
+# __all__, each with the reason. The test below fails on any other.
+NOT_EXPORTED = {
+    "sockserve.testing": {
+        "Servable": "the Protocol running_server() types its argument with; a detail of its signature",
+        "ServerT": "the TypeVar of running_server()'s signature",
+    },
+}
+
 
 def test_every_stdlib_name_is_exported() -> None:
     missing = set(socketserver.__all__) - set(sockserve.__all__)
     assert not missing
 
 
-def test_all_names_resolve_to_sockserve_objects() -> None:
-    for name in sockserve.__all__:
-        obj = getattr(sockserve, name)
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_all_names_resolve_to_sockserve_objects(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    for name in module.__all__:
+        obj = getattr(module, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert obj.__module__.startswith("sockserve"), name
 
@@ -131,3 +155,83 @@ def test_an_editable_install_is_followed_by_mypy(tmp_path: Path) -> None:
         check=False,
     )
     assert mypy.returncode == 0, mypy.stdout + mypy.stderr
+
+
+def test_the_public_modules_are_all_accounted_for() -> None:
+    """A new module without a leading underscore is public: it must be listed
+    here, with an __all__, or in NOT_API with the reason."""
+    named = {info.name for info in pkgutil.walk_packages(sockserve.__path__, "sockserve.")} | {"sockserve"}
+    public = {name for name in named if not any(part.startswith("_") for part in name.split("."))}
+    public = {name for name in public if not any(name.startswith(f"{other}.") for other in NOT_API)}
+    assert public == set(PUBLIC_MODULES) | set(NOT_API)
+
+
+def _bound_at_top_level(module: types.ModuleType) -> set[str]:
+    """The names a module's source binds at its top level (inside if/try too):
+    classes, functions, assignments, and imports in the re-export form
+    ``from m import X as X`` / ``import X as X``. Plain imports are left out."""
+    assert module.__file__ is not None
+    names: set[str] = set()
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update(alias.asname for alias in node.names if alias.asname == alias.name)
+            elif isinstance(node, (ast.If, ast.Try)):
+                visit(node.body)
+                visit(node.orelse)
+                if isinstance(node, ast.Try):
+                    for handler in node.handlers:
+                        visit(handler.body)
+                    visit(node.finalbody)
+            elif type(node).__name__ == "TypeAlias":  # `type X = ...`, Python 3.12+
+                names.add(node.name.id)  # type: ignore[attr-defined]
+
+    visit(ast.parse(Path(module.__file__).read_text()).body)
+    return names
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_all_lists_every_public_name_once(module_name: str) -> None:
+    """``__all__`` is the module's public API, exactly.
+
+    - every name in it exists, is not private, and is there once;
+    - every public name the module defines or re-exports is in it: what its
+      source binds at top level (see _bound_at_top_level), and what its
+      namespace holds that comes from sockserve, unless NOT_EXPORTED says why.
+
+    Not counted, by rule: names starting with ``_``; plain imports (``import
+    threading``, ``from typing import Any``), the module's tools, not its API,
+    which neither ``import *`` nor mypy --strict exports from a module with an
+    ``__all__``; ``from __future__`` features; and submodules, which the import
+    system sets on their package when they are imported (``sockserve.aio``
+    after ``import sockserve.aio``) and which are reached by their dotted name.
+    """
+    module = importlib.import_module(module_name)
+    listed = module.__all__
+    assert len(listed) == len(set(listed)), sorted(name for name in listed if listed.count(name) > 1)
+    assert [name for name in listed if not hasattr(module, name)] == []
+    assert [name for name in listed if name.startswith("_")] == []
+
+    allowed = NOT_EXPORTED.get(module_name, {})
+    bound = {name for name in _bound_at_top_level(module) if not name.startswith("_")}
+    assert sorted(bound - set(listed) - set(allowed)) == [], "defined or re-exported, but not in __all__"
+
+    def ours(value: object) -> bool:  # a __future__ feature's __module__ is "__future__"
+        return not isinstance(value, types.ModuleType) and str(getattr(value, "__module__", "")).startswith("sockserve")
+
+    present = {name for name, value in vars(module).items() if not name.startswith("_") and ours(value)}
+    assert sorted(present - set(listed) - set(allowed)) == [], "sockserve objects in the namespace, not in __all__"
+
+
+def test_the_exceptions_to_all_are_current() -> None:
+    for module_name, names in NOT_EXPORTED.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            assert hasattr(module, name), f"{module_name}.{name} is gone: drop it from NOT_EXPORTED"
+            assert name not in module.__all__, f"{module_name}.{name} is in __all__ now: drop it from NOT_EXPORTED"
