@@ -1,12 +1,43 @@
-"""The public API: one place, a superset of the stdlib's, typed."""
+"""The public API: one place, a superset of the stdlib's, typed, and listed
+in full in each public module's ``__all__``."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.resources
 import inspect
+import pkgutil
+import shutil
 import socketserver
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
 
 import sockserve
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The modules a user imports from. Every other module is private (a name
+# with a leading underscore somewhere in its path) or listed in NOT_API.
+PUBLIC_MODULES = ["sockserve", "sockserve.aio", "sockserve.prefork", "sockserve.protocol", "sockserve.testing"]
+NOT_API = {
+    "sockserve.cli": "the `sockserve` command; its interface is the command line",
+    "sockserve.examples": "programs to read and run (`python -m sockserve.examples.echo`), not to import from",
+    "sockserve.protocol.lines": "the module behind sockserve.protocol, which re-exports its API",
+}
+# Public-looking names of a public module that are deliberately not in its
+# __all__, each with the reason. The test below fails on any other.
+NOT_EXPORTED = {
+    "sockserve.testing": {
+        "Servable": "the Protocol running_server() types its argument with; a detail of its signature",
+        "ServerT": "the TypeVar of running_server()'s signature",
+    },
+}
 
 
 def test_every_stdlib_name_is_exported() -> None:
@@ -14,9 +45,11 @@ def test_every_stdlib_name_is_exported() -> None:
     assert not missing
 
 
-def test_all_names_resolve_to_sockserve_objects() -> None:
-    for name in sockserve.__all__:
-        obj = getattr(sockserve, name)
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_all_names_resolve_to_sockserve_objects(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    for name in module.__all__:
+        obj = getattr(module, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert obj.__module__.startswith("sockserve"), name
 
@@ -56,20 +89,149 @@ def test_the_package_is_typed() -> None:
     assert importlib.resources.files("sockserve").joinpath("py.typed").is_file()
 
 
-def test_every_subpackage_is_listed_for_the_wheel() -> None:
-    """pyproject.toml lists packages by hand (the examples live outside src/):
-    a subpackage missing there would be missing from a non-editable install."""
-    import pathlib
-    import sys
+def test_every_package_directory_is_a_package() -> None:
+    """The wheel gets what setuptools' package finder finds under src/: only
+    directories with an __init__.py. A folder of modules without one would be
+    left out of a non-editable install."""
+    src = ROOT / "src"
+    for directory in (src / "sockserve").rglob("*"):
+        if directory.is_dir() and any(directory.glob("*.py")):
+            assert (directory / "__init__.py").is_file(), f"{directory.relative_to(src)} has no __init__.py"
 
-    if sys.version_info < (3, 11):
-        import pytest
 
-        pytest.skip("tomllib is new in 3.11")
-    import tomllib
+@pytest.mark.slow
+def test_an_editable_install_is_followed_by_mypy(tmp_path: Path) -> None:
+    """`pip install -e .` must leave a tree mypy can follow. mypy reads the
+    path lines of .pth files but does not run their import lines, so an
+    editable install that works through setuptools' import hook (which a
+    package mapped to a directory outside src/ forces) is invisible to it.
 
-    root = pathlib.Path(__file__).resolve().parent.parent
-    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    src = root / "src"
-    found = {".".join(p.parent.relative_to(src).parts) for p in (src / "sockserve").rglob("__init__.py")}
-    assert found | {"sockserve.examples"} == listed
+    Building the editable wheel with the project's build backend and unpacking
+    it into a bare virtual environment is what pip does, less the fetching;
+    then mypy, run from elsewhere with that environment's interpreter, must
+    find sockserve and its py.typed. (tests/test_docs.py runs mypy through the
+    suite's own installation too, which ./scripts/test makes editable.)"""
+    project = tmp_path / "project"
+    ignore = shutil.ignore_patterns(".*", "*.egg-info", "__pycache__", "build", "dist", "benchmarks", "docs", "tests")
+    shutil.copytree(ROOT, project, symlinks=True, ignore=ignore)
+    build = "import sys; from setuptools import build_meta; build_meta.build_editable(sys.argv[1])"
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-c", build, str(wheels)], cwd=project, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = wheels.glob("*.whl")
+
+    with zipfile.ZipFile(wheel) as archive:
+        pth = [archive.read(name).decode() for name in archive.namelist() if name.endswith(".pth")]
+        assert [line.strip() for text in pth for line in text.splitlines()] == [str(project / "src")], pth
+
+        env = tmp_path / "env"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=60)
+        site = subprocess.run(
+            [str(env / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+        archive.extractall(site)
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "server.py").write_text(
+        "import sockserve\n\n\n"
+        "class Echo(sockserve.StreamRequestHandler):\n"
+        "    def handle(self) -> None:\n"
+        "        self.wfile.write(self.rfile.readline())\n\n\n"
+        'server = sockserve.TCPServer(("127.0.0.1", 0), Echo)\n'
+    )
+    mypy = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--python-executable", str(env / "bin" / "python"), "server.py"],
+        cwd=user,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert mypy.returncode == 0, mypy.stdout + mypy.stderr
+
+
+def test_the_public_modules_are_all_accounted_for() -> None:
+    """A new module without a leading underscore is public: it must be listed
+    here, with an __all__, or in NOT_API with the reason."""
+    named = {info.name for info in pkgutil.walk_packages(sockserve.__path__, "sockserve.")} | {"sockserve"}
+    public = {name for name in named if not any(part.startswith("_") for part in name.split("."))}
+    public = {name for name in public if not any(name.startswith(f"{other}.") for other in NOT_API)}
+    assert public == set(PUBLIC_MODULES) | set(NOT_API)
+
+
+def _bound_at_top_level(module: types.ModuleType) -> set[str]:
+    """The names a module's source binds at its top level (inside if/try too):
+    classes, functions, assignments, and imports in the re-export form
+    ``from m import X as X`` / ``import X as X``. Plain imports are left out."""
+    assert module.__file__ is not None
+    names: set[str] = set()
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for node in statements:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update(alias.asname for alias in node.names if alias.asname == alias.name)
+            elif isinstance(node, (ast.If, ast.Try)):
+                visit(node.body)
+                visit(node.orelse)
+                if isinstance(node, ast.Try):
+                    for handler in node.handlers:
+                        visit(handler.body)
+                    visit(node.finalbody)
+            elif type(node).__name__ == "TypeAlias":  # `type X = ...`, Python 3.12+
+                names.add(node.name.id)  # type: ignore[attr-defined]
+
+    visit(ast.parse(Path(module.__file__).read_text()).body)
+    return names
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_all_lists_every_public_name_once(module_name: str) -> None:
+    """``__all__`` is the module's public API, exactly.
+
+    - every name in it exists, is not private, and is there once;
+    - every public name the module defines or re-exports is in it: what its
+      source binds at top level (see _bound_at_top_level), and what its
+      namespace holds that comes from sockserve, unless NOT_EXPORTED says why.
+
+    Not counted, by rule: names starting with ``_``; plain imports (``import
+    threading``, ``from typing import Any``), the module's tools, not its API,
+    which neither ``import *`` nor mypy --strict exports from a module with an
+    ``__all__``; ``from __future__`` features; and submodules, which the import
+    system sets on their package when they are imported (``sockserve.aio``
+    after ``import sockserve.aio``) and which are reached by their dotted name.
+    """
+    module = importlib.import_module(module_name)
+    listed = module.__all__
+    assert len(listed) == len(set(listed)), sorted(name for name in listed if listed.count(name) > 1)
+    assert [name for name in listed if not hasattr(module, name)] == []
+    assert [name for name in listed if name.startswith("_")] == []
+
+    allowed = NOT_EXPORTED.get(module_name, {})
+    bound = {name for name in _bound_at_top_level(module) if not name.startswith("_")}
+    assert sorted(bound - set(listed) - set(allowed)) == [], "defined or re-exported, but not in __all__"
+
+    def ours(value: object) -> bool:  # a __future__ feature's __module__ is "__future__"
+        return not isinstance(value, types.ModuleType) and str(getattr(value, "__module__", "")).startswith("sockserve")
+
+    present = {name for name, value in vars(module).items() if not name.startswith("_") and ours(value)}
+    assert sorted(present - set(listed) - set(allowed)) == [], "sockserve objects in the namespace, not in __all__"
+
+
+def test_the_exceptions_to_all_are_current() -> None:
+    for module_name, names in NOT_EXPORTED.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            assert hasattr(module, name), f"{module_name}.{name} is gone: drop it from NOT_EXPORTED"
+            assert name not in module.__all__, f"{module_name}.{name} is in __all__ now: drop it from NOT_EXPORTED"

@@ -1,4 +1,5 @@
-"""The four examples run as a user runs them, and say what the article says."""
+"""The four examples run as a user runs them (a script in examples/, or a module
+of sockserve.examples), and say what the article says."""
 
 from __future__ import annotations
 
@@ -71,3 +72,10 @@ def test_forking_reply_names_a_child_process(how: str) -> None:
     child_pid = int(re.search(r"Received: '(\d+): Hello, world'", out).group(1))  # type: ignore[union-attr]
     assert child_pid != server_pid
     assert child_pid != os.getpid()
+
+
+def test_the_examples_folder_is_the_package() -> None:
+    """One copy of the examples: the package sockserve.examples, which the top
+    of the repository shows as examples/ through a symlink."""
+    assert EXAMPLES.is_symlink()
+    assert EXAMPLES.resolve() == (EXAMPLES.parent / "src" / "sockserve" / "examples").resolve()
