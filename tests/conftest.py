@@ -61,6 +61,24 @@ def address_for(unix_path: str):  # type: ignore[no-untyped-def]
     return make
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _uvloop_process_state() -> None:
+    """libuv opens a pipe once per process (its signal lock), on the first
+    uvloop loop, and keeps it: open it before the leak check takes its
+    baseline, so it is not mistaken for a leak of the first test."""
+    if _uvloop_available():
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        loop.close()
+
+
+def _uvloop_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
+
+
 def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 

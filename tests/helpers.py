@@ -12,8 +12,12 @@ def connect(address: Any, family: int | None = None, timeout: float = TIMEOUT) -
     """A connected stream socket to ``address`` (a (host, port) tuple or a Unix path)."""
     if isinstance(address, (str, bytes)):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(address)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
         return sock
     host, port = address[0], address[1]
     if host in ("0.0.0.0", ""):

@@ -70,8 +70,8 @@ def test_at_max_workers_the_server_stops_accepting_until_one_is_free() -> None:
             for _ in range(20):  # twenty loop turns in which the third connection stays in the backlog
                 assert turns.acquire(timeout=10)
             assert len(accepted) == 2
-            assert server._pool() is not None
-            assert server._pool().size == 2
+            assert server._worker_pool() is not None
+            assert server._worker_pool().size == 2
             gate.release.set()
             for c in clients:
                 assert recv_line(c) == b"x\n"
@@ -100,7 +100,7 @@ def test_idle_workers_above_the_minimum_retire() -> None:
         try:
             for _ in clients:
                 assert gate.entered.acquire(timeout=10)
-            pool = server._pool()
+            pool = server._worker_pool()
             assert pool is not None
             assert pool.size == 4
             gate.release.set()

@@ -107,10 +107,10 @@ class BaseServer(ServerCore, GracefulStop):
         # handlers' module knows the servers, and the servers need not know it.
         self.RequestHandlerClass: Callable[[Any, Any, Any], object] = RequestHandlerClass
         self._start_core()
-        self._waker: Waker | None = None  # serve_forever()'s, while it runs
-        self._selector: selectors.BaseSelector | None = None  # serve_forever()'s, while it runs
+        self._serve_waker: Waker | None = None  # serve_forever()'s, while it runs
+        self._serve_selector: selectors.BaseSelector | None = None  # serve_forever()'s, while it runs
         self._accept_backoff = AcceptBackoff()
-        self._paused = False  # the loop stopped watching the socket: at capacity
+        self._accept_paused = False  # the loop stopped watching the socket: at capacity
         self._force_requested = False  # force_stop() was called
         self._concurrency: ConcurrencyModel | None = None
         self._dispatching: Job | None = None  # the job process_request() may take over
@@ -143,7 +143,7 @@ class BaseServer(ServerCore, GracefulStop):
         except RuntimeError:
             waker.close()
             raise RuntimeError("serve_forever() is already running on this server") from None
-        self._waker = waker
+        self._serve_waker = waker
         handshake = self._handshake
         try:
             with _ServerSelector() as selector:
@@ -153,7 +153,7 @@ class BaseServer(ServerCore, GracefulStop):
                 # each accept: a fraction of a selector's cost per call.
                 pending = select.poll()
                 pending.register(self.fileno(), select.POLLIN)
-                self._selector = selector
+                self._serve_selector = selector
                 watching = True
                 while not handshake.requested:
                     # At capacity the listening socket is not watched, so new
@@ -161,9 +161,9 @@ class BaseServer(ServerCore, GracefulStop):
                     # wakes the loop (see _capacity_freed). The flag is set
                     # before capacity is checked again, so a slot freed in
                     # between is never missed.
-                    self._paused = True
+                    self._accept_paused = True
                     paused = self._accepting_paused()
-                    self._paused = paused
+                    self._accept_paused = paused
                     if paused == watching:
                         if paused:
                             selector.unregister(self)
@@ -180,12 +180,12 @@ class BaseServer(ServerCore, GracefulStop):
                         elif key.fileobj is self:
                             self._serve_pending(pending)
                         else:
-                            self._unwatch(key.fileobj)  # a watched descriptor: its event wakes the loop once
+                            self._unwatch_fd(key.fileobj)  # a watched descriptor: its event wakes the loop once
                     self.service_actions()
         finally:
-            self._selector = None
-            self._paused = False
-            self._waker = None
+            self._serve_selector = None
+            self._accept_paused = False
+            self._serve_waker = None
             handshake.end()
             waker.close()
 
@@ -256,11 +256,11 @@ class BaseServer(ServerCore, GracefulStop):
         if ticket is None:
             self.shutdown_request(request)
             return
-        if ticket.deadline is not None and not self._model().cuts_own_deadlines:
+        if ticket.deadline is not None and not self._concurrency_model().cuts_own_deadlines:
             self._start_watchdog()
-        self._dispatch(Job(self, self._admission(), ticket, request, client_address, self._stage_factories()))
+        self._dispatch_job(Job(self, self._admission(), ticket, request, client_address, self._stage_factories()))
 
-    def _dispatch(self, job: Job) -> None:
+    def _dispatch_job(self, job: Job) -> None:
         """Hand an admitted job to the concurrency model, through ``process_request()``.
 
         A model's ``process_request()`` takes the job over (``_take_job``) and
@@ -270,7 +270,7 @@ class BaseServer(ServerCore, GracefulStop):
         ``process_request()`` returns. Where the handler runs on this thread
         anyway, the stages run here first.
         """
-        model = self._model()
+        model = self._concurrency_model()
         previous = set_current_job(job)
         try:
             if model.runs_on_loop and not job.prepare():
@@ -302,7 +302,7 @@ class BaseServer(ServerCore, GracefulStop):
 
     # -- the concurrency model -----------------------------------------------------
 
-    def _model(self) -> ConcurrencyModel:
+    def _concurrency_model(self) -> ConcurrencyModel:
         """This server's concurrency model; made on first use."""
         model = self._concurrency
         if model is None:
@@ -317,12 +317,12 @@ class BaseServer(ServerCore, GracefulStop):
     def _accepting_paused(self) -> bool:
         """True while the server must not accept: at max_connections, or the
         model can take no more work."""
-        return self._admission().at_capacity() or self._model().at_capacity()
+        return self._admission().at_capacity() or self._concurrency_model().at_capacity()
 
     def _capacity_freed(self) -> None:
         """Called from any thread when a slot frees up: wake a paused loop."""
-        if self._paused:
-            waker = self._waker
+        if self._accept_paused:
+            waker = self._serve_waker
             if waker is not None:
                 waker.wake()
 
@@ -332,18 +332,18 @@ class BaseServer(ServerCore, GracefulStop):
             watchdog = self._watchdog = DeadlineWatchdog(self._admission())
         watchdog.ensure_running()
 
-    def _watch(self, fd: int) -> bool:
+    def _watch_fd(self, fd: int) -> bool:
         """Wake the serve loop once when ``fd`` becomes readable (then it is
         unwatched). Only from the loop's own thread while it serves; False
         otherwise. The forking model watches its children's pidfds this way."""
-        selector = self._selector
+        selector = self._serve_selector
         if selector is None or not self._handshake.serving_here():
             return False
         selector.register(fd, selectors.EVENT_READ)
         return True
 
-    def _unwatch(self, fd: Any) -> None:
-        selector = self._selector
+    def _unwatch_fd(self, fd: Any) -> None:
+        selector = self._serve_selector
         if selector is not None and self._handshake.serving_here():
             try:
                 selector.unregister(fd)
@@ -352,7 +352,7 @@ class BaseServer(ServerCore, GracefulStop):
 
     def _back_off(self) -> None:
         """Wait before the next accept, waking early for shutdown()."""
-        waker = self._waker
+        waker = self._serve_waker
         if waker is not None and self._handshake.serving_here():
             waker.wait(BACKOFF_SECONDS)
         else:

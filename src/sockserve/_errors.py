@@ -74,6 +74,9 @@ class DatagramTooLarge(SockserveError, OSError):
         self.limit = limit
         self.client_address = client_address
 
+    def __str__(self) -> str:
+        return str(self.strerror)  # the sentence alone, without OSError's "[Errno 90]"
+
 
 def _client(client_address: Any) -> str:
     return "" if client_address is None else f" from {format_address(client_address)}"

@@ -68,8 +68,8 @@ class ForkingHost(Protocol):
     max_children: int
     block_on_close: bool
 
-    def _watch(self, fd: int) -> bool: ...
-    def _unwatch(self, fd: Any) -> None: ...
+    def _watch_fd(self, fd: int) -> bool: ...
+    def _unwatch_fd(self, fd: Any) -> None: ...
 
 
 class ForkModel:
@@ -104,7 +104,7 @@ class ForkModel:
             fd = pidfd_open(pid)
         except OSError:
             return  # e.g. out of descriptors: the poll_interval still reaps it
-        if not self.host._watch(fd):
+        if not self.host._watch_fd(fd):
             os.close(fd)
             return
         self._pidfds[pid] = fd
@@ -116,7 +116,7 @@ class ForkModel:
             self.admission.release(ticket)
         fd = self._pidfds.pop(pid, None)
         if fd is not None:
-            self.host._unwatch(fd)
+            self.host._unwatch_fd(fd)
             os.close(fd)
 
     def reap(self, *, blocking: bool = False) -> None:
@@ -189,7 +189,7 @@ class ForkModel:
         for pid in list(self._pidfds):
             # A child left running (block_on_close False) is not watched any more.
             fd = self._pidfds.pop(pid)
-            self.host._unwatch(fd)
+            self.host._unwatch_fd(fd)
             os.close(fd)
 
 
@@ -214,7 +214,7 @@ class ForkingMixIn(_ServerBase):
         return model
 
     def _forks(self) -> ForkModel:
-        self._model()
+        self._concurrency_model()
         assert self._fork_model is not None
         return self._fork_model
 

@@ -32,7 +32,7 @@ class GracefulStop:
         _concurrency: ConcurrencyModel | None
         _admission_book: Admission | None
 
-        def _model(self) -> ConcurrencyModel: ...
+        def _concurrency_model(self) -> ConcurrencyModel: ...
         def server_close(self) -> None: ...
 
     def _start_graceful_stop(self) -> None:
@@ -70,14 +70,14 @@ class GracefulStop:
         with self._stop_lock:
             report = self._stop_report
             if report is None:
-                report = self._stop_report = self._drain(grace)
+                report = self._stop_report = self._drain_requests(grace)
         self.server_close()
         return report
 
-    def _drain(self, grace: float | None) -> DrainReport:
+    def _drain_requests(self, grace: float | None) -> DrainReport:
         job = current_job()
         own = job.ticket if job is not None and job.admission is self._admission_book else None
-        model = self._model()
+        model = self._concurrency_model()
         self._handshake.request()
         if not model.runs_on_loop:
             self._handshake.wait_stopped()  # at once: its handlers run elsewhere

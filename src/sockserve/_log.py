@@ -69,9 +69,15 @@ def log_refused(error: BaseException) -> None:
     _emit("refused", logging.WARNING, "%s", error)
 
 
-def log_limit(error: BaseException) -> None:
-    """A limit fired on a connection in flight, which the server closes."""
-    _emit("limit", logging.WARNING, "%s: closing the connection", error)
+def log_limit(error: BaseException, client_address: Any = None) -> None:
+    """A limit fired on a connection in flight, which the server closes.
+
+    A limit raised by code that did not know the client (a handler's own
+    ``LineSplitter``) is told who it was here."""
+    if client_address is not None and getattr(error, "client_address", True) is None:
+        _emit("limit", logging.WARNING, "%s from %s: closing the connection", error, format_address(client_address))
+    else:
+        _emit("limit", logging.WARNING, "%s: closing the connection", error)
 
 
 def log_dropped(error: BaseException) -> None:
@@ -117,7 +123,7 @@ def report_request_error(
     if cut_by_server is not None and isinstance(exc, OSError):
         logger.debug("request from %s ended after the server closed it (%s): %s", peer, cut_by_server, exc)
     elif isinstance(exc, LimitExceeded):
-        log_limit(exc)
+        log_limit(exc, client_address)
     elif isinstance(exc, TimeoutError) and idle_timeout is not None and not datagram:
         log_limit(IdleTimeoutExpired(idle_timeout, client_address))
     elif datagram and isinstance(exc, ConnectionRefusedError):

@@ -132,8 +132,10 @@ class Job:
         request, peer = self.request, self.client_address
 
         def cut_at_deadline() -> None:
-            if abort_request(request):
-                log_limit(ConnectionDeadlineExceeded(limit, peer))
+            # The line first: once the socket is cut, the handler ends and
+            # the child exits at once, this thread with it.
+            log_limit(ConnectionDeadlineExceeded(limit, peer))
+            abort_request(request)
 
         timer = threading.Timer(max(0.0, ticket.deadline - time.monotonic()), cut_at_deadline)
         timer.name = f"sockserve deadline {format_address(peer)}"

@@ -222,8 +222,8 @@ class ThreadPoolMixIn(_ServerBase):
         model = self._pool_model = PoolModel(admission, pool)
         return model
 
-    def _pool(self) -> WorkerPool:
-        self._model()
+    def _worker_pool(self) -> WorkerPool:
+        self._concurrency_model()
         assert self._pool_model is not None
         return self._pool_model.pool
 
@@ -234,7 +234,7 @@ class ThreadPoolMixIn(_ServerBase):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to a free worker (serve_forever only accepts when one is free)."""
         job = self._take_job(request, client_address)
-        pool = self._pool()
+        pool = self._worker_pool()
         if not pool.try_submit(job.run, self.process_request_thread):
             # Only handle_request(), which has no capacity check, gets here.
             logger.debug("worker pool busy: %s waits for a free worker", format_address(client_address))

@@ -38,7 +38,7 @@ class ServerCore:
         self._handshake = ShutdownHandshake()
         self._admission_lock = threading.Lock()
         self._admission_book: Admission | None = None
-        self._retired = False
+        self._max_requests_done = False
 
     def _admission(self) -> Admission:
         """The connections admitted; made on first use, with the limits then in force."""
@@ -78,8 +78,8 @@ class ServerCore:
         if not verified:
             admission.release(verdict)
             return None
-        if self.max_requests is not None and admission.admitted >= self.max_requests and not self._retired:
-            self._retired = True
+        if self.max_requests is not None and admission.admitted >= self.max_requests and not self._max_requests_done:
+            self._max_requests_done = True
             logger.info(
                 "%s: %d requests admitted (max_requests): no more accepted",
                 format_address(self.server_address),
@@ -96,8 +96,8 @@ class ServerCore:
     @property
     def max_requests_reached(self) -> bool:
         """True once ``max_requests`` requests were admitted and the server stopped accepting."""
-        return self._retired
+        return self._max_requests_done
 
-    def _in_flight(self) -> int:
+    def _in_flight_count(self) -> int:
         admission = self._admission_book
         return 0 if admission is None else len(admission)

@@ -16,16 +16,6 @@ from sockserve import aio
 LOOPS = ["asyncio", "uvloop"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _uvloop_process_state() -> None:
-    """libuv opens a pipe once per process (its signal lock), on the first
-    uvloop loop, and keeps it: open it before the leak check takes its
-    baseline, so it is not mistaken for a leak of the first test."""
-    if aio.uvloop_available():
-        loop = aio.new_event_loop("uvloop")
-        loop.close()
-
-
 @pytest.fixture(params=LOOPS)
 def loop_kind(request: pytest.FixtureRequest) -> str:
     """Each test that takes it runs on asyncio's loop and on uvloop."""

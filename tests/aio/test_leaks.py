@@ -84,12 +84,16 @@ def _churn(address: Any, count: int) -> None:
 
 def _server_side(server: Any) -> tuple[int, int, int]:
     """(tasks on the server's loop, connections in flight, server-owned tasks), read on that loop."""
-    loop = server._loop
+    loop = server._serving_loop
     assert loop is not None
 
     async def count() -> tuple[int, int, int]:
         me = asyncio.current_task()
-        return len([t for t in asyncio.all_tasks() if t is not me]), server._in_flight(), len(server._tasks)
+        return (
+            len([t for t in asyncio.all_tasks() if t is not me]),
+            server._in_flight_count(),
+            len(server._handler_tasks),
+        )
 
     return asyncio.run_coroutine_threadsafe(count(), loop).result(TIMEOUT)
 

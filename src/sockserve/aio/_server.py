@@ -59,18 +59,18 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self._start_core()
-        self._loop: asyncio.AbstractEventLoop | None = None  # where the connections run
+        self._serving_loop: asyncio.AbstractEventLoop | None = None  # where the connections run
         self._own_loop: asyncio.AbstractEventLoop | None = None  # made by serve_forever()
-        self._wake: asyncio.Future[None] | None = None
-        self._serving = False
-        self._accepting = False  # the listening socket is registered with the loop
+        self._serve_waiter: asyncio.Future[None] | None = None
+        self._serve_running = False
+        self._listener_watched = False  # the listening socket is registered with the loop
         self._listener_closed = False
         self._backoff_timer: asyncio.TimerHandle | None = None
         self._accept_backoff = AcceptBackoff()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._handler_tasks: set[asyncio.Task[None]] = set()
         self._idle_waiter: asyncio.Future[bool] | None = None
         self._drain_done: asyncio.Future[None] | None = None
-        self._force = False
+        self._force_requested = False
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -118,19 +118,24 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         in flight go on running on the loop (``aclose()`` drains them).
         """
         loop = asyncio.get_running_loop()
-        if self._loop is not None and self._loop is not loop and not self._loop.is_closed() and self._in_flight():
+        if (
+            self._serving_loop is not None
+            and self._serving_loop is not loop
+            and not self._serving_loop.is_closed()
+            and self._in_flight_count()
+        ):
             raise RuntimeError("this server's connections run on another event loop")
         try:
             self._handshake.begin(lambda: self._wake_from_anywhere(loop))
         except RuntimeError:
             raise RuntimeError("serve() is already running on this server") from None
-        self._loop = loop
+        self._serving_loop = loop
         handshake = self._handshake
         restore_exception_handler = None
         try:
             self._admission()
             restore_exception_handler = self._on_serve(loop)
-            self._serving = True
+            self._serve_running = True
             self._start_accepting()
             # Without a service_actions() of its own, no timer is armed: a
             # pending timer makes every turn of asyncio's loop read the clock
@@ -138,19 +143,19 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
             ticking = type(self).service_actions is not AsyncBaseServer.service_actions
             while not handshake.requested:
                 wake: asyncio.Future[None] = loop.create_future()
-                self._wake = wake
+                self._serve_waiter = wake
                 timer = loop.call_later(poll_interval, resolve, wake) if ticking else None
                 try:
                     await wake
                 finally:
                     if timer is not None:
                         timer.cancel()
-                    self._wake = None
+                    self._serve_waiter = None
                 if handshake.requested:
                     break
                 self.service_actions()
         finally:
-            self._serving = False
+            self._serve_running = False
             self._pause_accepting()
             try:
                 if self._drain_done is not None:
@@ -217,17 +222,17 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
             pass  # the loop closed meanwhile: serve() is over
 
     def _wake_serve(self) -> None:
-        if self._wake is not None:
-            resolve(self._wake)
+        if self._serve_waiter is not None:
+            resolve(self._serve_waiter)
 
     # -- accepting ----------------------------------------------------------------------
 
     def _start_accepting(self) -> None:
         """Watch the socket, unless stopped, paused at capacity or backing off."""
-        loop = self._loop
+        loop = self._serving_loop
         if (
-            self._accepting
-            or not self._serving
+            self._listener_watched
+            or not self._serve_running
             or self._listener_closed
             or self._backoff_timer is not None
             or loop is None
@@ -235,19 +240,19 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         ):
             return
         loop.add_reader(self.socket.fileno(), self._on_readable)
-        self._accepting = True
+        self._listener_watched = True
 
     def _pause_accepting(self) -> None:
         """Stop watching the socket; what arrives waits in the kernel."""
-        if self._accepting and self._loop is not None:
-            self._loop.remove_reader(self.socket.fileno())
-        self._accepting = False
+        if self._listener_watched and self._serving_loop is not None:
+            self._serving_loop.remove_reader(self.socket.fileno())
+        self._listener_watched = False
 
     def _back_off(self) -> None:
         """Out of descriptors (see _accept): try again in BACKOFF_SECONDS."""
         self._pause_accepting()
-        if self._loop is not None and self._backoff_timer is None:
-            self._backoff_timer = self._loop.call_later(BACKOFF_SECONDS, self._end_back_off)
+        if self._serving_loop is not None and self._backoff_timer is None:
+            self._backoff_timer = self._serving_loop.call_later(BACKOFF_SECONDS, self._end_back_off)
 
     def _end_back_off(self) -> None:
         self._backoff_timer = None
@@ -260,8 +265,13 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
 
     def _close_listener(self) -> None:
         """Refuse new connections from now on: close the listening socket."""
-        loop = self._loop
-        if self._accepting and loop is not None and self._handshake.serving and not self._handshake.serving_here():
+        loop = self._serving_loop
+        if (
+            self._listener_watched
+            and loop is not None
+            and self._handshake.serving
+            and not self._handshake.serving_here()
+        ):
             done = threading.Event()
 
             def close_there() -> None:
@@ -275,14 +285,17 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
                 pass  # the loop closed meanwhile, and unregistered the socket
         self._close_listener_here()
 
-    def _close_listener_here(self) -> None:
+    def _close_listener_here(self, *, keep_datagram_socket: bool = False) -> None:
+        """Stop reading the socket and close it. ``keep_datagram_socket``: a
+        drain has begun, and the datagram handlers in flight still reply
+        through the socket, so it stays open (unread) until server_close()."""
         self._pause_accepting()
         if self._backoff_timer is not None:
             self._backoff_timer.cancel()
             self._backoff_timer = None
         self._listener_closed = True
         sock = getattr(self, "socket", None)
-        if sock is not None:
+        if sock is not None and not (keep_datagram_socket and sock.type == socket.SOCK_DGRAM):
             sock.close()
 
     # -- connections in flight ----------------------------------------------------------
@@ -300,8 +313,8 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
             self._pause_accepting()
             logger.debug("%s at capacity: not accepting", format_address(self.server_address))
         limit = admission.limits.connection_timeout
-        if limit is not None and self._loop is not None:
-            item.timer = self._loop.call_later(limit, self._deadline_passed, ticket, limit)
+        if limit is not None and self._serving_loop is not None:
+            item.timer = self._serving_loop.call_later(limit, self._deadline_passed, ticket, limit)
         return True
 
     def _deadline_passed(self, ticket: Ticket, limit: float) -> None:
@@ -309,7 +322,7 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         if ticket.cut(exc):
             log_limit(exc)
 
-    def _release(self, ticket: Ticket) -> None:
+    def _release_ticket(self, ticket: Ticket) -> None:
         """Count an item out (on the loop's thread): the items call this when they finish."""
         admission = self._admission()
         admission.release(ticket)
@@ -317,10 +330,10 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         if waiter is not None and not len(admission) and not waiter.done():
             waiter.set_result(True)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+    def _spawn_task(self, coro: Any) -> asyncio.Task[None]:
         """A task the server owns until it ends."""
-        assert self._loop is not None
-        task: asyncio.Task[None] = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        assert self._serving_loop is not None
+        task: asyncio.Task[None] = self._serving_loop.create_task(coro)
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
         return task

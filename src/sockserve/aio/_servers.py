@@ -90,20 +90,20 @@ class AsyncTCPServer(_BoundServer):
         )
 
     def _still_accepting(self) -> bool:
-        return self._accepting  # False at capacity, or once stopped
+        return self._listener_watched  # False at capacity, or once stopped
 
     def _start_connection(self, sock: socket.socket, client_address: Any) -> None:
         handler_class = self.RequestHandlerClass
         stages = self._stage_factories()
         conn: StreamConnection | CallbackConnection
         if issubclass(handler_class, AsyncStreamRequestHandler):
-            conn = StreamConnection(self, sock, client_address, self._release)
+            conn = StreamConnection(self, sock, client_address, self._release_ticket)
         else:
             idle = self._admission().limits.idle_timeout
             if idle is None:
-                conn = CallbackConnection(self, sock, client_address, self._release)
+                conn = CallbackConnection(self, sock, client_address, self._release_ticket)
             else:
-                conn = IdleCallbackConnection(self, sock, client_address, self._release, idle)
+                conn = IdleCallbackConnection(self, sock, client_address, self._release_ticket, idle)
             if not stages:
                 try:
                     conn.attach(handler_class)
@@ -119,9 +119,9 @@ class AsyncTCPServer(_BoundServer):
                 conn.cancel_idle_timer()
             return
         if isinstance(conn, StreamConnection):
-            conn.task = self._spawn(run_stream(conn, handler_class, self._admission().limits, stages))
+            conn.task = self._spawn_task(run_stream(conn, handler_class, self._admission().limits, stages))
         else:
-            conn.task = self._spawn(connect_callback(conn, handler_class, stages))
+            conn.task = self._spawn_task(connect_callback(conn, handler_class, stages))
 
     def _on_serve(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
         if issubclass(self.RequestHandlerClass, AsyncProtocolHandler):
@@ -143,7 +143,7 @@ class AsyncUDPServer(_BoundServer):
     socket_type: int = socket.SOCK_DGRAM
     max_packet_size: int = 8192
     handler_bases = (AsyncDatagramRequestHandler,)
-    _datagrams = True
+    _counts_datagrams = True
 
     def server_activate(self) -> None:
         """Datagram sockets do not listen."""
@@ -162,12 +162,12 @@ class AsyncUDPServer(_BoundServer):
         )
 
     def _still_receiving(self) -> bool:
-        return self._accepting  # False at capacity, or once stopped
+        return self._listener_watched  # False at capacity, or once stopped
 
     def _start_datagram(self, packet: bytes, client_address: Any) -> None:
-        datagram = Datagram(self, packet, client_address, self._release)
+        datagram = Datagram(self, packet, client_address, self._release_ticket)
         if self._admit_item(datagram, (packet, self.socket)):
-            datagram.task = self._spawn(datagram.run())
+            datagram.task = self._spawn_task(datagram.run())
 
 
 class Datagram(InFlight):

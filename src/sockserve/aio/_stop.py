@@ -30,22 +30,22 @@ class AsyncGracefulStop:
     """stop(grace), aclose(grace), force_stop() and server_close(); the server supplies the state below."""
 
     server_address: Any
-    _loop: asyncio.AbstractEventLoop | None
+    _serving_loop: asyncio.AbstractEventLoop | None
     _own_loop: asyncio.AbstractEventLoop | None
-    _tasks: set[asyncio.Task[None]]
+    _handler_tasks: set[asyncio.Task[None]]
     _idle_waiter: asyncio.Future[bool] | None
     _drain_done: asyncio.Future[None] | None
-    _force: bool
+    _force_requested: bool
     _stop_report: _drain.DrainReport | None = None
-    _datagrams = False  # a datagram server: its drain counts datagrams, not connections
+    _counts_datagrams = False  # a datagram server: its drain counts datagrams, not connections
 
     if TYPE_CHECKING:  # supplied by AsyncBaseServer and ServerCore
         _handshake: ShutdownHandshake
         _admission_book: Admission | None
 
         def _close_listener(self) -> None: ...
-        def _close_listener_here(self) -> None: ...
-        def _in_flight(self) -> int: ...
+        def _close_listener_here(self, *, keep_datagram_socket: bool = False) -> None: ...
+        def _in_flight_count(self) -> int: ...
 
     def _abort_all(self, exc: BaseException) -> int:
         """Abort every connection in flight; how many there were."""
@@ -59,9 +59,9 @@ class AsyncGracefulStop:
 
     async def _wait_idle(self, timeout: float | None) -> bool:
         """Wait until nothing is in flight; False if ``timeout`` or ``force_stop()`` came first."""
-        if not self._in_flight():
+        if not self._in_flight_count():
             return True
-        if self._force:
+        if self._force_requested:
             return False
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
@@ -82,9 +82,9 @@ class AsyncGracefulStop:
         ``grace`` seconds (None: no limit), abort the rest, close the server.
         ``serve()`` returns once this is done. The async form of ``stop()``."""
         loop = asyncio.get_running_loop()
-        if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
+        if self._serving_loop is not None and self._serving_loop is not loop and not self._serving_loop.is_closed():
             raise RuntimeError("aclose() must run on the event loop the server serves on")
-        self._loop = loop
+        self._serving_loop = loop
         if self._stop_report is not None:  # stopped already: one drain, one set of log lines
             self.server_close()
             return self._stop_report
@@ -92,14 +92,14 @@ class AsyncGracefulStop:
         self._drain_done = done
         try:
             self._handshake.request()
-            self._close_listener_here()
-            in_flight = self._in_flight()
-            unit = "datagram" if self._datagrams else "connection"
+            self._close_listener_here(keep_datagram_socket=True)
+            in_flight = self._in_flight_count()
+            unit = "datagram" if self._counts_datagrams else "connection"
             started = _drain.begin(self.server_address, in_flight, grace, unit)
             forced = 0
             finished = await self._wait_idle(grace)
             if not finished:
-                forced = self._abort_all(_drain.force_reason(grace, self._force))
+                forced = self._abort_all(_drain.force_reason(grace, self._force_requested))
                 await self._wait_idle(SETTLE_SECONDS)
             report = self._stop_report = _drain.end(
                 self.server_address,
@@ -108,7 +108,7 @@ class AsyncGracefulStop:
                 grace,
                 started,
                 finished=finished,
-                forced_early=self._force,
+                forced_early=self._force_requested,
                 unit=unit,
             )
         finally:
@@ -124,7 +124,7 @@ class AsyncGracefulStop:
         instead (or ``shutdown()`` and, once ``serve_forever()`` returned,
         ``stop()``), which is what a prefork worker does.
         """
-        loop = self._loop
+        loop = self._serving_loop
         if loop is not None and not loop.is_closed():
             if loop.is_running():
                 if _running_loop() is loop:
@@ -143,8 +143,8 @@ class AsyncGracefulStop:
     def force_stop(self) -> None:
         """End a graceful stop's grace period now, or make the next one end at
         once (safe from any thread and a signal handler)."""
-        self._force = True
-        loop = self._loop
+        self._force_requested = True
+        loop = self._serving_loop
         if loop is not None:
             try:
                 loop.call_soon_threadsafe(self._end_grace)
@@ -162,7 +162,7 @@ class AsyncGracefulStop:
         until the aborted connections have finished, then closed.
         """
         self._close_listener()
-        loop = self._loop
+        loop = self._serving_loop
         if loop is None or loop.is_closed():
             return
         if loop.is_running():
@@ -183,18 +183,18 @@ class AsyncGracefulStop:
             return
         try:
             self._abort_all(ConnectionAbortedError("the server was closed"))
-            loop.run_until_complete(self._settle())
+            loop.run_until_complete(self._settle_aborted())
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
             self._own_loop = None
-            if self._loop is loop:
-                self._loop = None
+            if self._serving_loop is loop:
+                self._serving_loop = None
 
-    async def _settle(self) -> None:
+    async def _settle_aborted(self) -> None:
         """Let aborted connections run their clean-up (bounded)."""
         await self._wait_idle(SETTLE_SECONDS)
-        tasks = [t for t in self._tasks if not t.done()]
+        tasks = [t for t in self._handler_tasks if not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -224,7 +224,7 @@ class AsyncGracefulStop:
         traceback: types.TracebackType | None,
     ) -> None:
         self.server_close()
-        await self._settle()
+        await self._settle_aborted()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

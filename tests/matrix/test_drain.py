@@ -1,0 +1,63 @@
+"""Graceful stop under every model: what is in flight finishes, new
+connections are refused, stragglers are cut when the grace period ends, and
+the log says which of those happened."""
+
+from __future__ import annotations
+
+from .client import closed_by_server, connect, refused, talk
+from .kinds import Kind, Options
+
+
+def test_a_request_in_flight_finishes_while_new_connections_are_refused(server_kind: Kind, short_tmp: str) -> None:
+    with server_kind.start(short_tmp, Options(grace=10)) as server, connect(server.address) as client:
+        assert talk(client, b"first\n") == b"first\n"  # in flight: mid-conversation
+        join = server.stop_in_background()
+        server.logs.wait_for(r"draining .*: 1 connection\(s\) in flight, grace 10s")
+        assert refused(server.address)
+        assert talk(client, b"second\n") == b"second\n"  # still served to the end
+        client.close()
+        report = join()
+        if report is not None:
+            assert (report.in_flight, report.forced) == (1, 0)
+        server.logs.wait_for(r"drained .*: every connection finished")
+        assert not server.logs.lines("grace period")
+
+
+def test_the_grace_period_cuts_what_remains(server_kind: Kind, short_tmp: str) -> None:
+    with server_kind.start(short_tmp, Options(grace=0.3)) as server, connect(server.address) as stuck:
+        assert talk(stuck, b"first line only\n") == b"first line only\n"
+        report = server.stop()
+        assert closed_by_server(stuck) == b""
+        if report is not None:
+            assert (report.in_flight, report.forced) == (1, 1)
+        server.logs.wait_for(
+            r"WARNING drain of .*: grace period \(0.3s\) over, closed 1 connection\(s\) still in flight"
+        )
+        assert not server.logs.lines("went away"), "the server cut it: the client did not go away"
+
+
+def test_force_stop_ends_the_grace_period_early_and_says_so(server_kind: Kind, short_tmp: str) -> None:
+    with server_kind.start(short_tmp, Options(grace=None)) as server, connect(server.address) as client:
+        assert talk(client, b"first\n") == b"first\n"
+        join = server.stop_in_background()
+        server.logs.wait_for(r"draining .*grace unbounded")
+        server.force_stop()
+        assert closed_by_server(client) == b""
+        report = join()
+        if report is not None:
+            assert report.forced == 1
+        server.logs.wait_for(r"WARNING stop of .* forced")
+        assert not server.logs.lines("grace period"), "the grace period was not over: it was ended"
+
+
+def test_stop_twice_drains_once(server_kind: Kind, short_tmp: str) -> None:
+    with server_kind.start(short_tmp, Options(grace=10)) as server, connect(server.address) as client:
+        assert talk(client, b"hello\n") == b"hello\n"
+        join = server.stop_in_background()
+        server.logs.wait_for("draining")
+        client.close()
+        first = join()
+        second = server.stop()
+        assert first == second
+        assert len(server.logs.lines("draining")) == 1
+        assert len(server.logs.lines("drained")) == 1
