@@ -72,16 +72,46 @@ def test_echo_on_a_unix_socket_removes_its_file(short_tmp: str) -> None:
     assert not os.path.exists(path)
 
 
-def test_bad_listen_address_is_a_clear_usage_error() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "sockserve", "echo", "--listen", "nonsense"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+def _echo(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``sockserve echo`` with ``args``, expecting it to exit by itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "sockserve", "echo", *args], capture_output=True, text=True, timeout=30, check=False
     )
+
+
+def test_bad_listen_address_is_a_clear_usage_error() -> None:
+    proc = _echo("--listen", "nonsense")
     assert proc.returncode == 2
     assert "expected HOST:PORT" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--listen", "127.0.0.1:65536"], "argument --listen: the port must be 0 to 65535, got '127.0.0.1:65536'"),
+        (
+            ["--listen", "::1:7007"],
+            "argument --listen: an IPv6 address goes in brackets, as in [::1]:7007, got '::1:7007'",
+        ),
+        (["--listen", "[::1:7007"], "argument --listen: brackets enclose the whole IPv6 address"),
+        (["--listen", "[no.v6]:7007"], "argument --listen: only an IPv6 address goes in brackets, got '[no.v6]:7007'"),
+        (["--listen", "a..b:7007"], "argument --listen: 'a..b' is not a valid host name, got 'a..b:7007'"),
+        (["--listen", "unix:"], "argument --listen: unix: needs a path"),
+        (["--grace", "-1"], "argument --grace: expected a number of seconds, 0 or more, got '-1'"),
+        (["--grace", "nan"], "argument --grace: expected a number of seconds, 0 or more, got 'nan'"),
+        (["--grace", "soon"], "argument --grace: expected a number of seconds, 0 or more, got 'soon'"),
+        (["--workers", "-1"], "argument --workers: expected a whole number, 0 (one process) or more, got '-1'"),
+        (["--workers", "two"], "argument --workers: expected a whole number, 0 (one process) or more, got 'two'"),
+    ],
+)
+def test_bad_values_are_usage_errors_that_say_what_is_wrong(args: list[str], complaint: str) -> None:
+    proc = _echo(*args) if args[0] == "--listen" else _echo("--listen", "127.0.0.1:0", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""  # refused before it listened
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("usage: sockserve echo "), proc.stderr
+    assert lines[-1].startswith(f"sockserve echo: error: {complaint}"), proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_echo_with_prefork_workers_stops_on_sigterm() -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,17 +25,62 @@ log = logging.getLogger("sockserve.cli")
 
 
 def parse_listen(value: str) -> tuple[str, Any]:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``unix:PATH`` -> (kind, address)."""
+    """``HOST:PORT``, ``[V6]:PORT`` or ``unix:PATH`` -> (kind, address).
+
+    Only the syntax is checked here; whether the host resolves and the address
+    can be bound is found out by binding it.
+    """
     if value.startswith("unix:"):
         if not value[5:]:
             raise argparse.ArgumentTypeError("unix: needs a path, e.g. unix:/tmp/echo.sock")
         return "unix", value[5:]
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    # isascii(): str.isdigit() also accepts digits such as "²" that int() refuses.
+    if not sep or not (port.isascii() and port.isdigit()):
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, [V6ADDR]:PORT or unix:PATH, got {value!r}")
+    if int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"the port must be 0 to 65535, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"only an IPv6 address goes in brackets, got {value!r}") from None
+    elif "[" in host or "]" in host:
+        raise argparse.ArgumentTypeError(f"brackets enclose the whole IPv6 address, as in [::1]:7007, got {value!r}")
+    elif ":" in host:
+        # Without brackets "::1:80" could be [::1]:80 or [::1:80] with no port.
+        raise argparse.ArgumentTypeError(f"an IPv6 address goes in brackets, as in [::1]:7007, got {value!r}")
+    else:
+        try:
+            # What bind() does with a host name; a non-ASCII name it cannot
+            # encode would fail there with a TypeError, not an OSError.
+            host.encode("idna")
+        except UnicodeError:
+            raise argparse.ArgumentTypeError(f"{host!r} is not a valid host name, got {value!r}") from None
     return "tcp", (host or "0.0.0.0", int(port))
+
+
+def parse_grace(value: str) -> float:
+    """``--grace``: seconds, finite and not negative."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {value!r}")
+    return seconds
+
+
+def parse_workers(value: str) -> int:
+    """``--workers``: 0 (serve in this process) or a number of worker processes."""
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 (one process) or more, got {value!r}")
+    return workers
 
 
 class EchoHandler(BaseRequestHandler):
@@ -102,14 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     echo.add_argument(
         "--grace",
-        type=float,
+        type=parse_grace,
         default=10.0,
         metavar="SECONDS",
         help="on the first SIGTERM/SIGINT, how long connections may finish (default 10)",
     )
     echo.add_argument(
         "--workers",
-        type=int,
+        type=parse_workers,
         default=0,
         metavar="N",
         help="serve with N prefork worker processes (default 0: one process); "
