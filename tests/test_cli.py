@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ def _start_echo(listen: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: _finish() can reach prefork workers too
     )
     assert proc.stdout is not None
     first = proc.stdout.readline()
@@ -44,10 +46,15 @@ def _start_echo(listen: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
 def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    except subprocess.TimeoutExpired:
+        # Kill the whole group: a worker left behind by a killed supervisor
+        # would hold the pipes open, and the next communicate() would hang.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # everything in the group has exited meanwhile
+        proc.communicate(timeout=10)
+        raise
     return proc.returncode, out
 
 
@@ -119,8 +126,26 @@ def test_bad_values_are_usage_errors_that_say_what_is_wrong(args: list[str], com
     assert "Traceback" not in proc.stderr
 
 
+def _wait_for_workers(proc: subprocess.Popen[str], count: int) -> str:
+    """Read the supervisor's output until ``count`` workers say they serve.
+
+    A worker still between fork() and installing its own signal handlers can
+    lose the supervisor's SIGTERM (a start-up race in prefork, not the CLI's),
+    and is then only killed grace + 5 s later: this test is about stopping
+    servers that run, so it waits until they do.
+    """
+    assert proc.stdout is not None
+    seen = ""
+    while len(re.findall(r"worker \d+ serving ", seen)) < count:
+        line = proc.stdout.readline()
+        assert line, f"the command ended before {count} workers served:\n{seen}"
+        seen += line
+    return seen
+
+
 def test_echo_with_prefork_workers_stops_on_sigterm() -> None:
     proc, where = _start_echo("127.0.0.1:0", "--workers", "2")
+    started = _wait_for_workers(proc, 2)
     host, port = where.split(" ")[0].rsplit(":", 1)
     for _ in range(3):
         with connect((host, int(port))) as client:
@@ -130,6 +155,7 @@ def test_echo_with_prefork_workers_stops_on_sigterm() -> None:
     code, out = _finish(proc)
     assert code == 0
     assert "sockserve echo: stopped" in out
+    assert "did not exit in time" not in started + out  # every worker stopped on SIGTERM itself
 
 
 # -- addresses that cannot be listened on: one line on stderr, exit status 1 --------------------------
