@@ -8,13 +8,19 @@ user's program would. It is also the only place that configures logging.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import ipaddress
 import logging
+import math
+import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ._combos import ThreadPoolTCPServer, ThreadPoolUnixStreamServer
+from ._errors import SocketPathInUse, SocketPathNotASocket
 from ._handlers import BaseRequestHandler
 from ._log import format_address
 from ._serve import serve
@@ -23,17 +29,62 @@ log = logging.getLogger("sockserve.cli")
 
 
 def parse_listen(value: str) -> tuple[str, Any]:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``unix:PATH`` -> (kind, address)."""
+    """``HOST:PORT``, ``[V6]:PORT`` or ``unix:PATH`` -> (kind, address).
+
+    Only the syntax is checked here; whether the host resolves and the address
+    can be bound is found out by binding it.
+    """
     if value.startswith("unix:"):
         if not value[5:]:
             raise argparse.ArgumentTypeError("unix: needs a path, e.g. unix:/tmp/echo.sock")
         return "unix", value[5:]
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    # isascii(): str.isdigit() also accepts digits such as "²" that int() refuses.
+    if not sep or not (port.isascii() and port.isdigit()):
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, [V6ADDR]:PORT or unix:PATH, got {value!r}")
+    if int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"the port must be 0 to 65535, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"only an IPv6 address goes in brackets, got {value!r}") from None
+    elif "[" in host or "]" in host:
+        raise argparse.ArgumentTypeError(f"brackets enclose the whole IPv6 address, as in [::1]:7007, got {value!r}")
+    elif ":" in host:
+        # Without brackets "::1:80" could be [::1]:80 or [::1:80] with no port.
+        raise argparse.ArgumentTypeError(f"an IPv6 address goes in brackets, as in [::1]:7007, got {value!r}")
+    else:
+        try:
+            # What bind() does with a host name; a non-ASCII name it cannot
+            # encode would fail there with a TypeError, not an OSError.
+            host.encode("idna")
+        except UnicodeError:
+            raise argparse.ArgumentTypeError(f"{host!r} is not a valid host name, got {value!r}") from None
     return "tcp", (host or "0.0.0.0", int(port))
+
+
+def parse_grace(value: str) -> float:
+    """``--grace``: seconds, finite and not negative."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {value!r}")
+    return seconds
+
+
+def parse_workers(value: str) -> int:
+    """``--workers``: 0 (serve in this process) or a number of worker processes."""
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 (one process) or more, got {value!r}")
+    return workers
 
 
 class EchoHandler(BaseRequestHandler):
@@ -51,7 +102,10 @@ def _run_echo(args: argparse.Namespace) -> int:
         from .prefork import Prefork
 
         supervisor = Prefork(server_class, address, EchoHandler, workers=args.workers, grace=args.grace)
-        supervisor.bind()
+        try:
+            supervisor.bind()
+        except OSError as exc:
+            return _cannot_listen(kind, address, exc)
         print(
             f"sockserve echo: listening on {format_address(supervisor.server_address)} "
             f"with {supervisor.workers} worker processes",
@@ -60,7 +114,10 @@ def _run_echo(args: argparse.Namespace) -> int:
         code = supervisor.run()
         print("sockserve echo: stopped", flush=True)
         return code
-    server = server_class(address, EchoHandler)
+    try:
+        server = server_class(address, EchoHandler)
+    except OSError as exc:
+        return _cannot_listen(kind, address, exc)
     print(f"sockserve echo: listening on {format_address(server.server_address)}", flush=True)
     # First SIGTERM/SIGINT: stop accepting, let connections finish (up to
     # --grace seconds); a second one, or SIGQUIT: close them at once.
@@ -70,6 +127,46 @@ def _run_echo(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
+
+
+def _cannot_listen(kind: str, address: Any, exc: OSError) -> int:
+    """Report a bind that failed for a reason outside the program (the address
+    is taken, the host does not resolve, ...) as one line; exit status 1.
+
+    Only ``OSError`` from creating and binding the listening socket gets here:
+    anything else is a bug and keeps its traceback.
+    """
+    print(f"sockserve echo: cannot listen on {format_address(address)}: {_why(kind, address, exc)}", file=sys.stderr)
+    return 1
+
+
+def _why(kind: str, address: Any, exc: OSError) -> str:
+    """The cause of a failed bind in plain words; the OS's own words when we
+    have nothing clearer to say."""
+    if isinstance(exc, SocketPathInUse):
+        return "another server is live on this path"
+    if isinstance(exc, SocketPathNotASocket):
+        return "the path exists and is not a socket (sockserve never replaces such a file)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror})"
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no network interface on this machine has this address"
+    if exc.errno == errno.EACCES:
+        if kind == "tcp" and 0 < address[1] < 1024:
+            return "permission denied (ports below 1024 usually need root or CAP_NET_BIND_SERVICE)"
+        return "permission denied"
+    if kind == "unix" and exc.errno == errno.ENOENT:
+        # Checked rather than assumed: ENOENT could also come from the path
+        # vanishing right after the bind.
+        directory = os.path.dirname(address) or "."
+        if not os.path.isdir(directory):
+            return f"the directory {directory} does not exist"
+    if kind == "unix" and exc.errno == errno.ENOTDIR:
+        return "a part of the path is not a directory"
+    # An OSError without an errno: CPython's "AF_UNIX path too long".
+    return exc.strerror or str(exc)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -102,14 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     echo.add_argument(
         "--grace",
-        type=float,
+        type=parse_grace,
         default=10.0,
         metavar="SECONDS",
         help="on the first SIGTERM/SIGINT, how long connections may finish (default 10)",
     )
     echo.add_argument(
         "--workers",
-        type=int,
+        type=parse_workers,
         default=0,
         metavar="N",
         help="serve with N prefork worker processes (default 0: one process); "
