@@ -40,6 +40,14 @@ SUPERVISOR = textwrap.dedent(
     log.addHandler(Report())
     log.setLevel(logging.INFO)
 
+    if config.get("own_child") is not None:
+        # The embedding program's own child, exited before the supervisor
+        # starts: a zombie whose status is the program's to collect.
+        own_child = os.fork()
+        if own_child == 0:
+            os._exit(config["own_child"])
+        os.waitid(os.P_PID, own_child, os.WEXITED | os.WNOWAIT)
+
     class Handler(sockserve.StreamRequestHandler):
         # "slow" lines wait for a second line before the reply: a request in flight.
         def handle(self):
@@ -76,7 +84,13 @@ SUPERVISOR = textwrap.dedent(
     )
     supervisor.bind()
     say(address=supervisor.server_address, supervisor=os.getpid())
-    sys.exit(supervisor.run())
+    code = supervisor.run()
+    if config.get("own_child") is not None:
+        try:
+            say(own_child=os.waitstatus_to_exitcode(os.waitpid(own_child, 0)[1]))
+        except ChildProcessError:
+            say(own_child="reaped by someone else")
+    sys.exit(code)
     """
 )
 
@@ -96,6 +110,7 @@ class Supervisor:
         )
         self._lines: queue.Queue[str] = queue.Queue()
         self.logs: list[str] = []
+        self.events: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
         first = self.next("address")
@@ -108,6 +123,7 @@ class Supervisor:
         assert self.proc.stdout is not None
         while line := self._readline():
             event = json.loads(line)
+            self.events.append(event)
             if "log" in event:
                 self.logs.append(event["log"])
                 if event["log"].startswith("spawned worker"):
@@ -143,6 +159,14 @@ class Supervisor:
 
     def signal(self, sig: signal.Signals) -> None:
         os.kill(self.pid, sig)
+
+    def read_to_end(self) -> None:
+        """Collect every event until the output ends (after ``finish()``)."""
+        while line := self._readline():
+            event = json.loads(line)
+            self.events.append(event)
+            if "log" in event:
+                self.logs.append(event["log"])
 
     def finish(self) -> int:
         try:
@@ -337,3 +361,21 @@ def test_async_servers_run_in_prefork_workers(tmp_path: Any) -> None:
         sup.signal(signal.SIGTERM)
         assert sup.finish() == 0
     assert seen  # served by worker processes, none by the supervisor
+
+
+# -- reaping by pid ---------------------------------------------------------------------------------
+
+
+def test_an_embedding_programs_own_child_keeps_its_exit_status(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=1, own_child=7)
+    try:
+        sup.wait_workers(1)
+        victim = sup.spawned[0][0]
+        os.kill(victim, signal.SIGKILL)  # the supervisor reaps: it must take its worker, and only it
+        sup.saw(f"worker {victim} died unexpectedly (killed by SIGKILL)")
+        sup.wait_workers(2)
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+    sup.read_to_end()
+    assert [event["own_child"] for event in sup.events if "own_child" in event] == [7]

@@ -14,6 +14,8 @@ The vocabulary is gunicorn's and nginx's:
 
 A worker that dies is replaced; one that dies soon after it started is
 replaced after an exponential back-off, so a crash loop does not spin.
+Workers are reaped by pid, from the worker table: a child the embedding
+program forked itself keeps its exit status for the program to collect.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from .._drain import DEFAULT_GRACE
 from ._signals import SignalQueue
-from ._table import RestartPolicy, WorkerTable
+from ._table import RestartPolicy, Worker, WorkerTable
 from ._worker import WORKER_OK, WORKER_RECYCLED, run_worker
 
 log = logging.getLogger("sockserve.prefork")
@@ -194,32 +196,38 @@ class Prefork:
         log.info("spawned worker %d (generation %d)", pid, self._generation)
 
     def _reap(self) -> None:
-        while True:
+        """Collect the workers that have exited, asking for each by pid: a
+        wait for any child (``waitpid(-1)``) could take the exit status of a
+        child the embedding program forked itself, before the program asks."""
+        for worker in self._table.all():
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            worker = self._table.remove(pid)
-            if worker is None:
+                # Someone else in this process waited for it (a waitpid(-1)
+                # elsewhere): it is gone, and how it ended is lost.
+                self._table.remove(worker.pid)
+                self._worker_exited(worker, None)
                 continue
-            now = time.monotonic()
-            code = os.waitstatus_to_exitcode(status)
-            expected = worker.retiring or self._stopping is not None
-            if code == WORKER_RECYCLED:
-                log.info("worker %d recycled after max_requests", pid)
-            elif expected:
-                log.info("worker %d exited (%s)", pid, _describe(code))
-            else:
-                log.error("worker %d died unexpectedly (%s): replacing it", pid, _describe(code))
-            if not expected:
-                crashed = code not in (WORKER_OK, WORKER_RECYCLED)
-                self.policy.worker_died(now - worker.started, now, crashed)
-                if self.policy.delay:
-                    log.warning(
-                        "worker %d lived %.2fs: next start in %.2fs", pid, now - worker.started, self.policy.delay
-                    )
+            if pid == worker.pid:
+                self._table.remove(pid)
+                self._worker_exited(worker, os.waitstatus_to_exitcode(status))
+
+    def _worker_exited(self, worker: Worker, code: int | None) -> None:
+        """Log a worker's end and tell the restart policy; ``code`` None: unknown."""
+        pid = worker.pid
+        now = time.monotonic()
+        expected = worker.retiring or self._stopping is not None
+        if code == WORKER_RECYCLED:
+            log.info("worker %d recycled after max_requests", pid)
+        elif expected:
+            log.info("worker %d exited (%s)", pid, _describe(code))
+        else:
+            log.error("worker %d died unexpectedly (%s): replacing it", pid, _describe(code))
+        if not expected:
+            crashed = code not in (WORKER_OK, WORKER_RECYCLED)
+            self.policy.worker_died(now - worker.started, now, crashed)
+            if self.policy.delay:
+                log.warning("worker %d lived %.2fs: next start in %.2fs", pid, now - worker.started, self.policy.delay)
 
     # -- signals ---------------------------------------------------------------
 
@@ -315,7 +323,9 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         pass  # it has exited already; the reaper will see it
 
 
-def _describe(code: int) -> str:
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown: another part of this process waited for it"
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit code {code}"
