@@ -34,7 +34,7 @@ SUPERVISOR = textwrap.dedent(
 
     class Report(logging.Handler):
         def emit(self, record):
-            say(log=record.getMessage(), t=time.monotonic())
+            say(log=record.getMessage(), t=time.monotonic(), pid=os.getpid(), name=record.name)
 
     log = logging.getLogger("sockserve")
     log.addHandler(Report())
@@ -50,8 +50,11 @@ SUPERVISOR = textwrap.dedent(
 
     class Handler(sockserve.StreamRequestHandler):
         # "slow" lines wait for a second line before the reply: a request in flight.
+        # "raise" fails the request.
         def handle(self):
             for line in self.rfile:
+                if line.startswith(b"raise"):
+                    raise RuntimeError("this request fails")
                 if line.startswith(b"slow"):
                     say(entered=os.getpid())
                     line = line.strip() + b" " + self.rfile.readline()
@@ -150,7 +153,7 @@ class Supervisor:
         while len(self.spawned) < n:
             self.next("log", "spawned worker")
         for pid, _ in self.spawned[:n]:
-            self.saw(f"worker {pid} serving")
+            self.saw(f"worker {pid}: serving")
 
     def saw(self, text: str) -> None:
         """Until a log line containing ``text`` has come, now or earlier."""
@@ -379,3 +382,39 @@ def test_an_embedding_programs_own_child_keeps_its_exit_status(tmp_path: Any) ->
         assert sup.finish() == 0
     sup.read_to_end()
     assert [event["own_child"] for event in sup.events if "own_child" in event] == [7]
+
+
+# -- the worker's pid in every worker log line ---------------------------------------------------
+
+
+def test_every_log_line_from_a_worker_names_the_worker(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=2)
+    try:
+        sup.wait_workers(2)
+        with connect(sup.address) as client:  # a handler error, logged by the core
+            client.sendall(b"raise\n")
+            assert recv_all(client) == b""
+        sup.saw("exception while handling a request from 127.0.0.1:")
+        with connect(sup.address) as client:  # a drain, logged by the core
+            client.sendall(b"slow\n")
+            busy = sup.next("entered")["entered"]
+            sup.signal(signal.SIGTERM)
+            sup.saw(f"worker {busy}: draining 127.0.0.1:{sup.address[1]}: 1 connection(s) in flight")
+            client.sendall(b"request\n")
+            assert recv_line(client).endswith(b" slow request\n")
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+    sup.read_to_end()
+    logs = [event for event in sup.events if "log" in event]
+    from_workers = [event for event in logs if event["pid"] != sup.pid]
+    assert {event["pid"] for event in from_workers} == {pid for pid, _ in sup.spawned}
+    for event in from_workers:
+        assert event["log"].startswith(f"worker {event['pid']}: "), event
+    assert {event["name"] for event in from_workers} == {"sockserve", "sockserve.prefork"}
+    messages = " | ".join(event["log"] for event in from_workers)
+    for core_line in ("exception while handling a request", "draining", "drained", "received SIGTERM"):
+        assert core_line in messages
+    for event in logs:  # the supervisor's own lines are left as they were
+        if event["pid"] == sup.pid:
+            assert not event["log"].startswith(f"worker {sup.pid}: "), event

@@ -27,12 +27,13 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from .._drain import DEFAULT_GRACE
 from ._signals import SignalQueue
 from ._table import RestartPolicy, Worker, WorkerTable
-from ._worker import WORKER_OK, WORKER_RECYCLED, run_worker
+from ._worker import WORKER_BOOT_ERROR, WORKER_OK, WORKER_RECYCLED, run_worker
+from ._worker_log import mark_worker_records
 
 log = logging.getLogger("sockserve.prefork")
 
@@ -182,6 +183,14 @@ class Prefork:
             max_requests += random.randint(0, self.max_requests_jitter)  # noqa: S311 - spreading, not security
         pid = os.fork()
         if pid == 0:
+            self._become_worker(max_requests)
+        self._table.add(pid, self._generation)
+        log.info("spawned worker %d (generation %d)", pid, self._generation)
+
+    def _become_worker(self, max_requests: int) -> NoReturn:
+        """The child's side of _spawn(): never returns into the supervisor's loop."""
+        try:
+            mark_worker_records(os.getpid())
             self.signals.close()
             if self.reuse_port:
                 address = self.server_address
@@ -192,8 +201,10 @@ class Prefork:
                 server = self._server
                 make = lambda: server  # noqa: E731
             run_worker(make, grace=self.grace, max_requests=max_requests)
-        self._table.add(pid, self._generation)
-        log.info("spawned worker %d (generation %d)", pid, self._generation)
+        except BaseException:
+            log.exception("could not become a worker")
+        finally:
+            os._exit(WORKER_BOOT_ERROR)  # only reached if the lines before run_worker() raised
 
     def _reap(self) -> None:
         """Collect the workers that have exited, asking for each by pid: a

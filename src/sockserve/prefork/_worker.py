@@ -5,7 +5,8 @@ binds itself) with the server's own in-process model, sync, thread or pool,
 through ``sockserve.serve()``: SIGTERM drains, SIGQUIT stops at once. SIGINT
 is ignored: Ctrl-C reaches the whole process group, and it is the
 supervisor's decision what a worker does about it. The exit code says why
-the worker ended.
+the worker ended. Every sockserve log line it emits starts with
+``worker <pid>: `` (see ``_worker_log``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_reque
         try:
             server = make_server()
         except Exception:
-            log.exception("worker %d could not start its server", os.getpid())
+            log.exception("could not start its server")
             code = WORKER_BOOT_ERROR
             _exit(code)
         listener = getattr(server, "socket", None)
@@ -48,12 +49,12 @@ def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_reque
             # to accept (EAGAIN, which the serve loop ignores), not block in
             # accept() until the next connection.
             listener.setblocking(False)
-        log.info("worker %d serving %s", os.getpid(), getattr(server, "server_address", "?"))
+        log.info("serving %s", getattr(server, "server_address", "?"))
         recycled = _recycle_after(server, max_requests) if max_requests > 0 else lambda: False
         serve(server, grace=grace, graceful_signals=(signal.SIGTERM,), immediate_signals=(signal.SIGQUIT,))
         code = WORKER_RECYCLED if recycled() else WORKER_OK
     except BaseException:
-        log.exception("worker %d crashed", os.getpid())
+        log.exception("crashed")
     _exit(code)
 
 
