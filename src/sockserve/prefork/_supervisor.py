@@ -30,6 +30,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .._drain import DEFAULT_GRACE
+from .._log import format_address
+from ._reserve import Endpoint, check_reuse_port, reserve
 from ._signals import SignalQueue
 from ._table import RestartPolicy, Worker, WorkerTable
 from ._worker import WORKER_BOOT_ERROR, WORKER_OK, WORKER_RECYCLED, run_worker
@@ -48,15 +50,21 @@ class Prefork:
     """Serve one address with several worker processes.
 
     Args:
-        server_class: any sockserve server class (sync, thread, pool, or an
-            async server with the same constructor). Each worker serves with it.
+        server_class: any sockserve server class, stream or datagram, IP or
+            Unix (sync, thread, pool, or an async server with the same
+            constructor). Each worker serves with it. Its ``address_family``
+            and ``socket_type`` decide what is bound (an IPv6 address turns a
+            class that kept AF_INET to AF_INET6, as the servers themselves do).
         server_address: where to listen (port 0: the kernel picks one, and
             ``server_address`` says which after ``bind()``).
         handler_class: the request handler, unchanged.
         workers: how many worker processes (default: one per CPU).
         reuse_port: each worker binds its own socket with SO_REUSEPORT and the
-            kernel spreads connections between them, instead of all workers
-            accepting from one inherited socket.
+            kernel spreads connections (or datagrams) between them, instead of
+            all workers taking them from one inherited socket. The supervisor
+            holds the port meanwhile with a socket that receives nothing (see
+            ``_reserve``). TCP and UDP only: a Unix socket address cannot be
+            bound by several sockets, so it raises ValueError.
         grace: seconds a worker may spend finishing requests when stopped.
         max_requests: recycle a worker after about this many requests (0: never),
             plus a random ``0..max_requests_jitter`` so they do not all restart at once.
@@ -85,6 +93,9 @@ class Prefork:
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        self._endpoint = Endpoint.of(server_class, server_address)
+        if reuse_port:
+            check_reuse_port(self._endpoint)
         self.server_class = server_class
         self.server_address = server_address
         self.handler_class = handler_class
@@ -99,6 +110,7 @@ class Prefork:
         self._generation = 0
         self._server: Any = None  # the bound server (inherited mode)
         self._reserved: socket.socket | None = None  # holds the port (SO_REUSEPORT mode)
+        self._worker_class = _worker_server_class(server_class, self._endpoint, reuse_port)
         self._stopping: str | None = None  # None, "graceful" or "immediate"
         self._deadline = float("inf")
 
@@ -112,24 +124,11 @@ class Prefork:
             self._server = self._new_server(self.server_address)
             self.server_address = self._server.server_address
             return
-        # Each worker binds its own socket; the supervisor only holds the port
-        # (bound, never listening, so the kernel routes no connection to it).
-        family = socket.AF_INET6 if ":" in str(self.server_address[0]) else socket.AF_INET
-        reserved = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            reserved.bind(self.server_address)
-        except BaseException:
-            reserved.close()
-            raise
-        self._reserved = reserved
-        self.server_address = reserved.getsockname()
+        # Each worker binds its own socket; the supervisor only holds the port.
+        self._reserved, self.server_address = reserve(Endpoint.of(self.server_class, self.server_address))
 
     def _new_server(self, address: Any) -> Any:
-        server_class = self.server_class
-        if self.reuse_port:
-            server_class = type(server_class.__name__, (server_class,), {"allow_reuse_port": True})
-        server = server_class(address, self.handler_class)
+        server = self._worker_class(address, self.handler_class)
         if self.configure is not None:
             self.configure(server)
         return server
@@ -143,7 +142,7 @@ class Prefork:
         log.info(
             "supervisor %d: serving %s with %d worker(s)%s",
             os.getpid(),
-            self.server_address,
+            format_address(self.server_address),
             self.workers,
             " (SO_REUSEPORT)" if self.reuse_port else "",
         )
@@ -200,7 +199,7 @@ class Prefork:
             else:
                 server = self._server
                 make = lambda: server  # noqa: E731
-            run_worker(make, grace=self.grace, max_requests=max_requests)
+            run_worker(make, grace=self.grace, max_requests=max_requests, shared=not self.reuse_port)
         except BaseException:
             log.exception("could not become a worker")
         finally:
@@ -332,6 +331,18 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass  # it has exited already; the reaper will see it
+
+
+def _worker_server_class(server_class: type[Any], endpoint: Endpoint, reuse_port: bool) -> type[Any]:
+    """The class the supervisor makes its servers with: ``server_class`` with
+    ``allow_reuse_port`` in SO_REUSEPORT mode. The user's class is left as it is."""
+    overrides: dict[str, Any] = {}
+    if reuse_port and not getattr(server_class, "allow_reuse_port", False):
+        overrides["allow_reuse_port"] = True
+    if not overrides:
+        return server_class
+    names = {"__module__": server_class.__module__, "__qualname__": server_class.__qualname__}
+    return type(server_class.__name__, (server_class,), {**names, **overrides})
 
 
 def _describe(code: int | None) -> str:

@@ -15,9 +15,11 @@ import inspect
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from .._log import format_address
 from .._serve import serve
 
 # Exit codes: the supervisor's restart policy reads them.
@@ -29,8 +31,12 @@ WORKER_RECYCLED = 4  # served max_requests and retired, to be replaced at once
 log = logging.getLogger("sockserve.prefork")
 
 
-def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_requests: int) -> NoReturn:
-    """Serve until told to stop, then exit the process. Never returns."""
+def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_requests: int, shared: bool) -> NoReturn:
+    """Serve until told to stop, then exit the process. Never returns.
+
+    ``shared``: the server's socket is the supervisor's, inherited by every
+    worker (False: this worker bound a socket of its own, SO_REUSEPORT mode).
+    """
     code = WORKER_CRASHED
     try:
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
@@ -43,13 +49,16 @@ def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_reque
             code = WORKER_BOOT_ERROR
             _exit(code)
         listener = getattr(server, "socket", None)
-        if listener is not None:
+        if listener is not None and (shared or listener.type == socket.SOCK_STREAM):
             # Every worker waits on the same socket, and every one wakes for
-            # each connection; only one gets it. The others must find nothing
-            # to accept (EAGAIN, which the serve loop ignores), not block in
-            # accept() until the next connection.
+            # each connection or datagram; only one gets it. The others must
+            # find nothing (EAGAIN, which the serve loop ignores), not block in
+            # accept() or recvfrom() until the next one. A listening socket of
+            # our own is non-blocking too, as it always was; a datagram socket
+            # of our own is left blocking, so replies sent through it wait for
+            # buffer space instead of failing with EAGAIN.
             listener.setblocking(False)
-        log.info("serving %s", getattr(server, "server_address", "?"))
+        log.info("serving %s", format_address(getattr(server, "server_address", "?")))
         recycled = _recycle_after(server, max_requests) if max_requests > 0 else lambda: False
         serve(server, grace=grace, graceful_signals=(signal.SIGTERM,), immediate_signals=(signal.SIGQUIT,))
         code = WORKER_RECYCLED if recycled() else WORKER_OK
