@@ -58,7 +58,7 @@ SUPERVISOR = textwrap.dedent(
 
     class Handler(sockserve.StreamRequestHandler):
         # "slow" lines wait for a second line before the reply: a request in flight.
-        # "raise" fails the request.
+        # "raise" fails the request; after "bye" the server closes first.
         def handle(self):
             for line in self.rfile:
                 if line.startswith(b"raise"):
@@ -67,6 +67,8 @@ SUPERVISOR = textwrap.dedent(
                     say(entered=os.getpid())
                     line = line.strip() + b" " + self.rfile.readline()
                 self.wfile.write(b"%d " % os.getpid() + line)
+                if line.startswith(b"bye"):
+                    return
 
     class DatagramHandler(sockserve.DatagramRequestHandler):
         def handle(self):
@@ -101,6 +103,8 @@ SUPERVISOR = textwrap.dedent(
             configured=os.getpid(),
             family=int(sock.family),
             type=int(sock.type),
+            reuse_address=sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR),
+            class_reuse_address=server_class.allow_reuse_address,
         )
 
     supervisor = Prefork(
@@ -498,6 +502,7 @@ def test_reuse_port_tcp_reservation_holds_the_port_and_is_never_connected_to(tmp
             assert_bind_refused(socket.SOCK_STREAM, intruder, port)
         assert {e["configured"] for e in sup.events if "configured" in e} <= workers  # each worker made its own
         report = configured(sup)
+        assert report["reuse_address"]
         assert report["type"] == socket.SOCK_STREAM
         assert report["family"] == family_of(host)
     finally:
@@ -534,6 +539,7 @@ def test_reuse_port_udp_reservation_holds_the_port_and_receives_no_datagram(tmp_
         report = configured(sup)
         assert report["type"] == socket.SOCK_DGRAM
         assert report["family"] == family_of(host)
+        assert not report["reuse_address"]  # never for UDP
     finally:
         sup.signal(signal.SIGTERM)
         assert sup.finish() == 0
@@ -568,6 +574,9 @@ def test_inherited_socket_of_the_class_family_and_type(tmp_path: Any, server: st
         assert report["configured"] == sup.pid  # one socket, bound by the supervisor, shared
         assert report["family"] == family_of(host)
         assert report["type"] == (socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
+        # The supervisor's stream servers reuse the address; the user's class is left as it was.
+        assert bool(report["reuse_address"]) == stream
+        assert report["class_reuse_address"] is False
     finally:
         sup.signal(signal.SIGTERM)
         assert sup.finish() == 0
@@ -601,6 +610,28 @@ def test_reuse_port_refuses_a_unix_socket_at_construction(short_tmp: str, server
     assert repr(path) in str(refused.value) or path in str(refused.value)
     assert "SO_REUSEPORT" in str(refused.value)
     assert not os.path.exists(path)
+
+
+def test_a_restarted_supervisor_binds_its_port_again_at_once(tmp_path: Any) -> None:
+    first = Supervisor(tmp_path, workers=1)
+    try:
+        first.wait_workers(1)
+        with connect(first.address) as client:
+            client.sendall(b"bye\n")
+            assert recv_line(client).endswith(b" bye\n")
+            assert recv_all(client) == b""  # the server closed first: its side waits in TIME_WAIT
+    finally:
+        first.signal(signal.SIGTERM)
+        assert first.finish() == 0
+    port = first.address[1]
+    second = Supervisor(tmp_path, workers=1, port=port)  # refused with EADDRINUSE without SO_REUSEADDR
+    try:
+        second.wait_workers(1)
+        assert second.address[1] == port
+        assert ask(second.address)[1] == b"hello\n"
+    finally:
+        second.signal(signal.SIGTERM)
+        assert second.finish() == 0
 
 
 # -- reaping by pid ---------------------------------------------------------------------------------

@@ -55,6 +55,9 @@ class Prefork:
             constructor). Each worker serves with it. Its ``address_family``
             and ``socket_type`` decide what is bound (an IPv6 address turns a
             class that kept AF_INET to AF_INET6, as the servers themselves do).
+            The servers made for a stream class have ``allow_reuse_address``
+            set, so a restarted supervisor can bind the port again at once;
+            datagram servers keep the class's value.
         server_address: where to listen (port 0: the kernel picks one, and
             ``server_address`` says which after ``bind()``).
         handler_class: the request handler, unchanged.
@@ -335,8 +338,15 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 def _worker_server_class(server_class: type[Any], endpoint: Endpoint, reuse_port: bool) -> type[Any]:
     """The class the supervisor makes its servers with: ``server_class`` with
-    ``allow_reuse_port`` in SO_REUSEPORT mode. The user's class is left as it is."""
+    ``allow_reuse_address`` for a stream server (a restarted supervisor binds
+    again at once while connections of the previous one are in TIME_WAIT) and
+    ``allow_reuse_port`` in SO_REUSEPORT mode. Datagram servers keep the
+    class's ``allow_reuse_address``: with SO_REUSEADDR two UDP servers can
+    bind the same port and silently split its datagrams. The user's class is
+    left as it is."""
     overrides: dict[str, Any] = {}
+    if endpoint.is_stream and not getattr(server_class, "allow_reuse_address", False):
+        overrides["allow_reuse_address"] = True
     if reuse_port and not getattr(server_class, "allow_reuse_port", False):
         overrides["allow_reuse_port"] = True
     if not overrides:
