@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .helpers import connect, recv_all, recv_line
+import sockserve
+from sockserve.prefork import Prefork
+
+from .conftest import HAS_IPV6
+from .helpers import TIMEOUT, connect, recv_all, recv_line
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
 SUPERVISOR = textwrap.dedent(
     """
-    import json, logging, os, sys, time
+    import json, logging, os, socket, sys, time
     import sockserve
     from sockserve.prefork import Prefork, RestartPolicy
 
@@ -34,20 +42,37 @@ SUPERVISOR = textwrap.dedent(
 
     class Report(logging.Handler):
         def emit(self, record):
-            say(log=record.getMessage(), t=time.monotonic())
+            say(log=record.getMessage(), t=time.monotonic(), pid=os.getpid(), name=record.name)
 
     log = logging.getLogger("sockserve")
     log.addHandler(Report())
     log.setLevel(logging.INFO)
 
+    if config.get("own_child") is not None:
+        # The embedding program's own child, exited before the supervisor
+        # starts: a zombie whose status is the program's to collect.
+        own_child = os.fork()
+        if own_child == 0:
+            os._exit(config["own_child"])
+        os.waitid(os.P_PID, own_child, os.WEXITED | os.WNOWAIT)
+
     class Handler(sockserve.StreamRequestHandler):
         # "slow" lines wait for a second line before the reply: a request in flight.
+        # "raise" fails the request; after "bye" the server closes first.
         def handle(self):
             for line in self.rfile:
+                if line.startswith(b"raise"):
+                    raise RuntimeError("this request fails")
                 if line.startswith(b"slow"):
                     say(entered=os.getpid())
                     line = line.strip() + b" " + self.rfile.readline()
                 self.wfile.write(b"%d " % os.getpid() + line)
+                if line.startswith(b"bye"):
+                    return
+
+    class DatagramHandler(sockserve.DatagramRequestHandler):
+        def handle(self):
+            self.wfile.write(b"%d " % os.getpid() + self.rfile.read())
 
     class Crashing(sockserve.ThreadPoolTCPServer):
         def serve_forever(self, poll_interval=0.5):
@@ -63,20 +88,45 @@ SUPERVISOR = textwrap.dedent(
     server_class = Crashing if config.get("crash") else sockserve.ThreadPoolTCPServer
     if config.get("aio"):
         server_class, Handler = aio.AsyncTCPServer, AsyncHandler
-    address = config.get("unix") or ("127.0.0.1", 0)
+    address = config.get("unix") or (config.get("host", "127.0.0.1"), config.get("port", 0))
     if config.get("unix"):
         server_class = sockserve.ThreadPoolUnixStreamServer
+    if config.get("server"):
+        server_class = getattr(sockserve, config["server"])
+    if server_class.socket_type == socket.SOCK_DGRAM:
+        Handler = DatagramHandler
+
+    def report_socket(server):
+        # Where the supervisor makes a server: in itself (inherited mode) or in each worker.
+        sock = server.socket
+        say(
+            configured=os.getpid(),
+            family=int(sock.family),
+            type=int(sock.type),
+            reuse_address=sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR),
+            class_reuse_address=server_class.allow_reuse_address,
+        )
+
     supervisor = Prefork(
         server_class, address, Handler,
         workers=config.get("workers", 2),
         reuse_port=config.get("reuse_port", False),
         grace=config.get("grace", 30),
         max_requests=config.get("max_requests", 0),
+        configure=report_socket,
         restart_policy=RestartPolicy(initial=0.1, maximum=2.0, stable_after=1.0),
     )
     supervisor.bind()
     say(address=supervisor.server_address, supervisor=os.getpid())
-    sys.exit(supervisor.run())
+    if config.get("hold"):
+        sys.stdin.readline()  # the test looks at the bound port before any worker starts
+    code = supervisor.run()
+    if config.get("own_child") is not None:
+        try:
+            say(own_child=os.waitstatus_to_exitcode(os.waitpid(own_child, 0)[1]))
+        except ChildProcessError:
+            say(own_child="reaped by someone else")
+    sys.exit(code)
     """
 )
 
@@ -89,6 +139,7 @@ class Supervisor:
         script.write_text(SUPERVISOR)
         self.proc = subprocess.Popen(
             [sys.executable, str(script), json.dumps(config)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -96,6 +147,7 @@ class Supervisor:
         )
         self._lines: queue.Queue[str] = queue.Queue()
         self.logs: list[str] = []
+        self.events: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
         first = self.next("address")
@@ -108,6 +160,7 @@ class Supervisor:
         assert self.proc.stdout is not None
         while line := self._readline():
             event = json.loads(line)
+            self.events.append(event)
             if "log" in event:
                 self.logs.append(event["log"])
                 if event["log"].startswith("spawned worker"):
@@ -134,7 +187,7 @@ class Supervisor:
         while len(self.spawned) < n:
             self.next("log", "spawned worker")
         for pid, _ in self.spawned[:n]:
-            self.saw(f"worker {pid} serving")
+            self.saw(f"worker {pid}: serving")
 
     def saw(self, text: str) -> None:
         """Until a log line containing ``text`` has come, now or earlier."""
@@ -144,6 +197,20 @@ class Supervisor:
     def signal(self, sig: signal.Signals) -> None:
         os.kill(self.pid, sig)
 
+    def release(self) -> None:
+        """Let a supervisor started with ``hold=True`` run its workers."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def read_to_end(self) -> None:
+        """Collect every event until the output ends (after ``finish()``)."""
+        while line := self._readline():
+            event = json.loads(line)
+            self.events.append(event)
+            if "log" in event:
+                self.logs.append(event["log"])
+
     def finish(self) -> int:
         try:
             code = self.proc.wait(timeout=30)
@@ -152,7 +219,7 @@ class Supervisor:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # the supervisor and every worker
                 self.proc.wait()
             self._reader.join(10)
-            for stream in (self.proc.stdout, self.proc.stderr):
+            for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
                 if stream is not None:
                     stream.close()
         for pid, _ in self.spawned:  # every worker was reaped by the supervisor itself
@@ -337,3 +404,287 @@ def test_async_servers_run_in_prefork_workers(tmp_path: Any) -> None:
         sup.signal(signal.SIGTERM)
         assert sup.finish() == 0
     assert seen  # served by worker processes, none by the supervisor
+
+
+# -- family, type and address from the server class -----------------------------------------------
+
+LOOPBACK = {"127.0.0.1": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::1": "::1", "::": "::1"}
+
+
+def needs_ipv6(host: str) -> Any:
+    return pytest.param(host, marks=pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback"), id=host)
+
+
+HOSTS = [
+    pytest.param("127.0.0.1", id="127.0.0.1"),
+    pytest.param("0.0.0.0", id="0.0.0.0"),
+    needs_ipv6("::1"),
+    needs_ipv6("::"),
+]
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+@contextlib.contextmanager
+def datagram_client(target: Any, short_tmp: str | None = None, name: str = "client") -> Iterator[socket.socket]:
+    """A UDP (or, for a path, Unix datagram) socket connected to ``target``.
+    Connected, so an ICMP "port unreachable" comes back as ConnectionRefusedError."""
+    if isinstance(target, str):
+        assert short_tmp is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(os.path.join(short_tmp, name))  # the server replies to this address
+    else:
+        sock = socket.socket(family_of(target[0]), socket.SOCK_DGRAM)
+    with sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(target)
+        yield sock
+
+
+def ask_datagram(target: Any, payload: bytes, short_tmp: str | None = None, name: str = "client") -> tuple[int, bytes]:
+    with datagram_client(target, short_tmp, name) as sock:
+        sock.send(payload)
+        pid, _, rest = sock.recv(65536).partition(b" ")
+    return int(pid), rest
+
+
+def assert_bind_refused(socket_type: int, host: str, port: int) -> None:
+    """A program without SO_REUSEPORT cannot bind (or listen on) the port, with or without SO_REUSEADDR."""
+    for reuse_address in (False, True):
+        with socket.socket(family_of(host), socket_type) as intruder:
+            if reuse_address:
+                intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError, match="in use") as refused:  # noqa: PT012 - bind or listen, whichever refuses
+                intruder.bind((host, port))
+                if socket_type == socket.SOCK_STREAM:
+                    intruder.listen()
+            assert refused.value.errno == errno.EADDRINUSE, (host, port, reuse_address)
+
+
+def intruder_hosts(host: str) -> list[str]:
+    """The address the supervisor was given, its family's wildcard and loopback, and for the
+    dual-stack IPv6 wildcard the IPv4 wildcard too."""
+    hosts = {host, LOOPBACK[host], "::" if ":" in host else "0.0.0.0"}
+    if host == "::":
+        hosts.add("0.0.0.0")
+    return sorted(hosts)
+
+
+def configured(sup: Supervisor) -> dict[str, Any]:
+    return next(event for event in sup.events if "configured" in event)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_reuse_port_tcp_reservation_holds_the_port_and_is_never_connected_to(tmp_path: Any, host: str) -> None:
+    sup = Supervisor(tmp_path, host=host, workers=2, reuse_port=True, hold=True)
+    try:
+        port = sup.address[1]
+        assert port != 0
+        # Only the supervisor's reservation exists: bound, not listening.
+        for intruder in intruder_hosts(host):
+            assert_bind_refused(socket.SOCK_STREAM, intruder, port)
+        with pytest.raises(ConnectionRefusedError):
+            connect((LOOPBACK[host], port)).close()
+        sup.release()
+        sup.wait_workers(2)
+        workers = {pid for pid, _ in sup.spawned}
+        seen = set()
+        for _ in range(60):  # the kernel hashes connections over the workers' sockets
+            pid, rest = ask((LOOPBACK[host], port))
+            assert rest == b"hello\n"
+            seen.add(pid)
+            if seen == workers:
+                break
+        assert seen == workers
+        for intruder in intruder_hosts(host):
+            assert_bind_refused(socket.SOCK_STREAM, intruder, port)
+        assert {e["configured"] for e in sup.events if "configured" in e} <= workers  # each worker made its own
+        report = configured(sup)
+        assert report["reuse_address"]
+        assert report["type"] == socket.SOCK_STREAM
+        assert report["family"] == family_of(host)
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_reuse_port_udp_reservation_holds_the_port_and_receives_no_datagram(tmp_path: Any, host: str) -> None:
+    sup = Supervisor(tmp_path, server="ThreadPoolUDPServer", host=host, workers=2, reuse_port=True, hold=True)
+    try:
+        port = sup.address[1]
+        assert port != 0
+        target = (LOOPBACK[host], port)
+        # Only the supervisor's reservation exists. It holds the UDP port...
+        for intruder in intruder_hosts(host):
+            assert_bind_refused(socket.SOCK_DGRAM, intruder, port)
+        # ...and takes no datagram: with nobody to receive it, the kernel answers "port unreachable".
+        with datagram_client(target) as client:
+            client.send(b"anyone?")
+            with pytest.raises(ConnectionRefusedError):
+                client.recv(100)
+        sup.release()
+        sup.wait_workers(2)
+        workers = {pid for pid, _ in sup.spawned}
+        answered = []
+        for i in range(60):  # from 60 client sockets: every datagram answered, by a worker
+            pid, rest = ask_datagram(target, b"hello %d" % i)
+            assert rest == b"hello %d" % i
+            answered.append(pid)
+        assert set(answered) == workers  # the kernel spread them over both workers, and none was lost
+        for intruder in intruder_hosts(host):
+            assert_bind_refused(socket.SOCK_DGRAM, intruder, port)
+        report = configured(sup)
+        assert report["type"] == socket.SOCK_DGRAM
+        assert report["family"] == family_of(host)
+        assert not report["reuse_address"]  # never for UDP
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+
+
+@pytest.mark.parametrize(
+    ("server", "host"),
+    [
+        pytest.param("TCPServer", "127.0.0.1", id="tcp-v4"),
+        pytest.param("ThreadPoolTCPServer", "::1", id="tcp-v6", marks=needs_ipv6("::1").marks),
+        pytest.param("UDPServer", "127.0.0.1", id="udp-v4"),
+        pytest.param("ThreadPoolUDPServer", "::1", id="udp-v6", marks=needs_ipv6("::1").marks),
+        pytest.param("ThreadPoolUDPServer", "0.0.0.0", id="udp-v4-wildcard"),
+    ],
+)
+def test_inherited_socket_of_the_class_family_and_type(tmp_path: Any, server: str, host: str) -> None:
+    sup = Supervisor(tmp_path, server=server, host=host, workers=2)
+    try:
+        sup.wait_workers(2)
+        workers = {pid for pid, _ in sup.spawned}
+        target = (LOOPBACK[host], sup.address[1])
+        stream = "TCP" in server
+        for i in range(10):
+            if stream:
+                pid, rest = ask(target, b"hello %d\n" % i)
+                assert rest == b"hello %d\n" % i
+            else:
+                pid, rest = ask_datagram(target, b"hello %d" % i)
+                assert rest == b"hello %d" % i
+            assert pid in workers
+        report = configured(sup)
+        assert report["configured"] == sup.pid  # one socket, bound by the supervisor, shared
+        assert report["family"] == family_of(host)
+        assert report["type"] == (socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
+        # The supervisor's stream servers reuse the address; the user's class is left as it was.
+        assert bool(report["reuse_address"]) == stream
+        assert report["class_reuse_address"] is False
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+
+
+def test_unix_datagram_workers_share_the_inherited_socket(tmp_path: Any, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "prefork.sock")
+    sup = Supervisor(tmp_path, server="ThreadPoolUnixDatagramServer", unix=path, workers=2)
+    try:
+        sup.wait_workers(2)
+        workers = {pid for pid, _ in sup.spawned}
+        for i in range(10):
+            pid, rest = ask_datagram(path, b"hello %d" % i, short_tmp, f"c{i}")
+            assert rest == b"hello %d" % i
+            assert pid in workers
+        assert configured(sup)["family"] == socket.AF_UNIX
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+    assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize(
+    "server_class", [sockserve.UnixStreamServer, sockserve.ThreadPoolUnixDatagramServer], ids=["stream", "datagram"]
+)
+@pytest.mark.parametrize("name", ["path", "abstract"])
+def test_reuse_port_refuses_a_unix_socket_at_construction(short_tmp: str, server_class: Any, name: str) -> None:
+    path = os.path.join(short_tmp, "prefork.sock") if name == "path" else "\0sockserve-prefork-test"
+    with pytest.raises(ValueError, match="reuse_port=True cannot serve the Unix socket") as refused:
+        Prefork(server_class, path, sockserve.BaseRequestHandler, workers=1, reuse_port=True)
+    assert repr(path) in str(refused.value) or path in str(refused.value)
+    assert "SO_REUSEPORT" in str(refused.value)
+    assert not os.path.exists(path)
+
+
+def test_a_restarted_supervisor_binds_its_port_again_at_once(tmp_path: Any) -> None:
+    first = Supervisor(tmp_path, workers=1)
+    try:
+        first.wait_workers(1)
+        with connect(first.address) as client:
+            client.sendall(b"bye\n")
+            assert recv_line(client).endswith(b" bye\n")
+            assert recv_all(client) == b""  # the server closed first: its side waits in TIME_WAIT
+    finally:
+        first.signal(signal.SIGTERM)
+        assert first.finish() == 0
+    port = first.address[1]
+    second = Supervisor(tmp_path, workers=1, port=port)  # refused with EADDRINUSE without SO_REUSEADDR
+    try:
+        second.wait_workers(1)
+        assert second.address[1] == port
+        assert ask(second.address)[1] == b"hello\n"
+    finally:
+        second.signal(signal.SIGTERM)
+        assert second.finish() == 0
+
+
+# -- reaping by pid ---------------------------------------------------------------------------------
+
+
+def test_an_embedding_programs_own_child_keeps_its_exit_status(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=1, own_child=7)
+    try:
+        sup.wait_workers(1)
+        victim = sup.spawned[0][0]
+        os.kill(victim, signal.SIGKILL)  # the supervisor reaps: it must take its worker, and only it
+        sup.saw(f"worker {victim} died unexpectedly (killed by SIGKILL)")
+        sup.wait_workers(2)
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+    sup.read_to_end()
+    assert [event["own_child"] for event in sup.events if "own_child" in event] == [7]
+
+
+# -- the worker's pid in every worker log line ---------------------------------------------------
+
+
+def test_every_log_line_from_a_worker_names_the_worker(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=2)
+    try:
+        sup.wait_workers(2)
+        with connect(sup.address) as client:  # a handler error, logged by the core
+            client.sendall(b"raise\n")
+            assert recv_all(client) == b""
+        sup.saw("exception while handling a request from 127.0.0.1:")
+        with connect(sup.address) as client:  # a drain, logged by the core
+            client.sendall(b"slow\n")
+            busy = sup.next("entered")["entered"]
+            sup.signal(signal.SIGTERM)
+            sup.saw(f"worker {busy}: draining 127.0.0.1:{sup.address[1]}: 1 connection(s) in flight")
+            client.sendall(b"request\n")
+            assert recv_line(client).endswith(b" slow request\n")
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+    sup.read_to_end()
+    logs = [event for event in sup.events if "log" in event]
+    from_workers = [event for event in logs if event["pid"] != sup.pid]
+    assert {event["pid"] for event in from_workers} == {pid for pid, _ in sup.spawned}
+    for event in from_workers:
+        assert event["log"].startswith(f"worker {event['pid']}: "), event
+    assert {event["name"] for event in from_workers} == {"sockserve", "sockserve.prefork"}
+    messages = " | ".join(event["log"] for event in from_workers)
+    for core_line in ("exception while handling a request", "draining", "drained", "received SIGTERM"):
+        assert core_line in messages
+    for event in logs:  # the supervisor's own lines are left as they were
+        if event["pid"] == sup.pid:
+            assert not event["log"].startswith(f"worker {sup.pid}: "), event
+    serving = next(event["log"] for event in logs if event["pid"] == sup.pid and "serving" in event["log"])
+    assert f"serving 127.0.0.1:{sup.address[1]} with 2 worker(s)" in serving  # one address format

@@ -14,6 +14,8 @@ The vocabulary is gunicorn's and nginx's:
 
 A worker that dies is replaced; one that dies soon after it started is
 replaced after an exponential back-off, so a crash loop does not spin.
+Workers are reaped by pid, from the worker table: a child the embedding
+program forked itself keeps its exit status for the program to collect.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from .._drain import DEFAULT_GRACE
+from .._log import format_address
+from ._reserve import Endpoint, check_reuse_port, reserve
 from ._signals import SignalQueue
-from ._table import RestartPolicy, WorkerTable
-from ._worker import WORKER_OK, WORKER_RECYCLED, run_worker
+from ._table import RestartPolicy, Worker, WorkerTable
+from ._worker import WORKER_BOOT_ERROR, WORKER_OK, WORKER_RECYCLED, run_worker
+from ._worker_log import mark_worker_records
 
 log = logging.getLogger("sockserve.prefork")
 
@@ -45,15 +50,24 @@ class Prefork:
     """Serve one address with several worker processes.
 
     Args:
-        server_class: any sockserve server class (sync, thread, pool, or an
-            async server with the same constructor). Each worker serves with it.
+        server_class: any sockserve server class, stream or datagram, IP or
+            Unix (sync, thread, pool, or an async server with the same
+            constructor). Each worker serves with it. Its ``address_family``
+            and ``socket_type`` decide what is bound (an IPv6 address turns a
+            class that kept AF_INET to AF_INET6, as the servers themselves do).
+            The servers made for a stream class have ``allow_reuse_address``
+            set, so a restarted supervisor can bind the port again at once;
+            datagram servers keep the class's value.
         server_address: where to listen (port 0: the kernel picks one, and
             ``server_address`` says which after ``bind()``).
         handler_class: the request handler, unchanged.
         workers: how many worker processes (default: one per CPU).
         reuse_port: each worker binds its own socket with SO_REUSEPORT and the
-            kernel spreads connections between them, instead of all workers
-            accepting from one inherited socket.
+            kernel spreads connections (or datagrams) between them, instead of
+            all workers taking them from one inherited socket. The supervisor
+            holds the port meanwhile with a socket that receives nothing (see
+            ``_reserve``). TCP and UDP only: a Unix socket address cannot be
+            bound by several sockets, so it raises ValueError.
         grace: seconds a worker may spend finishing requests when stopped.
         max_requests: recycle a worker after about this many requests (0: never),
             plus a random ``0..max_requests_jitter`` so they do not all restart at once.
@@ -82,6 +96,9 @@ class Prefork:
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        self._endpoint = Endpoint.of(server_class, server_address)
+        if reuse_port:
+            check_reuse_port(self._endpoint)
         self.server_class = server_class
         self.server_address = server_address
         self.handler_class = handler_class
@@ -96,6 +113,7 @@ class Prefork:
         self._generation = 0
         self._server: Any = None  # the bound server (inherited mode)
         self._reserved: socket.socket | None = None  # holds the port (SO_REUSEPORT mode)
+        self._worker_class = _worker_server_class(server_class, self._endpoint, reuse_port)
         self._stopping: str | None = None  # None, "graceful" or "immediate"
         self._deadline = float("inf")
 
@@ -109,24 +127,11 @@ class Prefork:
             self._server = self._new_server(self.server_address)
             self.server_address = self._server.server_address
             return
-        # Each worker binds its own socket; the supervisor only holds the port
-        # (bound, never listening, so the kernel routes no connection to it).
-        family = socket.AF_INET6 if ":" in str(self.server_address[0]) else socket.AF_INET
-        reserved = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            reserved.bind(self.server_address)
-        except BaseException:
-            reserved.close()
-            raise
-        self._reserved = reserved
-        self.server_address = reserved.getsockname()
+        # Each worker binds its own socket; the supervisor only holds the port.
+        self._reserved, self.server_address = reserve(Endpoint.of(self.server_class, self.server_address))
 
     def _new_server(self, address: Any) -> Any:
-        server_class = self.server_class
-        if self.reuse_port:
-            server_class = type(server_class.__name__, (server_class,), {"allow_reuse_port": True})
-        server = server_class(address, self.handler_class)
+        server = self._worker_class(address, self.handler_class)
         if self.configure is not None:
             self.configure(server)
         return server
@@ -140,7 +145,7 @@ class Prefork:
         log.info(
             "supervisor %d: serving %s with %d worker(s)%s",
             os.getpid(),
-            self.server_address,
+            format_address(self.server_address),
             self.workers,
             " (SO_REUSEPORT)" if self.reuse_port else "",
         )
@@ -180,6 +185,14 @@ class Prefork:
             max_requests += random.randint(0, self.max_requests_jitter)  # noqa: S311 - spreading, not security
         pid = os.fork()
         if pid == 0:
+            self._become_worker(max_requests)
+        self._table.add(pid, self._generation)
+        log.info("spawned worker %d (generation %d)", pid, self._generation)
+
+    def _become_worker(self, max_requests: int) -> NoReturn:
+        """The child's side of _spawn(): never returns into the supervisor's loop."""
+        try:
+            mark_worker_records(os.getpid())
             self.signals.close()
             if self.reuse_port:
                 address = self.server_address
@@ -189,37 +202,45 @@ class Prefork:
             else:
                 server = self._server
                 make = lambda: server  # noqa: E731
-            run_worker(make, grace=self.grace, max_requests=max_requests)
-        self._table.add(pid, self._generation)
-        log.info("spawned worker %d (generation %d)", pid, self._generation)
+            run_worker(make, grace=self.grace, max_requests=max_requests, shared=not self.reuse_port)
+        except BaseException:
+            log.exception("could not become a worker")
+        finally:
+            os._exit(WORKER_BOOT_ERROR)  # only reached if the lines before run_worker() raised
 
     def _reap(self) -> None:
-        while True:
+        """Collect the workers that have exited, asking for each by pid: a
+        wait for any child (``waitpid(-1)``) could take the exit status of a
+        child the embedding program forked itself, before the program asks."""
+        for worker in self._table.all():
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            worker = self._table.remove(pid)
-            if worker is None:
+                # Someone else in this process waited for it (a waitpid(-1)
+                # elsewhere): it is gone, and how it ended is lost.
+                self._table.remove(worker.pid)
+                self._worker_exited(worker, None)
                 continue
-            now = time.monotonic()
-            code = os.waitstatus_to_exitcode(status)
-            expected = worker.retiring or self._stopping is not None
-            if code == WORKER_RECYCLED:
-                log.info("worker %d recycled after max_requests", pid)
-            elif expected:
-                log.info("worker %d exited (%s)", pid, _describe(code))
-            else:
-                log.error("worker %d died unexpectedly (%s): replacing it", pid, _describe(code))
-            if not expected:
-                crashed = code not in (WORKER_OK, WORKER_RECYCLED)
-                self.policy.worker_died(now - worker.started, now, crashed)
-                if self.policy.delay:
-                    log.warning(
-                        "worker %d lived %.2fs: next start in %.2fs", pid, now - worker.started, self.policy.delay
-                    )
+            if pid == worker.pid:
+                self._table.remove(pid)
+                self._worker_exited(worker, os.waitstatus_to_exitcode(status))
+
+    def _worker_exited(self, worker: Worker, code: int | None) -> None:
+        """Log a worker's end and tell the restart policy; ``code`` None: unknown."""
+        pid = worker.pid
+        now = time.monotonic()
+        expected = worker.retiring or self._stopping is not None
+        if code == WORKER_RECYCLED:
+            log.info("worker %d recycled after max_requests", pid)
+        elif expected:
+            log.info("worker %d exited (%s)", pid, _describe(code))
+        else:
+            log.error("worker %d died unexpectedly (%s): replacing it", pid, _describe(code))
+        if not expected:
+            crashed = code not in (WORKER_OK, WORKER_RECYCLED)
+            self.policy.worker_died(now - worker.started, now, crashed)
+            if self.policy.delay:
+                log.warning("worker %d lived %.2fs: next start in %.2fs", pid, now - worker.started, self.policy.delay)
 
     # -- signals ---------------------------------------------------------------
 
@@ -315,7 +336,28 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         pass  # it has exited already; the reaper will see it
 
 
-def _describe(code: int) -> str:
+def _worker_server_class(server_class: type[Any], endpoint: Endpoint, reuse_port: bool) -> type[Any]:
+    """The class the supervisor makes its servers with: ``server_class`` with
+    ``allow_reuse_address`` for a stream server (a restarted supervisor binds
+    again at once while connections of the previous one are in TIME_WAIT) and
+    ``allow_reuse_port`` in SO_REUSEPORT mode. Datagram servers keep the
+    class's ``allow_reuse_address``: with SO_REUSEADDR two UDP servers can
+    bind the same port and silently split its datagrams. The user's class is
+    left as it is."""
+    overrides: dict[str, Any] = {}
+    if endpoint.is_stream and not getattr(server_class, "allow_reuse_address", False):
+        overrides["allow_reuse_address"] = True
+    if reuse_port and not getattr(server_class, "allow_reuse_port", False):
+        overrides["allow_reuse_port"] = True
+    if not overrides:
+        return server_class
+    names = {"__module__": server_class.__module__, "__qualname__": server_class.__qualname__}
+    return type(server_class.__name__, (server_class,), {**names, **overrides})
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown: another part of this process waited for it"
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit code {code}"

@@ -5,7 +5,8 @@ binds itself) with the server's own in-process model, sync, thread or pool,
 through ``sockserve.serve()``: SIGTERM drains, SIGQUIT stops at once. SIGINT
 is ignored: Ctrl-C reaches the whole process group, and it is the
 supervisor's decision what a worker does about it. The exit code says why
-the worker ended.
+the worker ended. Every sockserve log line it emits starts with
+``worker <pid>: `` (see ``_worker_log``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import inspect
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from .._log import format_address
 from .._serve import serve
 
 # Exit codes: the supervisor's restart policy reads them.
@@ -28,8 +31,12 @@ WORKER_RECYCLED = 4  # served max_requests and retired, to be replaced at once
 log = logging.getLogger("sockserve.prefork")
 
 
-def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_requests: int) -> NoReturn:
-    """Serve until told to stop, then exit the process. Never returns."""
+def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_requests: int, shared: bool) -> NoReturn:
+    """Serve until told to stop, then exit the process. Never returns.
+
+    ``shared``: the server's socket is the supervisor's, inherited by every
+    worker (False: this worker bound a socket of its own, SO_REUSEPORT mode).
+    """
     code = WORKER_CRASHED
     try:
         for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
@@ -38,22 +45,25 @@ def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_reque
         try:
             server = make_server()
         except Exception:
-            log.exception("worker %d could not start its server", os.getpid())
+            log.exception("could not start its server")
             code = WORKER_BOOT_ERROR
             _exit(code)
         listener = getattr(server, "socket", None)
-        if listener is not None:
+        if listener is not None and (shared or listener.type == socket.SOCK_STREAM):
             # Every worker waits on the same socket, and every one wakes for
-            # each connection; only one gets it. The others must find nothing
-            # to accept (EAGAIN, which the serve loop ignores), not block in
-            # accept() until the next connection.
+            # each connection or datagram; only one gets it. The others must
+            # find nothing (EAGAIN, which the serve loop ignores), not block in
+            # accept() or recvfrom() until the next one. A listening socket of
+            # our own is non-blocking too, as it always was; a datagram socket
+            # of our own is left blocking, so replies sent through it wait for
+            # buffer space instead of failing with EAGAIN.
             listener.setblocking(False)
-        log.info("worker %d serving %s", os.getpid(), getattr(server, "server_address", "?"))
+        log.info("serving %s", format_address(getattr(server, "server_address", "?")))
         recycled = _recycle_after(server, max_requests) if max_requests > 0 else lambda: False
         serve(server, grace=grace, graceful_signals=(signal.SIGTERM,), immediate_signals=(signal.SIGQUIT,))
         code = WORKER_RECYCLED if recycled() else WORKER_OK
     except BaseException:
-        log.exception("worker %d crashed", os.getpid())
+        log.exception("crashed")
     _exit(code)
 
 
