@@ -10,7 +10,11 @@ subprocess with its own temporary working directory: once against the stdlib's
 business), once with ``sys.modules["socketserver"]`` pointing at sockserve,
 set before ``http.server``, ``xmlrpc.server`` or ``wsgiref.simple_server`` is
 imported, so that their servers and handlers are built on sockserve. The child
-checks that they were, and stops with an error if not.
+(suite_child.py) checks that they were, and stops with an error if not.
+
+A test that hangs (no result after --test-timeout seconds) or kills its
+process counts as failed, with every thread's stack; the run goes on with the
+tests after it in a new process, so one hang hides nothing else.
 
 Failures are compared per test id. The exit status is 0 when sockserve fails
 nothing that the stdlib passes, apart from the tests listed in NOT_APPLICABLE,
@@ -23,17 +27,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import faulthandler
-import importlib
 import json
 import os
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
-import types
-import unittest
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,14 +41,7 @@ SUITES = ("test_socketserver", "test_httpservers", "test_xmlrpc", "test_docxmlrp
 # about 30 s in the stdlib itself (most of it waiting), the others a few.
 START_ORDER = ("test_xmlrpc", "test_httpservers", "test_docxmlrpc", "test_socketserver", "test_wsgiref")
 MODES = ("stdlib", "sockserve")
-
-# The stdlib modules that import socketserver when they are imported, each
-# with a server class that must come out built on sockserve.
-SERVER_MODULES = {
-    "http.server": "HTTPServer",
-    "xmlrpc.server": "SimpleXMLRPCServer",
-    "wsgiref.simple_server": "WSGIServer",
-}
+CHILD = Path(__file__).resolve().parent / "suite_child.py"
 
 # Only for a test that checks an internal of the stdlib, never to hide a
 # difference in behaviour. A subTest's failure is looked up by its test's id.
@@ -65,131 +57,100 @@ NOT_APPLICABLE = {
 
 OK_LINE = "OK: no failure that the stdlib itself does not have"
 
-
-# --- the child: one suite, one mode, one fresh interpreter ------------------
-
-
-def _check_wiring(mode: str) -> str:
-    """Fail loudly unless every server module in this process uses the socketserver of `mode`.
-
-    Returns the file of the socketserver in use."""
-    for name in SERVER_MODULES:
-        importlib.import_module(name)
-    active = sys.modules["socketserver"]
-    stdlib_file = os.path.realpath(os.path.join(sysconfig.get_paths()["stdlib"], "socketserver.py"))
-    if mode == "stdlib":
-        if os.path.realpath(active.__file__ or "") != stdlib_file:
-            raise SystemExit(f"baseline: socketserver is {active.__file__}, not the stdlib's {stdlib_file}")
-        return stdlib_file
-    import sockserve
-
-    problems = []
-    if active is not sockserve:
-        problems.append(f"sys.modules['socketserver'] is {active!r}")
-    for name, server_class in SERVER_MODULES.items():
-        if not issubclass(getattr(sys.modules[name], server_class), sockserve.TCPServer):
-            problems.append(f"{name}.{server_class} is not built on sockserve.TCPServer")
-    for name, module in list(sys.modules.items()):
-        if os.path.realpath(getattr(module, "__file__", None) or "") == stdlib_file:
-            problems.append(f"the stdlib's socketserver is loaded as {name!r}")
-        imported = getattr(module, "socketserver", None)
-        if isinstance(imported, types.ModuleType) and imported is not sockserve:
-            problems.append(f"{name}.socketserver is {imported!r}")
-    if problems:
-        raise SystemExit("the suite did not pick up sockserve:\n  " + "\n  ".join(problems))
-    return sockserve.__file__ or "?"
-
-
-class _WatchedResult(unittest.TextTestResult):
-    """Notes which test is running, and ends the process (with every thread's stack) if one hangs."""
-
-    current_path = ""
-    test_timeout = 120.0
-
-    def startTest(self, test: unittest.TestCase) -> None:
-        Path(self.current_path).write_text(test.id())
-        faulthandler.dump_traceback_later(self.test_timeout, exit=True)
-        super().startTest(test)
-
-    def stopTest(self, test: unittest.TestCase) -> None:
-        super().stopTest(test)
-        faulthandler.cancel_dump_traceback_later()
-
-
-def run_child(mode: str, suite: str, report_path: str, only: list[str], test_timeout: float) -> None:
-    preloaded = sorted({"socketserver", *SERVER_MODULES} & set(sys.modules))
-    if preloaded:
-        raise SystemExit(f"imported before the switch, so they would keep the stdlib's socketserver: {preloaded}")
-    if mode == "sockserve":
-        import sockserve
-
-        sys.modules["socketserver"] = sockserve
-    import test.support
-
-    test.support.verbose = False  # the suites print progress to stdout when verbose
-    module = importlib.import_module(f"test.{suite}")
-    socketserver_file = _check_wiring(mode)
-    loader = unittest.defaultTestLoader
-    tests = loader.loadTestsFromNames(only) if only else loader.loadTestsFromModule(module)
-    _WatchedResult.current_path = report_path + ".current"
-    _WatchedResult.test_timeout = test_timeout
-    started = time.monotonic()
-    with open(os.devnull, "w") as devnull:
-        result = unittest.TextTestRunner(stream=devnull, resultclass=_WatchedResult).run(tests)
-    failed = {test.id(): text for test, text in result.failures + result.errors}
-    failed.update((test.id(), "unexpected success") for test in result.unexpectedSuccesses)
-    report = {
-        "python": sys.version.split()[0],
-        "socketserver": socketserver_file,
-        "tests": tests.countTestCases(),  # testsRun leaves skipped tests out on some versions (3.12.1)
-        "failed": failed,
-        "skipped": len(result.skipped),
-        "env_altered": bool(getattr(test.support, "environment_altered", False)),
-        "seconds": time.monotonic() - started,
-    }
-    Path(report_path).write_text(json.dumps(report))
-
-
-# --- the parent: run the children, compare, report --------------------------
+# A run that hangs this often gives up on the tests left, so that a broken
+# server cannot hold CI for a test timeout per test.
+MAX_HANGS = 3
 
 
 @dataclass
 class Run:
-    """What one child reported, or how it died."""
+    """The outcome of one suite in one mode, over one or more child processes."""
 
     suite: str
     mode: str
     tests: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
+    hung: list[str] = field(default_factory=list)  # tests that ended their process
     env_altered: bool = False
     seconds: float = 0.0
     python: str = ""
     socketserver: str = ""
-    crash: str = ""  # set when the child wrote no report
+    crash: str = ""  # set when tests were left unrun: nothing to compare them by
 
 
-def _run_in_subprocess(suite: str, mode: str, src: str | None, only: list[str], timeouts: tuple[float, float]) -> Run:
-    env = dict(os.environ)
-    if mode == "sockserve" and src:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+def _stderr_tail(stderr: str, lines: int = 60) -> str:
+    """The end of a dead child's stderr, from faulthandler's dump when there is one."""
+    start = stderr.rfind("Timeout (")
+    text = stderr[start:] if start >= 0 else stderr
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _run_child(run: Run, env: dict[str, str], only: list[str], timeouts: tuple[float, float]) -> list[str]:
+    """Run one child and fold its events into `run`. Returns the tests still to run when a test
+    hung or ended the process; none when the child finished, or died outside any test (then
+    `run.crash` says how)."""
     timeout, test_timeout = timeouts
-    with tempfile.TemporaryDirectory(prefix=f"compat-{suite}-{mode}-") as workdir:
-        report_path = os.path.join(workdir, "report.json")
-        command = [sys.executable, os.path.abspath(__file__), "--child", mode, "--suite", suite]
-        command += ["--report", report_path, "--test-timeout", str(test_timeout), *(["--only", *only] if only else [])]
+    with tempfile.TemporaryDirectory(prefix=f"compat-{run.suite}-{run.mode}-") as workdir:
+        events_path = os.path.join(workdir, "events.jsonl")
+        command = [sys.executable, str(CHILD), run.mode, run.suite, events_path, str(test_timeout), *only]
+        started = time.monotonic()
         try:
             proc = subprocess.run(
                 command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False
             )
-        except subprocess.TimeoutExpired:
-            return Run(suite, mode, crash=f"still running after {timeout:.0f} s; killed")
-        if proc.returncode == 0 and os.path.exists(report_path):
-            return Run(suite, mode, **json.loads(Path(report_path).read_text()))
-        current = Path(report_path + ".current")
-        during = f" during {current.read_text()}" if current.exists() else ""
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
-        return Run(suite, mode, crash=f"exit status {proc.returncode}{during}:\n{tail}")
+            clean_exit, status, stderr = proc.returncode == 0, f"exit status {proc.returncode}", proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            clean_exit, status = False, f"still running after {timeout:.0f} s, killed"
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        run.seconds += time.monotonic() - started
+        events_file = Path(events_path)
+        events = [json.loads(line) for line in events_file.read_text().splitlines()] if events_file.exists() else []
+    plan: list[str] = []
+    current = None
+    finished = False
+    for event in events:
+        if "plan" in event:
+            plan = event["plan"]
+            run.python, run.socketserver = event["python"], event["socketserver"]
+            run.tests = run.tests or len(plan)  # a resumed child plans only the rest
+        elif "start" in event:
+            current = event["start"]
+        elif "stop" in event:
+            current = None
+        elif "fail" in event:
+            run.failed[event["fail"]] = event["traceback"]
+        elif "skip" in event:
+            run.skipped += 1
+        elif "end" in event:
+            run.env_altered |= event["env_altered"]
+            finished = clean_exit
+    if finished:
+        return []
+    if current is None:  # died outside any test: at import, in the wiring check, in a module fixture
+        run.crash = f"{status} before any test ran" if not plan else f"{status} between tests"
+        run.crash += ":\n" + _stderr_tail(stderr)
+        return []
+    run.hung.append(current)
+    what = f"no result after {test_timeout:.0f} s" if "Timeout (" in stderr else "the process died"
+    run.failed[current] = f"{what} ({status}); its output ends:\n{_stderr_tail(stderr)}"
+    started_ids = {e["start"] for e in events if "start" in e}
+    return [test_id for test_id in plan if test_id not in started_ids]
+
+
+def run_suite(suite: str, mode: str, src: str | None, only: list[str], timeouts: tuple[float, float]) -> Run:
+    """Run one suite in one mode: in a fresh child, and after a hang in another
+    for the tests left, until every test has run or MAX_HANGS were reached."""
+    env = dict(os.environ)
+    if mode == "sockserve" and src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    run = Run(suite, mode)
+    left = _run_child(run, env, only, timeouts)
+    while left and len(run.hung) < MAX_HANGS:
+        left = _run_child(run, env, left, timeouts)
+    if left:
+        run.crash = f"gave up after {len(run.hung)} hung tests, with {len(left)} left unrun"
+    return run
 
 
 def _suite_of(test_id: str) -> str:
@@ -237,14 +198,10 @@ def _table(verdicts: list[Verdict]) -> list[str]:
     columns = ("tests", "stdlib fails", "sockserve fails", "new", "not applicable", "skipped", "seconds")
     lines = [f"  {'suite':<18}" + "".join(f" {c:>{max(len(c), 5)}}" for c in columns)]
     for v in verdicts:
-        if v.baseline.crash or v.ours.crash:
-            lines.append(f"  {v.suite:<18} CRASHED")
-            continue
         counts = (v.ours.tests, len(v.baseline.failed), len(v.ours.failed), len(v.new), len(v.not_applicable))
         cells = [*map(str, counts), str(v.ours.skipped), f"{max(v.baseline.seconds, v.ours.seconds):.1f}"]
-        lines.append(
-            f"  {v.suite:<18}" + "".join(f" {cell:>{max(len(c), 5)}}" for c, cell in zip(columns, cells, strict=True))
-        )
+        row = "".join(f" {cell:>{max(len(c), 5)}}" for c, cell in zip(columns, cells, strict=True))
+        lines.append(f"  {v.suite:<18}{row}" + ("  INCOMPLETE" if v.baseline.crash or v.ours.crash else ""))
     return lines
 
 
@@ -263,6 +220,7 @@ def report(verdicts: list[Verdict], seconds: float) -> list[str]:
         if v.baseline.tests and v.ours.tests and v.baseline.tests != v.ours.tests:
             lines.append(f"  note: {v.suite} has {v.baseline.tests} tests on the stdlib, {v.ours.tests} on sockserve")
         lines += [f"  fails on the stdlib too (the interpreter's business): {t}" for t in sorted(v.baseline.failed)]
+        lines += [f"  hung or died on sockserve: {t}" for t in v.ours.hung if t in v.new]
         if v.ours.env_altered and not v.baseline.env_altered:
             lines.append(f"  note: {v.suite} left threads or processes behind on sockserve, not on the stdlib")
         for test_id in v.not_applicable:
@@ -277,7 +235,7 @@ def report(verdicts: list[Verdict], seconds: float) -> list[str]:
     failing = [v.suite for v in verdicts if v.new]
     crashed = [v.suite for v in verdicts if v.baseline.crash or v.ours.crash]
     problems = [f"sockserve fails where the stdlib passes in {', '.join(failing)}"] if failing else []
-    problems += [f"a run crashed, so nothing was compared, in {', '.join(crashed)}"] if crashed else []
+    problems += [f"tests were left unrun, so not compared, in {', '.join(crashed)}"] if crashed else []
     lines.append(f"FAILED ({seconds:.0f} s): {'; '.join(problems)}" if problems else f"{OK_LINE} ({seconds:.0f} s)")
     return lines
 
@@ -288,18 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", action="append", choices=SUITES, help="run this suite only (repeatable)")
     parser.add_argument("--only", nargs="+", default=[], metavar="TEST_ID", help="run these tests only")
     parser.add_argument("--jobs", type=int, default=4, help="subprocesses at a time (default 4: most of it waits)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds a whole suite may take")
-    parser.add_argument("--test-timeout", type=float, default=120.0, help="seconds one test may take")
-    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--report", help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds one child process may take")
+    parser.add_argument("--test-timeout", type=float, default=30.0, help="seconds one test may take (default 30)")
     args = parser.parse_args(argv)
     wanted = set(args.suite or ()) | {_suite_of(test_id) for test_id in args.only}
     if not wanted <= set(SUITES):
         parser.error(f"--only names a test outside {', '.join(SUITES)}")
     suites = [s for s in SUITES if s in (wanted or SUITES)]
-    if args.child:
-        run_child(args.child, suites[0], args.report, args.only, args.test_timeout)
-        return 0
 
     src = os.path.abspath(args.src) if args.src else None
     timeouts = (args.timeout, args.test_timeout)
@@ -307,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {
             (suite, mode): pool.submit(
-                _run_in_subprocess, suite, mode, src, [t for t in args.only if _suite_of(t) == suite], timeouts
+                run_suite, suite, mode, src, [t for t in args.only if _suite_of(t) == suite], timeouts
             )
             for suite in sorted(suites, key=START_ORDER.index)
             for mode in MODES
