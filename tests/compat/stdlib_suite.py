@@ -59,7 +59,7 @@ OK_LINE = "OK: no failure that the stdlib itself does not have"
 
 # A run that hangs this often gives up on the tests left, so that a broken
 # server cannot hold CI for a test timeout per test.
-MAX_HANGS = 3
+MAX_HANGS = 8
 
 
 @dataclass
@@ -72,6 +72,7 @@ class Run:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
     hung: list[str] = field(default_factory=list)  # tests that ended their process
+    started: set[str] = field(default_factory=set)  # by any of the run's children: never run twice
     env_altered: bool = False
     seconds: float = 0.0
     python: str = ""
@@ -116,6 +117,7 @@ def _run_child(run: Run, env: dict[str, str], only: list[str], timeouts: tuple[f
             run.tests = run.tests or len(plan)  # a resumed child plans only the rest
         elif "start" in event:
             current = event["start"]
+            run.started.add(current)
         elif "stop" in event:
             current = None
         elif "fail" in event:
@@ -134,19 +136,20 @@ def _run_child(run: Run, env: dict[str, str], only: list[str], timeouts: tuple[f
     run.hung.append(current)
     what = f"no result after {test_timeout:.0f} s" if "Timeout (" in stderr else "the process died"
     run.failed[current] = f"{what} ({status}); its output ends:\n{_stderr_tail(stderr)}"
-    started_ids = {e["start"] for e in events if "start" in e}
-    return [test_id for test_id in plan if test_id not in started_ids]
+    return [test_id for test_id in plan if test_id not in run.started]
 
 
-def run_suite(suite: str, mode: str, src: str | None, only: list[str], timeouts: tuple[float, float]) -> Run:
+def run_suite(
+    suite: str, mode: str, src: str | None, only: list[str], timeouts: tuple[float, float], max_hangs: int = MAX_HANGS
+) -> Run:
     """Run one suite in one mode: in a fresh child, and after a hang in another
-    for the tests left, until every test has run or MAX_HANGS were reached."""
+    for the tests left, until every test has run or `max_hangs` tests hung."""
     env = dict(os.environ)
     if mode == "sockserve" and src:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     run = Run(suite, mode)
     left = _run_child(run, env, only, timeouts)
-    while left and len(run.hung) < MAX_HANGS:
+    while left and len(run.hung) < max_hangs:
         left = _run_child(run, env, left, timeouts)
     if left:
         run.crash = f"gave up after {len(run.hung)} hung tests, with {len(left)} left unrun"
@@ -248,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=4, help="subprocesses at a time (default 4: most of it waits)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one child process may take")
     parser.add_argument("--test-timeout", type=float, default=30.0, help="seconds one test may take (default 30)")
+    parser.add_argument("--max-hangs", type=int, default=MAX_HANGS, help="hung tests before a run gives up")
     args = parser.parse_args(argv)
     wanted = set(args.suite or ()) | {_suite_of(test_id) for test_id in args.only}
     if not wanted <= set(SUITES):
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {
             (suite, mode): pool.submit(
-                run_suite, suite, mode, src, [t for t in args.only if _suite_of(t) == suite], timeouts
+                run_suite, suite, mode, src, [t for t in args.only if _suite_of(t) == suite], timeouts, args.max_hangs
             )
             for suite in sorted(suites, key=START_ORDER.index)
             for mode in MODES
