@@ -136,7 +136,7 @@ def _wait_for_workers(proc: subprocess.Popen[str], count: int) -> str:
     """
     assert proc.stdout is not None
     seen = ""
-    while len(re.findall(r"worker \d+ serving ", seen)) < count:
+    while len(re.findall(r"worker \d+: serving ", seen)) < count:
         line = proc.stdout.readline()
         assert line, f"the command ended before {count} workers served:\n{seen}"
         seen += line

@@ -41,10 +41,13 @@ def serve(
     poll_interval: float = 0.5,
     graceful_signals: Iterable[signal.Signals] = GRACEFUL_SIGNALS,
     immediate_signals: Iterable[signal.Signals] = IMMEDIATE_SIGNALS,
+    unblock: Iterable[signal.Signals] = (),
 ) -> DrainReport:
     """Serve until a signal arrives, then stop gracefully; returns what the stop did.
 
     Must be called from the main thread (only it can receive signals).
+    ``unblock``: signals the caller blocked so that none is lost before these
+    handlers are installed; they are unblocked right after.
 
     Resource handling:
         The server is stopped and closed when this returns, however it returns.
@@ -70,6 +73,10 @@ def serve(
 
     previous = {sig: signal.signal(sig, graceful) for sig in graceful_signals}
     previous.update({sig: signal.signal(sig, immediate) for sig in immediate_signals})
+    if unblock:
+        # Signals the caller kept blocked until these handlers were in place:
+        # one that arrived meanwhile is delivered now, to them.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
     try:
         try:
             server.serve_forever(poll_interval)

@@ -113,6 +113,9 @@ def server_class(kind: str, family: str, options: Options) -> tuple[type[Any], t
     return type(f"{kind.title()}{family.title()}Server", (*mixins, base), attrs), handler
 
 
+_WORKER_PREFIX = re.compile(r"^(\w+ )worker \d+: ")
+
+
 class LogFile:
     """The ``sockserve`` log of a server, in a file that every process of it appends to."""
 
@@ -125,8 +128,11 @@ class LogFile:
             return f.read()
 
     def lines(self, pattern: str = "") -> list[str]:
+        """The lines matching ``pattern``; a prefork worker's ``worker <pid>: ``
+        prefix is taken out first, so one pattern fits every kind."""
         regex = re.compile(pattern)
-        return [line for line in self.text().splitlines() if regex.search(line)]
+        lines = (_WORKER_PREFIX.sub(r"\1", line) for line in self.text().splitlines())
+        return [line for line in lines if regex.search(line)]
 
     def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> str:
         """The first line matching ``pattern``, waiting for it (bounded)."""
@@ -347,7 +353,7 @@ def _prefork(kind: Kind, tmp: str, options: Options, logs: LogFile) -> Any:
             address = json.loads(line[6:])
             if isinstance(address, list):
                 address = tuple(address)
-            logs.wait_for(r"worker \d+ serving")
+            logs.wait_for(r"worker \d+: serving")
             yield PreforkRunning(proc, address, logs)
         finally:
             if proc.poll() is None:

@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 from .._drain import DEFAULT_GRACE
 from .._log import format_address
 from ._reserve import Endpoint, check_reuse_port, reserve
-from ._signals import SignalQueue
+from ._signals import SUPERVISOR_SIGNALS, SignalQueue
 from ._table import RestartPolicy, Worker, WorkerTable
 from ._worker import WORKER_BOOT_ERROR, WORKER_OK, WORKER_RECYCLED, run_worker
 from ._worker_log import mark_worker_records
@@ -183,9 +183,17 @@ class Prefork:
         max_requests = self.max_requests
         if max_requests and self.max_requests_jitter:
             max_requests += random.randint(0, self.max_requests_jitter)  # noqa: S311 - spreading, not security
-        pid = os.fork()
-        if pid == 0:
-            self._become_worker(max_requests)
+        # A signal sent to the child between fork() and its own handlers would
+        # reach the supervisor's handlers, which the child no longer serves, and
+        # be lost: the child starts with them blocked, and unblocks them once
+        # its handlers are in place (run_worker).
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(max_requests)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         self._table.add(pid, self._generation)
         log.info("spawned worker %d (generation %d)", pid, self._generation)
 

@@ -11,7 +11,6 @@ the worker ended. Every sockserve log line it emits starts with
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from typing import Any, NoReturn
 
 from .._log import format_address
 from .._serve import serve
+from ._signals import SUPERVISOR_SIGNALS
 
 # Exit codes: the supervisor's restart policy reads them.
 WORKER_OK = 0  # stopped when told to
@@ -33,6 +33,10 @@ log = logging.getLogger("sockserve.prefork")
 
 def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_requests: int, shared: bool) -> NoReturn:
     """Serve until told to stop, then exit the process. Never returns.
+
+    The supervisor's signals arrive blocked (see ``Prefork._spawn``); they are
+    unblocked once ``serve()``'s handlers are in place, so a SIGTERM sent
+    while the worker starts is handled, not lost.
 
     ``shared``: the server's socket is the supervisor's, inherited by every
     worker (False: this worker bound a socket of its own, SO_REUSEPORT mode).
@@ -59,44 +63,19 @@ def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_reque
             # buffer space instead of failing with EAGAIN.
             listener.setblocking(False)
         log.info("serving %s", format_address(getattr(server, "server_address", "?")))
-        recycled = _recycle_after(server, max_requests) if max_requests > 0 else lambda: False
-        serve(server, grace=grace, graceful_signals=(signal.SIGTERM,), immediate_signals=(signal.SIGQUIT,))
-        code = WORKER_RECYCLED if recycled() else WORKER_OK
+        if max_requests > 0:
+            server.max_requests = max_requests  # the core stops accepting after that many
+        serve(
+            server,
+            grace=grace,
+            graceful_signals=(signal.SIGTERM,),
+            immediate_signals=(signal.SIGQUIT,),
+            unblock=SUPERVISOR_SIGNALS,
+        )
+        code = WORKER_RECYCLED if getattr(server, "max_requests_reached", False) else WORKER_OK
     except BaseException:
         log.exception("crashed")
     _exit(code)
-
-
-def _recycle_after(server: Any, max_requests: int) -> Callable[[], bool]:
-    """Make the server stop accepting after ``max_requests`` requests, counted
-    in ``verify_request`` (every model calls it once per request, on the loop)."""
-    original = server.verify_request
-    count = 0
-    done = False
-
-    def count_one() -> None:
-        nonlocal count, done
-        count += 1
-        if count >= max_requests and not done:
-            done = True
-            log.info("worker %d served %d requests: retiring", os.getpid(), count)
-            server.shutdown()  # on the loop's own thread: only stops the loop, then serve() drains
-
-    if inspect.iscoroutinefunction(original):
-
-        async def verify_async(request: Any, client_address: Any) -> bool:
-            count_one()
-            return bool(await original(request, client_address))
-
-        server.verify_request = verify_async
-    else:
-
-        def verify(request: Any, client_address: Any) -> bool:
-            count_one()
-            return bool(original(request, client_address))
-
-        server.verify_request = verify
-    return lambda: done
 
 
 def _exit(code: int) -> NoReturn:
