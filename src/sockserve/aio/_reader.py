@@ -19,13 +19,12 @@ only gives it back whole, so the reader, which also serves ``read(n)`` and
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, cast
 
 from .._errors import IdleTimeoutExpired, LineTooLong
 from ..protocol.lines import DEFAULT_MAX_LINE
-from ._wakeup import Wakeup
+from ._fastpaths import enabled_for, shared_read_buffer, waiter_maker
 
 DEFAULT_READ_LIMIT = 64 * 1024
 
@@ -64,9 +63,9 @@ class AsyncStreamReader(asyncio.Protocol):
         self._scan_sep = b"\n"
         # A done future: what write() returns while the transport has room,
         # so that ``await writer.write()`` then costs no Python frame at all.
-        self._ready: asyncio.Future[None] = loop.create_future()
-        self._ready.set_result(None)
-        self._eager = isinstance(loop, asyncio.BaseEventLoop)  # asyncio's loop, not uvloop
+        self._no_wait: asyncio.Future[None] = loop.create_future()
+        self._no_wait.set_result(None)
+        self._make_waiter = waiter_maker(loop)  # plain futures, or the fast path's
         self._idle_timer: asyncio.TimerHandle | None = None
         self._eof = False
         self._error: BaseException | None = None  # raised by reads that need more bytes, and by writes
@@ -214,7 +213,7 @@ class AsyncStreamReader(asyncio.Protocol):
             raise self._error
         if self._reading_paused:
             self._resume_reading()  # what is buffered holds no line: more must come in
-        waiter: asyncio.Future[bytes] = self._new_waiter(loop)
+        waiter: asyncio.Future[bytes] = self._make_waiter(loop)
         self._waiter = waiter
         self._line_mode = _mode
         if self.idle_timeout is not None:
@@ -301,21 +300,12 @@ class AsyncStreamReader(asyncio.Protocol):
         if self._reading_paused:
             self._resume_reading()  # what is buffered is not enough: more must come in
         loop = self._loop
-        waiter: asyncio.Future[None] = self._new_waiter(loop)
+        waiter: asyncio.Future[None] = self._make_waiter(loop)
         self._waiter = waiter
         self._line_mode = _RAW
         if self.idle_timeout is not None:
             self._arm_idle_timer(waiter)
         return waiter
-
-    def _new_waiter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        """A Wakeup when connections take turns on asyncio's loop; else a plain
-        future (uvloop; or other callbacks are due in this turn, so the wait
-        will most likely end in a busy turn too, where a Wakeup would only
-        defer like a plain future, at the cost of its Python methods)."""
-        if self._eager and not loop._ready:  # type: ignore[attr-defined]
-            return Wakeup(loop=loop)
-        return loop.create_future()
 
     def _arm_idle_timer(self, waiter: asyncio.Future[Any]) -> None:
         assert self.idle_timeout is not None
@@ -378,23 +368,21 @@ class AsyncStreamReader(asyncio.Protocol):
         if self._lost:
             raise ConnectionResetError(f"connection to {self.client_address!r} lost")
         if not self._write_paused:
-            return self._ready
+            return self._no_wait
         if self._drain_waiter is None:
             loop = self._loop
-            self._drain_waiter = self._new_waiter(loop)
+            self._drain_waiter = self._make_waiter(loop)
         return self._drain_waiter
 
 
 class _ReadIntoReader(AsyncStreamReader, asyncio.BufferedProtocol):
-    """The reader on asyncio's own loop: the transport reads into a buffer
-    that the loop's connections share (``recv_into``), then the bytes are
-    appended to this reader's buffer. asyncio's ``recv()`` path allocates 256
-    KiB per read instead, which CPython gets from ``mmap`` and then shrinks
-    and frees: three system calls per read, more than the read itself."""
+    """The reader on asyncio's own loop, with the fast paths on: the transport
+    reads into a buffer that the loop's connections share (``recv_into``),
+    and the bytes are copied out at once (see ``_fastpaths.shared_read_buffer``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client_address: Any, **options: Any) -> None:
         super().__init__(loop, client_address, **options)
-        self._scratch = _scratch_for(loop)
+        self._scratch = shared_read_buffer(loop)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._scratch
@@ -405,21 +393,10 @@ class _ReadIntoReader(AsyncStreamReader, asyncio.BufferedProtocol):
         self.data_received(self._scratch[:nbytes])  # type: ignore[arg-type]
 
 
-_SCRATCH_SIZE = 64 * 1024
-_scratch_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = weakref.WeakKeyDictionary()
-
-
-def _scratch_for(loop: asyncio.AbstractEventLoop) -> memoryview:
-    """The read buffer shared by the connections of ``loop`` (one thread: never two reads at once)."""
-    scratch = _scratch_buffers.get(loop)
-    if scratch is None:
-        scratch = _scratch_buffers[loop] = memoryview(bytearray(_SCRATCH_SIZE))
-    return scratch
-
-
 def new_reader(loop: asyncio.AbstractEventLoop, client_address: Any, **options: Any) -> AsyncStreamReader:
     """The reader that suits ``loop``: reading into a shared buffer on asyncio's
-    loop; the plain protocol on uvloop, whose own read path is already that."""
-    if isinstance(loop, asyncio.BaseEventLoop):
+    loop (a fast path); the plain protocol elsewhere (uvloop's own read path
+    is already that) or with the fast paths off."""
+    if enabled_for(loop):
         return _ReadIntoReader(loop, client_address, **options)
     return AsyncStreamReader(loop, client_address, **options)
