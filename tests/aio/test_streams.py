@@ -14,7 +14,7 @@ import sockserve
 from sockserve import aio
 from sockserve.testing import running_server
 
-from ..helpers import TIMEOUT, connect, recv_all
+from ..helpers import TIMEOUT, connect, recv_all, recv_line
 from .conftest import LogWatcher, closed_by_server
 
 
@@ -153,6 +153,30 @@ def test_readuntil_at_the_end_of_a_line_of_exactly_max_line_bytes(loop_kind: str
         sock.shutdown(socket.SHUT_WR)
         assert recv_all(sock) == b"ok"
     assert partials == [b"12345678"]
+
+
+def test_a_line_longer_than_read_limit_still_comes_in(loop_kind: str) -> None:
+    """read_limit pauses reading only while no read waits: a readline()
+    waiting for a line longer than read_limit gets it (this used to hang:
+    reading was paused under the waiting read). The fuzz tests check it for
+    every cut; here, over a real connection."""
+
+    class Small(aio.AsyncStreamRequestHandler):
+        read_limit = 64
+        max_line = 4096
+
+        async def handle(self) -> None:
+            await self.writer.write(await self.reader.readline())  # b"go\n": the next readline waits
+            async for line in self.reader:
+                await self.writer.write(b"%d\n" % len(line))
+
+    with serve_with(Small, loop_kind) as server, connect(server.server_address) as sock:
+        sock.sendall(b"go\n")
+        assert recv_line(sock) == b"go\n"
+        sock.sendall(b"y" * 3000)
+        sock.sendall(b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b"3001\n"
 
 
 def test_writer_waits_while_the_client_does_not_read(loop_kind: str) -> None:

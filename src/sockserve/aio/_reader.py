@@ -120,11 +120,19 @@ class AsyncStreamReader(asyncio.Protocol):
             return
         lines = self._lines
         lines.feed(data)
-        if len(lines.buffer) > self._read_limit and not self._reading_paused and self._transport is not None:
-            self._reading_paused = True
-            self._transport.pause_reading()
         if waiter is not None:
             self._wake()
+        # Pause only if no read still waits: one that does needs more bytes
+        # than are buffered (its own bound holds the buffer: max_line for a
+        # line, n for readexactly), and pausing would leave it waiting forever.
+        if (
+            len(lines.buffer) > self._read_limit
+            and self._waiter is None
+            and not self._reading_paused
+            and self._transport is not None
+        ):
+            self._reading_paused = True
+            self._transport.pause_reading()
 
     def eof_received(self) -> bool:
         self._end_of_input()
