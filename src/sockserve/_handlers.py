@@ -1,7 +1,10 @@
 """The request handlers: one instance per request, which does the protocol.
 
 ``BaseRequestHandler`` runs ``setup()``, ``handle()`` and ``finish()`` from its
-constructor, as the stdlib's does, so existing handlers work unchanged.
+constructor, as the stdlib's does, so existing handlers work unchanged. They
+work with any server, or none: the limits of a sockserve server apply, and
+with ``server=None`` (a handler unit test) or a stdlib ``socketserver`` server
+they behave exactly as the stdlib's handlers do.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import io
 import socket
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._errors import LineTooLong
+from ._limits import limits_of
+from ._rfile import CappedReader
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -69,51 +73,6 @@ class _SocketWriter(io.BufferedIOBase):
         return self._sock.fileno()
 
 
-class _LineCappedReader(io.BufferedIOBase):
-    """Wraps ``rfile`` so that no line longer than ``max_line`` is ever buffered whole."""
-
-    def __init__(self, inner: Any, max_line: int, client_address: Any) -> None:
-        self._inner = inner
-        self._max_line = max_line
-        self._client_address = client_address
-
-    def readable(self) -> bool:
-        return True
-
-    def readline(self, size: int | None = -1, /) -> bytes:
-        if size is not None and 0 <= size < self._max_line:
-            return bytes(self._inner.readline(size))  # the caller's own bound is tighter
-        line = bytes(self._inner.readline(self._max_line))
-        if len(line) == self._max_line and not line.endswith(b"\n"):
-            raise LineTooLong(self._max_line, self._client_address)
-        return line
-
-    def __next__(self) -> bytes:
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        return bytes(self._inner.read(size))
-
-    def read1(self, size: int = -1, /) -> bytes:
-        return bytes(self._inner.read1(size))
-
-    def readinto(self, buffer: Any, /) -> int:
-        return int(self._inner.readinto(buffer))
-
-    def peek(self, size: int = 0, /) -> bytes:
-        return bytes(self._inner.peek(size))
-
-    def fileno(self) -> int:
-        return int(self._inner.fileno())
-
-    def close(self) -> None:
-        self._inner.close()
-        super().close()
-
-
 class StreamRequestHandler(BaseRequestHandler):
     """Handler for stream sockets: ``rfile`` and ``wfile`` are binary files.
 
@@ -121,14 +80,22 @@ class StreamRequestHandler(BaseRequestHandler):
 
     - rbufsize: buffer size of rfile (-1: the default buffer size)
     - wbufsize: buffer size of wfile (0: unbuffered, every write is sent at once)
-    - timeout: socket timeout in seconds for the connection (None: none)
+    - timeout: socket timeout in seconds for the connection (None: the
+      server's ``limits.idle_timeout``, if it has one; else none)
     - disable_nagle_algorithm: set TCP_NODELAY on the connection
-    - max_line: sockserve's own. When set, ``rfile.readline()`` (and iterating
-      over ``rfile``) raises ``LineTooLong`` instead of returning a line longer
-      than this many bytes, newline included; None (the default) reads lines
-      of any length, as the stdlib does.
+    - max_line: sockserve's own. The longest line, b"\\n" included, that
+      ``rfile.readline()`` (and iterating over ``rfile``) returns; a longer one
+      raises ``LineTooLong``. None (the default): the server's
+      ``limits.max_line``, if it has one; else no cap, as in the stdlib.
 
-    When ``timeout`` is None, the server's ``limits.idle_timeout`` applies.
+    With no cap in force, ``rfile`` is exactly the stdlib's
+    (``connection.makefile("rb", rbufsize)``). With a cap, it is a
+    ``CappedReader`` on the connection, whose rule is
+    ``sockserve.protocol.LineSplitter``'s: it holds at most ``max_line + 1``
+    bytes of an unfinished line before deciding, so a line is refused as soon
+    as ``max_line + 1`` bytes of it have come without b"\\n", and a final
+    line without b"\\n" is returned if it is within the cap (one of exactly
+    ``max_line`` bytes included).
     """
 
     rbufsize: ClassVar[int] = -1
@@ -143,14 +110,17 @@ class StreamRequestHandler(BaseRequestHandler):
 
     def setup(self) -> None:
         self.connection = self.request
-        timeout = self.timeout if self.timeout is not None else self.server.limits.idle_timeout
+        limits = limits_of(self.server)  # none without a sockserve server: the stdlib's behaviour
+        timeout = self.timeout if self.timeout is not None else limits.idle_timeout
         if timeout is not None:
             self.connection.settimeout(timeout)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        self.rfile = self.connection.makefile("rb", self.rbufsize)
-        if self.max_line is not None:
-            self.rfile = _LineCappedReader(self.rfile, self.max_line, self.client_address)
+        max_line = self.max_line if self.max_line is not None else limits.max_line
+        if max_line is None:
+            self.rfile = self.connection.makefile("rb", self.rbufsize)
+        else:
+            self.rfile = CappedReader(self.connection, max_line, self.client_address, self.rbufsize)
         if self.wbufsize == 0:
             self.wfile = _SocketWriter(self.connection)
         else:

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+import sockserve
 from sockserve import aio
 from sockserve.testing import running_server
 
-from ..helpers import TIMEOUT, connect, recv_all
+from ..helpers import TIMEOUT, connect, recv_all, recv_line
 from .conftest import LogWatcher, closed_by_server
 
 
@@ -111,6 +112,71 @@ def test_a_line_longer_than_max_line_is_refused(loop_kind: str, logs: LogWatcher
             sock.sendall(b"y" * 100)  # no newline within 16 bytes: refused without waiting for more
             assert closed_by_server(sock) == b""
         logs.wait_for(rf"line longer than 16 bytes from 127\.0\.0\.1:{client[1]}: closing the connection")
+
+
+@pytest.mark.parametrize(("sent", "answer"), [(b"x" * 16, b"x" * 16), (b"x" * 17, b"too long")])
+def test_a_last_line_of_exactly_max_line_bytes_is_within_the_cap(loop_kind: str, sent: bytes, answer: bytes) -> None:
+    """The rule of every line reader: with no newline in the first max_line
+    bytes, the reader waits for one byte more or the end; the end came, so a
+    last line of exactly max_line bytes is returned."""
+
+    class Capped(aio.AsyncStreamRequestHandler):
+        max_line = 16
+
+        async def handle(self) -> None:
+            try:
+                await self.writer.write(await self.reader.readline())
+            except sockserve.LineTooLong:
+                await self.writer.write(b"too long")
+
+    with serve_with(Capped, loop_kind) as server, connect(server.server_address) as sock:
+        sock.sendall(sent)
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == answer
+
+
+def test_readuntil_at_the_end_of_a_line_of_exactly_max_line_bytes(loop_kind: str) -> None:
+    partials: list[bytes] = []
+
+    class Until(aio.AsyncStreamRequestHandler):
+        max_line = 8
+
+        async def handle(self) -> None:
+            try:
+                await self.reader.readuntil(b"|")
+            except asyncio.IncompleteReadError as exc:
+                partials.append(exc.partial)
+            await self.writer.write(b"ok")
+
+    with serve_with(Until, loop_kind) as server, connect(server.server_address) as sock:
+        sock.sendall(b"12345678")
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b"ok"
+    assert partials == [b"12345678"]
+
+
+def test_a_line_longer_than_read_limit_still_comes_in(loop_kind: str) -> None:
+    """read_limit pauses reading only while no read waits: a readline()
+    waiting for a line longer than read_limit gets it (this used to hang:
+    reading was paused under the waiting read). The fuzz tests check it for
+    every cut; here, over a real connection."""
+
+    class Small(aio.AsyncStreamRequestHandler):
+        read_limit = 64
+        max_line = 4096
+
+        async def handle(self) -> None:
+            await self.writer.write(await self.reader.readline())  # b"go\n": the next readline waits
+            async for line in self.reader:
+                await self.writer.write(b"%d\n" % len(line))
+
+    with serve_with(Small, loop_kind) as server, connect(server.server_address) as sock:
+        sock.sendall(b"go\n")
+        assert recv_line(sock) == b"go\n"
+        sock.sendall(b"y" * 3000)
+        sock.sendall(b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b"3001\n"
 
 
 def test_writer_waits_while_the_client_does_not_read(loop_kind: str) -> None:

@@ -25,9 +25,17 @@ class AsyncStreamRequestHandler:
 
     Class variables that may be overridden:
 
-    - max_line: the longest line ``reader.readline()``/``readuntil()``
-      return; None (the default) takes the server's ``limits.max_line``.
-    - read_limit: bytes buffered from the client before reading pauses.
+    - max_line: the longest line, delimiter included, that
+      ``reader.readline()``/``readuntil()`` return; a longer one raises
+      ``LineTooLong``. None (the default): the server's ``limits.max_line``,
+      else ``DEFAULT_MAX_LINE`` (64 KiB). The rule is
+      ``sockserve.protocol.LineSplitter``'s, as for the synchronous
+      ``rfile``: the reader holds at most ``max_line + 1`` bytes of an
+      unfinished line before deciding, so a line is refused as soon as that
+      many bytes of it have come, and a last, unterminated line within the
+      cap (one of exactly ``max_line`` bytes included) is returned.
+    - read_limit: bytes buffered from the client before reading pauses
+      (while no read waits for more).
     - write_limit: bytes waiting to be sent before ``await writer.write()`` waits.
     """
 

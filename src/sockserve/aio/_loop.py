@@ -1,14 +1,16 @@
 """Which event loop a blocking ``serve_forever()`` creates: asyncio's, or
-uvloop's when it is installed. The only module of sockserve that imports
-uvloop, and only when asked to."""
+uvloop's when it is installed; and which loop a running one is. The only
+module of sockserve that imports uvloop, and only when asked to."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+from asyncio.selector_events import BaseSelectorEventLoop
 from typing import Literal
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
+LoopKind = Literal["asyncio", "uvloop", "other"]
 
 LOOP_CHOICES: tuple[LoopChoice, ...] = ("auto", "asyncio", "uvloop")
 
@@ -43,6 +45,22 @@ def new_event_loop(choice: LoopChoice = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def loop_kind(loop: asyncio.AbstractEventLoop) -> LoopKind:
+    """Which loop this is; the one place sockserve tells loops apart.
+
+    ``"asyncio"``: asyncio's own selector loop (what ``asyncio.new_event_loop()``
+    makes on POSIX), whose pure-Python transports and ``signal.set_wakeup_fd``
+    handling sockserve knows (see ``_fastpaths`` and ``_signals``).
+    ``"uvloop"``: uvloop's. ``"other"``: anything else, which sockserve uses
+    through asyncio's public API only.
+    """
+    if isinstance(loop, BaseSelectorEventLoop):
+        return "asyncio"
+    if type(loop).__module__.partition(".")[0] == "uvloop":  # without importing uvloop
+        return "uvloop"
+    return "other"
+
+
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     """``"uvloop"`` or ``"asyncio"``, for log lines and reports."""
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    return "uvloop" if loop_kind(loop) == "uvloop" else "asyncio"

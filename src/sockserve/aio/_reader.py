@@ -1,43 +1,59 @@
 """The reader of an async stream handler: the connection's lean
-``asyncio.Protocol``, with its own buffer (the writer, in ``_writer``, wraps
-the same protocol).
+``asyncio.Protocol`` (the writer, in ``_writer``, wraps the same protocol).
+
+Three pieces, one job each:
+
+- **buffering and line framing**: a ``protocol.LineSplitter``, the same core
+  as the synchronous handler's capped ``rfile``. Lines, ``readuntil()`` and
+  the raw reads are all served from its buffer, by its rule: a line has at
+  most ``max_line`` bytes, delimiter included; the reader holds at most
+  ``max_line + 1`` bytes of an unfinished line before deciding, so a line
+  that has not ended by then raises ``LineTooLong`` without more being
+  buffered, and a final, unterminated line within the cap (one of exactly
+  ``max_line`` bytes included) is returned at the end of input.
+- **the limits**: ``max_line`` is the splitter's cap, the idle timeout an
+  ``_idle.IdleTimeout``; ``read_limit`` is flow control, below.
+- **this protocol**: what the transport calls (bytes, EOF, the end, flow
+  control), and the waits of the handler's reads and drains. Reading is
+  bounded: the transport is paused while more than ``read_limit`` bytes
+  wait unread.
 
 Built without ``asyncio.StreamReader``/``StreamWriter`` on purpose: a line is
 cut by the transport's callback and handed over in the future the handler
 waits on, a read that the buffer can satisfy creates no coroutine, and there
-is one object per connection instead of three. Reading is bounded: the
-transport is paused while more than ``read_limit`` bytes wait in the buffer.
-
-Lines are cut by the same rule as ``sockserve.protocol.LineSplitter``: a
-delimiter is searched for only within the first ``max_line`` bytes, a byte is
-never searched twice, and a line that cannot end within the cap raises
-``LineTooLong`` before more is buffered. (The splitter owns its buffer and
-only gives it back whole, so the reader, which also serves ``read(n)`` and
-``readexactly(n)`` from the same bytes, applies the rule to its own buffer.)
+is one protocol object per connection instead of three. The speed-ups that
+rely on asyncio's internals live in ``_fastpaths``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, cast
 
-from .._errors import IdleTimeoutExpired, LineTooLong
-from ..protocol.lines import DEFAULT_MAX_LINE
-from ._wakeup import Wakeup
+from ..protocol.lines import DEFAULT_MAX_LINE, LineSplitter
+from ._fastpaths import enabled_for, shared_read_buffer, waiter_maker
+from ._idle import IdleTimeout
 
 DEFAULT_READ_LIMIT = 64 * 1024
 
 # What a reader's pending future waits for: any bytes (the caller looks), a
 # whole line (handed over in the future), or a line with StopAsyncIteration
-# at the end of input (``async for``).
+# at the end of input (``async for``). The line modes are true.
 _RAW, _LINE, _LINE_OR_STOP = 0, 1, 2
 
 
 class AsyncStreamReader(asyncio.Protocol):
     """Reads what the client sends: ``read``, ``readexactly``, ``readline``,
     ``readuntil`` and ``async for line in reader``.
+
+    ``readline()`` and ``readuntil()`` return at most ``max_line`` bytes,
+    delimiter included; the reader holds at most ``max_line + 1`` bytes of an
+    unfinished line before deciding: ``LineTooLong`` as soon as that many
+    have come without the delimiter, or, if the input ends first, the
+    unterminated rest (``readline()``; a last line of exactly ``max_line``
+    bytes is within the cap) or ``asyncio.IncompleteReadError``
+    (``readuntil()``). The rule is ``sockserve.protocol.LineSplitter``'s.
 
     One per connection, made by the server. (It is also the connection's
     ``asyncio.Protocol``; the methods that the transport calls are not for
@@ -58,17 +74,14 @@ class AsyncStreamReader(asyncio.Protocol):
         self.max_line = max_line
         self.idle_timeout = idle_timeout
         self._read_limit = read_limit
-        self._buf = bytearray()
-        self._scanned = 0  # bytes of _buf known to hold no newline (readline)
-        self._scanned_sep = 0  # ... and no _scan_sep (readuntil)
-        self._scan_sep = b"\n"
+        self._lines = LineSplitter(max_line, client_address=client_address)
+        self._idle = None if idle_timeout is None else IdleTimeout(loop, idle_timeout, client_address)
+        self._make_waiter = waiter_maker(loop)
         # A done future: what write() returns while the transport has room,
         # so that ``await writer.write()`` then costs no Python frame at all.
-        self._ready: asyncio.Future[None] = loop.create_future()
-        self._ready.set_result(None)
-        self._eager = isinstance(loop, asyncio.BaseEventLoop)  # asyncio's loop, not uvloop
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._eof = False
+        self._no_wait: asyncio.Future[None] = loop.create_future()
+        self._no_wait.set_result(None)
+        self._eof = False  # the client has finished sending (the splitter was told too)
         self._error: BaseException | None = None  # raised by reads that need more bytes, and by writes
         self._waiter: asyncio.Future[Any] | None = None
         self._line_mode = _RAW  # what _waiter waits for
@@ -86,34 +99,48 @@ class AsyncStreamReader(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        if len(buf) > self._read_limit and not self._reading_paused and self._transport is not None:
+        waiter = self._waiter
+        if (
+            waiter is not None
+            and self._line_mode
+            and not self._lines.buffer
+            and (end := data.find(b"\n", 0, self.max_line)) >= 0
+            and end + 1 == len(data)
+            and not waiter.done()
+        ):
+            # The usual case: a line is awaited, nothing is buffered, and one
+            # whole line within the cap came. This is what feeding the
+            # splitter and taking its next line would give (the fuzz tests
+            # hold the two equal), without touching the buffer. With a
+            # Wakeup, the handler runs before this returns.
+            self._waiter = None
+            if self._idle is not None:
+                self._idle.disarm()
+            waiter.set_result(data)
+            return
+        lines = self._lines
+        lines.feed(data)
+        if waiter is not None:
+            self._wake()
+        # Pause only if no read still waits: one that does needs more bytes
+        # than are buffered (its own bound holds the buffer: max_line for a
+        # line, n for readexactly), and pausing would leave it waiting forever.
+        if (
+            len(lines.buffer) > self._read_limit
+            and self._waiter is None
+            and not self._reading_paused
+            and self._transport is not None
+        ):
             self._reading_paused = True
             self._transport.pause_reading()
-        waiter = self._waiter
-        if waiter is None:
-            return
-        if self._line_mode == _LINE and self._idle_timer is None and not self._reading_paused:
-            # The usual case, a readline() waiting and one whole line come in:
-            # _wake() inlined. With a Wakeup, the handler runs before this returns.
-            found = buf.find(b"\n", self._scanned, self.max_line)
-            if found + 1 == len(buf) and not waiter.done():
-                line = bytes(buf)
-                buf.clear()
-                self._scanned = self._scanned_sep = 0
-                self._waiter = None
-                waiter.set_result(line)
-                return
-        self._wake()
 
     def eof_received(self) -> bool:
-        self._eof = True
+        self._end_of_input()
         self._wake()
         return True  # keep the connection half-open: the handler may still reply
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
+        self._end_of_input()
         self._lost = True
         if exc is not None and self._error is None:
             self._error = exc
@@ -151,6 +178,8 @@ class AsyncStreamReader(asyncio.Protocol):
                 waiter.set_exception(exc)
                 waiting = True
         self._waiter = self._drain_waiter = None
+        if self._idle is not None:
+            self._idle.disarm()
         if self._transport is not None:
             self._transport.abort()
         return waiting
@@ -159,19 +188,20 @@ class AsyncStreamReader(asyncio.Protocol):
 
     def at_eof(self) -> bool:
         """True when the client has finished sending and every byte was read."""
-        return self._eof and not self._buf
+        return self._eof and not self._lines.buffer
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (at least one unless the input is over: then b"").
         ``n < 0`` reads until the client finishes sending."""
         if n == 0:
             return b""
+        lines = self._lines
         if n < 0:
             while not self._eof:
                 await self._wait()
             self._raise_if_error()
-            return self._take(len(self._buf))
-        while not self._buf:
+            return self._take(len(lines.buffer))
+        while not lines.buffer:
             if self._eof:
                 self._raise_if_error()
                 return b""
@@ -182,11 +212,11 @@ class AsyncStreamReader(asyncio.Protocol):
         """Exactly ``n`` bytes; ``asyncio.IncompleteReadError`` if the input ends first."""
         if n < 0:
             raise ValueError("readexactly() size can not be less than zero")
-        while len(self._buf) < n:
+        lines = self._lines
+        while len(lines.buffer) < n:
             if self._eof:
                 self._raise_if_error()
-                partial = self._take(len(self._buf))
-                raise asyncio.IncompleteReadError(partial, n)
+                raise asyncio.IncompleteReadError(self._take(len(lines.buffer)), n)
             await self._wait()
         return self._take(n)
 
@@ -200,11 +230,13 @@ class AsyncStreamReader(asyncio.Protocol):
         Raises:
             LineTooLong: no newline within ``max_line`` bytes.
         """
-        loop = self._loop
-        if self._buf or self._eof:
-            line = self._line_now()
+        lines = self._lines
+        if lines.buffer or self._eof:
+            line = lines.next_line()
             if line is not None:
-                done: asyncio.Future[bytes] = loop.create_future()
+                if self._reading_paused or self._eof:
+                    self._line_taken(line.endswith(b"\n"))
+                done: asyncio.Future[bytes] = self._loop.create_future()
                 if line or _mode != _LINE_OR_STOP:
                     done.set_result(line)
                 else:
@@ -214,11 +246,11 @@ class AsyncStreamReader(asyncio.Protocol):
             raise self._error
         if self._reading_paused:
             self._resume_reading()  # what is buffered holds no line: more must come in
-        waiter: asyncio.Future[bytes] = self._new_waiter(loop)
+        waiter: asyncio.Future[bytes] = self._make_waiter(self._loop)
         self._waiter = waiter
         self._line_mode = _mode
-        if self.idle_timeout is not None:
-            self._arm_idle_timer(waiter)
+        if self._idle is not None:
+            self._idle.arm(waiter)
         return waiter
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
@@ -230,13 +262,17 @@ class AsyncStreamReader(asyncio.Protocol):
         """
         if not separator:
             raise ValueError("separator must not be empty")
+        lines = self._lines
         while True:
-            end = self._scan(separator)
-            if end:
-                return self._take(end)
-            if self._eof:
-                self._raise_if_error()
-                raise asyncio.IncompleteReadError(self._take(len(self._buf)), None)
+            if lines.buffer or self._eof:
+                line = lines.next_line(separator)
+                if line is not None:
+                    complete = line.endswith(separator)  # else the input ended first
+                    if self._reading_paused or self._eof:
+                        self._line_taken(complete)
+                    if complete:
+                        return line
+                    raise asyncio.IncompleteReadError(line, None)
             await self._wait()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -245,52 +281,18 @@ class AsyncStreamReader(asyncio.Protocol):
     def __anext__(self) -> Awaitable[bytes]:
         return self.readline(_LINE_OR_STOP)
 
-    def _line_now(self) -> bytes | None:
-        """A whole line from the buffer, the rest at the end of input, or None."""
-        buf = self._buf
-        if buf:
-            found = buf.find(b"\n", self._scanned, self.max_line)
-            if found >= 0:
-                if found + 1 == len(buf) and not self._reading_paused:
-                    # The usual case, one whole line and nothing more: _take() inlined.
-                    line = bytes(buf)
-                    buf.clear()
-                    self._scanned = self._scanned_sep = 0
-                    return line
-                return self._take(found + 1)
-            if len(buf) >= self.max_line:
-                raise LineTooLong(self.max_line, self.client_address)
-            self._scanned = len(buf)
-        if self._eof:
+    def _line_taken(self, complete: bool) -> None:
+        """After a line left the buffer: resume reading if the buffer has room
+        again. At the end of input, an incomplete line means the read needed
+        more than came: the error that ended the input is raised, if any."""
+        if self._eof and not complete:
             self._raise_if_error()
-            return self._take(len(buf))
-        return None
-
-    def _scan(self, sep: bytes) -> int:
-        """End of the first ``sep`` within the cap, or 0 if there is none yet."""
-        buf = self._buf
-        if sep != self._scan_sep:
-            self._scan_sep = sep
-            self._scanned_sep = 0
-        start = self._scanned_sep - len(sep) + 1
-        found = buf.find(sep, start if start > 0 else 0, self.max_line)
-        if found >= 0:
-            return found + len(sep)
-        if len(buf) >= self.max_line:
-            raise LineTooLong(self.max_line, self.client_address)
-        self._scanned_sep = len(buf)
-        return 0
+        if self._reading_paused and len(self._lines.buffer) <= self._read_limit // 2:
+            self._resume_reading()
 
     def _take(self, n: int) -> bytes:
-        buf = self._buf
-        if n >= len(buf):
-            data = bytes(buf)
-            buf.clear()
-        else:
-            data = bytes(buf[:n])
-            del buf[:n]
-        self._scanned = self._scanned_sep = 0
-        if self._reading_paused and len(buf) <= self._read_limit // 2:
+        data = self._lines.take(n)
+        if self._reading_paused and len(self._lines.buffer) <= self._read_limit // 2:
             self._resume_reading()
         return data
 
@@ -300,35 +302,12 @@ class AsyncStreamReader(asyncio.Protocol):
             raise self._error
         if self._reading_paused:
             self._resume_reading()  # what is buffered is not enough: more must come in
-        loop = self._loop
-        waiter: asyncio.Future[None] = self._new_waiter(loop)
+        waiter: asyncio.Future[None] = self._make_waiter(self._loop)
         self._waiter = waiter
         self._line_mode = _RAW
-        if self.idle_timeout is not None:
-            self._arm_idle_timer(waiter)
+        if self._idle is not None:
+            self._idle.arm(waiter)
         return waiter
-
-    def _new_waiter(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        """A Wakeup when connections take turns on asyncio's loop; else a plain
-        future (uvloop; or other callbacks are due in this turn, so the wait
-        will most likely end in a busy turn too, where a Wakeup would only
-        defer like a plain future, at the cost of its Python methods)."""
-        if self._eager and not loop._ready:  # type: ignore[attr-defined]
-            return Wakeup(loop=loop)
-        return loop.create_future()
-
-    def _arm_idle_timer(self, waiter: asyncio.Future[Any]) -> None:
-        assert self.idle_timeout is not None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = self._loop.call_later(self.idle_timeout, self._idle_expired, waiter)
-
-    def _idle_expired(self, waiter: asyncio.Future[Any]) -> None:
-        self._idle_timer = None
-        if self._waiter is waiter and not waiter.done():
-            self._waiter = None
-            assert self.idle_timeout is not None
-            waiter.set_exception(IdleTimeoutExpired(self.idle_timeout, self.client_address))
 
     def _wake(self) -> None:
         """Bytes, EOF or the end came: complete the wait if it can be."""
@@ -336,9 +315,11 @@ class AsyncStreamReader(asyncio.Protocol):
         if waiter is None:
             return
         line: bytes | None = None
-        if not waiter.done() and self._line_mode != _RAW:
+        if self._line_mode and not waiter.done():
             try:
-                line = self._line_now()
+                line = self._lines.next_line()
+                if line is not None and (self._reading_paused or self._eof):
+                    self._line_taken(line.endswith(b"\n"))
             except Exception as exc:  # LineTooLong, or the error that ended the input
                 self._end_wait()
                 waiter.set_exception(exc)
@@ -347,7 +328,7 @@ class AsyncStreamReader(asyncio.Protocol):
                 return  # no whole line yet: wait on
         self._end_wait()
         if waiter.done():
-            return  # cancelled meanwhile (its task was)
+            return  # cancelled meanwhile (its task was), or the idle timeout fired
         if line is None:
             waiter.set_result(None)
         elif line or self._line_mode != _LINE_OR_STOP:
@@ -357,9 +338,13 @@ class AsyncStreamReader(asyncio.Protocol):
 
     def _end_wait(self) -> None:
         self._waiter = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        if self._idle is not None:
+            self._idle.disarm()
+
+    def _end_of_input(self) -> None:
+        if not self._eof:
+            self._eof = True
+            self._lines.feed(b"")
 
     def _resume_reading(self) -> None:
         self._reading_paused = False
@@ -378,23 +363,20 @@ class AsyncStreamReader(asyncio.Protocol):
         if self._lost:
             raise ConnectionResetError(f"connection to {self.client_address!r} lost")
         if not self._write_paused:
-            return self._ready
+            return self._no_wait
         if self._drain_waiter is None:
-            loop = self._loop
-            self._drain_waiter = self._new_waiter(loop)
+            self._drain_waiter = self._make_waiter(self._loop)
         return self._drain_waiter
 
 
 class _ReadIntoReader(AsyncStreamReader, asyncio.BufferedProtocol):
-    """The reader on asyncio's own loop: the transport reads into a buffer
-    that the loop's connections share (``recv_into``), then the bytes are
-    appended to this reader's buffer. asyncio's ``recv()`` path allocates 256
-    KiB per read instead, which CPython gets from ``mmap`` and then shrinks
-    and frees: three system calls per read, more than the read itself."""
+    """The reader on asyncio's own loop, with the fast paths on: the transport
+    reads into a buffer that the loop's connections share (``recv_into``),
+    and the bytes are copied out at once (see ``_fastpaths.shared_read_buffer``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client_address: Any, **options: Any) -> None:
         super().__init__(loop, client_address, **options)
-        self._scratch = _scratch_for(loop)
+        self._scratch = shared_read_buffer(loop)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._scratch
@@ -402,24 +384,13 @@ class _ReadIntoReader(AsyncStreamReader, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         # Called right after the read into the shared buffer, before any
         # other connection's: the bytes are copied out at once.
-        self.data_received(self._scratch[:nbytes])  # type: ignore[arg-type]
-
-
-_SCRATCH_SIZE = 64 * 1024
-_scratch_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = weakref.WeakKeyDictionary()
-
-
-def _scratch_for(loop: asyncio.AbstractEventLoop) -> memoryview:
-    """The read buffer shared by the connections of ``loop`` (one thread: never two reads at once)."""
-    scratch = _scratch_buffers.get(loop)
-    if scratch is None:
-        scratch = _scratch_buffers[loop] = memoryview(bytearray(_SCRATCH_SIZE))
-    return scratch
+        self.data_received(bytes(self._scratch[:nbytes]))
 
 
 def new_reader(loop: asyncio.AbstractEventLoop, client_address: Any, **options: Any) -> AsyncStreamReader:
     """The reader that suits ``loop``: reading into a shared buffer on asyncio's
-    loop; the plain protocol on uvloop, whose own read path is already that."""
-    if isinstance(loop, asyncio.BaseEventLoop):
+    loop (a fast path); the plain protocol elsewhere (uvloop's own read path
+    is already that) or with the fast paths off."""
+    if enabled_for(loop):
         return _ReadIntoReader(loop, client_address, **options)
     return AsyncStreamReader(loop, client_address, **options)

@@ -19,12 +19,14 @@ import socket
 import threading
 from collections.abc import Iterator
 
+from ._loop import loop_kind
+
 
 @contextlib.contextmanager
 def signals_wake(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
     """While the block runs, any signal makes ``loop`` turn (main thread only,
     asyncio's loop only, and only if no wake-up descriptor is set already)."""
-    if threading.current_thread() is not threading.main_thread() or not isinstance(loop, asyncio.BaseEventLoop):
+    if threading.current_thread() is not threading.main_thread() or loop_kind(loop) != "asyncio":
         yield
         return
     receive, send = socket.socketpair()

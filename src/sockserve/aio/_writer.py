@@ -39,7 +39,7 @@ class AsyncStreamWriter:
         self.transport.write(data)
         if reader._write_paused:
             return reader._drain()
-        return reader._ready
+        return reader._no_wait
 
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> Awaitable[None]:
         """Send every buffer of ``data``, in order; awaitable like ``write()``."""
