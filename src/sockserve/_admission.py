@@ -24,6 +24,7 @@ from typing import Any, final
 
 from ._errors import ConnectionLimitReached, LimitExceeded
 from ._limits import NO_LIMITS, Limits
+from ._wakeup import Waker
 
 
 def client_key(client_address: Any) -> Hashable:
@@ -99,7 +100,7 @@ class Admission:
         # Reentrant: interrupt() may run in a signal handler on a thread that
         # holds the lock at that moment.
         self._lock = threading.RLock()
-        self._idle = threading.Condition(self._lock)
+        self._idle_wakers: set[Waker] = set()  # one per wait_idle() in progress
         self._interrupted = False
         self._open: dict[int, Ticket] = {}  # id(ticket) -> ticket
         self._per_client: dict[Hashable, int] = {}
@@ -148,8 +149,10 @@ class Admission:
                 del self._per_client[ticket.key]
             limit = self.limits.max_connections
             freed = limit is not None and len(self._open) == limit - 1
-            if len(self._open) <= 1:  # a drain may wait for none, or for none but its caller's own
-                self._idle.notify_all()
+            # A drain may wait for none, or for none but its caller's own.
+            wakers = list(self._idle_wakers) if len(self._open) <= 1 else ()
+        for waker in wakers:
+            waker.wake()
         if freed and self._on_free is not None:
             self._on_free()
 
@@ -182,20 +185,40 @@ class Admission:
 
     def interrupt(self) -> None:
         """Make a current or future ``wait_idle()`` return False at once."""
-        with self._idle:
+        with self._lock:
             self._interrupted = True
-            self._idle.notify_all()
+            wakers = list(self._idle_wakers)
+        for waker in wakers:
+            waker.wake()
 
     def wait_idle(self, timeout: float | None, ignore: Ticket | None = None) -> bool:
         """Block until no connection is in flight but ``ignore`` (the caller's
-        own); False if ``timeout`` ran out first or ``interrupt()`` was called."""
+        own); False if ``timeout`` ran out first or ``interrupt()`` was called.
+
+        It waits on a self-pipe, not a condition variable: ``interrupt()``
+        comes from ``force_stop()`` in a signal handler, which runs on the main
+        thread, possibly the waiting one, between its look at the state and
+        its wait. A condition's notify would then find no waiter yet and be
+        lost, and the wait would last the whole grace period; a byte in the
+        pipe is still there when the wait begins.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._idle:
-            while len(self._open) > (1 if ignore is not None and id(ignore) in self._open else 0):
-                if self._interrupted:
-                    return False
+        waker = Waker()
+        with self._lock:
+            self._idle_wakers.add(waker)
+        try:
+            while True:
+                with self._lock:
+                    if len(self._open) <= (1 if ignore is not None and id(ignore) in self._open else 0):
+                        return True
+                    if self._interrupted:
+                        return False
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._idle.wait(remaining)
-        return True
+                waker.wait(remaining)
+                waker.drain()
+        finally:
+            with self._lock:
+                self._idle_wakers.discard(waker)
+            waker.close()

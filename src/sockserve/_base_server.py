@@ -35,6 +35,7 @@ from ._log import format_address, logger, report_request_error
 from ._model import ConcurrencyModel, InlineModel
 from ._pipeline import Job, current_job, set_current_job
 from ._server_core import ServerCore
+from ._signal_wakeup import drain, signal_wakeup
 from ._wakeup import Waker
 from ._watchdog import DeadlineWatchdog
 
@@ -149,6 +150,9 @@ class BaseServer(ServerCore, GracefulStop):
             with _ServerSelector() as selector:
                 selector.register(self, selectors.EVENT_READ)
                 selector.register(waker, selectors.EVENT_READ)
+                signals = signal_wakeup()  # a signal handler's shutdown() must not wait for poll_interval
+                if signals is not None:
+                    selector.register(signals, selectors.EVENT_READ)
                 # A bare poll object to ask "is another request waiting?" after
                 # each accept: a fraction of a selector's cost per call.
                 pending = select.poll()
@@ -177,6 +181,8 @@ class BaseServer(ServerCore, GracefulStop):
                     for key, _ in ready:
                         if key.fileobj is waker:
                             waker.drain()
+                        elif key.fileobj is signals:
+                            drain(signals)
                         elif key.fileobj is self:
                             self._serve_pending(pending)
                         else:

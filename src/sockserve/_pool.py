@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._log import format_address, logger
 from ._model import ConcurrencyModel, TicketModel
+from ._thread_signals import leave_signals_to_the_main_thread
 from ._threading import run_request
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ class WorkerPool:
         worker.start()
 
     def _work(self) -> None:
+        leave_signals_to_the_main_thread()
         me = threading.current_thread()
         try:
             while True:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from ._drain import DEFAULT_GRACE, DrainReport
 from ._log import format_address, logger
+from ._signal_wakeup import signals_interrupt_waits
 
 GRACEFUL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 IMMEDIATE_SIGNALS = (signal.SIGQUIT,)
@@ -71,25 +72,27 @@ def serve(
         server.force_stop()
         server.shutdown()
 
-    previous = {sig: signal.signal(sig, graceful) for sig in graceful_signals}
-    previous.update({sig: signal.signal(sig, immediate) for sig in immediate_signals})
-    if unblock:
-        # Signals the caller kept blocked until these handlers were in place:
-        # one that arrived meanwhile is delivered now, to them.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
-    try:
+    immediate_signals = tuple(immediate_signals)
+    with signals_interrupt_waits():
+        previous = {sig: signal.signal(sig, graceful) for sig in graceful_signals}
+        previous.update({sig: signal.signal(sig, immediate) for sig in immediate_signals})
+        if unblock:
+            # Signals the caller kept blocked until these handlers were in place:
+            # one that arrived meanwhile is delivered now, to them.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
         try:
-            server.serve_forever(poll_interval)
+            try:
+                server.serve_forever(poll_interval)
+            finally:
+                if received:
+                    logger.info(
+                        "%s: received %s, stopping %s",
+                        format_address(server.server_address),
+                        received[0].name,
+                        "at once" if received[0] in immediate_signals else f"gracefully (grace {grace}s)",
+                    )
+                report = server.stop(grace)
+            return report
         finally:
-            if received:
-                logger.info(
-                    "%s: received %s, stopping %s",
-                    format_address(server.server_address),
-                    received[0].name,
-                    "at once" if received[0] in immediate_signals else f"gracefully (grace {grace}s)",
-                )
-            report = server.stop(grace)
-        return report
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

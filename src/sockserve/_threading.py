@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ._model import ConcurrencyModel, TicketModel
+from ._thread_signals import leave_signals_to_the_main_thread
 
 if TYPE_CHECKING:
     from ._admission import Admission
@@ -103,6 +104,7 @@ class ThreadingMixIn(_ServerBase):
         target = self.process_request_thread
 
         def process_request_thread() -> None:  # named as the stdlib's thread target, so threads are named alike
+            leave_signals_to_the_main_thread()
             job.run(target)
 
         thread = threading.Thread(target=process_request_thread)

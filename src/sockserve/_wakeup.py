@@ -9,6 +9,8 @@ from __future__ import annotations
 import select
 import socket
 
+from ._signal_wakeup import drain, signal_wakeup
+
 
 class Waker:
     """Two connected sockets: ``wake()`` makes ``fileno()`` readable."""
@@ -36,13 +38,19 @@ class Waker:
         except (BlockingIOError, OSError):
             pass
 
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` seconds; True if woken early."""
+    def wait(self, timeout: float | None) -> bool:
+        """Sleep up to ``timeout`` seconds (None: until woken); True if woken."""
         # poll() rather than select(): no FD_SETSIZE limit, and unlike epoll it
         # needs no descriptor of its own, so it works while we are out of them.
         poller = select.poll()
         poller.register(self._reader, select.POLLIN)
-        return bool(poller.poll(max(timeout, 0.0) * 1000.0))
+        signals = signal_wakeup()  # a signal's handler may be what wakes us: see _signal_wakeup
+        if signals is not None:
+            poller.register(signals, select.POLLIN)
+        ready = poller.poll(None if timeout is None else max(timeout, 0.0) * 1000.0)
+        if signals is not None and any(fd == signals.fileno() for fd, _ in ready):
+            drain(signals)
+        return bool(ready)
 
     def close(self) -> None:
         self._reader.close()

@@ -16,6 +16,7 @@ import time
 from ._admission import Admission
 from ._errors import ConnectionDeadlineExceeded
 from ._log import log_limit
+from ._thread_signals import leave_signals_to_the_main_thread
 
 
 class DeadlineWatchdog:
@@ -50,6 +51,7 @@ class DeadlineWatchdog:
             thread.join()
 
     def _run(self) -> None:
+        leave_signals_to_the_main_thread()
         limit = self._admission.limits.connection_timeout
         assert limit is not None
         with self._wakeup:

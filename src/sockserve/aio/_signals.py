@@ -14,45 +14,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import socket
 import threading
 from collections.abc import Iterator
 
+from .._signal_wakeup import drain, signals_interrupt_waits
 from ._loop import loop_kind
 
 
 @contextlib.contextmanager
 def signals_wake(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
     """While the block runs, any signal makes ``loop`` turn (main thread only,
-    asyncio's loop only, and only if no wake-up descriptor is set already)."""
+    asyncio's loop only, and only if the program has no wake-up descriptor of
+    its own). The descriptor is the one ``sockserve.serve()`` installed, if it
+    runs this server (see ``sockserve._signal_wakeup``)."""
     if threading.current_thread() is not threading.main_thread() or loop_kind(loop) != "asyncio":
         yield
         return
-    receive, send = socket.socketpair()
-    try:
-        receive.setblocking(False)
-        send.setblocking(False)
-        previous = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
-        if previous != -1:  # someone else's (e.g. loop.add_signal_handler): theirs already wakes the loop
-            signal.set_wakeup_fd(previous)
+    with signals_interrupt_waits() as receive:
+        if receive is None:  # someone else's (e.g. loop.add_signal_handler): theirs already wakes the loop
             yield
             return
-        loop.add_reader(receive.fileno(), _drain, receive)
+        loop.add_reader(receive.fileno(), drain, receive)
         try:
             yield
         finally:
             loop.remove_reader(receive.fileno())
-            signal.set_wakeup_fd(-1)
-    finally:
-        receive.close()
-        send.close()
-
-
-def _drain(sock: socket.socket) -> None:
-    # The bytes are signal numbers; the Python handlers run anyway, on their own.
-    try:
-        while sock.recv(4096):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass

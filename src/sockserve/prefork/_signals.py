@@ -31,14 +31,21 @@ class SignalQueue:
         os.set_blocking(self._reader, False)
         os.set_blocking(self._writer, False)
         self._previous: dict[signal.Signals, object] = {}
+        self._previous_wakeup = -1
 
     def install(self) -> None:
         for sig in self._signals:
             self._previous[sig] = signal.signal(sig, self._enqueue)
+        # The pipe is also the wake-up descriptor: the C-level handler writes
+        # to it, so wait() returns even when the signal lands just before it
+        # blocks, where the Python handler would run only after the wait.
+        self._previous_wakeup = signal.set_wakeup_fd(self._writer, warn_on_full_buffer=False)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
+        if self._previous:
+            signal.set_wakeup_fd(self._previous_wakeup)
         self._previous.clear()
 
     def close(self) -> None:
