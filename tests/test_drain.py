@@ -228,3 +228,44 @@ def _wait_children(server: Any) -> bool:
     from .helpers import wait_until
 
     return wait_until(lambda: bool(server.active_children))
+
+
+@pytest.mark.parametrize("model", ["threading", "pool"])
+def test_stop_from_a_handler_drains_the_others_and_spares_its_own_client(model: str) -> None:
+    reports: list[Any] = []
+    other_entered = threading.Event()
+
+    class Stopper(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            line = self.rfile.readline()
+            if line == b"stop\n":
+                report = self.server.stop(grace=30)  # the other request finishes; this one is not waited for
+                reports.append(report)
+                self.wfile.write(b"stopped: %d in flight, %d forced\n" % (report.in_flight, report.forced))
+            else:
+                other_entered.set()
+                self.wfile.write(b"other: " + line + self.rfile.readline())
+
+    server = STREAM_MODELS[model](("127.0.0.1", 0), Stopper)
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    log = logging.getLogger("sockserve")
+    watcher, level = _DrainStarted(), log.level
+    log.addHandler(watcher)
+    log.setLevel(logging.INFO)
+    try:
+        with connect(server.server_address) as other, connect(server.server_address) as stopper:
+            other.sendall(b"first\n")
+            assert other_entered.wait(TIMEOUT)
+            stopper.sendall(b"stop\n")
+            assert watcher.event.wait(TIMEOUT), "the drain did not start"
+            other.sendall(b"second\n")  # lets the other request finish within the grace period
+            assert recv_all(other) == b"other: first\nsecond\n"
+            assert recv_line(stopper) == b"stopped: 1 in flight, 0 forced\n"
+    finally:
+        log.removeHandler(watcher)
+        log.setLevel(level)
+        loop.join(TIMEOUT)
+        server.server_close()
+    assert not loop.is_alive()
+    assert reports[0].clean

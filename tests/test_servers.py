@@ -261,3 +261,47 @@ def test_many_clients_at_once_are_all_served() -> None:
             t.join(30)
     got = sorted(results.get(timeout=1) for _ in range(clients))
     assert got == sorted(b"client %d\n" % n for n in range(clients))
+
+
+@pytest.mark.parametrize(
+    "server_class", [sockserve.TCPServer, sockserve.ThreadingTCPServer, sockserve.ThreadPoolTCPServer]
+)
+def test_max_requests_stops_accepting_after_that_many(server_class: type[sockserve.TCPServer]) -> None:
+    class Echo(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline())
+
+    class Limited(server_class):  # type: ignore[valid-type,misc]
+        max_requests = 3
+
+    server = Limited(("127.0.0.1", 0), Echo)
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    try:
+        for number in range(3):
+            assert round_trip(server.server_address, b"%d\n" % number) == b"%d\n" % number
+        loop.join(10)  # the third admission ends the loop, as shutdown() would
+        assert not loop.is_alive(), "serve_forever() went on after max_requests"
+        assert server.max_requests_reached
+    finally:
+        server.shutdown()
+        loop.join(10)
+        server.stop(5)
+
+
+def test_the_production_servers_rebind_a_port_whose_connections_are_in_time_wait() -> None:
+    class Closer(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()  # (unread input would make the close a reset, which leaves no TIME_WAIT)
+            self.wfile.write(b"bye\n")  # and the server closes first: its side goes to TIME_WAIT
+
+    first = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), Closer)
+    address = first.server_address
+    with running_server(first), connect(address) as client:
+        client.sendall(b"hi\n")
+        assert recv_all(client) == b"bye\n"  # the server's close reached us first
+    assert sockserve.ThreadPoolTCPServer.allow_reuse_address
+    with pytest.raises(OSError, match="in use"):  # the drop-in keeps the stdlib's default, False
+        sockserve.TCPServer(address, Closer).server_close()
+    sockserve.ThreadPoolTCPServer(address, Closer).server_close()  # binds again at once
+    assert not sockserve.ThreadPoolUDPServer.allow_reuse_address  # never on UDP

@@ -117,3 +117,58 @@ def test_abstract_namespace_addresses_have_no_file() -> None:
     name = f"\0sockserve-test-{uuid.uuid4().hex}"
     with running_server(sockserve.ThreadingUnixStreamServer(name, LineEcho)) as server:
         assert round_trip(server.server_address) == b"hello\n"
+
+
+MIXTURE = """
+import os, sys, threading, http.client, socket
+import sockserve
+sys.modules["socketserver"] = sockserve
+import http.server
+
+calls = []
+
+class RecordingHTTPServer(http.server.HTTPServer):
+    def server_bind(self):
+        calls.append("HTTPServer.server_bind")  # would run getfqdn() on the socket path
+        super().server_bind()
+
+class UnixHTTPServer(sockserve.UnixStreamServer, RecordingHTTPServer):
+    # As asyncio's own test helpers write it: the Unix server's bind, by name.
+    def server_bind(self):
+        sockserve.UnixStreamServer.server_bind(self)
+        self.server_name = "127.0.0.1"
+        self.server_port = 80
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"hello over a unix socket")
+    def log_message(self, *args):
+        pass
+
+os.chdir(sys.argv[1])
+with UnixHTTPServer("relative.sock", Hello) as server:
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    conn = http.client.HTTPConnection("localhost")
+    conn.sock = socket.socket(socket.AF_UNIX)
+    conn.sock.connect("relative.sock")
+    conn.request("GET", "/")
+    print(conn.getresponse().read().decode(), calls)
+    conn.close()
+print(os.path.exists("relative.sock"))
+"""
+
+
+def test_a_mixture_with_a_stdlib_server_binds_as_the_stdlib_would(short_tmp: str) -> None:
+    # UnixStreamServer.server_bind(self) binds the socket, as the stdlib's
+    # (TCPServer's) does, whatever else the user's class mixes in: it must not
+    # hand over to HTTPServer.server_bind, which resolves the path as a host name.
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", MIXTURE, short_tmp], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["hello over a unix socket []", "False"]

@@ -170,7 +170,7 @@ def _why(kind: str, address: Any, exc: OSError) -> str:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    # The examples ship inside the package but live in the repository's examples/.
+    # The examples are a package of their own (src/sockserve/examples; examples/ at the top links there).
     examples = importlib.import_module("sockserve.examples").EXAMPLES
 
     logging.getLogger().setLevel(logging.DEBUG)

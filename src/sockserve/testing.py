@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 __all__ = ["running_server"]
 
 
-class Servable(Protocol):
+class _Servable(Protocol):
     """What running_server() needs: the sync servers and the async ones have it."""
 
     def serve_forever(self, poll_interval: float = ...) -> Any: ...
@@ -25,11 +25,11 @@ class Servable(Protocol):
     def server_close(self) -> None: ...
 
 
-ServerT = TypeVar("ServerT", bound=Servable)
+_ServerT = TypeVar("_ServerT", bound=_Servable)
 
 
 @contextlib.contextmanager
-def running_server(server: ServerT, *, poll_interval: float = 0.5, stop_timeout: float = 30.0) -> Iterator[ServerT]:
+def running_server(server: _ServerT, *, poll_interval: float = 0.5, stop_timeout: float = 30.0) -> Iterator[_ServerT]:
     """Run ``server.serve_forever()`` in a thread while the block runs.
 
     The server is already bound and listening when it is passed in, so clients

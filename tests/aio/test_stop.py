@@ -272,3 +272,54 @@ def test_sockserve_serve_runs_an_async_server_until_sigterm(loop_kind: str) -> N
     thread.join(TIMEOUT)
     assert replies == [b"reply to in flight\n"]
     assert report.clean
+
+
+def test_max_requests_ends_serve_after_that_many(loop_kind: str) -> None:
+    server = aio.AsyncTCPServer(("127.0.0.1", 0), LineEcho)
+    server.max_requests = 2
+    thread = serving(server, loop_kind)
+    try:
+        assert round_trip(server.server_address, b"one\n") == b"one\n"
+        with connect(server.server_address) as second:
+            second.sendall(b"two\n")
+            second.shutdown(socket.SHUT_WR)  # its only request: the handler ends once it is answered
+            thread.join(TIMEOUT)  # the second admission ends serve_forever(), as shutdown() would
+            assert not thread.is_alive(), "serve_forever() went on after max_requests"
+            assert server.max_requests_reached
+            report = server.stop(5)  # what a prefork worker does next: the request in flight is finished
+            assert recv_all(second) == b"two\n"
+        assert (report.in_flight, report.forced) == (1, 0)
+    finally:
+        server.shutdown()
+        thread.join(TIMEOUT)
+        server.server_close()
+
+
+def test_the_loops_exception_handler_is_put_back_when_serve_ends(loop_kind: str) -> None:
+    class Callback(aio.AsyncProtocolHandler):
+        def data_received(self, data: bytes) -> None:
+            self.write(data)
+
+    def mine(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        pass
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(mine)
+        server = aio.AsyncTCPServer(("127.0.0.1", 0), Callback)
+        serving = asyncio.create_task(server.serve())
+        reader, writer = await asyncio.open_connection(*server.server_address)
+        writer.write(b"x")
+        assert await reader.readexactly(1) == b"x"
+        assert loop.get_exception_handler() is not mine  # the server routes callback errors while it serves
+        writer.close()
+        await writer.wait_closed()
+        await server.aclose(grace=5)
+        await asyncio.wait_for(serving, TIMEOUT)
+        assert loop.get_exception_handler() is mine
+
+    loop = aio.new_event_loop(loop_kind)  # type: ignore[arg-type]
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

@@ -353,7 +353,7 @@ def _prefork(kind: Kind, tmp: str, options: Options, logs: LogFile) -> Any:
             address = json.loads(line[6:])
             if isinstance(address, list):
                 address = tuple(address)
-            logs.wait_for(r"worker \d+: serving")
+            logs.wait_for(r"^INFO serving ")  # the worker's line, its "worker <pid>: " prefix taken out
             yield PreforkRunning(proc, address, logs)
         finally:
             if proc.poll() is None:

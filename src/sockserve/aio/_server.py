@@ -61,6 +61,7 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         self._start_core()
         self._serving_loop: asyncio.AbstractEventLoop | None = None  # where the connections run
         self._own_loop: asyncio.AbstractEventLoop | None = None  # made by serve_forever()
+        self._own_loop_lock = threading.Lock()
         self._serve_waiter: asyncio.Future[None] | None = None
         self._serve_running = False
         self._listener_watched = False  # the listening socket is registered with the loop

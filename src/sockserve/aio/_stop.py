@@ -10,6 +10,7 @@ the shared policy in ``_drain``.
 from __future__ import annotations
 
 import asyncio
+import threading
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ class AsyncGracefulStop:
     server_address: Any
     _serving_loop: asyncio.AbstractEventLoop | None
     _own_loop: asyncio.AbstractEventLoop | None
+    _own_loop_lock: threading.Lock
     _handler_tasks: set[asyncio.Task[None]]
     _idle_waiter: asyncio.Future[bool] | None
     _drain_done: asyncio.Future[None] | None
@@ -124,6 +126,9 @@ class AsyncGracefulStop:
         instead (or ``shutdown()`` and, once ``serve_forever()`` returned,
         ``stop()``), which is what a prefork worker does.
         """
+        if self._stop_report is not None:  # stopped already: one drain, one set of log lines
+            self.server_close()
+            return self._stop_report
         loop = self._serving_loop
         if loop is not None and not loop.is_closed():
             if loop.is_running():
@@ -178,18 +183,22 @@ class AsyncGracefulStop:
         self._close_own_loop()
 
     def _close_own_loop(self) -> None:
-        loop = self._own_loop
-        if loop is None or loop.is_closed() or loop.is_running():
-            return
-        try:
-            self._abort_all(ConnectionAbortedError("the server was closed"))
-            loop.run_until_complete(self._settle_aborted())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
-            self._own_loop = None
-            if self._serving_loop is loop:
-                self._serving_loop = None
+        # serve_forever()'s thread closes the loop when it returns after a stop
+        # from another thread, and that thread's server_close() may try at the
+        # same moment: only one of them may drive the loop.
+        with self._own_loop_lock:
+            loop = self._own_loop
+            if loop is None or loop.is_closed() or loop.is_running():
+                return
+            try:
+                self._abort_all(ConnectionAbortedError("the server was closed"))
+                loop.run_until_complete(self._settle_aborted())
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+                self._own_loop = None
+                if self._serving_loop is loop:
+                    self._serving_loop = None
 
     async def _settle_aborted(self) -> None:
         """Let aborted connections run their clean-up (bounded)."""
