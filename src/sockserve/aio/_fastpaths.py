@@ -60,12 +60,19 @@ def waiter_maker(loop: asyncio.AbstractEventLoop) -> WaiterMaker:
     return type(loop).create_future
 
 
+def callbacks_due(loop: asyncio.AbstractEventLoop) -> bool:
+    """The ``_ready`` peek: True if asyncio's loop has callbacks due in this
+    turn. ``_ready`` is the deque of them, an instance attribute that
+    asyncio's loop sets once, in its constructor."""
+    return bool(vars(loop)["_ready"])
+
+
 def new_waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
     """A ``Wakeup`` when connections take turns; else a plain future (other
     callbacks are due in this turn, so the wait will most likely end in a
     busy turn too, where a Wakeup would only defer like a plain future, at
     the cost of its Python methods)."""
-    if loop._ready:  # type: ignore[attr-defined]
+    if callbacks_due(loop):
         return loop.create_future()
     return Wakeup(loop=loop)
 
@@ -105,7 +112,7 @@ class Wakeup(asyncio.Future):  # type: ignore[type-arg]
 
     def set_result(self, result: Any) -> None:
         super().set_result(result)
-        if self.get_loop()._ready:  # type: ignore[attr-defined]  # the _ready peek
+        if callbacks_due(self.get_loop()):
             # Other callbacks are due in this turn (other connections are
             # ready too): resume with them, in the next turn, as asyncio does.
             # Replies then leave together after the turn's reads, instead of
