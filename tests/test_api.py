@@ -29,6 +29,7 @@ NOT_API = {
     "sockserve.cli": "the `sockserve` command; its interface is the command line",
     "sockserve.examples": "programs to read and run (`python -m sockserve.examples.echo`), not to import from",
     "sockserve.protocol.lines": "the module behind sockserve.protocol, which re-exports its API",
+    "sockserve.protocol.framers": "the module behind sockserve.protocol, which re-exports its API",
 }
 # Public-looking names of a public module that are deliberately not in its
 # __all__, each with the reason. The test below fails on any other.

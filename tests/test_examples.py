@@ -1,4 +1,4 @@
-"""The four examples run as a user runs them (a script in examples/, or a module
+"""The examples run as a user runs them (a script in examples/, or a module
 of sockserve.examples), and say what the article says."""
 
 from __future__ import annotations
@@ -79,3 +79,9 @@ def test_the_examples_folder_is_the_package() -> None:
     of the repository shows as examples/ through a symlink."""
     assert EXAMPLES.is_symlink()
     assert EXAMPLES.resolve() == (EXAMPLES.parent / "src" / "sockserve" / "examples").resolve()
+
+
+def test_framed_echo_serves_eight_connections_with_four_threads(how: str) -> None:
+    out = run_example("framed_echo", how)
+    assert "8 connections open, served by at most 4 worker threads" in out
+    assert sorted(re.findall(r"Received: 'line (\d)\\n'", out)) == [str(n) for n in range(8)]

@@ -37,7 +37,9 @@ class Gate:
         self.release = threading.Event()
 
 
-def test_at_max_workers_the_server_stops_accepting_until_one_is_free() -> None:
+def test_once_as_many_connections_wait_as_there_are_workers_the_server_stops_accepting() -> None:
+    # Two workers busy, two more connections ready and waiting for them: a
+    # new connection is left in the kernel's backlog until a worker frees.
     gate = Gate()
     accepted: list[Any] = []
     turns = threading.Semaphore(0)
@@ -61,23 +63,52 @@ def test_at_max_workers_the_server_stops_accepting_until_one_is_free() -> None:
             turns.release()
 
     with running_server(Pool(("127.0.0.1", 0), Held), poll_interval=0.01) as server:
-        clients = [connect(server.server_address) for _ in range(3)]
+        clients = [connect(server.server_address) for _ in range(4)]
         try:
             for c in clients:
                 c.sendall(b"x\n")
             assert gate.entered.acquire(timeout=10)
             assert gate.entered.acquire(timeout=10)
-            for _ in range(20):  # twenty loop turns in which the third connection stays in the backlog
+            assert wait_until(lambda: server._worker_pool().waiting() >= 2)  # at capacity from now on
+            before = len(accepted)
+            late = connect(server.server_address)
+            clients.append(late)
+            late.sendall(b"x\n")
+            for _ in range(20):  # twenty loop turns in which the late connection stays in the backlog
                 assert turns.acquire(timeout=10)
-            assert len(accepted) == 2
-            assert server._worker_pool() is not None
+            assert len(accepted) == before
             assert server._worker_pool().size == 2
             gate.release.set()
             for c in clients:
                 assert recv_line(c) == b"x\n"
-            assert len(accepted) == 3
+            assert len(accepted) == before + 1
         finally:
             for c in clients:
+                c.close()
+
+
+def test_a_connection_that_sends_nothing_takes_no_worker() -> None:
+    entered = threading.Semaphore(0)
+
+    class Echo(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            entered.release()
+            self.wfile.write(self.rfile.readline())
+
+    class Pool(sockserve.ThreadPoolTCPServer):
+        pool_min_workers = 0
+        pool_max_workers = 2
+
+    with running_server(Pool(("127.0.0.1", 0), Echo)) as server:
+        silent = [connect(server.server_address) for _ in range(10)]  # five times the pool, saying nothing
+        try:
+            with connect(server.server_address) as talker:
+                talker.sendall(b"served\n")
+                assert recv_line(talker) == b"served\n"  # a worker was free: the silent ones hold none
+            assert entered.acquire(timeout=10)
+            assert not entered.acquire(timeout=0.1), "a silent connection reached its handler"
+        finally:
+            for c in silent:
                 c.close()
 
 
@@ -98,6 +129,8 @@ def test_idle_workers_above_the_minimum_retire() -> None:
     with running_server(Pool(("127.0.0.1", 0), Held)) as server:
         clients = [connect(server.server_address) for _ in range(4)]
         try:
+            for c in clients:
+                c.sendall(b"go\n")  # a connection takes a worker once it has sent something
             for _ in clients:
                 assert gate.entered.acquire(timeout=10)
             pool = server._worker_pool()

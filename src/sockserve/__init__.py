@@ -27,10 +27,12 @@ from ._errors import DatagramTooLarge as DatagramTooLarge
 from ._errors import IdleTimeoutExpired as IdleTimeoutExpired
 from ._errors import LimitExceeded as LimitExceeded
 from ._errors import LineTooLong as LineTooLong
+from ._errors import RequestTooLarge as RequestTooLarge
 from ._errors import SocketPathInUse as SocketPathInUse
 from ._errors import SocketPathNotASocket as SocketPathNotASocket
 from ._errors import SockserveError as SockserveError
 from ._forking import ForkingMixIn as ForkingMixIn
+from ._framed import FramedRequestHandler as FramedRequestHandler
 from ._handlers import BaseRequestHandler as BaseRequestHandler
 from ._handlers import DatagramRequestHandler as DatagramRequestHandler
 from ._handlers import StreamRequestHandler as StreamRequestHandler
@@ -38,11 +40,11 @@ from ._inet_servers import TCPServer as TCPServer
 from ._inet_servers import UDPServer as UDPServer
 from ._limits import Limits as Limits
 from ._pool import ThreadPoolMixIn as ThreadPoolMixIn
-from ._pool import WorkerPool as WorkerPool
 from ._serve import serve as serve
 from ._threading import ThreadingMixIn as ThreadingMixIn
 from ._unix_servers import UnixDatagramServer as UnixDatagramServer
 from ._unix_servers import UnixStreamServer as UnixStreamServer
+from ._worker_pool import WorkerPool as WorkerPool
 
 __version__ = "0.1.0"
 
@@ -67,10 +69,12 @@ __all__ = [
     "ConnectionLimitReached",
     "DatagramTooLarge",
     "DrainReport",
+    "FramedRequestHandler",
     "IdleTimeoutExpired",
     "LimitExceeded",
     "Limits",
     "LineTooLong",
+    "RequestTooLarge",
     "ThreadPoolMixIn",
     "ThreadPoolTCPServer",
     "ThreadPoolUDPServer",

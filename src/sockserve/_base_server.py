@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._accept import BACKOFF_SECONDS, AcceptBackoff, accept_batch
+from ._framed import FramedRequestHandler
 from ._graceful import GracefulStop
 from ._limits import limits_of
 from ._log import format_address, logger, report_request_error
@@ -97,16 +98,24 @@ class BaseServer(ServerCore, GracefulStop):
 
     timeout: float | None = None
     socket: socket.socket
+    _serves_framed_handlers = False  # the pool's stream servers do
 
     def __init__(
         self,
         server_address: Any,
-        RequestHandlerClass: Callable[[Any, Any, Self], object],  # noqa: N803 - stdlib name
+        RequestHandlerClass: Callable[[Any, Any, Self], object] | type[FramedRequestHandler],  # noqa: N803 - stdlib name
     ) -> None:
         self.server_address = server_address
         # Typed as what it is called with, not as BaseRequestHandler: the
         # handlers' module knows the servers, and the servers need not know it.
         self.RequestHandlerClass: Callable[[Any, Any, Any], object] = RequestHandlerClass
+        framed = isinstance(RequestHandlerClass, type) and issubclass(RequestHandlerClass, FramedRequestHandler)
+        streams = getattr(self, "socket_type", socket.SOCK_STREAM) == socket.SOCK_STREAM
+        if framed and not (self._serves_framed_handlers and streams):
+            raise TypeError(
+                f"{RequestHandlerClass.__name__} is a FramedRequestHandler: serve it with a "
+                f"ThreadPool* server (stream sockets), not {type(self).__name__}"
+            )
         self._start_core()
         self._serve_waker: Waker | None = None  # serve_forever()'s, while it runs
         self._serve_selector: selectors.BaseSelector | None = None  # serve_forever()'s, while it runs
@@ -230,6 +239,11 @@ class BaseServer(ServerCore, GracefulStop):
 
     def _serve_pending(self, pending: select.poll) -> None:
         """Take the requests that are waiting, up to ACCEPT_BATCH."""
+        if self._accepting_paused():
+            # The model filled up since the loop last looked (the pool's
+            # reactor hands it work on its own thread): accept nothing; the
+            # loop stops watching the socket at its next turn.
+            return
 
         def go_on() -> bool:
             # The listening socket is blocking, as the stdlib's is: only ask

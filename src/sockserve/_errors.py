@@ -9,6 +9,7 @@ The tree::
     └── LimitExceeded                       a limit that protects the server fired
         ├── ConnectionLimitReached          too many connections (from one client)
         ├── LineTooLong (ValueError)        a line longer than the reader's cap
+        ├── RequestTooLarge (ValueError)    a framed request over its framer's cap
         ├── IdleTimeoutExpired (TimeoutError)     the client sent nothing for too long
         └── ConnectionDeadlineExceeded (TimeoutError)  the connection lasted too long in all
 
@@ -108,6 +109,17 @@ class LineTooLong(LimitExceeded, ValueError):
 
     def __init__(self, limit: int, client_address: Any = None) -> None:
         super().__init__(f"line longer than {limit} bytes{_client(client_address)}", limit, client_address)
+
+
+class RequestTooLarge(LimitExceeded, ValueError):
+    """A framed request announced ``size`` bytes, over the framer's cap ``limit``.
+    Nothing of it is buffered past its header."""
+
+    def __init__(self, size: int, limit: int, client_address: Any = None) -> None:
+        super().__init__(
+            f"request of {size} bytes{_client(client_address)} over the limit of {limit} bytes", limit, client_address
+        )
+        self.size = size
 
 
 class IdleTimeoutExpired(LimitExceeded, TimeoutError):

@@ -21,6 +21,8 @@ from ._log import log_dropped
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from ._framed import FramedRequestHandler
+
 
 def _family_for(default_family: int, server_address: Any) -> int:
     """AF_INET6 for an IPv6 address given to a server that kept AF_INET."""
@@ -137,7 +139,7 @@ class TCPServer(BaseServer):
     def __init__(
         self,
         server_address: Any,
-        RequestHandlerClass: Callable[[Any, Any, Self], object],  # noqa: N803 - stdlib name
+        RequestHandlerClass: Callable[[Any, Any, Self], object] | type[FramedRequestHandler],  # noqa: N803 - stdlib name
         bind_and_activate: bool = True,
     ) -> None:
         # Named, not super(), as the stdlib does: in a user's mixture of server

@@ -1,192 +1,29 @@
-"""The bounded thread pool: reused worker threads, a fixed or min/max number.
+"""ThreadPoolMixIn: the stdlib's mixin contract on a bounded pool of reused
+threads (``_worker_pool``), with a reactor (``_reactor``) where connections
+wait without a thread (``_pool_model``).
 
-The pool never queues work it cannot start: ``try_submit`` hands a request to
-an idle worker, or starts a new one below ``max_workers``, or says no. The
-server then stops accepting until a worker is free, so under overload
-connections wait in the kernel's listen backlog (``request_queue_size``), not
-in an unbounded queue of ours, and the server's memory stays flat.
-
-``ThreadPoolMixIn`` adapts it to the stdlib's mixin contract: it overrides
-only ``process_request`` and ``server_close`` (as ``ThreadingMixIn`` does), so
-any handler runs unchanged.
+It overrides only ``process_request`` (and the model it runs on), as
+``ThreadingMixIn`` does, so any classic handler runs unchanged; a
+``FramedRequestHandler`` puts the pool in framed mode (``_framed``).
 """
 
 from __future__ import annotations
 
-import collections
-import threading
-from collections.abc import Callable
+import socket
 from typing import TYPE_CHECKING, Any
 
 from ._log import format_address, logger
-from ._model import ConcurrencyModel, TicketModel
-from ._thread_signals import leave_signals_to_the_main_thread
+from ._model import ConcurrencyModel
+from ._pool_model import PoolModel
+from ._reactor import Reactor
 from ._threading import run_request
+from ._worker_pool import WorkerPool
 
 if TYPE_CHECKING:
     from ._admission import Admission
     from ._base_server import BaseServer as _ServerBase
 else:
     _ServerBase = object  # a stand-alone mixin at run time, as ThreadingMixIn is
-
-Task = tuple[Callable[..., object], tuple[Any, ...]]
-
-
-class WorkerPool:
-    """Between ``min_workers`` and ``max_workers`` threads running submitted calls.
-
-    Workers above ``min_workers`` exit after ``idle_timeout`` seconds without
-    work. ``on_idle`` is called (from the worker, outside any lock) each time a
-    worker finishes a call, so a paused accept loop can be woken.
-    """
-
-    def __init__(
-        self,
-        max_workers: int,
-        min_workers: int = 0,
-        idle_timeout: float | None = 30.0,
-        on_idle: Callable[[], None] | None = None,
-        name: str = "sockserve-pool",
-    ) -> None:
-        if max_workers < 1 or not 0 <= min_workers <= max_workers:
-            raise ValueError(
-                f"need 0 <= min_workers <= max_workers and max_workers >= 1, got {min_workers}/{max_workers}"
-            )
-        self.max_workers = max_workers
-        self.min_workers = min_workers
-        self.idle_timeout = idle_timeout
-        self._on_idle = on_idle
-        self._name = name
-        self._lock = threading.Lock()
-        self._work_ready = threading.Condition(self._lock)  # idle workers wait here for tasks
-        self._slot_free = threading.Condition(self._lock)  # submit() waits here for an idle worker
-        self._submit_waiters = 0
-        self._tasks: collections.deque[Task] = collections.deque()
-        self._workers: set[threading.Thread] = set()
-        self._exited: list[threading.Thread] = []  # joined later: they have ended or are ending
-        self._idle = 0
-        self._closing = False
-        self._started = 0
-        for _ in range(min_workers):
-            self._start_worker()
-
-    @property
-    def size(self) -> int:
-        """Worker threads alive now."""
-        return len(self._workers)
-
-    @property
-    def idle(self) -> int:
-        """Workers waiting for work now."""
-        return self._idle
-
-    def full(self) -> bool:
-        """True when a new call would have to wait for a worker to finish."""
-        return self._idle <= len(self._tasks) and len(self._workers) >= self.max_workers
-
-    def try_submit(self, fn: Callable[..., object], *args: Any) -> bool:
-        """Start ``fn(*args)`` on a worker now; False if every worker is busy at the maximum."""
-        with self._lock:
-            return self._try_submit_locked(fn, args)
-
-    def submit(self, fn: Callable[..., object], *args: Any) -> None:
-        """Like try_submit, but waits for a free worker instead of failing."""
-        with self._lock:
-            self._submit_waiters += 1
-            try:
-                while not self._try_submit_locked(fn, args):
-                    self._slot_free.wait()  # a worker turning idle notifies, under this same lock
-            finally:
-                self._submit_waiters -= 1
-
-    def _try_submit_locked(self, fn: Callable[..., object], args: tuple[Any, ...]) -> bool:
-        if self._closing:
-            raise RuntimeError("the pool is shut down")
-        if self._idle > len(self._tasks):
-            self._tasks.append((fn, args))
-            self._work_ready.notify()
-            return True
-        if len(self._workers) < self.max_workers:
-            self._tasks.append((fn, args))
-            self._start_worker()
-            return True
-        return False
-
-    def shutdown(self) -> None:
-        """Let the workers finish what they run, then join them all."""
-        with self._lock:
-            self._closing = True
-            self._work_ready.notify_all()
-            self._slot_free.notify_all()
-            workers = list(self._workers) + self._exited
-            self._exited = []
-        for worker in workers:
-            if worker is not threading.current_thread():
-                worker.join()
-
-    def _start_worker(self) -> None:
-        # Called with the lock held. Reap workers that retired meanwhile.
-        self._exited = [t for t in self._exited if t.is_alive()]
-        self._started += 1
-        worker = threading.Thread(target=self._work, name=f"{self._name}-{self._started}", daemon=True)
-        self._workers.add(worker)
-        worker.start()
-
-    def _work(self) -> None:
-        leave_signals_to_the_main_thread()
-        me = threading.current_thread()
-        try:
-            while True:
-                with self._lock:
-                    self._idle += 1
-                    if self._submit_waiters:
-                        self._slot_free.notify()
-                    try:
-                        while not self._tasks and not self._closing:
-                            if not self._work_ready.wait(self._retire_after()) and self._may_retire():
-                                return
-                        if not self._tasks:
-                            return  # closing, and nothing left to run
-                        fn, args = self._tasks.popleft()
-                    finally:
-                        self._idle -= 1
-                try:
-                    fn(*args)
-                finally:
-                    del fn, args  # do not keep the request alive while idle
-                    # Only wake what waits for a free worker: the serve loop, if
-                    # it paused (on_idle), or submit() (when this worker turns
-                    # idle, above). Notifying _work_ready here would wake an idle
-                    # worker for nothing (measured: 43% of the context switches
-                    # per connection).
-                    if self._on_idle is not None:
-                        self._on_idle()
-        finally:
-            with self._lock:
-                self._workers.discard(me)
-                self._exited.append(me)
-
-    def _retire_after(self) -> float | None:
-        return self.idle_timeout if len(self._workers) > self.min_workers else None
-
-    def _may_retire(self) -> bool:
-        # Called with the lock held, after an idle timeout.
-        return not self._tasks and len(self._workers) > self.min_workers
-
-
-class PoolModel(TicketModel):
-    """The pool as a concurrency model: full when every worker is busy at the
-    maximum; closing it lets the workers finish and joins them."""
-
-    def __init__(self, admission: Admission, pool: WorkerPool) -> None:
-        super().__init__(admission)
-        self.pool = pool
-
-    def at_capacity(self) -> bool:
-        return self.pool.full()
-
-    def close(self) -> None:
-        self.pool.shutdown()
 
 
 class ThreadPoolMixIn(_ServerBase):
@@ -212,6 +49,7 @@ class ThreadPoolMixIn(_ServerBase):
     pool_idle_timeout: float | None = 30.0
     request_queue_size: int = 1024
     _pool_model: PoolModel | None = None
+    _serves_framed_handlers = True  # FramedRequestHandler runs on the pool only
 
     def _make_model(self, admission: Admission) -> ConcurrencyModel:
         pool = WorkerPool(
@@ -221,7 +59,9 @@ class ThreadPoolMixIn(_ServerBase):
             on_idle=self._capacity_freed,
             name=f"{type(self).__name__}-worker",
         )
-        model = self._pool_model = PoolModel(admission, pool)
+        streams = getattr(self, "socket_type", socket.SOCK_STREAM) == socket.SOCK_STREAM
+        reactor = Reactor(f"{type(self).__name__}-reactor") if streams else None
+        model = self._pool_model = PoolModel(admission, pool, reactor, self)
         return model
 
     def _worker_pool(self) -> WorkerPool:
@@ -234,9 +74,17 @@ class ThreadPoolMixIn(_ServerBase):
         run_request(self, request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Hand the request to a free worker (serve_forever only accepts when one is free)."""
+        """Hand the request to the pool: a framed handler's connection to the
+        reactor, a stream connection to a worker once it has sent its first
+        byte, a datagram to a free worker."""
         job = self._take_job(request, client_address)
-        pool = self._worker_pool()
+        self._concurrency_model()
+        model = self._pool_model
+        assert model is not None
+        if model.reactor is not None and isinstance(request, socket.socket):
+            model.adopt(job, self.process_request_thread)
+            return
+        pool = model.pool
         if not pool.try_submit(job.run, self.process_request_thread):
             # Only handle_request(), which has no capacity check, gets here.
             logger.debug("worker pool busy: %s waits for a free worker", format_address(client_address))

@@ -11,12 +11,14 @@ is logged once). Any outcome may carry bytes to send to the client (a TLS
 handshake answers as it goes). ``feed(b"")`` means the client finished
 sending.
 
-Drivers move the bytes. This module has the blocking driver, used where a
-connection already owns a thread or a process (sequential, threads, fork):
-it runs every stage on the socket with one absolute deadline for all of
-them, and consumes exactly the stages' bytes, so whatever follows stays in
-the socket for the handler. The async servers feed the same stages from
-their transport (``aio._stages``).
+``StageRunner`` is the sans-IO core every driver feeds. Drivers move the
+bytes: the blocking driver here, used where a connection already owns a
+thread or a process (sequential, threads, fork), runs every stage on the
+socket with one absolute deadline for all of them, and consumes exactly the
+stages' bytes, so whatever follows stays in the socket for the handler; the
+pool's reactor (``_reactor``) does the same without blocking, so a client
+that stalls its stages holds no worker; the async servers feed the stages
+from their transport (``aio._stages``).
 """
 
 from __future__ import annotations
@@ -113,12 +115,78 @@ class StageFailed(Exception):
         self.client_address = client_address
 
 
+@final
+@dataclasses.dataclass(slots=True)
+class Step:
+    """What one feed of a connection's stages gave.
+
+    Attributes:
+        consumed: how many of the bytes fed belong to the stages; the others
+            (``data[consumed:]``, once ``done``) came behind them.
+        send: bytes for the client.
+        done: every stage is over (``StageRunner.prepared`` holds the result).
+        failed: why the connection must be closed, or None.
+    """
+
+    consumed: int = 0
+    send: bytes = b""
+    done: bool = False
+    failed: str | None = None
+
+
+@final
+class StageRunner:
+    """One connection's stages, in order: the sans-IO core that every driver
+    (blocking, the pool's reactor, asyncio) feeds with what the client sent."""
+
+    __slots__ = ("_factories", "_stage", "prepared")
+
+    def __init__(self, factories: Sequence[StageFactory], client_address: Any) -> None:
+        self.prepared = Prepared(client_address, {})
+        self._factories = list(factories)
+        self._stage: Stage | None = self._factories.pop(0)(client_address) if self._factories else None
+
+    @property
+    def done(self) -> bool:
+        return self._stage is None
+
+    def feed(self, data: bytes) -> Step:
+        """Feed what the client sent (``b""``: it finished sending) to the stages."""
+        step = Step()
+        offset = 0
+        while self._stage is not None:
+            chunk = data[offset:] if offset else data
+            outcome = self._stage.feed(chunk)
+            step.send += outcome.send
+            if isinstance(outcome, Reject):
+                step.failed = outcome.reason
+                return step
+            if isinstance(outcome, NeedMore):
+                if not data:
+                    step.failed = "the client closed the connection during the stages"
+                step.consumed = len(data)  # the stage keeps what it needs of them
+                return step
+            if len(outcome.rest) > len(chunk):
+                raise RuntimeError(f"{type(self._stage).__name__} returned more rest than it was fed")
+            offset += len(chunk) - len(outcome.rest)
+            if outcome.client_address is not UNCHANGED:
+                self.prepared.client_address = outcome.client_address
+            self.prepared.info.update(outcome.info)
+            self._stage = self._factories.pop(0)(self.prepared.client_address) if self._factories else None
+            if self._stage is not None and offset == len(data) and data:
+                step.consumed = offset
+                return step  # the next stage waits for more bytes
+        step.consumed = offset
+        step.done = True
+        return step
+
+
 def run_blocking(
     sock: socket.socket, factories: Sequence[StageFactory], client_address: Any, deadline: float
 ) -> Prepared:
     """Run every stage on ``sock``, in order, before ``deadline`` (monotonic).
 
-    Bytes are peeked first and consumed only as far as a stage's part goes,
+    Bytes are peeked first and consumed only as far as the stages' part goes,
     so the bytes behind the last stage stay in the socket for the handler
     (no buffer has to be handed over). The socket's own timeout is left as
     it was.
@@ -128,26 +196,16 @@ def run_blocking(
             sending first, or the deadline passed.
         OSError: the connection failed.
     """
-    prepared = Prepared(client_address, {})
-    for factory in factories:
-        stage = factory(prepared.client_address)
-        while True:
-            data = _peek(sock, deadline, prepared.client_address)
-            outcome = stage.feed(data)
-            if outcome.send:
-                _send(sock, outcome.send, deadline, prepared.client_address)
-            if isinstance(outcome, Reject):
-                raise StageFailed(outcome.reason, prepared.client_address)
-            if isinstance(outcome, Done):
-                _consume(sock, len(data) - len(outcome.rest))
-                if outcome.client_address is not UNCHANGED:
-                    prepared.client_address = outcome.client_address
-                prepared.info.update(outcome.info)
-                break
-            if not data:
-                raise StageFailed("the client closed the connection during the stages", prepared.client_address)
-            _consume(sock, len(data))  # the stage keeps what it needs of these
-    return prepared
+    runner = StageRunner(factories, client_address)
+    while not runner.done:
+        data = _peek(sock, deadline, runner.prepared.client_address)
+        step = runner.feed(data)
+        if step.send:
+            _send(sock, step.send, deadline, runner.prepared.client_address)
+        if step.failed is not None:
+            raise StageFailed(step.failed, runner.prepared.client_address)
+        consume(sock, step.consumed)
+    return runner.prepared
 
 
 def _wait(sock: socket.socket, events: int, deadline: float, client_address: Any) -> None:
@@ -162,12 +220,18 @@ def _wait(sock: socket.socket, events: int, deadline: float, client_address: Any
 
 def _peek(sock: socket.socket, deadline: float, client_address: Any) -> bytes:
     _wait(sock, select.POLLIN, deadline, client_address)
+    return peek(sock)
+
+
+def peek(sock: socket.socket) -> bytes:
+    """What the client sent so far and nobody consumed, without consuming it
+    (BlockingIOError if nothing is there)."""
     return sock.recv(STAGE_READ_SIZE, socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
-def _consume(sock: socket.socket, count: int) -> None:
-    # The bytes were peeked, so they are in the socket's buffer: one receive
-    # of exactly that size takes them, without waiting.
+def consume(sock: socket.socket, count: int) -> None:
+    """Take ``count`` bytes that were peeked: they are in the socket's buffer,
+    so one receive of exactly that size takes them, without waiting."""
     if count > 0:
         sock.recv(count, socket.MSG_DONTWAIT)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ._combos import ThreadPoolTCPServer, ThreadPoolUnixStreamServer
 from ._errors import SocketPathInUse, SocketPathNotASocket
-from ._handlers import BaseRequestHandler
+from ._framed import FramedRequestHandler
 from ._log import format_address
 from ._serve import serve
 
@@ -87,12 +87,15 @@ def parse_workers(value: str) -> int:
     return workers
 
 
-class EchoHandler(BaseRequestHandler):
-    """Sends back every byte it receives, until the client closes."""
+class EchoHandler(FramedRequestHandler):
+    """Sends back each line it receives (up to 64 KiB), until the client closes.
 
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
+    A framed handler: the pool's workers run only complete lines, so clients
+    that connect and trickle bytes, or stay idle, hold no thread.
+    """
+
+    def handle_request(self, request: bytes) -> None:
+        self.send(request)
 
 
 def _run_echo(args: argparse.Namespace) -> int:

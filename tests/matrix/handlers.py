@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from typing import Any
 
 import sockserve
@@ -37,6 +38,20 @@ class SyncEcho(sockserve.StreamRequestHandler):
     def handle(self) -> None:
         for line in self.rfile:
             self.wfile.write(reply_to(line, self.client_address))
+
+
+class FramedEcho(sockserve.FramedRequestHandler):
+    """The protocol on the pool's framed mode, plus ``sleep <s>``: "entered",
+    then the reply "done" after that long: a request in flight (between
+    requests a framed connection holds nothing)."""
+
+    def handle_request(self, request: bytes) -> None:
+        if request.startswith(b"sleep "):
+            self.send(b"entered\n")
+            threading.Event().wait(float(request[6:]))
+            self.send(b"done\n")
+            return
+        self.send(reply_to(request, self.client_address))
 
 
 class AsyncEcho(aio.AsyncStreamRequestHandler):

@@ -106,6 +106,8 @@ def server_class(kind: str, family: str, options: Options) -> tuple[type[Any], t
         base = ASYNC_STREAM[family]
         handler = handlers.CallbackEcho if "callback" in kind else handlers.AsyncEcho
         attrs["event_loop"] = "uvloop" if kind.endswith("uvloop") else "asyncio"
+    elif kind in ("framed", "prefork_framed"):
+        base, handler = SYNC_STREAM["pool"][family], handlers.FramedEcho
     else:
         base, handler = SYNC_STREAM[kind][family], handlers.SyncEcho
         if options.no_super_close:
@@ -286,6 +288,11 @@ class Kind:
         return f"{self.name}-{self.family}"
 
     @property
+    def framed(self) -> bool:
+        """A framed handler: between requests its connection is not in flight."""
+        return self.name in ("framed", "prefork_framed")
+
+    @property
     def is_async(self) -> bool:
         return self.name.startswith("async")
 
@@ -305,7 +312,7 @@ def _start(kind: Kind, tmp: str, options: Options) -> Any:
     @contextlib.contextmanager
     def started() -> Iterator[Running]:
         logs = LogFile(os.path.join(tmp, f"{kind.id}.log"))
-        if kind.name == "prefork":
+        if kind.name in ("prefork", "prefork_framed"):
             with _prefork(kind, tmp, options, logs) as running:
                 yield running
             return
@@ -339,7 +346,7 @@ def _prefork(kind: Kind, tmp: str, options: Options, logs: LogFile) -> Any:
 
     @contextlib.contextmanager
     def started() -> Iterator[Running]:
-        config = {"family": kind.family, "address": kind.address(tmp), "log": logs.path}
+        config = {"kind": kind.name, "family": kind.family, "address": kind.address(tmp), "log": logs.path}
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.matrix.prefork_runner", json.dumps(config), options.to_json()],
             cwd=REPO,
@@ -410,8 +417,9 @@ def _uvloop() -> bool:
 
 
 STREAM_KINDS = [
-    Kind(name, family, concurrent=name != "sequential", in_process=name not in ("prefork", "fork"))
-    for name in ("sequential", "threads", "pool", "fork", "prefork", "async_stream", "async_callback")
+    Kind(name, family, concurrent=name != "sequential", in_process=name not in ("prefork", "fork", "prefork_framed"))
+    for name in ("sequential", "threads", "pool", "framed", "fork", "prefork", "prefork_framed")
+    + ("async_stream", "async_callback")
     + (("async_stream_uvloop", "async_callback_uvloop") if _uvloop() else ())
     for family in ("tcp", "unix")
 ]

@@ -24,7 +24,7 @@ def main() -> int:
     log = logging.getLogger("sockserve")
     log.addHandler(handler)
     log.setLevel(logging.DEBUG)
-    cls, handler_class = server_class("prefork", config["family"], options)
+    cls, handler_class = server_class(config["kind"], config["family"], options)
     address = config["address"] if isinstance(config["address"], str) else tuple(config["address"])
     supervisor = Prefork(
         cls,

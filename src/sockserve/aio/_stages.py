@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 
-from .._stages import UNCHANGED, Done, NeedMore, Prepared, Reject, StageFactory, StageFailed
+from .._stages import Prepared, StageFactory, StageFailed, StageRunner
 
 
 class StagedProtocol(asyncio.Protocol):
@@ -29,9 +29,7 @@ class StagedProtocol(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, factories: Sequence[StageFactory], client_address: Any) -> None:
         self.result: asyncio.Future[tuple[Prepared, bytes]] = loop.create_future()
         self.transport: asyncio.Transport | None = None
-        self._prepared = Prepared(client_address, {})
-        self._factories = list(factories)
-        self._stage = self._factories.pop(0)(client_address)
+        self._runner = StageRunner(factories, client_address)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's quack like it
@@ -48,41 +46,24 @@ class StagedProtocol(asyncio.Protocol):
 
     def expire(self) -> None:
         """The stages' deadline passed."""
-        self._fail(StageFailed("the connection's stages did not finish in time", self._prepared.client_address))
+        self._fail(StageFailed("the connection's stages did not finish in time", self._runner.prepared.client_address))
 
     def _feed(self, data: bytes) -> None:
         if self.result.done():
             return
-        while True:
-            try:
-                outcome = self._stage.feed(data)
-            except Exception as exc:  # a stage's bug must not escape into the transport
-                self._fail(exc)
-                return
-            if outcome.send and self.transport is not None:
-                self.transport.write(outcome.send)
-            if isinstance(outcome, Reject):
-                self._fail(StageFailed(outcome.reason, self._prepared.client_address))
-                return
-            if isinstance(outcome, NeedMore):
-                if not data:
-                    self._fail(StageFailed("the client closed the connection during the stages", None))
-                return
-            assert isinstance(outcome, Done)
-            if outcome.client_address is not UNCHANGED:
-                self._prepared.client_address = outcome.client_address
-            self._prepared.info.update(outcome.info)
-            if not self._factories:
-                self.result.set_result((self._prepared, outcome.rest))
-                return
-            self._stage = self._factories.pop(0)(self._prepared.client_address)
-            data = outcome.rest
-            if not data:
-                return
+        try:
+            step = self._runner.feed(data)
+        except Exception as exc:  # a stage's bug must not escape into the transport
+            self._fail(exc)
+            return
+        if step.send and self.transport is not None:
+            self.transport.write(step.send)
+        if step.failed is not None:
+            self._fail(StageFailed(step.failed, self._runner.prepared.client_address))
+        elif step.done:
+            self.result.set_result((self._runner.prepared, data[step.consumed :]))
 
     def _fail(self, exc: BaseException) -> None:
-        if isinstance(exc, StageFailed) and exc.client_address is None:
-            exc = StageFailed(exc.reason, self._prepared.client_address)
         if not self.result.done():
             self.result.set_exception(exc)
 

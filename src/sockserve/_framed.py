@@ -1,0 +1,557 @@
+"""Framed handlers: a thread for each request, not for each connection.
+
+A ``FramedRequestHandler`` is served by the bounded pool (``ThreadPool*``
+servers pick this mode from the handler's class). The pool's reactor reads
+every connection without blocking and feeds a sans-IO framer
+(``sockserve.protocol``); only a complete request is handed to a worker,
+which runs the handler's ordinary blocking code. Between requests a
+connection holds no thread, so clients that trickle bytes, or keep idle
+connections open, cost a buffer and a selector entry each, not a worker.
+
+A connection's work, in order, on workers: ``setup()`` before its first
+request, ``handle_request(request)`` for each request, one at a time and in
+the order they came, and ``finish()`` after its last. Replies sent with
+``send()`` are written by the worker at once when the socket takes them,
+otherwise by the reactor, without blocking; a client that does not read its
+replies stops being read (backpressure). Limits, stages and drain apply as
+to every connection (see docs/pipeline.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from ._errors import ConnectionDeadlineExceeded, IdleTimeoutExpired, LimitExceeded
+from ._limits import limits_of
+from ._log import log_limit, log_stage_failed
+from ._pipeline import set_current_job
+from ._stages import StageFactory, StageFailed, StageRunner
+from .protocol.framers import Framer, LineFramer
+from .protocol.lines import DEFAULT_MAX_LINE
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from ._pipeline import Job
+    from ._reactor import Reactor, Timer
+
+# Requests framed and not yet handled, per connection, before reading pauses:
+# a client that pipelines faster than the handler answers waits in the kernel.
+MAX_PENDING_REQUESTS = 16
+
+
+class FramedRequestHandler:
+    """Handler for the pool's framed mode: one instance per connection.
+
+    Unlike the stdlib's handlers, the constructor does no work: the server
+    calls ``setup()``, then ``handle_request(request)`` for each complete
+    request, then ``finish()``, each on a pool worker, where blocking code is
+    fine. ``self.send(data)`` queues a reply and ``self.close()`` closes the
+    connection once the replies are sent. An exception in a hook is reported
+    by ``server.handle_error()`` and closes the connection.
+
+    Class variables that may be overridden:
+
+    - max_line: the line cap of the default framer; None takes the server's
+      ``limits.max_line``, else 64 KiB.
+    - write_limit: bytes of replies waiting to be sent before the connection
+      stops being read (64 KiB).
+
+    Override ``make_framer()`` for another framing (``LengthPrefixFramer``,
+    or your own: ``feed(data)`` and ``next_request()``).
+    """
+
+    max_line: ClassVar[int | None] = None
+    write_limit: ClassVar[int] = 64 * 1024
+
+    def __init__(self, client_address: Any, server: Any, connection: Outbox) -> None:
+        self.client_address = client_address
+        self.server = server
+        self._outbox = connection
+
+    def make_framer(self) -> Framer:
+        """The framer of this connection: lines of at most ``max_line`` bytes by default."""
+        max_line = self.max_line or limits_of(self.server).max_line or DEFAULT_MAX_LINE
+        return LineFramer(max_line, client_address=self.client_address)
+
+    def setup(self) -> None:
+        """Called before the first request. May be overridden."""
+
+    def handle_request(self, request: bytes) -> None:
+        """Handle one complete request. Override this."""
+        raise NotImplementedError(f"{type(self).__name__} must define handle_request()")
+
+    def finish(self) -> None:
+        """Called after the last request (if setup() was called). May be overridden."""
+
+    def send(self, data: Buffer) -> None:
+        """Send ``data`` to the client: now if the socket takes it, otherwise
+        queued and written by the server's reactor, in order.
+
+        Raises:
+            ConnectionError: the connection is closed (the client went away, or the server cut it).
+        """
+        self._outbox.send(bytes(data))
+
+    def close(self) -> None:
+        """Close the connection once the replies sent so far are written;
+        requests not yet handled are dropped."""
+        self._outbox.close_after_sending()
+
+
+class Outbox(Protocol):
+    """What a framed handler's ``send()`` and ``close()`` talk to."""
+
+    def send(self, data: bytes) -> None: ...
+    def close_after_sending(self) -> None: ...
+
+
+class FramedHost(Protocol):
+    """What a framed connection needs of the pool it runs on."""
+
+    def queue_work(self, work: Callable[[], object]) -> None: ...
+    def handle_error(self, request: Any, client_address: Any) -> None: ...
+    def connection_ended(self, connection: FramedConnection) -> None: ...
+
+
+class FramedConnection:
+    """One connection of a framed handler: its reading and writing on the
+    reactor, its requests on workers, and its end.
+
+    Thread-safety: the reactor's thread owns reading, registration and
+    timers; ``_lock`` guards what workers share with it (the requests, the
+    replies, and whether a worker is on the connection).
+    """
+
+    __slots__ = (
+        "_busy",
+        "_deadline_timer",
+        "_ending",
+        "_events",
+        "_finished",
+        "_framer",
+        "_idle_timer",
+        "_last_read",
+        "_lock",
+        "_outbox",
+        "_outbox_size",
+        "_paused",
+        "_reading",
+        "_released",
+        "_requests",
+        "_stages",
+        "_started",
+        "aborted",
+        "closed",
+        "handler",
+        "host",
+        "job",
+        "limits",
+        "reactor",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        host: FramedHost,
+        reactor: Reactor,
+        job: Job,
+        handler_class: type[FramedRequestHandler],
+        server: Any,
+        stages: Sequence[StageFactory],
+    ) -> None:
+        self.host = host
+        self.reactor = reactor
+        self.job = job
+        self.sock: socket.socket = job.request
+        self.limits = limits_of(server)
+        self.handler = handler_class(job.client_address, server, self)
+        self._stages = StageRunner(stages, job.client_address) if stages else None
+        self._framer: Framer | None = None if stages else self.handler.make_framer()
+        self._lock = threading.Lock()
+        self._requests: collections.deque[bytes] = collections.deque()
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._outbox_size = 0
+        self._busy = False  # a worker is on it, or it waits for one
+        self._started = False  # setup() ran
+        self._finished = False  # finish() ran (or never will)
+        self._ending = False  # no more requests will be read: end once the work and the replies are done
+        self._reading = True
+        self._paused = False  # reading paused for backpressure
+        self._events = 0
+        self._last_read = time.monotonic()
+        self._idle_timer: Timer | None = None
+        self._deadline_timer: Timer | None = None
+        self._released = False
+        self.aborted: BaseException | None = None
+        self.closed = False
+        if job.ticket is not None:
+            ticket = job.ticket
+            ticket.abort = lambda reason: reactor.call_soon(lambda: self.abort(reason))
+
+    # -- on the reactor's thread ----------------------------------------------------
+
+    def start(self) -> None:
+        """Take the connection into the reactor."""
+        try:
+            self.sock.setblocking(False)
+        except OSError:
+            self._close_now()
+            return
+        self._update_events()
+        idle = self.limits.idle_timeout
+        if idle is not None:
+            self._idle_timer = self.reactor.call_later(idle, self._check_idle)
+        ticket = self.job.ticket
+        if ticket is not None and ticket.deadline is not None:
+            self._deadline_timer = self.reactor.call_later(
+                max(0.0, ticket.deadline - time.monotonic()), self._deadline_passed
+            )
+
+    def _on_events(self, events: int) -> None:
+        if events & selectors.EVENT_WRITE:
+            self._flush()
+        if events & selectors.EVENT_READ and self._reading and not self.closed:
+            self._on_readable()
+
+    def _on_readable(self) -> None:
+        buffer = self.reactor.read_buffer
+        try:
+            count = self.sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._vanished(exc)
+            return
+        self._last_read = time.monotonic()
+        data = bytes(buffer[:count])
+        if self._stages is not None:
+            rest = self._run_stages(data)
+            if rest is None:
+                return
+            data = rest
+        framer = self._framer
+        assert framer is not None
+        framer.feed(data)
+        if not count:
+            self._end()  # the client finished sending: what it sent is handled, then the connection ends
+        self._take_requests()
+        if self._backlogged():
+            self._pause_reading()
+        self._schedule()
+
+    def _take_requests(self) -> None:
+        """Move complete requests from the framer to the queue, up to its cap;
+        the others wait in the framer (reading pauses meanwhile)."""
+        framer = self._framer
+        if framer is None or self.aborted is not None:
+            return
+        try:
+            while len(self._requests) < MAX_PENDING_REQUESTS:
+                request = framer.next_request()
+                if request is None:
+                    break
+                with self._lock:
+                    self._requests.append(request)
+        except LimitExceeded as exc:
+            log_limit(exc, self.job.client_address)
+            self._end()
+        except Exception:
+            self.host.handle_error(self.sock, self.job.client_address)  # a framer's bug
+            self._end()
+
+    def _backlogged(self) -> bool:
+        """Too much is waiting (requests, or replies the client does not read): stop reading."""
+        with self._lock:
+            return len(self._requests) >= MAX_PENDING_REQUESTS or self._outbox_size > self.handler.write_limit
+
+    def _run_stages(self, data: bytes) -> bytes | None:
+        """Feed the stages; the bytes behind them once they are done, else None."""
+        runner = self._stages
+        assert runner is not None
+        step = runner.feed(data)
+        if step.send:
+            self.send(step.send)
+        if step.failed is not None:
+            log_stage_failed(StageFailed(step.failed, runner.prepared.client_address), runner.prepared.client_address)
+            self._close_now()
+            return None
+        if not step.done:
+            return None
+        self._stages = None
+        self.job.client_address = runner.prepared.client_address
+        self.handler.client_address = runner.prepared.client_address
+        self._framer = self.handler.make_framer()
+        return data[step.consumed :]
+
+    def _schedule(self) -> None:
+        """Decide what the connection does next: hand it to a worker (a request
+        to handle, or finish() to run), close it (it is ending and nothing is
+        left to do or send), or wait (for bytes, a worker, or its replies to
+        leave)."""
+        with self._lock:
+            if self._busy:
+                return
+            # No request starts while its replies would pile up on top of unread ones.
+            request_due = bool(self._requests) and self.aborted is None and not self.closed
+            request_due = request_due and self._outbox_size <= self.handler.write_limit
+            finish_due = self._ending and not request_due and self._needs_finish()
+            if request_due or finish_due:
+                self._busy = True
+                action = "work"
+            elif self.closed or (self._ending and (not self._outbox or self.aborted is not None)):
+                action = "close"
+            else:
+                return
+        if action == "work":
+            self.host.queue_work(self.work)
+        else:
+            self._close_now()
+
+    def _needs_finish(self) -> bool:
+        return self._started and not self._finished
+
+    def _end(self) -> None:
+        """No more requests are read; the connection ends once its work and replies are done."""
+        self._ending = True
+        self._reading = False
+        self._update_events()
+
+    def _pause_reading(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self._update_events()
+
+    def _maybe_resume(self) -> None:
+        """The backlog went down: take the requests the framer holds, and read again if there is room."""
+        if not self._paused or self.closed:
+            return
+        with self._lock:
+            if len(self._requests) >= MAX_PENDING_REQUESTS // 2 or self._outbox_size > self.handler.write_limit:
+                return
+        self._take_requests()
+        if not self._backlogged():
+            self._paused = False
+            self._update_events()
+
+    def _update_events(self) -> None:
+        if self.closed:
+            return
+        events = 0
+        if self._reading and not self._paused:
+            events |= selectors.EVENT_READ
+        if self._outbox:
+            events |= selectors.EVENT_WRITE
+        if events == self._events:
+            return
+        if not events:
+            self.reactor.unregister(self.sock)
+        elif not self._events:
+            self.reactor.register(self.sock, events, self._on_events)
+        else:
+            self.reactor.modify(self.sock, events, self._on_events)
+        self._events = events
+
+    def _flush(self) -> None:
+        with self._lock:
+            while self._outbox:
+                chunk = self._outbox[0]
+                try:
+                    sent = self.sock.send(chunk, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    self._outbox.clear()
+                    self._outbox_size = 0
+                    error: OSError | None = exc
+                    break
+                self._outbox_size -= sent
+                if sent < len(chunk):
+                    self._outbox[0] = chunk[sent:]
+                    break
+                self._outbox.popleft()
+            else:
+                error = None
+        if error is not None:
+            self._vanished(error)
+            return
+        self._update_events()
+        self._maybe_resume()
+        self._schedule()  # requests held back while the replies piled up may start now
+
+    def _watch_writes(self) -> None:
+        self._update_events()
+
+    def after_work(self) -> None:
+        """A worker finished its turn on the connection."""
+        self._maybe_resume()
+        self._schedule()
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        idle = self.limits.idle_timeout
+        if self.closed or idle is None:
+            return
+        with self._lock:
+            waiting = not self._busy and not self._requests and not self._outbox
+        left = self._last_read + idle - time.monotonic()
+        if not waiting or left > 0:
+            self._idle_timer = self.reactor.call_later(max(left, 0.01), self._check_idle)
+            return
+        log_limit(IdleTimeoutExpired(idle, self.job.client_address))
+        self._end()
+        self._schedule()
+
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        ticket = self.job.ticket
+        if ticket is None or ticket.deadline is None or self.closed:
+            return
+        exc = ConnectionDeadlineExceeded(ticket.deadline - ticket.admitted_at, self.job.client_address)
+        log_limit(exc)  # first: the cut ends the connection
+        ticket.cut(exc)
+
+    def drain(self) -> None:
+        """The server stops: the request in flight and the replies queued finish, nothing more is read."""
+        self._end()
+        self._schedule()
+
+    def abort(self, reason: BaseException) -> None:
+        """Cut the connection now (a limit, the end of a grace period): what
+        is queued is dropped; finish() still runs if setup() did, as a classic
+        handler's does."""
+        if self.aborted is not None or self.closed:
+            return
+        self.aborted = reason
+        with self._lock:
+            self._requests.clear()
+            self._outbox.clear()
+            self._outbox_size = 0
+        self._reading = False
+        self._ending = True
+        self._update_events()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # a worker sending on it now fails at once
+        except OSError:
+            pass
+        self._schedule()
+
+    def _vanished(self, exc: OSError) -> None:
+        """The client reset the connection: nothing more can be read or written."""
+        with self._lock:
+            self._requests.clear()
+            self._outbox.clear()
+            self._outbox_size = 0
+        self._reading = False
+        self._ending = True
+        self._update_events()
+        self._schedule()
+
+    def _close_now(self) -> None:
+        """Close the socket (once), and count the connection out once no worker is on it."""
+        if not self.closed:
+            self.closed = True
+            if self._events:
+                self.reactor.unregister(self.sock)
+                self._events = 0
+            for timer in (self._idle_timer, self._deadline_timer):
+                if timer is not None:
+                    timer.cancel()
+            if self.aborted is None:
+                try:
+                    self.sock.shutdown(socket.SHUT_WR)  # the replies end cleanly, even with input unread
+                except OSError:
+                    pass
+            self.sock.close()
+        with self._lock:
+            if self._busy:
+                return
+        self._count_out()
+
+    def closed_without_reactor(self) -> None:
+        """The reactor is gone (the server closed): close and count out from here."""
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+        self._count_out()
+
+    def _count_out(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        if self.job.ticket is not None:
+            self.job.ticket.abort = None
+        self.host.connection_ended(self)
+
+    # -- on a worker ---------------------------------------------------------------
+
+    def work(self) -> None:
+        """A worker's turn: one request (the first time, after setup()), or finish()."""
+        previous = set_current_job(self.job)
+        try:
+            with self._lock:
+                request = self._requests.popleft() if self._requests and self.aborted is None else None
+            if request is not None:
+                self._run_request(request)
+            elif self._needs_finish():
+                self._finished = True
+                self._run_hook(self.handler.finish)
+        finally:
+            set_current_job(previous)
+            with self._lock:
+                self._busy = False
+            if not self.reactor.call_soon(self.after_work):
+                self.closed_without_reactor()  # the server closed meanwhile: nobody else will
+
+    def _run_request(self, request: bytes) -> None:
+        if not self._started:
+            self._started = True
+            if not self._run_hook(self.handler.setup):
+                return
+        self._run_hook(self.handler.handle_request, request)
+
+    def _run_hook(self, hook: Callable[..., object], *args: Any) -> bool:
+        try:
+            hook(*args)
+        except Exception:
+            self.host.handle_error(self.sock, self.job.client_address)
+            with self._lock:
+                self._requests.clear()
+            self.reactor.call_soon(self._end)
+            return False
+        return True
+
+    # -- from the handler, on a worker ----------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            if self.closed or self.aborted is not None:
+                raise ConnectionAbortedError(f"the connection is closed ({self.aborted or 'ended'})")
+            if not self._outbox:
+                try:
+                    sent = self.sock.send(data, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            self._outbox.append(data)
+            self._outbox_size += len(data)
+            watch = len(self._outbox) == 1
+            over = self._outbox_size > self.handler.write_limit
+        if watch:
+            self.reactor.call_soon(self._watch_writes)
+        if over:
+            self.reactor.call_soon(self._pause_reading)
+
+    def close_after_sending(self) -> None:
+        with self._lock:
+            self._requests.clear()
+        self.reactor.call_soon(self.drain)

@@ -1,0 +1,167 @@
+"""The pool's framed mode: a thread per request, not per connection.
+
+Behaviour every model shares (limits, drain, errors, leaks, stages) is in the
+matrix (tests/matrix, kinds "framed" and "prefork_framed"); here is what is
+the framed mode's own: order, framers, backpressure, and clients that trickle
+bytes without taking a thread."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from typing import Any
+
+import pytest
+
+import sockserve
+from sockserve.protocol import Framer, LengthPrefixFramer
+from sockserve.testing import running_server
+
+from .conftest import requires_ipv6
+from .helpers import connect, recv_all, recv_line, wait_until
+
+TIMEOUT = 10.0
+
+
+class Pool(sockserve.ThreadPoolTCPServer):
+    pool_min_workers = 0
+    pool_max_workers = 4
+
+
+def test_a_connections_requests_run_in_order_one_at_a_time() -> None:
+    active: dict[Any, int] = {}
+    overlap = threading.Event()
+    lock = threading.Lock()
+
+    class Ordered(sockserve.FramedRequestHandler):
+        def handle_request(self, request: bytes) -> None:
+            with lock:
+                active[self] = active.get(self, 0) + 1
+                if active[self] > 1:
+                    overlap.set()
+            threading.Event().wait(0.001)  # long enough for a second worker to step in, if one could
+            self.send(request)
+            with lock:
+                active[self] -= 1
+
+    with running_server(Pool(("127.0.0.1", 0), Ordered)) as server, connect(server.server_address) as client:
+        lines = [b"%d\n" % i for i in range(200)]
+        client.sendall(b"".join(lines))  # pipelined: all at once
+        received = b""
+        while received.count(b"\n") < 200:
+            received += client.recv(65536)
+        assert received == b"".join(lines)
+    assert not overlap.is_set(), "two requests of one connection ran at once"
+
+
+def test_setup_before_the_first_request_finish_after_the_last() -> None:
+    events: list[str] = []
+    finished = threading.Event()
+
+    class Hooks(sockserve.FramedRequestHandler):
+        def setup(self) -> None:
+            events.append("setup")
+
+        def handle_request(self, request: bytes) -> None:
+            events.append(request.decode().strip())
+            self.send(request)
+
+        def finish(self) -> None:
+            events.append("finish")
+            finished.set()
+
+    with running_server(Pool(("127.0.0.1", 0), Hooks)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(b"a\nb\n")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"a\nb\n"
+        assert finished.wait(TIMEOUT)
+    assert events == ["setup", "a", "b", "finish"]
+
+
+def test_a_length_prefixed_protocol() -> None:
+    class Sizes(sockserve.FramedRequestHandler):
+        def make_framer(self) -> Framer:
+            return LengthPrefixFramer(max_request=1000, client_address=self.client_address)
+
+        def handle_request(self, request: bytes) -> None:
+            self.send(struct.pack(">I", len(request)))
+
+    with running_server(Pool(("127.0.0.1", 0), Sizes)) as server, connect(server.server_address) as client:
+        for payload in (b"", b"x", b"y" * 999):
+            client.sendall(struct.pack(">I", len(payload)) + payload)
+            assert client.recv(4) == struct.pack(">I", len(payload))
+        client.sendall(struct.pack(">I", 1001))  # over the cap: closed with one line
+        assert recv_all(client) == b""
+
+
+def test_a_client_that_does_not_read_stops_being_read() -> None:
+    handled = []
+    reply = b"z" * (256 * 1024 - 1) + b"\n"  # a large reply per request
+
+    class Big(sockserve.FramedRequestHandler):
+        def handle_request(self, request: bytes) -> None:
+            handled.append(request)
+            self.send(reply)
+
+    requests = 200  # 50 MiB of replies in all: far more than the kernel's socket buffers hold
+    with running_server(Pool(("127.0.0.1", 0), Big)) as server, connect(server.server_address) as client:
+        client.sendall(b"r\n" * requests)  # and reads nothing for now
+        assert wait_until(lambda: len(handled) > 0)
+        assert not wait_until(lambda: len(handled) == requests, timeout=0.5), "the server went on as if it were read"
+        stalled = len(handled)
+        assert stalled < requests // 2, f"{stalled} replies of 256 KiB queued for a client that reads nothing"
+        received = 0
+        while received < requests * len(reply):  # now it reads: every reply comes, in full
+            chunk = client.recv(1 << 20)
+            assert chunk
+            received += len(chunk)
+        assert received == requests * len(reply)
+    assert len(handled) == requests
+
+
+def test_clients_that_trickle_bytes_hold_no_thread() -> None:
+    class Echo(sockserve.FramedRequestHandler):
+        def handle_request(self, request: bytes) -> None:
+            self.send(request)
+
+    baseline = threading.active_count()
+    with running_server(Pool(("127.0.0.1", 0), Echo)) as server:
+        slow = [connect(server.server_address) for _ in range(100)]  # 25 times the pool
+        try:
+            for _ in range(3):  # each sends a byte of a line it never ends
+                for s in slow:
+                    s.sendall(b"x")
+            for i in range(20):
+                with connect(server.server_address) as client:
+                    client.sendall(b"normal %d\n" % i)
+                    assert recv_line(client) == b"normal %d\n" % i
+            # the serve loop, the reactor and at most the pool's workers
+            assert threading.active_count() - baseline <= Pool.pool_max_workers + 2
+        finally:
+            for s in slow:
+                s.close()
+
+
+@requires_ipv6
+def test_ipv6() -> None:
+    class Echo(sockserve.FramedRequestHandler):
+        def handle_request(self, request: bytes) -> None:
+            self.send(request)
+
+    with running_server(Pool(("::1", 0), Echo)) as server, connect(server.server_address) as client:
+        client.sendall(b"six\n")
+        assert recv_line(client) == b"six\n"
+
+
+@pytest.mark.parametrize(
+    "server_class", [sockserve.TCPServer, sockserve.ThreadingTCPServer, sockserve.ThreadPoolUDPServer]
+)
+def test_a_framed_handler_needs_a_pool_stream_server(server_class: type[sockserve.TCPServer]) -> None:
+    class Echo(sockserve.FramedRequestHandler):
+        def handle_request(self, request: bytes) -> None:
+            self.send(request)
+
+    with pytest.raises(TypeError, match="serve it with a ThreadPool"):
+        server_class(("127.0.0.1", 0), Echo)
