@@ -54,14 +54,26 @@ def build_loadgen() -> Path:
     return LOADGEN
 
 
+# hold_10000's 10,000 sockets, with room to spare
+WANTED_NOFILE = 1 << 16
+
+
 def raise_nofile_limit() -> int:
     """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the new soft limit.
 
-    The servers inherit it (so a server can hold hold_10000's connections
-    where the login default is 1024); loadgen raises its own as well.
+    If the hard limit is below WANTED_NOFILE, try to raise it as well (which
+    only a privileged process may).  The servers inherit the limits (so a
+    server can hold hold_10000's connections where the login default is
+    1024); loadgen raises its own as well.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
+    if hard != resource.RLIM_INFINITY and hard < WANTED_NOFILE:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (WANTED_NOFILE, WANTED_NOFILE))
+            soft = hard = WANTED_NOFILE
+        except (ValueError, OSError):
+            pass
+    if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError):

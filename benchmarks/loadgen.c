@@ -1107,10 +1107,16 @@ int main(int argc, char **argv) {
                            cfg.probe_timeout_ms / 1e3 + 10;
     parse_target(cfg.target);
 
-    /* many connections: raise the soft fd limit to the hard limit */
+    /* many connections: raise the soft fd limit to the hard limit, and the
+     * hard one too if that is not enough and we may (CAP_SYS_RESOURCE) */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rlim_t need = (rlim_t)cfg.conns + (rlim_t)cfg.slow + (rlim_t)nprobes + 16;
         rl.rlim_cur = rl.rlim_max;
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+            struct rlimit more = {need, need};
+            if (setrlimit(RLIMIT_NOFILE, &more) == 0) rl = more;
+        }
         setrlimit(RLIMIT_NOFILE, &rl);
         getrlimit(RLIMIT_NOFILE, &rl);
         if ((rlim_t)cfg.conns + (rlim_t)cfg.slow + (rlim_t)nprobes + 16 > rl.rlim_cur) {
