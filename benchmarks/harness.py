@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import queue
+import resource
 import signal
 import subprocess
 import sys
@@ -51,6 +52,33 @@ def build_loadgen() -> Path:
     cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(LOADGEN_SRC)]
     subprocess.run(cmd, check=True, timeout=120)
     return LOADGEN
+
+
+# hold_10000's 10,000 sockets, with room to spare
+WANTED_NOFILE = 1 << 16
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the new soft limit.
+
+    If the hard limit is below WANTED_NOFILE, try to raise it as well (which
+    only a privileged process may).  The servers inherit the limits (so a
+    server can hold hold_10000's connections where the login default is
+    1024); loadgen raises its own as well.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < WANTED_NOFILE:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (WANTED_NOFILE, WANTED_NOFILE))
+            soft = hard = WANTED_NOFILE
+        except (ValueError, OSError):
+            pass
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def pin_prefix(cpu: int | None) -> list[str]:
@@ -116,6 +144,7 @@ class ServerProcess:
         return self.proc.pid
 
     def start(self, timeout: float = 30.0) -> int:
+        raise_nofile_limit()  # inherited by the server
         cmd = [
             *pin_prefix(self.cpu),
             *self.wrapper,
@@ -235,6 +264,14 @@ class LoadgenArgs:
     max_requests: int | None = None
     hold_timeout: float | None = None
     connect_batch: int | None = None
+    # slowloris: attacking connections, their pace, and the new-connection probes
+    slow: int | None = None
+    slow_interval: float | None = None
+    slow_rate: float | None = None
+    probe_interval_ms: float | None = None
+    probe_timeout_ms: float | None = None
+    # loadgen waits at its "held" and "done" markers until on_phase has returned
+    sync: bool = False
 
     def argv(self, port: int) -> list[str]:
         argv = [
@@ -252,12 +289,25 @@ class LoadgenArgs:
             argv += ["--hold-timeout", f"{self.hold_timeout:g}"]
         if self.connect_batch is not None:
             argv += ["--connect-batch", str(self.connect_batch)]
+        for flag, value in (
+            ("--slow", self.slow),
+            ("--slow-interval", self.slow_interval),
+            ("--slow-rate", self.slow_rate),
+            ("--probe-interval-ms", self.probe_interval_ms),
+            ("--probe-timeout-ms", self.probe_timeout_ms),
+        ):
+            if value is not None:
+                argv += [flag, f"{value:g}"]
+        if self.sync:
+            argv.append("--sync-stdin")
         return argv
 
     def wall_limit(self) -> float:
         """An upper bound for loadgen's run time (it stops itself before)."""
         hold = 2 * (self.hold_timeout or 10.0)
-        return self.warmup + self.duration + hold + self.timeout_ms / 1000 + 30
+        probe = (self.probe_timeout_ms or 1000.0) / 1000
+        sync = 10.0 if self.sync else 0.0  # loadgen waits up to 5 s at each of two markers
+        return self.warmup + self.duration + hold + self.timeout_ms / 1000 + probe + sync + 30
 
 
 def run_loadgen(
@@ -268,14 +318,16 @@ def run_loadgen(
 ) -> dict[str, Any]:
     """Run loadgen once and return its JSON report.
 
-    ``on_phase`` is called (from a reader thread) with "measure", "drain" and
-    "done" as loadgen passes those points.  loadgen is killed (process group)
-    if it overruns its own limits.
+    ``on_phase`` is called (from a reader thread) with "held" (hold, slowloris:
+    the connections are open), "measure", "drain" and "done" as loadgen
+    passes those points.  With ``args.sync`` loadgen waits at "held" and
+    "done" (connections still open) until ``on_phase`` has returned.  loadgen
+    is killed (process group) if it overruns its own limits.
     """
     cmd = [*pin_prefix(cpu), str(LOADGEN), *args.argv(port)]
     proc = subprocess.Popen(
         cmd,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if args.sync else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -287,8 +339,13 @@ def run_loadgen(
         for raw in proc.stderr:
             line = raw.decode(errors="replace").strip()
             if line.startswith("phase "):
-                if on_phase is not None:
-                    on_phase(line[6:])
+                phase = line[6:]
+                try:
+                    if on_phase is not None:
+                        on_phase(phase)
+                finally:
+                    if args.sync and phase in ("held", "done"):
+                        _release(proc)
             else:
                 stderr_lines.append(line)
 
@@ -313,9 +370,12 @@ def run_loadgen(
     finally:
         for reader in readers:
             reader.join(timeout=5)
-        for stream in (proc.stdout, proc.stderr):
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
-                stream.close()
+                try:
+                    stream.close()
+                except OSError:
+                    pass
     out = b"".join(stdout_chunks)
     if proc.returncode != 0:
         raise RuntimeError(f"loadgen exited {proc.returncode}: {' | '.join(stderr_lines)[:300]}")
@@ -323,6 +383,17 @@ def run_loadgen(
         return json.loads(out)
     except ValueError as exc:
         raise RuntimeError(f"loadgen printed no JSON: {out[:200]!r}") from exc
+
+
+def _release(proc: subprocess.Popen[bytes]) -> None:
+    """Let loadgen go on from a synchronised marker (it gives up after 5 s anyway)."""
+    if proc.stdin is None:
+        return
+    try:
+        proc.stdin.write(b"\n")
+        proc.stdin.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def machine_info() -> dict[str, Any]:

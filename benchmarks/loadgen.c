@@ -27,6 +27,21 @@
  *   udp       C clients each send an S-byte datagram and wait for the echo,
  *             with a per-datagram timeout (a loss) and a sequence number so
  *             late replies are recognised.
+ *   slowloris C "normal" connections ping-pong as in pingpong while --slow N
+ *             "slow" connections attack the server: each sends one byte ('x',
+ *             never a newline, so a line handler never gets a request) every
+ *             --slow-interval seconds, the sends of the N connections spread
+ *             evenly over the interval.  The normal connections are opened
+ *             first (the setup ramp), then the slow ones, --slow-rate per
+ *             second, while the normal ones ping-pong unmeasured (a slow
+ *             connection counts as established once its TCP handshake is
+ *             done, whether or not the server has accept()ed it; the ramp
+ *             ends when every one is established or failed, or after
+ *             --hold-timeout), then warmup and measure.
+ *             During the measured window a new "probe" connection is started
+ *             every --probe-interval-ms: connect, send one S-byte line, expect
+ *             its echo within --probe-timeout-ms, close.  With --slow 0 it is
+ *             the same run unattacked.
  *
  * Output: one JSON object on stdout.  Latency is recorded in a log-linear
  * histogram (64 sub-buckets per power of two of nanoseconds, <1% error), so
@@ -110,10 +125,12 @@ static uint64_t hpct(const hist_t *h, double p) {
 /* ------------------------------------------------------------------ */
 /* configuration and state                                             */
 
-enum { SC_PINGPONG, SC_CONNECT, SC_HOLD, SC_UDP };
-static const char *SC_NAMES[] = {"pingpong", "connect", "hold", "udp"};
+enum { SC_PINGPONG, SC_CONNECT, SC_HOLD, SC_UDP, SC_SLOWLORIS, SC_COUNT };
+static const char *SC_NAMES[] = {"pingpong", "connect", "hold", "udp", "slowloris"};
 
-enum { PH_SETUP, PH_SETUP_ROUND, PH_WARMUP, PH_MEASURE, PH_DRAIN, PH_DONE };
+/* PH_ATTACK (slowloris: the slow connections opening while the normal ones
+ * ping-pong unmeasured) sits before PH_WARMUP: code below compares phases */
+enum { PH_SETUP, PH_SETUP_ROUND, PH_ATTACK, PH_WARMUP, PH_MEASURE, PH_DRAIN, PH_DONE };
 
 enum { ST_FREE, ST_CONNECTING, ST_IDLE, ST_BUSY, ST_RETRY };
 
@@ -142,14 +159,35 @@ typedef struct {
     int opening;  /* counted in `opening` (setup ramp) */
 } conn_t;
 
+/* slowloris: an attacking connection (index cfg.conns + i in epoll data) */
+enum { SL_FREE, SL_CONNECTING, SL_OPEN, SL_DONE };
+typedef struct {
+    int fd;
+    int state;
+    uint64_t t_start;   /* connect started */
+    uint64_t next_send; /* next byte due */
+} slow_t;
+
+/* slowloris: a new-connection probe (index cfg.conns + cfg.slow + i) */
+typedef struct {
+    int fd;
+    int state; /* ST_FREE, ST_CONNECTING, ST_BUSY */
+    uint32_t sent, got;
+    uint64_t t_start; /* socket() call; latency includes the connect */
+} probe_t;
+
 static struct {
     int scenario;
     int conns;
+    int slow;
+    double slow_interval, slow_rate;
+    double probe_interval_ms, probe_timeout_ms;
     uint32_t size;
     double duration, warmup, hard_timeout, hold_timeout;
     uint64_t max_requests;
     uint64_t timeout_ns;
     int connect_batch;
+    int sync_stdin; /* wait for a line on stdin at the "held" and "done" markers */
     char target[512];
 } cfg;
 
@@ -178,6 +216,21 @@ static int opened;  /* setup ramp: connections attempted */
 static int established, answered, round_answered, attempted;
 static double setup_s, round_s;
 
+/* slowloris */
+static slow_t *slows;
+static probe_t *probes;
+static int nprobes; /* probe slots: enough for every probe that can be in flight */
+static uint64_t slow_interval_ns, probe_interval_ns, probe_timeout_ns;
+static uint64_t attack_start, attack_end, probe_next;
+static double attack_s;
+static int slow_opened, slow_connecting, slow_established, slow_connect_failed, slow_connect_timeout;
+static int slow_closed_by_server, slow_open_at_measure;
+static uint64_t slow_bytes_sent, slow_unexpected_bytes;
+static int probes_inflight;
+static uint64_t probe_attempted, probe_answered, probe_connect_timeout, probe_no_answer, probe_refused,
+    probe_reset, probe_eof, probe_mismatch, probe_other, probe_skipped, probe_unfinished;
+static hist_t probe_hist;
+
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -187,6 +240,25 @@ static uint64_t now_ns(void) {
 static void die(const char *m) {
     fprintf(stderr, "loadgen: %s\n", m);
     exit(2);
+}
+
+/* A phase marker on stderr (unbuffered).  With --sync-stdin, wait (up to 5 s)
+ * for a line on stdin before going on, so that a harness can read the
+ * server's state (/proc) while every connection is still open. */
+static void marker(const char *name, int wait) {
+    fprintf(stderr, "phase %s\n", name);
+    if (!wait || !cfg.sync_stdin) return;
+    struct epoll_event ev;
+    int e = epoll_create1(EPOLL_CLOEXEC);
+    if (e < 0) return;
+    ev.events = EPOLLIN;
+    ev.data.u64 = 0;
+    if (epoll_ctl(e, EPOLL_CTL_ADD, 0, &ev) == 0 && epoll_wait(e, &ev, 1, 5000) == 1) {
+        char c;
+        while (read(0, &c, 1) == 1 && c != '\n') {
+        }
+    }
+    close(e);
 }
 
 /* ------------------------------------------------------------------ */
@@ -278,7 +350,9 @@ static void close_conn(conn_t *c) {
 }
 
 static int may_issue(void) {
-    if (phase == PH_WARMUP) return 1;
+    /* slowloris: the normal connections keep working (unmeasured) while the
+     * slow ones open */
+    if (phase == PH_WARMUP || phase == PH_ATTACK) return 1;
     if (phase == PH_MEASURE) return issued_measured < cfg.max_requests;
     return 0;
 }
@@ -418,7 +492,7 @@ static void lost_conn(int idx, uint64_t now) {
     conn_t *c = &conns[idx];
     close_conn(c);
     if (cfg.scenario == SC_HOLD) return; /* held connections are never replaced */
-    if (phase == PH_WARMUP || phase == PH_MEASURE)
+    if (phase == PH_ATTACK || phase == PH_WARMUP || phase == PH_MEASURE)
         schedule_retry(c, now, cfg.scenario == SC_CONNECT ? 1000000ull : 10000000ull);
 }
 
@@ -442,6 +516,246 @@ static void complete_request(int idx) {
         return;
     }
     start_request(idx, now);
+}
+
+/* ------------------------------------------------------------------ */
+/* slowloris: slow connections and new-connection probes               */
+
+/* Start a non-blocking stream connect registered with epoll under `tag`.
+ * Returns the fd, or -1 with *kind set to the error kind. */
+static int connect_nb(uint32_t tag, uint32_t events, int *kind) {
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *kind = E_SOCKET;
+        return -1;
+    }
+    if (!is_unix) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    if (connect(fd, (struct sockaddr *)&addr, addrlen) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        *kind = e == ECONNREFUSED ? E_REFUSED : e == EADDRNOTAVAIL ? E_ADDRNOTAVAIL : E_CONNECT;
+        return -1;
+    }
+    struct epoll_event ev;
+    ev.events = events;
+    ev.data.u64 = 0;
+    ev.data.u32 = tag;
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        close(fd);
+        *kind = E_SOCKET;
+        return -1;
+    }
+    return fd;
+}
+
+static int connect_error(int fd) {
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+    return soerr;
+}
+
+static void slow_close(slow_t *s, int by_server) {
+    if (s->fd >= 0) close(s->fd);
+    s->fd = -1;
+    if (s->state == SL_CONNECTING) slow_connecting--;
+    if (by_server) slow_closed_by_server++;
+    s->state = SL_DONE;
+}
+
+/* open slow connections at --slow-rate per second.  A rate, not a number
+ * connecting at once: a slow connection counts as connected at the end of
+ * the TCP handshake, before the server has accept()ed it, so waiting for
+ * connects does not pace the ramp to the server; and a connect stuck in SYN
+ * retransmission (a full accept queue drops SYNs) does not stall the rest. */
+static void slow_ramp(uint64_t now) {
+    uint64_t due = (uint64_t)((double)(now - attack_start) / 1e9 * cfg.slow_rate) + 1;
+    while (slow_opened < cfg.slow && (uint64_t)slow_opened < due) {
+        int i = slow_opened++;
+        slow_t *s = &slows[i];
+        int kind;
+        s->t_start = now;
+        s->fd = connect_nb((uint32_t)(cfg.conns + i), EPOLLIN | EPOLLOUT | EPOLLRDHUP, &kind);
+        if (s->fd < 0) {
+            slow_connect_failed++;
+            s->state = SL_DONE;
+            continue;
+        }
+        s->state = SL_CONNECTING;
+        slow_connecting++;
+    }
+}
+
+/* one byte, never a newline; then the next one an interval later */
+static void slow_send(slow_t *s, uint64_t now) {
+    ssize_t n = send(s->fd, "x", 1, MSG_NOSIGNAL);
+    if (n == 1) {
+        slow_bytes_sent++;
+    } else if (!(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+        slow_close(s, 1); /* EPIPE, ECONNRESET: the server closed it */
+        return;
+    }
+    while (s->next_send <= now) s->next_send += slow_interval_ns;
+}
+
+static void handle_slow(int i, uint32_t events, uint64_t now) {
+    slow_t *s = &slows[i];
+    if (s->fd < 0) return;
+    if (s->state == SL_CONNECTING) {
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+        if (connect_error(s->fd) != 0) {
+            slow_connect_failed++;
+            slow_close(s, 0);
+            return;
+        }
+        slow_connecting--;
+        slow_established++;
+        s->state = SL_OPEN;
+        struct epoll_event ev;
+        ev.events = EPOLLIN | EPOLLRDHUP; /* from now on only EOF or (unexpected) data */
+        ev.data.u64 = 0;
+        ev.data.u32 = (uint32_t)(cfg.conns + i);
+        epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
+        /* the first byte now; the next ones in this connection's slot of
+         * the interval, so that the N connections' bytes are spread evenly */
+        s->next_send = attack_start + slow_interval_ns * (uint64_t)i / (uint64_t)cfg.slow;
+        slow_send(s, now);
+        return;
+    }
+    for (;;) {
+        ssize_t n = recv(s->fd, scratch, scratch_len, 0);
+        if (n > 0) {
+            slow_unexpected_bytes += (uint64_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        slow_close(s, 1); /* EOF or reset */
+        return;
+    }
+}
+
+static void probe_close(probe_t *p) {
+    if (p->fd >= 0) close(p->fd);
+    p->fd = -1;
+    p->state = ST_FREE;
+    probes_inflight--;
+}
+
+static void probe_start(uint64_t now) {
+    int slot = -1;
+    for (int i = 0; i < nprobes; i++)
+        if (probes[i].state == ST_FREE) {
+            slot = i;
+            break;
+        }
+    if (slot < 0) {
+        probe_skipped++; /* cannot happen: slots >= timeout / interval + 2 */
+        return;
+    }
+    probe_t *p = &probes[slot];
+    int kind;
+    probe_attempted++;
+    p->t_start = now;
+    p->sent = p->got = 0;
+    p->fd = connect_nb((uint32_t)(cfg.conns + cfg.slow + slot), EPOLLIN | EPOLLOUT, &kind);
+    if (p->fd < 0) {
+        if (kind == E_REFUSED) probe_refused++;
+        else probe_other++;
+        return;
+    }
+    p->state = ST_CONNECTING;
+    probes_inflight++;
+}
+
+static void probe_pump(probe_t *p, int i) {
+    while (p->sent < cfg.size) {
+        ssize_t n = send(p->fd, msg + p->sent, cfg.size - p->sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            p->sent += (uint32_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n < 0 && (errno == ECONNRESET || errno == EPIPE)) probe_reset++;
+        else probe_other++;
+        probe_close(p);
+        return;
+    }
+    struct epoll_event ev;
+    ev.events = EPOLLIN;
+    ev.data.u64 = 0;
+    ev.data.u32 = (uint32_t)(cfg.conns + cfg.slow + i);
+    epoll_ctl(ep, EPOLL_CTL_MOD, p->fd, &ev);
+}
+
+static void handle_probe(int i, uint32_t events) {
+    probe_t *p = &probes[i];
+    if (p->fd < 0) return;
+    if (p->state == ST_CONNECTING) {
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+        int e = connect_error(p->fd);
+        if (e != 0) {
+            if (e == ECONNREFUSED) probe_refused++;
+            else if (e == ETIMEDOUT) probe_connect_timeout++;
+            else probe_other++;
+            probe_close(p);
+            return;
+        }
+        p->state = ST_BUSY;
+        probe_pump(p, i);
+        return;
+    }
+    if ((events & EPOLLOUT) && p->sent < cfg.size) {
+        probe_pump(p, i);
+        if (p->fd < 0) return;
+    }
+    if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP))) return;
+    for (;;) {
+        ssize_t n = recv(p->fd, scratch, cfg.size - p->got, 0);
+        if (n > 0) {
+            if (memcmp(scratch, msg + p->got, (size_t)n) != 0) {
+                probe_mismatch++;
+                probe_close(p);
+                return;
+            }
+            p->got += (uint32_t)n;
+            if (p->got == cfg.size) {
+                probe_answered++;
+                hadd(&probe_hist, now_ns() - p->t_start);
+                probe_close(p);
+                return;
+            }
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n == 0) probe_eof++;
+        else if (errno == ECONNRESET) probe_reset++;
+        else probe_other++;
+        probe_close(p);
+        return;
+    }
+}
+
+static void slowloris_housekeeping(uint64_t now) {
+    for (int i = 0; i < cfg.slow; i++) {
+        slow_t *s = &slows[i];
+        if (s->state == SL_OPEN && now >= s->next_send) slow_send(s, now);
+    }
+    for (int i = 0; i < nprobes; i++) {
+        probe_t *p = &probes[i];
+        if (p->state == ST_FREE || now <= p->t_start || now - p->t_start <= probe_timeout_ns) continue;
+        if (p->state == ST_CONNECTING) probe_connect_timeout++;
+        else probe_no_answer++;
+        probe_close(p);
+    }
+}
+
+static int slow_open_count(void) {
+    int n = 0;
+    for (int i = 0; i < cfg.slow; i++) n += slows[i].state == SL_OPEN;
+    return n;
 }
 
 /* ------------------------------------------------------------------ */
@@ -635,7 +949,7 @@ static void housekeeping(uint64_t now) {
             break;
         case ST_IDLE:
             /* idle connections (e.g. held ones after warmup) resume work */
-            if (may_issue() && phase >= PH_WARMUP) start_request(i, now);
+            if (may_issue() && phase >= PH_ATTACK) start_request(i, now);
             break;
         default:
             break;
@@ -663,9 +977,13 @@ static void enter_measure(uint64_t now) {
     measure_start = now;
     measure_end = now + (uint64_t)(cfg.duration * 1e9);
     last_completion = now;
+    if (cfg.scenario == SC_SLOWLORIS) {
+        slow_open_at_measure = slow_open_count();
+        probe_next = now; /* the first probe at once */
+    }
     /* phase markers on stderr let a harness sample the server's CPU time at
      * the exact start and end of the measured window */
-    fprintf(stderr, "phase measure\n");
+    marker("measure", 0);
 }
 
 static void enter_warmup_or_measure(uint64_t now) {
@@ -689,7 +1007,7 @@ static void ramp_open(uint64_t now) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --target HOST:PORT|[::1]:PORT|/unix/path --scenario "
-            "pingpong|connect|hold|udp\n"
+            "pingpong|connect|hold|udp|slowloris\n"
             "  -c, --connections N     concurrent connections/clients (default 1)\n"
             "  -s, --size BYTES        message size incl. trailing newline (default 64)\n"
             "  -d, --duration SEC      measured duration (default 3)\n"
@@ -699,7 +1017,15 @@ static void usage(void) {
             "      --hold-timeout SEC  pingpong/hold: time allowed for the setup ramp, and for\n"
             "                          hold's round over all connections (default 10)\n"
             "      --connect-batch N   pingpong/hold: connections opening at once (default 4)\n"
-            "      --hard-timeout SEC  stop everything after this long (default: derived)\n");
+            "      --hard-timeout SEC  stop everything after this long (default: derived)\n"
+            "      --slow N            slowloris: attacking connections (default 0)\n"
+            "      --slow-interval SEC slowloris: one byte per attacking connection this often (default 5)\n"
+            "      --slow-rate N       slowloris: attacking connections started per second (default 500)\n"
+            "      --probe-interval-ms MS  slowloris: a new connection this often while measuring\n"
+            "                          (default 30; 0: none)\n"
+            "      --probe-timeout-ms MS   slowloris: a new connection's echo must arrive within this\n"
+            "                          (default 1000)\n"
+            "      --sync-stdin        at the \"held\" and \"done\" markers, wait for a line on stdin\n");
     exit(2);
 }
 
@@ -714,6 +1040,10 @@ int main(int argc, char **argv) {
     cfg.connect_batch = 4;
     cfg.hard_timeout = -1;
     cfg.scenario = -1;
+    cfg.slow_interval = 5;
+    cfg.slow_rate = 500;
+    cfg.probe_interval_ms = 30;
+    cfg.probe_timeout_ms = 1000;
     static struct option opts[] = {
         {"target", required_argument, 0, 'T'},   {"scenario", required_argument, 0, 'S'},
         {"connections", required_argument, 0, 'c'}, {"size", required_argument, 0, 's'},
@@ -721,13 +1051,17 @@ int main(int argc, char **argv) {
         {"warmup", required_argument, 0, 'w'},   {"timeout-ms", required_argument, 0, 't'},
         {"hold-timeout", required_argument, 0, 'H'}, {"connect-batch", required_argument, 0, 'B'},
         {"hard-timeout", required_argument, 0, 'X'}, {"help", no_argument, 0, 'h'},
+        {"slow", required_argument, 0, 'L'}, {"slow-interval", required_argument, 0, 'I'},
+        {"slow-rate", required_argument, 0, 'R'},
+        {"probe-interval-ms", required_argument, 0, 'P'},
+        {"probe-timeout-ms", required_argument, 0, 'Q'}, {"sync-stdin", no_argument, 0, 'Y'},
         {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "c:s:d:n:w:t:h", opts, NULL)) != -1) {
         switch (o) {
         case 'T': snprintf(cfg.target, sizeof cfg.target, "%s", optarg); break;
         case 'S':
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < SC_COUNT; i++)
                 if (strcmp(optarg, SC_NAMES[i]) == 0) cfg.scenario = i;
             if (cfg.scenario < 0) usage();
             break;
@@ -740,6 +1074,12 @@ int main(int argc, char **argv) {
         case 'H': cfg.hold_timeout = atof(optarg); break;
         case 'B': cfg.connect_batch = atoi(optarg); break;
         case 'X': cfg.hard_timeout = atof(optarg); break;
+        case 'L': cfg.slow = atoi(optarg); break;
+        case 'I': cfg.slow_interval = atof(optarg); break;
+        case 'R': cfg.slow_rate = atof(optarg); break;
+        case 'P': cfg.probe_interval_ms = atof(optarg); break;
+        case 'Q': cfg.probe_timeout_ms = atof(optarg); break;
+        case 'Y': cfg.sync_stdin = 1; break;
         default: usage();
         }
     }
@@ -750,20 +1090,38 @@ int main(int argc, char **argv) {
     if (cfg.duration <= 0 || cfg.duration > 3600) die("--duration must be in (0, 3600]");
     if (cfg.warmup < 0 || cfg.warmup > 600) die("bad --warmup");
     if (cfg.connect_batch < 1) cfg.connect_batch = 1;
+    if (cfg.slow < 0 || cfg.slow > 1000000) die("bad --slow");
+    if (cfg.slow && cfg.scenario != SC_SLOWLORIS) die("--slow is for --scenario slowloris");
+    if (cfg.slow_interval <= 0) die("--slow-interval must be > 0");
+    if (cfg.slow_rate <= 0) die("--slow-rate must be > 0");
+    if (cfg.probe_interval_ms < 0 || cfg.probe_timeout_ms <= 0) die("bad probe interval or timeout");
+    if (cfg.scenario != SC_SLOWLORIS) cfg.probe_interval_ms = 0;
+    slow_interval_ns = (uint64_t)(cfg.slow_interval * 1e9);
+    probe_interval_ns = (uint64_t)(cfg.probe_interval_ms * 1e6);
+    probe_timeout_ns = (uint64_t)(cfg.probe_timeout_ms * 1e6);
+    if (probe_interval_ns) nprobes = (int)(probe_timeout_ns / probe_interval_ns) + 2;
     if (cfg.hard_timeout <= 0)
         cfg.hard_timeout = cfg.warmup + cfg.duration + (double)cfg.timeout_ns / 1e9 +
-                           (cfg.scenario == SC_HOLD ? 2 : 1) * cfg.hold_timeout + 10;
+                           (cfg.scenario == SC_HOLD || cfg.scenario == SC_SLOWLORIS ? 2 : 1) *
+                               cfg.hold_timeout +
+                           cfg.probe_timeout_ms / 1e3 + 10;
     parse_target(cfg.target);
 
-    /* many connections: raise the soft fd limit to the hard limit */
+    /* many connections: raise the soft fd limit to the hard limit, and the
+     * hard one too if that is not enough and we may (CAP_SYS_RESOURCE) */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rlim_t need = (rlim_t)cfg.conns + (rlim_t)cfg.slow + (rlim_t)nprobes + 16;
         rl.rlim_cur = rl.rlim_max;
+        if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+            struct rlimit more = {need, need};
+            if (setrlimit(RLIMIT_NOFILE, &more) == 0) rl = more;
+        }
         setrlimit(RLIMIT_NOFILE, &rl);
         getrlimit(RLIMIT_NOFILE, &rl);
-        if ((rlim_t)cfg.conns + 16 > rl.rlim_cur) {
-            fprintf(stderr, "loadgen: --connections %d exceeds RLIMIT_NOFILE %llu\n", cfg.conns,
-                    (unsigned long long)rl.rlim_cur);
+        if ((rlim_t)cfg.conns + (rlim_t)cfg.slow + (rlim_t)nprobes + 16 > rl.rlim_cur) {
+            fprintf(stderr, "loadgen: %d connections exceed RLIMIT_NOFILE %llu\n",
+                    cfg.conns + cfg.slow + nprobes, (unsigned long long)rl.rlim_cur);
             return 2;
         }
     }
@@ -775,10 +1133,14 @@ int main(int argc, char **argv) {
     scratch_len = cfg.size > 65536 ? cfg.size : 65536;
     scratch = malloc(scratch_len);
     conns = calloc((size_t)cfg.conns, sizeof(conn_t));
-    if (!msg || !scratch || !conns) die("out of memory");
+    slows = calloc((size_t)cfg.slow + 1, sizeof(slow_t));
+    probes = calloc((size_t)nprobes + 1, sizeof(probe_t));
+    if (!msg || !scratch || !conns || !slows || !probes) die("out of memory");
     memset(msg, 'x', cfg.size - 1);
     msg[cfg.size - 1] = '\n';
     for (int i = 0; i < cfg.conns; i++) conns[i].fd = -1;
+    for (int i = 0; i < cfg.slow; i++) slows[i].fd = -1;
+    for (int i = 0; i < nprobes; i++) probes[i].fd = -1;
 
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0) die("epoll_create1 failed");
@@ -787,7 +1149,7 @@ int main(int argc, char **argv) {
     t_begin = now;
     hard_end = now + (uint64_t)(cfg.hard_timeout * 1e9);
     uint64_t hold_phase_end = 0;
-    if (cfg.scenario == SC_HOLD || cfg.scenario == SC_PINGPONG) {
+    if (cfg.scenario == SC_HOLD || cfg.scenario == SC_PINGPONG || cfg.scenario == SC_SLOWLORIS) {
         phase = PH_SETUP;
         hold_phase_end = now + (uint64_t)(cfg.hold_timeout * 1e9);
         ramp_open(now);
@@ -805,7 +1167,9 @@ int main(int argc, char **argv) {
         for (int i = 0; i < n; i++) {
             int idx = (int)evs[i].data.u32;
             if (cfg.scenario == SC_UDP) handle_udp(idx);
-            else handle_tcp(idx, evs[i].events, now);
+            else if (idx < cfg.conns) handle_tcp(idx, evs[i].events, now);
+            else if (idx < cfg.conns + cfg.slow) handle_slow(idx - cfg.conns, evs[i].events, now);
+            else handle_probe(idx - cfg.conns - cfg.slow, evs[i].events);
         }
         /* phase transitions */
         if (now >= hard_end) {
@@ -832,6 +1196,17 @@ int main(int argc, char **argv) {
                         if (conns[i].state == ST_IDLE) start_request(i, now);
                     break;
                 }
+                if (cfg.scenario == SC_SLOWLORIS) {
+                    /* the normal connections ping-pong (unmeasured) while the
+                     * slow ones open */
+                    phase = PH_ATTACK;
+                    attack_start = now;
+                    attack_end = now + (uint64_t)(cfg.hold_timeout * 1e9);
+                    for (int i = 0; i < cfg.conns; i++)
+                        if (conns[i].state == ST_IDLE) start_request(i, now);
+                    slow_ramp(now);
+                    break;
+                }
                 /* hold: every connection is open now; one round through all */
                 phase = PH_SETUP_ROUND;
                 hold_phase_end = now + (uint64_t)(cfg.hold_timeout * 1e9);
@@ -855,9 +1230,27 @@ int main(int argc, char **argv) {
                     }
                 inflight = 0;
                 round_s = (double)(now - t_begin) / 1e9 - setup_s;
+                marker("held", 1); /* every connection open and answered */
+                now = now_ns();
                 enter_warmup_or_measure(now);
                 for (int i = 0; i < cfg.conns; i++)
                     if (conns[i].round_ok) start_request(i, now);
+            }
+            break;
+        case PH_ATTACK:
+            slow_ramp(now);
+            if ((slow_opened >= cfg.slow && slow_connecting == 0) || now >= attack_end) {
+                for (int i = 0; i < cfg.slow; i++)
+                    if (slows[i].state == SL_CONNECTING) {
+                        slow_connect_timeout++;
+                        slow_close(&slows[i], 0);
+                    }
+                attack_s = (double)(now - attack_start) / 1e9;
+                marker("held", 1); /* the slow connections are open */
+                now = now_ns();
+                enter_warmup_or_measure(now);
+                for (int i = 0; i < cfg.conns; i++)
+                    if (conns[i].state == ST_IDLE) start_request(i, now);
             }
             break;
         case PH_WARMUP:
@@ -869,16 +1262,23 @@ int main(int argc, char **argv) {
                     stopped_by = "max_requests";
                 phase = PH_DRAIN;
                 drain_end = now + cfg.timeout_ns;
-                fprintf(stderr, "phase drain\n");
+                marker("drain", 0);
             }
             break;
         case PH_DRAIN:
-            if (inflight == 0 || now >= drain_end) phase = PH_DONE;
+            if ((inflight == 0 && probes_inflight == 0) || now >= drain_end) phase = PH_DONE;
             break;
+        }
+        if (phase == PH_MEASURE && probe_interval_ns) {
+            while (now >= probe_next) {
+                probe_start(now);
+                probe_next += probe_interval_ns;
+            }
         }
         if (now >= next_house) {
             now = now_ns();
             housekeeping(now);
+            if (cfg.scenario == SC_SLOWLORIS) slowloris_housekeeping(now);
             next_house = now + 10000000ull;
         }
         if (phase == PH_MEASURE && cfg.scenario == SC_HOLD && round_answered == 0) {
@@ -887,7 +1287,8 @@ int main(int argc, char **argv) {
         }
     }
     now = now_ns();
-    fprintf(stderr, "phase done\n"); /* before closing the connections */
+    int slow_open_at_end = slow_open_count();
+    marker("done", 1); /* before closing the connections */
     int unfinished = 0;
     for (int i = 0; i < cfg.conns; i++) {
         int busy = conns[i].state == ST_BUSY ||
@@ -896,6 +1297,13 @@ int main(int argc, char **argv) {
         if (conns[i].fd >= 0) close(conns[i].fd);
     }
     errors[E_UNFINISHED] += (uint64_t)unfinished;
+    for (int i = 0; i < cfg.slow; i++)
+        if (slows[i].fd >= 0) close(slows[i].fd);
+    for (int i = 0; i < nprobes; i++)
+        if (probes[i].state != ST_FREE) {
+            probe_unfinished++;
+            probe_close(&probes[i]);
+        }
     if (measure_start == 0) measure_start = now;
     uint64_t end = last_completion > measure_start ? last_completion : now;
     double dur = (double)(end - measure_start) / 1e9;
@@ -928,7 +1336,7 @@ int main(int argc, char **argv) {
         first = 0;
     }
     printf("}, \"errors_total\": %llu, ", (unsigned long long)etotal);
-    if (cfg.scenario == SC_HOLD || cfg.scenario == SC_PINGPONG) {
+    if (cfg.scenario == SC_HOLD || cfg.scenario == SC_PINGPONG || cfg.scenario == SC_SLOWLORIS) {
         printf("\"setup\": {\"target\": %d, \"attempted\": %d, \"established\": %d, "
                "\"answered\": %d, \"setup_s\": %.3f",
                cfg.conns, attempted, established, answered, setup_s);
@@ -937,6 +1345,29 @@ int main(int argc, char **argv) {
         printf("}, ");
     }
     if (cfg.scenario == SC_UDP) printf("\"udp_late_replies\": %llu, ", (unsigned long long)udp_late);
+    if (cfg.scenario == SC_SLOWLORIS) {
+        printf("\"slow\": {\"target\": %d, \"attempted\": %d, \"established\": %d, "
+               "\"connect_failed\": %d, \"connect_timeout\": %d, \"open_at_measure\": %d, "
+               "\"open_at_end\": %d, \"closed_by_server\": %d, \"bytes_sent\": %llu, "
+               "\"unexpected_bytes\": %llu, \"interval_s\": %g, \"rate_per_s\": %g, "
+               "\"attack_s\": %.3f}, ",
+               cfg.slow, slow_opened, slow_established, slow_connect_failed, slow_connect_timeout,
+               slow_open_at_measure, slow_open_at_end, slow_closed_by_server,
+               (unsigned long long)slow_bytes_sent, (unsigned long long)slow_unexpected_bytes,
+               cfg.slow_interval, cfg.slow_rate, attack_s);
+        printf("\"probes\": {\"interval_ms\": %g, \"timeout_ms\": %g, \"attempted\": %llu, "
+               "\"answered\": %llu, \"connect_timeout\": %llu, \"no_answer\": %llu, "
+               "\"refused\": %llu, \"reset\": %llu, \"eof\": %llu, \"mismatch\": %llu, "
+               "\"other\": %llu, \"skipped\": %llu, \"unfinished\": %llu, "
+               "\"latency_us\": {\"p50\": %.1f, \"p99\": %.1f, \"max\": %.1f}}, ",
+               cfg.probe_interval_ms, cfg.probe_timeout_ms, (unsigned long long)probe_attempted,
+               (unsigned long long)probe_answered, (unsigned long long)probe_connect_timeout,
+               (unsigned long long)probe_no_answer, (unsigned long long)probe_refused,
+               (unsigned long long)probe_reset, (unsigned long long)probe_eof,
+               (unsigned long long)probe_mismatch, (unsigned long long)probe_other,
+               (unsigned long long)probe_skipped, (unsigned long long)probe_unfinished,
+               hpct(&probe_hist, 0.50) / 1e3, hpct(&probe_hist, 0.99) / 1e3, probe_hist.max / 1e3);
+    }
     printf("\"bytes_sent\": %llu, \"bytes_received\": %llu, ", (unsigned long long)bytes_sent,
            (unsigned long long)bytes_received);
     printf("\"stopped_by\": \"%s\", \"wall_s\": %.3f, \"loadgen_cpu_s\": %.3f}\n", stopped_by,

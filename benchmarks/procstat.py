@@ -8,6 +8,7 @@ The tree is therefore "all processes whose pgrp is the server's pid".
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -107,6 +108,57 @@ def sample_memory(pgid: int) -> MemorySample:
     return s
 
 
+@dataclass
+class ServerConnections:
+    """The server port's TCP connections, from the kernel's socket tables."""
+
+    held: int = 0  # accepted and still open in some process of the server
+    queued: int = 0  # handshake done, waiting in the listen backlog for accept()
+
+
+_TCP_LISTEN = "0A"
+_TCP_ESTABLISHED = "01"
+
+
+def _proc_net_address(host: str, port: int) -> tuple[str, str]:
+    """``host:port`` as /proc/net/tcp and /proc/net/tcp6 print it (IPv4, or v4-mapped in tcp6)."""
+    packed = socket.inet_aton(host)
+    v4 = f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
+    mapped = "0000000000000000" + "FFFF0000" + v4  # ::ffff:a.b.c.d, in 32-bit words of host order
+    return v4, mapped
+
+
+def server_connections(port: int, host: str = "127.0.0.1") -> ServerConnections:
+    """Count the connections to ``host:port`` in /proc/net/tcp and tcp6.
+
+    A socket the server has accept()ed has an inode (it is a file in some
+    process); one still in the accept queue has none yet (inode 0), and
+    neither has one the server has closed (FIN_WAIT, TIME_WAIT).  So
+    "held" counts what the server took, whatever its process layout, and
+    "queued" what waits in its backlog.  The listening socket is left out.
+    The whole local address is compared, not only the port: another
+    process's socket on [::1] or 127.0.0.2 can have the same port number.
+    """
+    out = ServerConnections()
+    wanted = _proc_net_address(host, port)
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    local, state, inode = fields[1], fields[3], fields[9]
+                    if local not in wanted or state == _TCP_LISTEN:
+                        continue
+                    if inode != "0":
+                        out.held += 1
+                    elif state == _TCP_ESTABLISHED:
+                        out.queued += 1
+        except OSError:
+            continue
+    return out
+
+
 def main_hwm_kib(pid: int) -> int:
     return _status_kib(pid).get("VmHWM", 0)
 
@@ -138,13 +190,19 @@ class MemorySampler:
     peaks: MemoryPeaks = field(default_factory=MemoryPeaks)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
         self._thread.start()
 
     def sample_now(self) -> None:
-        self.peaks.update(sample_memory(self.pgid))
+        self.update(sample_memory(self.pgid))
+
+    def update(self, sample: MemorySample) -> None:
+        """Count a sample taken elsewhere (e.g. at a loadgen marker) in the peaks."""
+        with self._lock:
+            self.peaks.update(sample)
 
     def _run(self) -> None:
         while not self._stop.is_set():

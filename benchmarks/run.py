@@ -39,8 +39,28 @@ from harness import (
     machine_info,
     run_loadgen,
 )
-from procstat import MemorySampler, cpu_busy_pct, cpu_times, main_hwm_kib, tree_cpu_s
+from procstat import (
+    MemorySampler,
+    cpu_busy_pct,
+    cpu_times,
+    main_hwm_kib,
+    sample_memory,
+    server_connections,
+    tree_cpu_s,
+)
 from servers import SERVERS, ServerSpec
+
+# The servers of issue 8's slow-client table: what runs slowloris_* when
+# --servers is not given.
+SLOW_CLIENT_SERVERS = (
+    "stdlib_thread",
+    "sockserve_thread",
+    "sockserve_pool",
+    "sockserve_prefork_pool",
+    "sockserve_aio_streams_uvloop",
+    "sockserve_aio_protocol_uvloop",
+    "sockserve_framed",
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,14 @@ class Scenario:
     size: int
     headline: str  # what the scenario is for
     timeout_ms: float = 5000
+    # slowloris: attacking connections (one byte every 5 s each) beside the normal ones
+    slow: int = 0
+    # the same scenario unattacked, run with this one and shown beside it
+    unattacked: str | None = None
+    # time for the setup ramps (overrides the --hold-timeout default)
+    hold_timeout: float | None = None
+    # servers that run it when --servers is not given (None: every server of its protocol)
+    default_servers: tuple[str, ...] | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -66,14 +94,25 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("hold_1000", "tcp", "hold", 1000, 64,
                  "1000 concurrent connections held open, then ping-pong over all"),
         Scenario("hold_10000", "tcp", "hold", 10000, 64,
-                 "10,000 connections held, memory per connection, then ping-pong over all"),
+                 "10,000 connections held, memory per connection, then ping-pong over all",
+                 hold_timeout=30),
         Scenario("udp_64", "udp", "udp", 10, 64,
                  "UDP: 10 clients, 64 B datagram echo (no reply in 1 s = lost)", timeout_ms=1000),
+        Scenario("slowloris_0", "tcp", "slowloris", 10, 64,
+                 "slowloris_1000 unattacked: 10 clients ping-pong 64 B, a new connection every 30 ms",
+                 hold_timeout=20, default_servers=SLOW_CLIENT_SERVERS),
+        Scenario("slowloris_1000", "tcp", "slowloris", 10, 64,
+                 "1,000 slow clients (1 byte / 5 s, no newline) while 10 clients ping-pong 64 B "
+                 "and a new connection is tried every 30 ms",
+                 slow=1000, unattacked="slowloris_0", hold_timeout=20, default_servers=SLOW_CLIENT_SERVERS),
     ]
 }  # fmt: skip
 
 
-def applies(spec: ServerSpec, scenario: Scenario) -> bool:
+def applies(spec: ServerSpec, scenario: Scenario, default_servers: bool = False) -> bool:
+    """Whether ``spec`` runs ``scenario``; ``default_servers``: --servers was not given."""
+    if default_servers and scenario.default_servers is not None and spec.name not in scenario.default_servers:
+        return False
     if spec.scenarios is not None:
         return scenario.name in spec.scenarios
     return spec.protocol == scenario.protocol
@@ -87,12 +126,22 @@ def parse_list(text: str, known: dict[str, Any], what: str) -> list[str]:
     return names
 
 
+DEFAULT_HOLD_TIMEOUT = 5.0
+
+
+def hold_timeout_for(scenario: Scenario, st: Settings) -> float:
+    """--hold-timeout if given, else the scenario's own, else 5 s."""
+    if st.hold_timeout is not None:
+        return st.hold_timeout
+    return scenario.hold_timeout or DEFAULT_HOLD_TIMEOUT
+
+
 @dataclass
 class Settings:
     duration: float
     warmup: float
     repeat: int
-    hold_timeout: float
+    hold_timeout: float | None  # None: the scenario's own, else DEFAULT_HOLD_TIMEOUT
     server_cpu: int | None
     loadgen_cpu: int | None
     sample_interval: float
@@ -117,6 +166,10 @@ def measure(spec: ServerSpec, scenario: Scenario, rep: int, st: Settings, log_di
         server.start()
         sampler = MemorySampler(server.pid, st.sample_interval)
         sampler.start()
+        # before any connection: the base for memory growth per connection
+        idle = sample_memory(server.pid)
+        record["idle_rss_kib"] = idle.rss_kib
+        record["idle_threads"] = idle.threads
         cpu_marks: dict[str, float] = {}
         core_marks: dict[str, dict[int, tuple[int, int]]] = {}
         lock = threading.Lock()
@@ -127,6 +180,20 @@ def measure(spec: ServerSpec, scenario: Scenario, rep: int, st: Settings, log_di
                 with lock:
                     cpu_marks[phase] = value
                     core_marks[phase] = cores
+            if phase in ("held", "done"):
+                # loadgen waits here (sync) with every connection still open
+                mem = sample_memory(server.pid)
+                sampler.update(mem)
+                conns = server_connections(server.port)
+                with lock:
+                    record[f"at_{phase}"] = {
+                        "rss_kib": mem.rss_kib,
+                        "pss_kib": mem.pss_kib,
+                        "threads": mem.threads,
+                        "processes": mem.processes,
+                        "server_held": conns.held,
+                        "server_queued": conns.queued,
+                    }
 
         args = LoadgenArgs(
             scenario=scenario.loadgen,
@@ -135,7 +202,9 @@ def measure(spec: ServerSpec, scenario: Scenario, rep: int, st: Settings, log_di
             duration=st.duration,
             warmup=st.warmup,
             timeout_ms=scenario.timeout_ms,
-            hold_timeout=st.hold_timeout,
+            hold_timeout=hold_timeout_for(scenario, st),
+            slow=scenario.slow if scenario.loadgen == "slowloris" else None,
+            sync=True,
         )
         lg = run_loadgen(args, server.port, cpu=st.loadgen_cpu, on_phase=on_phase)
         record["loadgen"] = lg
@@ -212,6 +281,44 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     agg["loadavg_max"] = max(r.get("loadavg_1min", 0.0) for r in ok)
     agg["max_processes"] = max(r["memory_peaks_kib"]["processes"] for r in ok)
     agg["max_threads"] = max(r["memory_peaks_kib"]["threads"] for r in ok)
+    agg["idle_threads"] = max(r.get("idle_threads", 0) for r in ok)
+    # hold: memory the held connections cost (tree RSS when all were open and
+    # answered, minus before the first one), and what the server held then
+    growth = [
+        (r["at_held"]["rss_kib"] - r["idle_rss_kib"]) / r["loadgen"]["setup"]["round_answered"]
+        for r in ok
+        if "at_held" in r and "idle_rss_kib" in r and r["loadgen"].get("setup", {}).get("round_answered")
+    ]
+    agg["rss_growth_kib_per_conn"] = stats(growth)
+    # and the whole peak (interpreter included) over the connections answered
+    agg["peak_rss_kib_per_conn"] = stats(
+        [
+            r["memory_peaks_kib"]["hwm_kib"] / r["loadgen"]["setup"]["round_answered"]
+            for r in ok
+            if r["loadgen"].get("setup", {}).get("round_answered")
+        ]
+    )
+    agg["held_at_held"] = stats(series(lambda r: r["at_held"]["server_held"]))
+    agg["held_at_done"] = stats(series(lambda r: r["at_done"]["server_held"]))
+    agg["queued_at_done"] = stats(series(lambda r: r["at_done"]["server_queued"]))
+    slows = [r["loadgen"]["slow"] for r in ok if "slow" in r["loadgen"]]
+    if slows:
+        agg["slow_target"] = slows[0]["target"]
+        agg["slow_established_min"] = min(x["established"] for x in slows)
+        agg["slow_open_at_end_min"] = min(x["open_at_end"] for x in slows)
+        agg["slow_closed_by_server"] = sum(x["closed_by_server"] for x in slows)
+        agg["attack_s"] = stats([x["attack_s"] for x in slows])
+    probes = [r["loadgen"]["probes"] for r in ok if "probes" in r["loadgen"]]
+    if probes:
+        agg["probes_attempted"] = sum(x["attempted"] for x in probes)
+        agg["probes_answered"] = sum(x["answered"] for x in probes)
+        fails: dict[str, int] = {}
+        for x in probes:
+            for kind in ("connect_timeout", "no_answer", "refused", "reset", "eof", "mismatch", "other", "unfinished"):
+                if x.get(kind):
+                    fails[kind] = fails.get(kind, 0) + x[kind]
+        agg["probe_failures"] = fails
+        agg["probe_p99_us"] = stats([x["latency_us"]["p99"] for x in probes if x["answered"]])
     errors: dict[str, int] = {}
     for r in ok:
         for kind, n in r["loadgen"]["errors"].items():
@@ -270,22 +377,54 @@ def contended(agg: dict[str, Any]) -> bool:
     return bool(cpu and core and core["median"] - cpu["median"] > CONTENTION_POINTS)
 
 
+def ratio_text(value: dict[str, float] | None, base: dict[str, float] | None) -> str:
+    if not value or not base:
+        return "n/a"
+    if base["median"] <= 0:
+        return "n/a (base 0)"
+    return f"{value['median'] / base['median']:.2f}x"
+
+
+def fmt_count(s: dict[str, float] | None) -> str:
+    """A count's median (a half when the repeats are even in number)."""
+    if not s:
+        return "-"
+    m = s["median"]
+    return f"{m:,.0f}" if m == int(m) else f"{m:,.1f}"
+
+
+def fmt_threads(agg: dict[str, Any]) -> str:
+    return str(agg.get("max_threads", "-"))
+
+
+def fmt_kib_per_conn(agg: dict[str, Any]) -> str:
+    growth, peak = agg.get("rss_growth_kib_per_conn"), agg.get("peak_rss_kib_per_conn")
+    return f"{fmt_stat(growth)} ({fmt_stat(peak)})" if growth else "-"
+
+
 def scenario_table(
     scenario: Scenario,
     names: list[str],
     summary: dict[str, dict[str, Any]],
     skipped: dict[str, str],
+    all_summaries: dict[str, dict[str, dict[str, Any]]] | None = None,
 ) -> list[str]:
+    if scenario.loadgen == "slowloris":
+        return slowloris_table(scenario, names, summary, skipped, all_summaries or {})
     unit = "conn/s" if scenario.loadgen == "connect" else "req/s"
     with_conns = scenario.loadgen in ("pingpong", "hold") and scenario.connections > 1
+    is_hold = scenario.loadgen == "hold"
     head = ["server", "baseline", f"{unit} median (min-max)", "ratio", "p50 µs", "p99 µs"]
     if with_conns:
         head.append("conns ok")
+    if is_hold:
+        head += ["server held", "RSS KiB/conn: growth (peak ÷ conns)"]
     head += [
         "srv CPU %",
         "srv CPU µs/req",
         "peak RSS MiB",
         "peak PSS MiB",
+        "threads",
         "loadgen CPU % / core busy %",
         "errors",
     ]
@@ -311,8 +450,7 @@ def scenario_table(
             row = [name, spec.baseline, f"failed: {reason}"[:200]] + [""] * (len(head) - 3)
             lines.append("| " + " | ".join(row) + " |")
             continue
-        base = summary.get(spec.baseline, {}).get("requests_per_s")
-        ratio = f"{agg['requests_per_s']['median'] / base['median']:.2f}x" if base else "n/a"
+        ratio = ratio_text(agg["requests_per_s"], summary.get(spec.baseline, {}).get("requests_per_s"))
         row = [
             name,
             spec.baseline,
@@ -323,6 +461,8 @@ def scenario_table(
         ]
         if with_conns:
             row.append(f"{agg.get('connections_ok_min', '-')}/{agg.get('connections_target', '-')}")
+        if is_hold:
+            row += [fmt_count(agg.get("held_at_held")), fmt_kib_per_conn(agg)]
         srv_cpu = fmt_stat(agg["server_cpu_pct"])
         if contended(agg):
             srv_cpu += f" (core {fmt_stat(agg['server_core_busy_pct'])} ⚠)"
@@ -331,11 +471,97 @@ def scenario_table(
             fmt_stat(agg["server_cpu_us_per_req"]),
             fmt_stat(agg["peak_rss_mib"]),
             fmt_stat(agg["peak_pss_mib"]),
+            fmt_threads(agg),
             f"{fmt_stat(agg['loadgen_cpu_pct'])} / {fmt_stat(agg['loadgen_core_busy_pct'])}",
             fmt_errors(agg["errors"]),
         ]
         if agg["ok"] < agg["runs"]:
             row[2] += f" [{agg['runs'] - agg['ok']} of {agg['runs']} runs failed]"
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    return lines
+
+
+def slowloris_table(
+    scenario: Scenario,
+    names: list[str],
+    summary: dict[str, dict[str, Any]],
+    skipped: dict[str, str],
+    all_summaries: dict[str, dict[str, dict[str, Any]]],
+) -> list[str]:
+    """The slow-client table: the normal clients' throughput attacked ÷ unattacked,
+    what the server took of the attack, and whether new connections got in."""
+    unattacked = all_summaries.get(scenario.unattacked or "", {})
+    attacked = scenario.slow > 0
+    head = ["server", "req/s median (min-max)"]
+    if attacked:
+        head += ["unattacked req/s", "÷ unattacked"]
+    else:
+        head += ["baseline", "ratio"]
+    head += ["p50 µs", "p99 µs"]
+    if attacked:
+        head += ["slow conns est. / open at end", "server held (queued)"]
+    head += [
+        "new conns answered",
+        "new conn p99 ms",
+        "threads",
+        "peak RSS MiB",
+        "srv CPU %",
+        "errors",
+    ]
+    lines = [
+        f"### {scenario.name}: {scenario.headline}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for name in names:
+        spec = SERVERS[name]
+        if not applies(spec, scenario):
+            continue
+        if name in skipped:
+            row = [name, f"skipped: {skipped[name]}"] + [""] * (len(head) - 2)
+            lines.append("| " + " | ".join(row) + " |")
+            continue
+        agg = summary.get(name)
+        if agg is None:
+            continue
+        if not agg.get("requests_per_s"):
+            reason = "; ".join(agg.get("failures", ["no successful run"]))
+            row = [name, f"failed: {reason}"[:200]] + [""] * (len(head) - 2)
+            lines.append("| " + " | ".join(row) + " |")
+            continue
+        rps = agg["requests_per_s"]
+        row = [name, fmt_stat(rps, spread=True)]
+        if attacked:
+            base = unattacked.get(name, {}).get("requests_per_s")
+            row += [fmt_stat(base), ratio_text(rps, base)]
+        else:
+            row += [spec.baseline, ratio_text(rps, summary.get(spec.baseline, {}).get("requests_per_s"))]
+        row += [fmt_stat(agg["latency_p50_us"]), fmt_stat(agg["latency_p99_us"])]
+        if attacked:
+            row.append(
+                f"{agg.get('slow_established_min', '-')} / {agg.get('slow_open_at_end_min', '-')} "
+                f"of {agg.get('slow_target', '-')}"
+            )
+            row.append(f"{fmt_count(agg.get('held_at_done'))} ({fmt_count(agg.get('queued_at_done'))})")
+        probes = f"{agg.get('probes_answered', '-')}/{agg.get('probes_attempted', '-')}"
+        if agg.get("probe_failures"):
+            probes += " (" + ", ".join(f"{k} {v}" for k, v in sorted(agg["probe_failures"].items())) + ")"
+        p99 = agg.get("probe_p99_us")
+        srv_cpu = fmt_stat(agg["server_cpu_pct"])
+        if contended(agg):
+            srv_cpu += f" (core {fmt_stat(agg['server_core_busy_pct'])} ⚠)"
+        row += [
+            probes,
+            fmt_num(p99["median"] / 1000) if p99 else "-",
+            fmt_threads(agg),
+            fmt_stat(agg["peak_rss_mib"]),
+            srv_cpu,
+            fmt_errors(agg["errors"]),
+        ]
+        if agg["ok"] < agg["runs"]:
+            row[1] += f" [{agg['runs'] - agg['ok']} of {agg['runs']} runs failed]"
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     return lines
@@ -369,16 +595,29 @@ def render_markdown(report: dict[str, Any]) -> str:
         "of the server's process tree during the measured window (100 % = one core). "
         "peak RSS = max over samples of Σ VmHWM over the tree (counts shared pages once per "
         "process); peak PSS = max over samples of Σ Pss (shared pages split between sharers). "
+        "threads = the most threads the server's process tree had at once (sampled, all "
+        "processes summed). "
         "loadgen CPU % = loadgen's own CPU time ÷ its wall time; core busy % = how busy "
         "loadgen's core was during the measured window (well below 100 % means loadgen was "
         "not the bottleneck). "
+        "hold: server held = connections the server had accepted and kept open when all were "
+        "open (from /proc/net/tcp); RSS KiB/conn = (tree RSS then - before the first connection) "
+        "÷ connections answered, and in brackets peak RSS ÷ connections answered. "
+        "slowloris: ÷ unattacked = req/s ÷ the same server's req/s in slowloris_0; slow conns "
+        "est. = attacking connections whose handshake completed (lowest over the repeats), "
+        "open at end = those the server had not closed; server held (queued) = connections "
+        "accepted and open (waiting in the listen backlog) at the end of the window, normal "
+        "ones included; new conns answered = new connections echoed within 1 s / tried, summed "
+        "over the repeats. "
         "Wall-clock numbers vary 30-40 % between runs on this machine: compare within one table, "
         "and use callgrind.py for small differences.",
         "",
     ]
     names = report["server_order"]
     for name in report["scenario_order"]:
-        out += scenario_table(SCENARIOS[name], names, report["summary"].get(name, {}), report["skipped"])
+        out += scenario_table(
+            SCENARIOS[name], names, report["summary"].get(name, {}), report["skipped"], report["summary"]
+        )
     notes = []
     for name in names:
         spec = report["servers"].get(name, {})
@@ -428,11 +667,16 @@ def install_exit_on_signals() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated server names (default: all)")
+    ap.add_argument(
+        "--servers",
+        default=None,
+        help="comma-separated server names (default: all; slowloris_* then run on the servers of issue 8's table)",
+    )
     ap.add_argument(
         "--scenarios",
         default=",".join(name for name in SCENARIOS if name != "hold_10000"),
-        help="comma-separated scenarios (default: all but hold_10000, which is for the event-loop servers)",
+        help="comma-separated scenarios (default: all but hold_10000, which takes minutes on the thread servers); "
+        "slowloris_1000 brings slowloris_0, its unattacked pair",
     )
     ap.add_argument("--duration", type=float, default=3.0, help="measured seconds per run (default 3)")
     ap.add_argument("--warmup", type=float, default=0.5, help="warmup seconds per run (default 0.5)")
@@ -440,8 +684,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--hold-timeout",
         type=float,
-        default=5.0,
-        help="seconds allowed for opening the connections (and hold's first round)",
+        default=None,
+        help="seconds allowed for opening the connections (and hold's first round); default 5, "
+        "30 for hold_10000, 20 for slowloris_*",
     )
     ap.add_argument(
         "--no-baselines", action="store_true", help="do not add the baseline of each selected server automatically"
@@ -469,8 +714,15 @@ def main(argv: list[str] | None = None) -> int:
     if opts.repeat < 1 or opts.duration <= 0:
         ap.error("--repeat must be >= 1 and --duration > 0")
 
-    server_names = parse_list(opts.servers, SERVERS, "server")
+    default_servers = opts.servers is None
+    server_names = parse_list(opts.servers or ",".join(SERVERS), SERVERS, "server")
     scenario_names = parse_list(opts.scenarios, SCENARIOS, "scenario")
+    # an attacked scenario runs with its unattacked pair (the tables show the ratio)
+    for name in list(scenario_names):
+        pair = SCENARIOS[name].unattacked
+        if pair and pair not in scenario_names:
+            scenario_names.append(pair)
+    scenario_names = [n for n in SCENARIOS if n in scenario_names]
     if not opts.no_baselines:
         for name in list(server_names):
             base = SERVERS[name].baseline
@@ -507,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(opts.repeat)
         for sc in scenario_names
         for name in server_names
-        if applies(SERVERS[name], SCENARIOS[sc])
+        if applies(SERVERS[name], SCENARIOS[sc], default_servers)
     ]
     runs: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
@@ -525,7 +777,16 @@ def main(argv: list[str] | None = None) -> int:
             msg = (
                 f"{lg['requests_per_s']:>10,.0f} req/s  p50 {lg['latency_us']['p50']:>8.1f} µs  "
                 f"p99 {lg['latency_us']['p99']:>9.1f} µs  errors {lg['errors_total']}"
+                f"  threads {record['memory_peaks_kib']['threads']}"
             )
+            if "slow" in lg and lg["slow"]["target"]:
+                held = record.get("at_done", {})
+                msg += (
+                    f"  slow {lg['slow']['established']}/{lg['slow']['target']}"
+                    f" held {held.get('server_held', '?')} queued {held.get('server_queued', '?')}"
+                )
+            if "probes" in lg:
+                msg += f"  new conns {lg['probes']['answered']}/{lg['probes']['attempted']}"
         else:
             msg = f"FAILED: {record['reason']}"
         print(f"[{i}/{len(plan)}] {scenario.name:15} {spec.name:18} #{rep + 1}: {msg}", file=sys.stderr)
@@ -555,10 +816,10 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "runs": runs,
     }
-    markdown = render_markdown(report)
     RAW_DIR.mkdir(parents=True, exist_ok=True)
     json_path = RAW_DIR / f"{stamp}.json"
-    json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    json_path.write_text(json.dumps(report, indent=1, default=str) + "\n")  # first: rendering could fail
+    markdown = render_markdown(report)
     (RAW_DIR / f"{stamp}.md").write_text(markdown + "\n")
     if opts.latest:
         (RESULTS_DIR / "latest.json").write_text(json.dumps(report, indent=1, default=str) + "\n")

@@ -47,6 +47,13 @@ FORK_BASELINE = "stdlib_fork"
 # A persistent connection holds a pool worker until the client closes, so for
 # the 1000-connection scenario the pools get more workers than connections.
 HOLD_POOL_ARGS = (("hold_1000", ("--max-workers", "1024")),)
+# Issue 8's "stock pool, idle_timeout=30": the default pool (128 workers) with
+# the idle timeout a user would set against idle clients.  A client that sends
+# a byte every 5 s is never idle for 30 s, so it keeps its worker.
+SLOW_CLIENT_POOL_ARGS = (
+    ("slowloris_0", ("--idle-timeout", "30")),
+    ("slowloris_1000", ("--idle-timeout", "30")),
+)
 UDP_BASELINE = "stdlib_thread_udp"
 
 _SPECS = [
@@ -84,8 +91,16 @@ _SPECS = [
         "sockserve_pool",
         "tcp",
         TCP_BASELINE,
-        "sockserve.ThreadPoolTCPServer (pool_max_workers 128; 1024 in hold_1000)",
-        scenario_args=HOLD_POOL_ARGS,
+        "sockserve.ThreadPoolTCPServer (pool_max_workers 128; 1024 in hold_1000; "
+        "Limits(idle_timeout=30) in slowloris_*)",
+        scenario_args=HOLD_POOL_ARGS + SLOW_CLIENT_POOL_ARGS,
+    ),
+    ServerSpec(
+        "sockserve_framed",
+        "sockserve_framed",
+        "tcp",
+        TCP_BASELINE,
+        "sockserve.ThreadPoolTCPServer + FramedRequestHandler (framed pool, 32 workers in every scenario)",
     ),
     ServerSpec(
         "sockserve_prefork",

@@ -38,21 +38,50 @@ def parse_address(text: str) -> tuple[socket.AddressFamily, tuple[str, int]]:
     return socket.AF_INET, (host, int(port))
 
 
+def raise_nofile_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: hold_10000 needs 10,000 sockets
+    (the runner raises its own, which servers inherit; this covers a server run by hand)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def listen_address() -> tuple[socket.AddressFamily, tuple[str, int]]:
     if len(sys.argv) < 2:
         raise SystemExit(f"usage: {sys.argv[0]} HOST:PORT")
+    raise_nofile_limit()
     return parse_address(sys.argv[1])
+
+
+def _option_text(name: str) -> str | None:
+    args = sys.argv[2:]
+    if name not in args:
+        return None
+    i = args.index(name)
+    if i + 1 >= len(args):
+        raise SystemExit(f"{name} needs a value")
+    return args[i + 1]
 
 
 def option(name: str, default: int) -> int:
     """An integer option ``--name N`` from the arguments after the address."""
-    args = sys.argv[2:]
-    if name in args:
-        i = args.index(name)
-        if i + 1 >= len(args):
-            raise SystemExit(f"{name} needs a value")
-        return int(args[i + 1])
-    return default
+    text = _option_text(name)
+    return default if text is None else int(text)
+
+
+def float_option(name: str, default: float | None) -> float | None:
+    """A number option ``--name X`` from the arguments after the address."""
+    text = _option_text(name)
+    return default if text is None else float(text)
+
+
+def limits_attrs(sockserve: Any) -> dict[str, Any]:
+    """Server class attributes from ``--idle-timeout S`` (``sockserve.Limits(idle_timeout=S)``), if given."""
+    idle = float_option("--idle-timeout", None)
+    return {} if idle is None else {"limits": sockserve.Limits(idle_timeout=idle)}
 
 
 def with_family(server_cls: type, family: socket.AddressFamily, **attrs: Any) -> type:
