@@ -20,7 +20,7 @@ to every connection (see docs/pipeline.md).
 from __future__ import annotations
 
 import collections
-import selectors
+import select
 import socket
 import threading
 import time
@@ -31,6 +31,7 @@ from ._errors import ConnectionDeadlineExceeded, IdleTimeoutExpired, LimitExceed
 from ._limits import limits_of
 from ._log import log_limit, log_stage_failed
 from ._pipeline import set_current_job
+from ._reactor import READ_SIZE, READABLE, WRITABLE
 from ._stages import StageFactory, StageFailed, StageRunner
 from .protocol.framers import Framer, LineFramer
 from .protocol.lines import DEFAULT_MAX_LINE
@@ -44,6 +45,27 @@ if TYPE_CHECKING:
 # Requests framed and not yet handled, per connection, before reading pauses:
 # a client that pipelines faster than the handler answers waits in the kernel.
 MAX_PENDING_REQUESTS = 16
+
+# Requests of one connection a worker handles in a row before the other
+# connections waiting for a worker get theirs.
+TURN_REQUESTS = 8
+
+# How long a worker that has answered a request waits for the client's next
+# one before it gives the connection back to the reactor, when no other
+# connection waits for a worker: a client in a request-reply exchange sends
+# its next request a round trip after the reply (tens of microseconds on a
+# local network), and catching it here saves two thread hand-overs.
+LINGER_SECONDS = 0.002
+
+_thread_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """A worker's own read buffer (64 KiB), kept for the thread's life."""
+    buffer: memoryview | None = getattr(_thread_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _thread_buffers.buffer = memoryview(bytearray(READ_SIZE))
+    return buffer
 
 
 class FramedRequestHandler:
@@ -116,24 +138,28 @@ class FramedHost(Protocol):
     """What a framed connection needs of the pool it runs on."""
 
     def queue_work(self, work: Callable[[], object]) -> None: ...
+    def others_waiting(self) -> bool: ...
     def handle_error(self, request: Any, client_address: Any) -> None: ...
     def connection_ended(self, connection: FramedConnection) -> None: ...
 
 
 class FramedConnection:
-    """One connection of a framed handler: its reading and writing on the
-    reactor, its requests on workers, and its end.
+    """One connection of a framed handler: its reading and writing, its
+    requests on workers, and its end.
 
-    Thread-safety: the reactor's thread owns reading, registration and
-    timers; ``_lock`` guards what workers share with it (the requests, the
-    replies, and whether a worker is on the connection).
+    Who reads: the reactor, while no worker holds the connection; the worker
+    that holds it, during its turn (the reactor is not armed for reading
+    then). Interest is one-shot (see ``_reactor``): whoever changes what the
+    connection waits for re-arms it, under ``_lock``, which guards everything
+    the reactor and the workers share.
     """
 
     __slots__ = (
         "_busy",
         "_deadline_timer",
+        "_discard",
         "_ending",
-        "_events",
+        "_fd",
         "_finished",
         "_framer",
         "_idle_timer",
@@ -142,7 +168,7 @@ class FramedConnection:
         "_outbox",
         "_outbox_size",
         "_paused",
-        "_reading",
+        "_poller",
         "_released",
         "_requests",
         "_stages",
@@ -170,6 +196,7 @@ class FramedConnection:
         self.reactor = reactor
         self.job = job
         self.sock: socket.socket = job.request
+        self._fd = self.sock.fileno()
         self.limits = limits_of(server)
         self.handler = handler_class(job.client_address, server, self)
         self._stages = StageRunner(stages, job.client_address) if stages else None
@@ -178,22 +205,41 @@ class FramedConnection:
         self._requests: collections.deque[bytes] = collections.deque()
         self._outbox: collections.deque[bytes] = collections.deque()
         self._outbox_size = 0
-        self._busy = False  # a worker is on it, or it waits for one
+        self._busy = False  # a worker holds it, or it waits for one
         self._started = False  # setup() ran
-        self._finished = False  # finish() ran (or never will)
-        self._ending = False  # no more requests will be read: end once the work and the replies are done
-        self._reading = True
-        self._paused = False  # reading paused for backpressure
-        self._events = 0
+        self._finished = False  # finish() ran
+        self._ending = False  # nothing more is read: it ends once its work and replies are done
+        self._discard = False  # and what is framed but not handled is dropped (an error, a cut, close())
+        self._paused = False  # reading paused: too much waits (requests, or replies the client does not read)
         self._last_read = time.monotonic()
         self._idle_timer: Timer | None = None
         self._deadline_timer: Timer | None = None
         self._released = False
+        self._poller: select.poll | None = None  # a worker's, to wait for the next request in its turn
         self.aborted: BaseException | None = None
         self.closed = False
         if job.ticket is not None:
-            ticket = job.ticket
-            ticket.abort = lambda reason: reactor.call_soon(lambda: self.abort(reason))
+            job.ticket.abort = lambda reason: reactor.call_soon(lambda: self.abort(reason))
+
+    # -- arming --------------------------------------------------------------------
+
+    def _arm_locked(self) -> None:
+        """Arm the connection for what it waits for now (the caller holds ``_lock``)."""
+        if self.closed:
+            return
+        events = 0
+        if not self._busy and not self._ending and not self._paused:
+            events |= READABLE
+        if self._outbox:
+            events |= WRITABLE
+        try:
+            self.reactor.arm(self._fd, events)
+        except (OSError, ValueError):
+            pass  # the reactor closed (the server is closing): nothing waits for events any more
+
+    def _arm(self) -> None:
+        with self._lock:
+            self._arm_locked()
 
     # -- on the reactor's thread ----------------------------------------------------
 
@@ -201,10 +247,10 @@ class FramedConnection:
         """Take the connection into the reactor."""
         try:
             self.sock.setblocking(False)
-        except OSError:
+            self.reactor.register(self._fd, READABLE, self._on_events)
+        except (OSError, ValueError):
             self._close_now()
             return
-        self._update_events()
         idle = self.limits.idle_timeout
         if idle is not None:
             self._idle_timer = self.reactor.call_later(idle, self._check_idle)
@@ -215,10 +261,14 @@ class FramedConnection:
             )
 
     def _on_events(self, events: int) -> None:
-        if events & selectors.EVENT_WRITE:
+        if self.closed:
+            return
+        if events & WRITABLE:
             self._flush()
-        if events & selectors.EVENT_READ and self._reading and not self.closed:
+        if events & READABLE and not self._busy and not self.closed:
             self._on_readable()
+        self._schedule()
+        self._arm()
 
     def _on_readable(self) -> None:
         buffer = self.reactor.read_buffer
@@ -226,8 +276,8 @@ class FramedConnection:
             count = self.sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:
-            self._vanished(exc)
+        except OSError:
+            self._vanished()
             return
         self._last_read = time.monotonic()
         data = bytes(buffer[:count])
@@ -236,40 +286,17 @@ class FramedConnection:
             if rest is None:
                 return
             data = rest
+        self._frame(data, count == 0)
+
+    def _frame(self, data: bytes, end_of_input: bool) -> None:
+        """Feed the framer (on whichever thread holds the connection) and queue the requests."""
         framer = self._framer
         assert framer is not None
-        framer.feed(data)
-        if not count:
-            self._end()  # the client finished sending: what it sent is handled, then the connection ends
+        framer.feed(b"" if end_of_input else data)
+        if end_of_input:
+            with self._lock:
+                self._ending = True  # what the client sent is handled, then the connection ends
         self._take_requests()
-        if self._backlogged():
-            self._pause_reading()
-        self._schedule()
-
-    def _take_requests(self) -> None:
-        """Move complete requests from the framer to the queue, up to its cap;
-        the others wait in the framer (reading pauses meanwhile)."""
-        framer = self._framer
-        if framer is None or self.aborted is not None:
-            return
-        try:
-            while len(self._requests) < MAX_PENDING_REQUESTS:
-                request = framer.next_request()
-                if request is None:
-                    break
-                with self._lock:
-                    self._requests.append(request)
-        except LimitExceeded as exc:
-            log_limit(exc, self.job.client_address)
-            self._end()
-        except Exception:
-            self.host.handle_error(self.sock, self.job.client_address)  # a framer's bug
-            self._end()
-
-    def _backlogged(self) -> bool:
-        """Too much is waiting (requests, or replies the client does not read): stop reading."""
-        with self._lock:
-            return len(self._requests) >= MAX_PENDING_REQUESTS or self._outbox_size > self.handler.write_limit
 
     def _run_stages(self, data: bytes) -> bytes | None:
         """Feed the stages; the bytes behind them once they are done, else None."""
@@ -290,19 +317,48 @@ class FramedConnection:
         self._framer = self.handler.make_framer()
         return data[step.consumed :]
 
+    def _take_requests(self) -> None:
+        """Move complete requests from the framer to the queue, up to its cap;
+        the others wait in the framer (reading pauses meanwhile)."""
+        framer = self._framer
+        if framer is None or self._discard:
+            return
+        room = MAX_PENDING_REQUESTS - len(self._requests)
+        taken: list[bytes] = []
+        try:
+            while len(taken) < room:
+                request = framer.next_request()
+                if request is None:
+                    break
+                taken.append(request)
+        except LimitExceeded as exc:
+            log_limit(exc, self.job.client_address)
+            self._stop_and_discard()
+        except Exception:
+            self.host.handle_error(self.sock, self.job.client_address)  # a framer's bug
+            self._stop_and_discard()
+        with self._lock:
+            if taken and not self._discard:
+                self._requests.extend(taken)
+            if len(self._requests) >= MAX_PENDING_REQUESTS:
+                self._paused = True
+
+    def _stop_and_discard(self) -> None:
+        with self._lock:
+            self._discard = True
+            self._ending = True
+            self._requests.clear()
+
     def _schedule(self) -> None:
         """Decide what the connection does next: hand it to a worker (a request
         to handle, or finish() to run), close it (it is ending and nothing is
         left to do or send), or wait (for bytes, a worker, or its replies to
-        leave)."""
+        leave). On the reactor's thread."""
+        self._maybe_resume()
         with self._lock:
             if self._busy:
                 return
-            # No request starts while its replies would pile up on top of unread ones.
-            request_due = bool(self._requests) and self.aborted is None and not self.closed
-            request_due = request_due and self._outbox_size <= self.handler.write_limit
-            finish_due = self._ending and not request_due and self._needs_finish()
-            if request_due or finish_due:
+            if self._request_due() or self._finish_due():
                 self._busy = True
                 action = "work"
             elif self.closed or (self._ending and (not self._outbox or self.aborted is not None)):
@@ -314,51 +370,32 @@ class FramedConnection:
         else:
             self._close_now()
 
-    def _needs_finish(self) -> bool:
-        return self._started and not self._finished
+    def _request_due(self) -> bool:
+        # No request starts while its replies would pile up on top of unread ones.
+        return (
+            bool(self._requests)
+            and self.aborted is None
+            and not self.closed
+            and self._outbox_size <= self.handler.write_limit
+        )
 
-    def _end(self) -> None:
-        """No more requests are read; the connection ends once its work and replies are done."""
-        self._ending = True
-        self._reading = False
-        self._update_events()
-
-    def _pause_reading(self) -> None:
-        if not self._paused:
-            self._paused = True
-            self._update_events()
+    def _finish_due(self) -> bool:
+        return self._ending and not self._requests and self._started and not self._finished
 
     def _maybe_resume(self) -> None:
         """The backlog went down: take the requests the framer holds, and read again if there is room."""
-        if not self._paused or self.closed:
-            return
         with self._lock:
+            if not self._paused or self._busy or self.closed:
+                return
             if len(self._requests) >= MAX_PENDING_REQUESTS // 2 or self._outbox_size > self.handler.write_limit:
                 return
         self._take_requests()
-        if not self._backlogged():
-            self._paused = False
-            self._update_events()
-
-    def _update_events(self) -> None:
-        if self.closed:
-            return
-        events = 0
-        if self._reading and not self._paused:
-            events |= selectors.EVENT_READ
-        if self._outbox:
-            events |= selectors.EVENT_WRITE
-        if events == self._events:
-            return
-        if not events:
-            self.reactor.unregister(self.sock)
-        elif not self._events:
-            self.reactor.register(self.sock, events, self._on_events)
-        else:
-            self.reactor.modify(self.sock, events, self._on_events)
-        self._events = events
+        with self._lock:
+            if len(self._requests) < MAX_PENDING_REQUESTS and self._outbox_size <= self.handler.write_limit:
+                self._paused = False
 
     def _flush(self) -> None:
+        error: OSError | None = None
         with self._lock:
             while self._outbox:
                 chunk = self._outbox[0]
@@ -367,31 +404,20 @@ class FramedConnection:
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
-                    self._outbox.clear()
-                    self._outbox_size = 0
-                    error: OSError | None = exc
+                    error = exc
                     break
                 self._outbox_size -= sent
                 if sent < len(chunk):
                     self._outbox[0] = chunk[sent:]
                     break
                 self._outbox.popleft()
-            else:
-                error = None
         if error is not None:
-            self._vanished(error)
-            return
-        self._update_events()
-        self._maybe_resume()
-        self._schedule()  # requests held back while the replies piled up may start now
-
-    def _watch_writes(self) -> None:
-        self._update_events()
+            self._vanished()
 
     def after_work(self) -> None:
-        """A worker finished its turn on the connection."""
-        self._maybe_resume()
+        """A worker's turn ended with something for the reactor to do."""
         self._schedule()
+        self._arm()
 
     def _check_idle(self) -> None:
         self._idle_timer = None
@@ -399,14 +425,16 @@ class FramedConnection:
         if self.closed or idle is None:
             return
         with self._lock:
-            waiting = not self._busy and not self._requests and not self._outbox
+            waiting = not self._busy and not self._requests and not self._outbox and not self._ending
         left = self._last_read + idle - time.monotonic()
         if not waiting or left > 0:
             self._idle_timer = self.reactor.call_later(max(left, 0.01), self._check_idle)
             return
         log_limit(IdleTimeoutExpired(idle, self.job.client_address))
-        self._end()
+        with self._lock:
+            self._ending = True
         self._schedule()
+        self._arm()
 
     def _deadline_passed(self) -> None:
         self._deadline_timer = None
@@ -419,8 +447,10 @@ class FramedConnection:
 
     def drain(self) -> None:
         """The server stops: the request in flight and the replies queued finish, nothing more is read."""
-        self._end()
+        with self._lock:
+            self._ending = True
         self._schedule()
+        self._arm()
 
     def abort(self, reason: BaseException) -> None:
         """Cut the connection now (a limit, the end of a grace period): what
@@ -428,38 +458,37 @@ class FramedConnection:
         handler's does."""
         if self.aborted is not None or self.closed:
             return
-        self.aborted = reason
         with self._lock:
+            self.aborted = reason
+            self._discard = True
+            self._ending = True
             self._requests.clear()
             self._outbox.clear()
             self._outbox_size = 0
-        self._reading = False
-        self._ending = True
-        self._update_events()
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # a worker sending on it now fails at once
+            self.sock.shutdown(socket.SHUT_RDWR)  # a worker reading or sending on it now fails at once
         except OSError:
             pass
         self._schedule()
+        self._arm()
 
-    def _vanished(self, exc: OSError) -> None:
+    def _vanished(self) -> None:
         """The client reset the connection: nothing more can be read or written."""
         with self._lock:
+            self._discard = True
+            self._ending = True
             self._requests.clear()
             self._outbox.clear()
             self._outbox_size = 0
-        self._reading = False
-        self._ending = True
-        self._update_events()
-        self._schedule()
 
     def _close_now(self) -> None:
-        """Close the socket (once), and count the connection out once no worker is on it."""
-        if not self.closed:
+        """Close the socket (once), and count the connection out once no worker holds it."""
+        with self._lock:
+            first = not self.closed
             self.closed = True
-            if self._events:
-                self.reactor.unregister(self.sock)
-                self._events = 0
+            busy = self._busy
+        if first:
+            self.reactor.unregister(self._fd)
             for timer in (self._idle_timer, self._deadline_timer):
                 if timer is not None:
                     timer.cancel()
@@ -469,15 +498,15 @@ class FramedConnection:
                 except OSError:
                     pass
             self.sock.close()
-        with self._lock:
-            if self._busy:
-                return
-        self._count_out()
+        if not busy:
+            self._count_out()
 
     def closed_without_reactor(self) -> None:
         """The reactor is gone (the server closed): close and count out from here."""
-        if not self.closed:
+        with self._lock:
+            first = not self.closed
             self.closed = True
+        if first:
             self.sock.close()
         self._count_out()
 
@@ -493,22 +522,82 @@ class FramedConnection:
     # -- on a worker ---------------------------------------------------------------
 
     def work(self) -> None:
-        """A worker's turn: one request (the first time, after setup()), or finish()."""
+        """A worker's turn: the queued requests (the first time, after
+        setup()), then, while nobody else waits for a worker, the client's
+        next requests as they come (``LINGER_SECONDS``), then finish() if the
+        connection ends.
+
+        The turn ends without a word to the reactor unless the reactor has
+        something to do (reading paused, the connection ending or cut): the
+        worker re-arms the connection itself. In a request-reply exchange a
+        request then costs no thread hand-over at all.
+        """
         previous = set_current_job(self.job)
         try:
+            handled = 0
+            while True:
+                with self._lock:
+                    request = self._requests.popleft() if self._request_due() else None
+                if request is not None:
+                    self._run_request(request)
+                    handled += 1
+                    if handled >= TURN_REQUESTS and self.host.others_waiting():
+                        break  # the others' turn
+                    continue
+                if self._may_linger() and self._read_in_turn():
+                    continue
+                break
             with self._lock:
-                request = self._requests.popleft() if self._requests and self.aborted is None else None
-            if request is not None:
-                self._run_request(request)
-            elif self._needs_finish():
-                self._finished = True
+                finish = self._finish_due()
+                if finish:
+                    self._finished = True
+            if finish:
                 self._run_hook(self.handler.finish)
         finally:
             set_current_job(previous)
-            with self._lock:
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        with self._lock:
+            requeue = self._request_due()
+            if not requeue:
                 self._busy = False
-            if not self.reactor.call_soon(self.after_work):
-                self.closed_without_reactor()  # the server closed meanwhile: nobody else will
+                notify = self._paused or self._ending or self.aborted is not None or self.closed
+                if not notify:
+                    self._arm_locked()  # back to the reactor, without waking it
+        if requeue:
+            self.host.queue_work(self.work)
+        elif notify and not self.reactor.call_soon(self.after_work):
+            self.closed_without_reactor()  # the server closed meanwhile: nobody else will
+
+    def _may_linger(self) -> bool:
+        with self._lock:
+            quiet = not self._ending and not self._discard and self.aborted is None and not self._paused
+            quiet = quiet and self._outbox_size <= self.handler.write_limit and self._framer is not None
+        return quiet and not self.host.others_waiting()
+
+    def _read_in_turn(self) -> bool:
+        """Read the client's next bytes on this worker, waiting up to
+        ``LINGER_SECONDS`` for them; True if something came (requests, or the end)."""
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+        # Wait first: right after a reply, the next request has not come yet,
+        # and a read that fails costs an exception.
+        if not poller.poll(LINGER_SECONDS * 1000.0):
+            return False
+        buffer = _read_buffer()
+        try:
+            count = self.sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            self._vanished()
+            return True
+        self._last_read = time.monotonic()
+        self._frame(bytes(buffer[:count]), count == 0)
+        return True
 
     def _run_request(self, request: bytes) -> None:
         if not self._started:
@@ -522,9 +611,7 @@ class FramedConnection:
             hook(*args)
         except Exception:
             self.host.handle_error(self.sock, self.job.client_address)
-            with self._lock:
-                self._requests.clear()
-            self.reactor.call_soon(self._end)
+            self._stop_and_discard()  # the end of this turn tells the reactor
             return False
         return True
 
@@ -544,14 +631,10 @@ class FramedConnection:
                 data = data[sent:]
             self._outbox.append(data)
             self._outbox_size += len(data)
-            watch = len(self._outbox) == 1
-            over = self._outbox_size > self.handler.write_limit
-        if watch:
-            self.reactor.call_soon(self._watch_writes)
-        if over:
-            self.reactor.call_soon(self._pause_reading)
+            if self._outbox_size > self.handler.write_limit:
+                self._paused = True
+            if len(self._outbox) == 1:
+                self._arm_locked()  # the reactor writes the rest when the socket takes it
 
     def close_after_sending(self) -> None:
-        with self._lock:
-            self._requests.clear()
-        self.reactor.call_soon(self.drain)
+        self._stop_and_discard()  # the end of this turn tells the reactor

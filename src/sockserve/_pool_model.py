@@ -15,7 +15,6 @@ A datagram pool has no reactor: its requests go straight to the workers.
 
 from __future__ import annotations
 
-import selectors
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ._framed import FramedConnection, FramedRequestHandler
 from ._log import log_stage_failed
 from ._model import TicketModel
+from ._reactor import READABLE
 from ._stages import StageFailed, StageRunner, consume, peek
 
 if TYPE_CHECKING:
@@ -72,6 +72,9 @@ class PoolModel(TicketModel):
     def queue_work(self, work: Callable[[], object]) -> None:
         self.pool.queue(work)
 
+    def others_waiting(self) -> bool:
+        return self.pool.waiting() > 0
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         self.server.handle_error(request, client_address)
 
@@ -111,16 +114,20 @@ class PoolModel(TicketModel):
         reactor = self.reactor
         assert reactor is not None
 
+        fd = sock.fileno()
+
         def readable(events: int) -> None:
             if runner is not None and not runner.done and not self._run_stages(job, runner):
+                if sock in self._waiting:
+                    reactor.arm(fd, READABLE)  # the stages want more
                 return
-            reactor.unregister(sock)
+            reactor.unregister(fd)
             del self._waiting[sock]
             self.pool.queue(job.run, target)
 
         self._waiting[sock] = job
         try:
-            reactor.register(sock, selectors.EVENT_READ, readable)
+            reactor.register(fd, READABLE, readable)
         except (OSError, ValueError):  # closed meanwhile (a forced stop)
             del self._waiting[sock]
             self.pool.queue(job.run, target)
@@ -153,8 +160,8 @@ class PoolModel(TicketModel):
     def _close_waiting(self, job: Job) -> None:
         """A classic connection that never reached its handler: closed, counted out."""
         sock: socket.socket = job.request
-        if self.reactor is not None:
-            self.reactor.unregister(sock)
+        if self.reactor is not None and sock.fileno() >= 0:
+            self.reactor.unregister(sock.fileno())
         self._waiting.pop(sock, None)
         self.server.shutdown_request(sock)
         job.release()

@@ -1,14 +1,20 @@
 """The reactor: one thread that waits on many connections at once, so that a
-connection waiting for its client holds a selector entry, not a thread.
+connection waiting for its client holds a kernel entry, not a thread.
 
-The bounded pool runs one (``_pool``): the connections of framed handlers
-live in it between requests, and a classic handler's connection waits in it
-until its first byte. It does nothing but wait, call back and keep timers;
-what a connection does when it is readable or writable is the connection's
-(``_framed``, ``_pool``).
+The bounded pool runs one (``_pool_model``): the connections of framed
+handlers live in it between requests, and a classic handler's connection
+waits in it until its first byte. It does nothing but wait, call back and
+keep timers; what a connection does when it is ready is the connection's
+(``_framed``, ``_pool_model``).
 
-Everything here runs on the reactor's thread except ``call_soon`` and
-``close``, which any thread may call.
+Interest is one-shot (``EPOLLONESHOT``): an event disarms its descriptor
+until someone arms it again, and ``arm()`` may be called from any thread
+(``epoll_ctl`` is thread-safe). So a worker that finishes with a connection
+hands it back by arming it, without waking the reactor: in a busy
+request-reply exchange, a request costs no reactor wake-up at all.
+
+Everything here runs on the reactor's thread except ``call_soon``, ``arm``
+and ``close``, which any thread may call.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-import selectors
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -26,9 +32,11 @@ from ._log import logger
 from ._thread_signals import leave_signals_to_the_main_thread
 from ._wakeup import Waker
 
-# epoll, not poll: a reactor holds thousands of mostly idle connections, and
-# poll() hands the kernel the whole list on every turn.
-_Selector: type[selectors.BaseSelector] = getattr(selectors, "EpollSelector", selectors.DefaultSelector)
+READABLE = select.EPOLLIN
+WRITABLE = select.EPOLLOUT
+# What the kernel reports besides: a hang-up or an error wakes a reader, whose read then says which.
+_ENDED = select.EPOLLHUP | select.EPOLLERR
+_ONE_SHOT = select.EPOLLONESHOT
 
 # Bytes read from a connection per readable event: one buffer, shared by all
 # the reactor's connections (one thread reads them, one at a time).
@@ -52,13 +60,14 @@ class Timer:
 
 
 class Reactor:
-    """A selector on a thread of its own, with thread-safe call_soon and timers."""
+    """An epoll on a thread of its own, with thread-safe call_soon and arming, and timers."""
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._selector = _Selector()
+        self._epoll = select.epoll()
         self._waker = Waker()
-        self._selector.register(self._waker, selectors.EVENT_READ, None)
+        self._epoll.register(self._waker.fileno(), select.EPOLLIN)
+        self._callbacks: dict[int, Callable[[int], object]] = {}
         self._calls: collections.deque[Callback] = collections.deque()
         self._woken = False  # a wake-up is on its way: later calls need not send another
         self._timers: list[tuple[float, int, Timer]] = []
@@ -86,9 +95,13 @@ class Reactor:
             self._waker.wake()
         return True
 
+    def arm(self, fd: int, events: int) -> None:
+        """Wait for ``events`` on ``fd`` (registered), once: the next event disarms it again."""
+        self._epoll.modify(fd, events | _ONE_SHOT)
+
     def close(self, last: Callback | None = None) -> None:
         """Run ``last`` on the reactor's thread, stop the thread, join it, and
-        release the selector. Calls made after this are not run."""
+        release the epoll. Calls made after this are not run."""
         with self._lock:
             if self._closing:
                 return
@@ -102,26 +115,22 @@ class Reactor:
         else:
             self._waker.wake()
             thread.join()
-        self._selector.close()
+        self._epoll.close()
         self._waker.close()
-
-    def on_reactor_thread(self) -> bool:
-        return self._thread is threading.current_thread()
 
     # -- the reactor's thread -------------------------------------------------------
 
-    def register(self, fileobj: Any, events: int, callback: Callable[[int], object]) -> None:
-        """Call ``callback(events)`` whenever ``fileobj`` is ready for ``events``."""
-        self._selector.register(fileobj, events, callback)
+    def register(self, fd: int, events: int, callback: Callable[[int], object]) -> None:
+        """Call ``callback(events)`` when ``fd`` is ready for ``events`` (once; see ``arm``)."""
+        self._callbacks[fd] = callback
+        self._epoll.register(fd, events | _ONE_SHOT)
 
-    def modify(self, fileobj: Any, events: int, callback: Callable[[int], object]) -> None:
-        self._selector.modify(fileobj, events, callback)
-
-    def unregister(self, fileobj: Any) -> None:
-        try:
-            self._selector.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass  # not registered (any more), or already closed
+    def unregister(self, fd: int) -> None:
+        if self._callbacks.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass  # already closed: the kernel forgot it with its last descriptor
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
         timer = Timer(time.monotonic() + delay, callback)
@@ -130,13 +139,16 @@ class Reactor:
 
     def _run(self) -> None:
         leave_signals_to_the_main_thread()
+        waker = self._waker.fileno()
         while True:
             timeout = self._next_timeout()
-            for key, events in self._selector.select(timeout):
-                if key.fileobj is self._waker:
+            for fd, events in self._epoll.poll(-1 if timeout is None else timeout):
+                if fd == waker:
                     self._waker.drain()
-                else:
-                    self._guarded(key.data, events)
+                    continue
+                callback = self._callbacks.get(fd)
+                if callback is not None:
+                    self._guarded(callback, events | (READABLE if events & _ENDED else 0))
             with self._lock:
                 self._woken = False
                 calls, self._calls = self._calls, collections.deque()
