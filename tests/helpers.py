@@ -8,23 +8,30 @@ from typing import Any
 TIMEOUT = 10.0
 
 
-def connect(address: Any, family: int | None = None, timeout: float = TIMEOUT) -> socket.socket:
-    """A connected stream socket to ``address`` (a (host, port) tuple or a Unix path)."""
+def connect(address: Any, timeout: float = TIMEOUT, rcvbuf: int | None = None) -> socket.socket:
+    """A connected stream socket to ``address`` (a (host, port) tuple or a Unix
+    path); ``rcvbuf`` fixes its receive buffer before it connects (a client
+    whose window stays small, whatever the kernel's autotuning would do)."""
     if isinstance(address, (str, bytes)):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    host, port = address[0], address[1]
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return socket.create_connection((host, port), timeout=timeout)
+        target: Any = address
+        family = socket.AF_UNIX
+    else:
+        host, port = address[0], address[1]
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def recv_line(sock: socket.socket, limit: int = 1 << 20) -> bytes:

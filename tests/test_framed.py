@@ -106,7 +106,7 @@ def test_a_client_that_does_not_read_stops_being_read() -> None:
             self.send(reply)
 
     requests = 200  # 50 MiB of replies in all: far more than the kernel's socket buffers hold
-    with running_server(Pool(("127.0.0.1", 0), Big)) as server, connect(server.server_address) as client:
+    with running_server(Pool(("127.0.0.1", 0), Big)) as server, connect(server.server_address, rcvbuf=65536) as client:
         client.sendall(b"r\n" * requests)  # and reads nothing for now
         assert wait_until(lambda: len(handled) > 0)
         assert not wait_until(lambda: len(handled) == requests, timeout=0.5), "the server went on as if it were read"

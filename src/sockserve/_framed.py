@@ -161,9 +161,11 @@ class FramedConnection:
         "_ending",
         "_fd",
         "_finished",
+        "_framed_any",
         "_framer",
         "_idle_timer",
         "_last_read",
+        "_last_request",
         "_lock",
         "_outbox",
         "_outbox_size",
@@ -209,6 +211,8 @@ class FramedConnection:
         self._started = False  # setup() ran
         self._finished = False  # finish() ran
         self._ending = False  # nothing more is read: it ends once its work and replies are done
+        self._framed_any = False  # a complete request has come
+        self._last_request = False  # draining: it ends once its next request is framed
         self._discard = False  # and what is framed but not handled is dropped (an error, a cut, close())
         self._paused = False  # reading paused: too much waits (requests, or replies the client does not read)
         self._last_read = time.monotonic()
@@ -340,6 +344,9 @@ class FramedConnection:
         with self._lock:
             if taken and not self._discard:
                 self._requests.extend(taken)
+                self._framed_any = True
+                if self._last_request:
+                    self._ending = True
             if len(self._requests) >= MAX_PENDING_REQUESTS:
                 self._paused = True
 
@@ -446,9 +453,18 @@ class FramedConnection:
         ticket.cut(exc)
 
     def drain(self) -> None:
-        """The server stops: the request in flight and the replies queued finish, nothing more is read."""
+        """The server stops: the request in flight and the replies queued
+        finish, then the connection ends. One between requests reads nothing
+        more; one that has sent nothing yet, or part of a request, may still
+        complete that request (within the grace period): accepting the
+        connection promised its client that much, and a client that sent its
+        request just as the drain began must not lose it."""
         with self._lock:
-            self._ending = True
+            framer = self._framer
+            if self._framed_any and (framer is None or framer.buffered == 0):
+                self._ending = True
+            else:
+                self._last_request = True
         self._schedule()
         self._arm()
 

@@ -105,9 +105,6 @@ class PoolModel(TicketModel):
 
     def _wait_first_byte(self, job: Job, target: Callable[[Any, Any], object]) -> None:
         sock: socket.socket = job.request
-        if self._draining:
-            self._close_waiting(job)
-            return
         runner = StageRunner(job.stages, job.client_address) if job.stages else None
         job.stages = ()
 
@@ -169,10 +166,10 @@ class PoolModel(TicketModel):
     # -- stopping ------------------------------------------------------------------------
 
     def _drain(self) -> None:
-        """A graceful stop began: connections that sent nothing are closed
-        (nothing of theirs is in flight); framed ones finish what they began."""
-        for job in list(self._waiting.values()):
-            self._close_waiting(job)
+        """A graceful stop began. Framed connections finish what they began.
+        Classic connections still waiting for their first byte keep waiting:
+        accepting one promised its client a handler, as a thread's handler
+        would wait for it, and the grace period bounds the wait."""
         for connection in list(self._connections):
             connection.drain()
 

@@ -189,6 +189,10 @@ def test_writer_waits_while_the_client_does_not_read(loop_kind: str) -> None:
         write_limit = 64 * 1024
 
         async def handle(self) -> None:
+            # A small fixed send buffer: the kernel's own autotuning (up to
+            # net.ipv4.tcp_wmem's maximum, 4 MiB and more on some machines)
+            # could otherwise absorb the whole flood.
+            self.writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
             for _ in range(count):
                 pending = self.writer.write(chunk)
                 assert asyncio.isfuture(pending)
@@ -197,7 +201,7 @@ def test_writer_waits_while_the_client_does_not_read(loop_kind: str) -> None:
                 await pending
                 buffered.append(self.writer.transport.get_write_buffer_size())
 
-    with serve_with(Flood, loop_kind) as server, connect(server.server_address) as sock:
+    with serve_with(Flood, loop_kind) as server, connect(server.server_address, rcvbuf=32768) as sock:
         assert blocked.wait(TIMEOUT), "write() never made the handler wait"
         received = len(recv_all(sock))
     assert received == len(chunk) * count

@@ -4,8 +4,9 @@ the log says which of those happened."""
 
 from __future__ import annotations
 
+from ..helpers import wait_until
 from .client import closed_by_server, connect, refused, talk
-from .kinds import Kind, Options
+from .kinds import InProcess, Kind, Options, Running
 
 
 def test_a_request_in_flight_finishes_while_new_connections_are_refused(server_kind: Kind, short_tmp: str) -> None:
@@ -85,3 +86,33 @@ def _framed_request_in_flight_finishes(server_kind: Kind, short_tmp: str) -> Non
         if report is not None:
             assert (report.in_flight, report.forced) == (1, 0)
         server.logs.wait_for(r"drained .*: every connection finished")
+
+
+def test_a_client_accepted_before_the_drain_that_speaks_after_it_is_served(server_kind: Kind, short_tmp: str) -> None:
+    """Accepting a connection promises its client a handler: a request sent
+    just as the drain begins (a prefork worker recycling, a rolling restart)
+    must not be lost, even where waiting clients hold no thread."""
+    with server_kind.start(short_tmp, Options(grace=10)) as server, connect(server.address) as late:
+        _until_accepted(server_kind, server)
+        join = server.stop_in_background()
+        server.logs.wait_for(r"draining ")
+        assert talk(late, b"late\n") == b"late\n"
+        if server_kind.framed:
+            assert closed_by_server(late) == b""  # its one request done, the connection ends
+        late.close()
+        report = join()
+        if report is not None:
+            assert report.forced == 0
+        server.logs.wait_for(r"drained .*: every connection finished")
+
+
+def _until_accepted(server_kind: Kind, server: Running) -> None:
+    """Until the server has accepted the connection just made, which has sent nothing."""
+    if server_kind.concurrent:
+        # Connections are accepted in the order they came: once a later one is
+        # answered, the earlier one has been accepted too.
+        with connect(server.address) as probe:
+            assert talk(probe, b"probe\n") == b"probe\n"
+        return
+    assert isinstance(server, InProcess), "a kind that serves one connection at a time runs in this process"
+    assert wait_until(lambda: server.server._in_flight_count() == 1)
