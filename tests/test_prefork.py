@@ -670,6 +670,9 @@ def test_every_log_line_from_a_worker_names_the_worker(tmp_path: Any) -> None:
             sup.saw(f"worker {busy}: draining 127.0.0.1:{sup.address[1]}: 1 connection(s) in flight")
             client.sendall(b"request\n")
             assert recv_line(client).endswith(b" slow request\n")
+        # Before the SIGTERM below: a second one would force the drain while
+        # the handler is still seeing the client's close.
+        sup.saw(f"worker {busy}: drained")
     finally:
         sup.signal(signal.SIGTERM)
         assert sup.finish() == 0
