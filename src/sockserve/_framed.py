@@ -57,6 +57,13 @@ TURN_REQUESTS = 8
 # local network), and catching it here saves two thread hand-overs.
 LINGER_SECONDS = 0.002
 
+# Requests a worker may take by lingering in one turn. Past that the
+# connection goes back to the reactor even when nobody seems to wait: the
+# reactor is one thread among the workers, and while every worker keeps
+# catching its own client's next request it rarely gets the interpreter to
+# see the others (measured: 10,000 connections, p50 0.4 ms but p99 2.5 s).
+LINGER_REQUESTS = 64
+
 _thread_buffers = threading.local()
 
 
@@ -540,8 +547,8 @@ class FramedConnection:
     def work(self) -> None:
         """A worker's turn: the queued requests (the first time, after
         setup()), then, while nobody else waits for a worker, the client's
-        next requests as they come (``LINGER_SECONDS``), then finish() if the
-        connection ends.
+        next requests as they come (``LINGER_SECONDS``, ``LINGER_REQUESTS``),
+        then finish() if the connection ends.
 
         The turn ends without a word to the reactor unless the reactor has
         something to do (reading paused, the connection ending or cut): the
@@ -560,7 +567,7 @@ class FramedConnection:
                     if handled >= TURN_REQUESTS and self.host.others_waiting():
                         break  # the others' turn
                     continue
-                if self._may_linger() and self._read_in_turn():
+                if handled < LINGER_REQUESTS and self._may_linger() and self._read_in_turn():
                     continue
                 break
             with self._lock:

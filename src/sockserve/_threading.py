@@ -99,7 +99,9 @@ class ThreadingMixIn(_ServerBase):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a new thread to process the request."""
         job = self._take_job(request, client_address)
-        if self.block_on_close and "_threads" not in vars(self):
+        # Not vars(self): asking for the server's __dict__ would cost it
+        # CPython's inline attribute storage, and every later attribute access.
+        if self.block_on_close and isinstance(self._threads, _NoThreads):
             self._threads = _Threads()
         target = self.process_request_thread
 

@@ -23,11 +23,12 @@ turns every fast path off; anything else, or unset, leaves them on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import os
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ._loop import loop_kind
 
@@ -60,11 +61,21 @@ def waiter_maker(loop: asyncio.AbstractEventLoop) -> WaiterMaker:
     return type(loop).create_future
 
 
+class _LoopWithReadyQueue(Protocol):
+    _ready: collections.deque[Any]
+
+
 def callbacks_due(loop: asyncio.AbstractEventLoop) -> bool:
     """The ``_ready`` peek: True if asyncio's loop has callbacks due in this
     turn. ``_ready`` is the deque of them, an instance attribute that
-    asyncio's loop sets once, in its constructor."""
-    return bool(vars(loop)["_ready"])
+    asyncio's loop sets once, in its constructor.
+
+    Not ``vars(loop)["_ready"]``: asking an object for its ``__dict__``
+    makes CPython (3.11+) give up the inline attribute storage of that
+    object, and every later attribute access on the loop, asyncio's own
+    included, gets slower (measured: +6,600 instructions per request of a
+    stream handler ping-pong)."""
+    return bool(cast("_LoopWithReadyQueue", loop)._ready)
 
 
 def new_waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
