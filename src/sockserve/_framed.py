@@ -57,11 +57,10 @@ TURN_REQUESTS = 8
 # local network), and catching it here saves two thread hand-overs.
 LINGER_SECONDS = 0.002
 
-# Requests a worker may take by lingering in one turn. Past that the
-# connection goes back to the reactor even when nobody seems to wait: the
-# reactor is one thread among the workers, and while every worker keeps
-# catching its own client's next request it rarely gets the interpreter to
-# see the others (measured: 10,000 connections, p50 0.4 ms but p99 2.5 s).
+# Requests a worker may take by lingering in one turn: past that the
+# connection goes back to the reactor even when nobody seems to wait, so no
+# client keeps a worker for itself while the reactor, one thread among the
+# workers, has yet to see the others.
 LINGER_REQUESTS = 64
 
 _thread_buffers = threading.local()
@@ -178,6 +177,7 @@ class FramedConnection:
         "_outbox_size",
         "_paused",
         "_poller",
+        "_read_first",
         "_released",
         "_requests",
         "_stages",
@@ -219,6 +219,7 @@ class FramedConnection:
         self._finished = False  # finish() ran
         self._ending = False  # nothing more is read: it ends once its work and replies are done
         self._framed_any = False  # a complete request has come
+        self._read_first = False  # the worker's turn begins with a read (the reactor saw bytes)
         self._last_request = False  # draining: it ends once its next request is framed
         self._discard = False  # and what is framed but not handled is dropped (an error, a cut, close())
         self._paused = False  # reading paused: too much waits (requests, or replies the client does not read)
@@ -277,9 +278,27 @@ class FramedConnection:
         if events & WRITABLE:
             self._flush()
         if events & READABLE and not self._busy and not self.closed:
+            if self._hand_over_to_read():
+                return
             self._on_readable()
         self._schedule()
         self._arm()
+
+    def _hand_over_to_read(self) -> bool:
+        """A connection between requests has bytes: a worker reads them, frames
+        and handles them in one turn. The reactor then does no system call
+        for the request (no read, no re-arming: the event disarmed the
+        connection), so it seldom lets go of the interpreter, and one
+        thread does the work of a request from its first byte to its reply.
+        False where the reactor reads itself: the stages are not done, or
+        requests are already queued."""
+        with self._lock:
+            if self._framer is None or self._requests or self._outbox or self._ending or self._busy:
+                return False
+            self._busy = True
+            self._read_first = True
+        self.host.queue_work(self.work)
+        return True
 
     def _on_readable(self) -> None:
         buffer = self.reactor.read_buffer
@@ -557,6 +576,9 @@ class FramedConnection:
         """
         previous = set_current_job(self.job)
         try:
+            if self._read_first:
+                self._read_first = False
+                self._read_now()
             handled = 0
             while True:
                 with self._lock:
@@ -610,6 +632,11 @@ class FramedConnection:
         # and a read that fails costs an exception.
         if not poller.poll(LINGER_SECONDS * 1000.0):
             return False
+        return self._read_now()
+
+    def _read_now(self) -> bool:
+        """Read what the client has sent, without waiting, on this worker;
+        True if something came (bytes, or the end)."""
         buffer = _read_buffer()
         try:
             count = self.sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)

@@ -73,8 +73,7 @@ class PoolModel(TicketModel):
         self.pool.queue(work)
 
     def others_waiting(self) -> bool:
-        # Connections queued for a worker, or ready ones the reactor has yet to read.
-        return self.pool.waiting() > 0 or (self.reactor is not None and self.reactor.backlog > 0)
+        return self.pool.waiting() > 0
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         self.server.handle_error(request, client_address)

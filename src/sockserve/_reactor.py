@@ -76,9 +76,6 @@ class Reactor:
         self._thread: threading.Thread | None = None
         self._closing = False
         self.read_buffer = memoryview(bytearray(READ_SIZE))
-        # Events the reactor has taken from the epoll and not yet handled: read
-        # from other threads without the lock (a hint, not an invariant).
-        self.backlog = 0
 
     # -- any thread ---------------------------------------------------------------
 
@@ -145,10 +142,7 @@ class Reactor:
         waker = self._waker.fileno()
         while True:
             timeout = self._next_timeout()
-            ready = self._epoll.poll(-1 if timeout is None else timeout)
-            self.backlog = len(ready)
-            for fd, events in ready:
-                self.backlog -= 1
+            for fd, events in self._epoll.poll(-1 if timeout is None else timeout):
                 if fd == waker:
                     self._waker.drain()
                     continue
