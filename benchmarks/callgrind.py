@@ -20,9 +20,17 @@ exactly one dump, and all dumps of all processes of a run are summed.  Threads a
 counted too (valgrind runs them one at a time, which changes scheduling but
 not the work per request much).
 
+With ``--perf`` the same pair of runs is counted by ``perf stat`` instead:
+context switches, system calls and CPU time per request, the kernel's side
+of the cost that callgrind does not see (perf's software counters work in a
+VM; they are counts of events, but how many happen depends on timing, so
+they vary from run to run more than instructions do).
+
     python3 benchmarks/callgrind.py                           # default servers, pingpong_1x64
     python3 benchmarks/callgrind.py --servers stdlib_thread,sockserve_thread \\
         --scenario connect_20 --n1 200 --n2 1000
+    python3 benchmarks/callgrind.py --perf --servers stdlib_thread,sockserve_framed \\
+        --scenario pingpong_50x1k --n1 20000 --n2 100000
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -81,14 +91,8 @@ def callgrind_total(out_dir: Path) -> tuple[int, int]:
     return total, files
 
 
-def one_run(
-    spec: ServerSpec, scenario_name: str, n: int, work: Path, python: str, connections: int | None
-) -> dict[str, Any]:
-    """Run the server under callgrind for exactly n requests; return its counts."""
-    scenario = SCENARIOS[scenario_name]
-    out_dir = work / f"{spec.name}-{n}-{time.monotonic_ns()}"
-    out_dir.mkdir(parents=True)
-    wrapper = [
+def callgrind_wrapper(out_dir: Path) -> list[str]:
+    return [
         "valgrind",
         "--tool=callgrind",
         "--trace-children=yes",
@@ -96,11 +100,68 @@ def one_run(
         "--dump-before=fork",
         f"--callgrind-out-file={out_dir}/callgrind.out.%p",
     ]
+
+
+def callgrind_counts(out_dir: Path) -> dict[str, float]:
+    total, files = callgrind_total(out_dir)
+    return {"instructions": total, "dumps": files}
+
+
+# perf stat's event names -> the names in the tables; perf follows threads
+# and forked children by default.
+PERF_EVENTS = {"context-switches": "context switches", "raw_syscalls:sys_enter": "system calls", "task-clock": "CPU µs"}
+
+
+class PerfAttached:
+    """perf stat attached to the running server (and the threads and
+    processes it starts from then on). Not a wrapper: the harness stops a
+    server by signalling its process group, and perf would die with it
+    before writing its counts."""
+
+    def __init__(self, pid: int, out_dir: Path) -> None:
+        self.path = out_dir / "perf.csv"
+        events = ",".join(PERF_EVENTS)
+        self.proc = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-o", str(self.path), "-p", str(pid)])
+        # perf opens its output file once it has attached; then the counters run.
+        deadline = time.monotonic() + 30
+        while not self.path.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"perf stat did not start (exit {self.proc.poll()})")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)  # perf writes its counts and exits
+        self.proc.wait(timeout=30)
+
+
+def perf_counts(out_dir: Path) -> dict[str, float]:
+    """perf stat's CSV: value,unit,event,...; task-clock is in milliseconds."""
+    counts: dict[str, float] = {}
+    for line in (out_dir / "perf.csv").read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) < 3 or fields[2] not in PERF_EVENTS:
+            continue
+        value = float(fields[0]) if fields[0][:1].isdigit() else 0.0
+        counts[PERF_EVENTS[fields[2]]] = value * 1000 if fields[2] == "task-clock" else value
+    return counts
+
+
+def one_run(
+    spec: ServerSpec, scenario_name: str, n: int, work: Path, python: str, connections: int | None, perf: bool
+) -> dict[str, Any]:
+    """Run the server under callgrind (or perf stat) for exactly n requests; return its counts."""
+    scenario = SCENARIOS[scenario_name]
+    out_dir = work / f"{spec.name}-{n}-{time.monotonic_ns()}"
+    out_dir.mkdir(parents=True)
+    wrapper = [] if perf else callgrind_wrapper(out_dir)
     env = server_env()
     env["PYTHONHASHSEED"] = "0"  # same dict layouts in every run
     server = ServerProcess(spec, python, cpu=0, wrapper=wrapper, stderr_path=out_dir / "stderr.log", env=env)
+    perf_stat: PerfAttached | None = None
     try:
         server.start(timeout=180)
+        if perf:
+            perf_stat = PerfAttached(server.pid, out_dir)
         args = LoadgenArgs(
             scenario=scenario.loadgen,
             connections=connections or scenario.connections,
@@ -112,15 +173,15 @@ def one_run(
             hold_timeout=120,
         )
         lg = run_loadgen(args, server.port, cpu=1)
+        if perf_stat is not None:
+            perf_stat.stop()
     finally:
-        exit_info = server.stop(grace=120)  # callgrind writes its files at exit
-    total, files = callgrind_total(out_dir)
+        exit_info = server.stop(grace=120)  # callgrind and perf write their files at exit
     return {
         "n": n,
         "requests": lg["requests"],
         "errors": lg["errors"],
-        "instructions": total,
-        "files": files,
+        "counts": perf_counts(out_dir) if perf else callgrind_counts(out_dir),
         "clean_exit": exit_info.clean,
         "out_dir": str(out_dir),
     }
@@ -145,11 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--keep", action="store_true", help="keep the callgrind output files")
+    ap.add_argument("--perf", action="store_true", help="count with perf stat: context switches, system calls, CPU")
     opts = ap.parse_args(argv)
     if not 0 < opts.n1 < opts.n2:
         ap.error("need 0 < --n1 < --n2")
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed")
+    tool = "perf" if opts.perf else "valgrind"
+    if shutil.which(tool) is None:
+        raise SystemExit(f"{tool} is not installed")
+    measures = list(PERF_EVENTS.values()) if opts.perf else ["instructions"]
 
     scenario = SCENARIOS[opts.scenario]
     if opts.servers:
@@ -166,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {1})
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    work = RAW_DIR / f"callgrind-{stamp}"
+    work = RAW_DIR / f"{'perf' if opts.perf else 'callgrind'}-{stamp}"
     started = time.monotonic()
     results: dict[str, Any] = {}
     for name in names:
@@ -175,18 +239,19 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = entry
         try:
             for _ in range(opts.repeat):
-                short = one_run(spec, opts.scenario, opts.n1, work, opts.python, opts.connections)
-                long = one_run(spec, opts.scenario, opts.n2, work, opts.python, opts.connections)
-                per_req = (long["instructions"] - short["instructions"]) / (opts.n2 - opts.n1)
+                short = one_run(spec, opts.scenario, opts.n1, work, opts.python, opts.connections, opts.perf)
+                long = one_run(spec, opts.scenario, opts.n2, work, opts.python, opts.connections, opts.perf)
+                per_req = {m: (long["counts"][m] - short["counts"][m]) / (opts.n2 - opts.n1) for m in measures}
                 exact = short["requests"] == opts.n1 and long["requests"] == opts.n2
                 entry["pairs"].append({"short": short, "long": long, "per_request": per_req, "exact": exact})
                 note = "" if exact else "  (request counts not exact: see errors)"
-                print(
-                    f"{name:18} {opts.scenario}: {per_req:,.0f} instructions/request "
-                    f"[{short['instructions']:,} @ {opts.n1}, {long['instructions']:,} @ {opts.n2}]{note}",
-                    file=sys.stderr,
-                )
-            entry["per_request"] = statistics.median(p["per_request"] for p in entry["pairs"])
+                for m in measures:
+                    print(
+                        f"{name:18} {opts.scenario}: {per_req[m]:,.{0 if m == 'instructions' else 2}f} {m}/request "
+                        f"[{short['counts'][m]:,.0f} @ {opts.n1}, {long['counts'][m]:,.0f} @ {opts.n2}]{note}",
+                        file=sys.stderr,
+                    )
+            entry["per_request"] = {m: statistics.median(p["per_request"][m] for p in entry["pairs"]) for m in measures}
         except ServerSkipped as exc:
             entry["skipped"] = str(exc)
             print(f"{name:18} skipped: {exc}", file=sys.stderr)
@@ -194,37 +259,39 @@ def main(argv: list[str] | None = None) -> int:
             entry["failed"] = f"{type(exc).__name__}: {exc}"
             print(f"{name:18} failed: {entry['failed']}", file=sys.stderr)
 
+    first = measures[0]
     lines = [
-        f"# callgrind: server instructions per request ({opts.scenario})",
+        f"# {'perf stat' if opts.perf else 'callgrind'}: server {', '.join(measures)} per request ({opts.scenario})",
         "",
         f"- date: {datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: `{machine_info()['uname']}`",
         f"- command: `{shlex.join(['python3', *sys.argv])}`",
         f"- N1 = {opts.n1}, N2 = {opts.n2} requests, {opts.repeat} pair(s) per server; "
-        f"instructions/request = (I(N2) - I(N1)) / (N2 - N1), summed over all processes",
+        f"per request = (count(N2) - count(N1)) / (N2 - N1), summed over all processes",
         f"- wall time: {time.monotonic() - started:.0f} s",
         "",
-        "| server | baseline | instructions/request | ratio to baseline (lower is better) "
-        "| exact N | dumps (long run) |",
-        "|---|---|---|---|---|---|",
+        "| server | baseline | "
+        + " | ".join(f"{m}/request" for m in measures)
+        + f" | {first}: ratio to baseline (lower is better) | exact N |",
+        "|---|---|" + "---|" * len(measures) + "---|---|",
     ]
     for name in names:
         entry = results[name]
         spec = SERVERS[name]
         if "per_request" not in entry:
             why = entry.get("skipped") or entry.get("failed", "?")
-            lines.append(f"| {name} | {spec.baseline} | {why} | | | |")
+            lines.append(f"| {name} | {spec.baseline} | {why} |" + " |" * (len(measures) + 1))
             continue
-        base = results.get(spec.baseline, {}).get("per_request")
-        ratio = f"{entry['per_request'] / base:.3f}" if base else "n/a"
+        base = results.get(spec.baseline, {}).get("per_request", {}).get(first)
+        ratio = f"{entry['per_request'][first] / base:.3f}" if base else "n/a"
         exact = all(p["exact"] for p in entry["pairs"])
-        files = entry["pairs"][-1]["long"]["files"]
-        per_req = f"{entry['per_request']:,.0f}"
-        lines.append(f"| {name} | {spec.baseline} | {per_req} | {ratio} | {'yes' if exact else 'NO'} | {files} |")
+        cells = " | ".join(f"{entry['per_request'][m]:,.{0 if m == 'instructions' else 2}f}" for m in measures)
+        lines.append(f"| {name} | {spec.baseline} | {cells} | {ratio} | {'yes' if exact else 'NO'} |")
     markdown = "\n".join(lines) + "\n"
     work.mkdir(parents=True, exist_ok=True)
-    (work / "callgrind.md").write_text(markdown)
-    (work / "callgrind.json").write_text(json.dumps(results, indent=1) + "\n")
+    stem = "perf" if opts.perf else "callgrind"
+    (work / f"{stem}.md").write_text(markdown)
+    (work / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     if not opts.keep:
         for path in work.glob("*/callgrind.out.*"):
             path.unlink()
