@@ -574,25 +574,43 @@ class FramedConnection:
         worker re-arms the connection itself. In a request-reply exchange a
         request then costs no thread hand-over at all.
         """
+        # The loop below is the framed pool's hot path: one pass per request
+        # in a request-reply exchange. It is written flat (conditions inline,
+        # methods looked up once) because each Python call here is a
+        # measurable share of a request's cost (docs/benchmarks.md).
         previous = set_current_job(self.job)
         try:
+            lock = self._lock
+            requests = self._requests
+            handle_request = self.handler.handle_request
+            write_limit = self.handler.write_limit
+            others_waiting = self.host.others_waiting
+            buffer = _read_buffer()
             if self._read_first:
                 self._read_first = False
-                self._read_now()
+                self._read_now(buffer)
             handled = 0
             while True:
-                with self._lock:
-                    request = self._requests.popleft() if self._request_due() else None
+                with lock:  # _request_due(), inline
+                    due = requests and self.aborted is None and not self.closed and self._outbox_size <= write_limit
+                    request = requests.popleft() if due else None
                 if request is not None:
-                    self._run_request(request)
+                    if not self._started:
+                        self._run_request(request)  # setup() first
+                    else:
+                        try:
+                            handle_request(request)
+                        except Exception:
+                            self.host.handle_error(self.sock, self.job.client_address)
+                            self._stop_and_discard()  # the end of this turn tells the reactor
                     handled += 1
-                    if handled >= TURN_REQUESTS and self.host.others_waiting():
+                    if handled >= TURN_REQUESTS and others_waiting():
                         break  # the others' turn
                     continue
-                if handled < LINGER_REQUESTS and self._may_linger() and self._read_in_turn():
+                if handled < LINGER_REQUESTS and self._may_linger(others_waiting) and self._read_in_turn(buffer):
                     continue
                 break
-            with self._lock:
+            with lock:
                 finish = self._finish_due()
                 if finish:
                     self._finished = True
@@ -615,13 +633,13 @@ class FramedConnection:
         elif notify and not self.reactor.call_soon(self.after_work):
             self.closed_without_reactor()  # the server closed meanwhile: nobody else will
 
-    def _may_linger(self) -> bool:
+    def _may_linger(self, others_waiting: Callable[[], bool]) -> bool:
         with self._lock:
             quiet = not self._ending and not self._discard and self.aborted is None and not self._paused
             quiet = quiet and self._outbox_size <= self.handler.write_limit and self._framer is not None
-        return quiet and not self.host.others_waiting()
+        return quiet and not others_waiting()
 
-    def _read_in_turn(self) -> bool:
+    def _read_in_turn(self, buffer: memoryview) -> bool:
         """Read the client's next bytes on this worker, waiting up to
         ``LINGER_SECONDS`` for them; True if something came (requests, or the end)."""
         poller = self._poller
@@ -632,12 +650,11 @@ class FramedConnection:
         # and a read that fails costs an exception.
         if not poller.poll(LINGER_SECONDS * 1000.0):
             return False
-        return self._read_now()
+        return self._read_now(buffer)
 
-    def _read_now(self) -> bool:
-        """Read what the client has sent, without waiting, on this worker;
-        True if something came (bytes, or the end)."""
-        buffer = _read_buffer()
+    def _read_now(self, buffer: memoryview) -> bool:
+        """Read what the client has sent, without waiting, into this worker's
+        ``buffer``; True if something came (bytes, or the end)."""
         try:
             count = self.sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):

@@ -73,7 +73,7 @@ class PoolModel(TicketModel):
         self.pool.queue(work)
 
     def others_waiting(self) -> bool:
-        return self.pool.waiting() > 0
+        return self.pool.any_waiting()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         self.server.handle_error(request, client_address)

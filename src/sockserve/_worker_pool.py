@@ -95,6 +95,10 @@ class WorkerPool:
         """Tasks that wait for a worker to become free."""
         return max(0, len(self._tasks) - self._idle)
 
+    def any_waiting(self) -> bool:
+        """``waiting() > 0``, for the framed pool's hot path."""
+        return len(self._tasks) > self._idle
+
     def submit(self, fn: Callable[..., object], *args: Any) -> None:
         """Like try_submit, but waits for a free worker instead of failing."""
         with self._lock:

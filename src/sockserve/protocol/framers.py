@@ -60,7 +60,10 @@ class LineFramer:
         self._lines.feed(data)
 
     def next_request(self) -> bytes | None:
-        return self._lines.next_line() or None  # b"": the input is over
+        lines = self._lines
+        if not lines.buffer:  # the common case after the last request: nothing to scan
+            return None
+        return lines.next_line() or None  # b"": the input is over
 
     @property
     def buffered(self) -> int:
