@@ -6,7 +6,7 @@ stream connections wait without a worker.
   waits for a worker, which runs the handler to the end, as before. A
   connection that sends nothing never takes a thread.
 - A framed handler's connection lives in the reactor, and a worker takes it
-  only for one complete request at a time (``_framed``).
+  only for one complete request at a time (``_framed_connection``).
 
 The serve loop stops accepting when more connections are ready than there
 are workers: then overload waits in the kernel's backlog, not in memory.
@@ -19,7 +19,8 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._framed import FramedConnection, FramedRequestHandler
+from ._framed import FramedRequestHandler
+from ._framed_connection import FramedConnection
 from ._log import log_stage_failed
 from ._model import TicketModel
 from ._reactor import READABLE

@@ -5,7 +5,7 @@ The bounded pool runs one (``_pool_model``): the connections of framed
 handlers live in it between requests, and a classic handler's connection
 waits in it until its first byte. It does nothing but wait, call back and
 keep timers; what a connection does when it is ready is the connection's
-(``_framed``, ``_pool_model``).
+(``_framed_connection``, ``_pool_model``).
 
 Interest is one-shot (``EPOLLONESHOT``): an event disarms its descriptor
 until someone arms it again, and ``arm()`` may be called from any thread

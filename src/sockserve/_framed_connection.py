@@ -1,0 +1,624 @@
+"""The connection behind a framed handler (``_framed``): its reading and
+writing, in the reactor or on the worker that holds it, its requests, one at
+a time, on workers, and its end."""
+
+from __future__ import annotations
+
+import collections
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._errors import ConnectionDeadlineExceeded, IdleTimeoutExpired, LimitExceeded
+from ._framed import FramedRequestHandler
+from ._limits import limits_of
+from ._log import log_limit, log_stage_failed
+from ._pipeline import set_current_job
+from ._reactor import READ_SIZE, READABLE, WRITABLE
+from ._stages import StageFactory, StageFailed, StageRunner
+
+if TYPE_CHECKING:
+    from ._pipeline import Job
+    from ._reactor import Reactor, Timer
+    from .protocol.framers import Framer
+
+# Requests framed and not yet handled, per connection, before reading pauses:
+# a client that pipelines faster than the handler answers waits in the kernel.
+MAX_PENDING_REQUESTS = 16
+
+# Requests of one connection a worker handles in a row before the other
+# connections waiting for a worker get theirs.
+TURN_REQUESTS = 8
+
+# How long a worker that has answered a request waits for the client's next
+# one before it gives the connection back to the reactor, when no other
+# connection waits for a worker: a client in a request-reply exchange sends
+# its next request a round trip after the reply (tens of microseconds on a
+# local network), and catching it here saves two thread hand-overs.
+LINGER_SECONDS = 0.002
+
+# Requests a worker may take by lingering in one turn: past that the
+# connection goes back to the reactor even when nobody seems to wait, so no
+# client keeps a worker for itself while the reactor, one thread among the
+# workers, has yet to see the others.
+LINGER_REQUESTS = 64
+
+_thread_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """A worker's own read buffer (64 KiB), kept for the thread's life."""
+    buffer: memoryview | None = getattr(_thread_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _thread_buffers.buffer = memoryview(bytearray(READ_SIZE))
+    return buffer
+
+
+class FramedHost(Protocol):
+    """What a framed connection needs of the pool it runs on."""
+
+    def queue_work(self, work: Callable[[], object]) -> None: ...
+    def others_waiting(self) -> bool: ...
+    def handle_error(self, request: Any, client_address: Any) -> None: ...
+    def connection_ended(self, connection: FramedConnection) -> None: ...
+
+
+class FramedConnection:
+    """One connection of a framed handler: its reading and writing, its
+    requests on workers, and its end.
+
+    Who reads: the reactor, while no worker holds the connection; the worker
+    that holds it, during its turn (the reactor is not armed for reading
+    then). Interest is one-shot (see ``_reactor``): whoever changes what the
+    connection waits for re-arms it, under ``_lock``, which guards everything
+    the reactor and the workers share.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_deadline_timer",
+        "_discard",
+        "_ending",
+        "_fd",
+        "_finished",
+        "_framed_any",
+        "_framer",
+        "_idle_timer",
+        "_last_read",
+        "_last_request",
+        "_lock",
+        "_outbox",
+        "_outbox_size",
+        "_paused",
+        "_poller",
+        "_read_first",
+        "_released",
+        "_requests",
+        "_stages",
+        "_started",
+        "aborted",
+        "closed",
+        "handler",
+        "host",
+        "job",
+        "limits",
+        "reactor",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        host: FramedHost,
+        reactor: Reactor,
+        job: Job,
+        handler_class: type[FramedRequestHandler],
+        server: Any,
+        stages: Sequence[StageFactory],
+    ) -> None:
+        self.host = host
+        self.reactor = reactor
+        self.job = job
+        self.sock: socket.socket = job.request
+        self._fd = self.sock.fileno()
+        self.limits = limits_of(server)
+        self.handler = handler_class(job.client_address, server, self)
+        self._stages = StageRunner(stages, job.client_address) if stages else None
+        self._framer: Framer | None = None if stages else self.handler.make_framer()
+        self._lock = threading.Lock()
+        self._requests: collections.deque[bytes] = collections.deque()
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._outbox_size = 0
+        self._busy = False  # a worker holds it, or it waits for one
+        self._started = False  # setup() ran
+        self._finished = False  # finish() ran
+        self._ending = False  # nothing more is read: it ends once its work and replies are done
+        self._framed_any = False  # a complete request has come
+        self._read_first = False  # the worker's turn begins with a read (the reactor saw bytes)
+        self._last_request = False  # draining: it ends once its next request is framed
+        self._discard = False  # and what is framed but not handled is dropped (an error, a cut, close())
+        self._paused = False  # reading paused: too much waits (requests, or replies the client does not read)
+        self._last_read = time.monotonic()
+        self._idle_timer: Timer | None = None
+        self._deadline_timer: Timer | None = None
+        self._released = False
+        self._poller: select.poll | None = None  # a worker's, to wait for the next request in its turn
+        self.aborted: BaseException | None = None
+        self.closed = False
+        if job.ticket is not None:
+            job.ticket.abort = lambda reason: reactor.call_soon(lambda: self.abort(reason))
+
+    # -- arming --------------------------------------------------------------------
+
+    def _arm_locked(self) -> None:
+        """Arm the connection for what it waits for now (the caller holds ``_lock``)."""
+        if self.closed:
+            return
+        events = 0
+        if not self._busy and not self._ending and not self._paused:
+            events |= READABLE
+        if self._outbox:
+            events |= WRITABLE
+        try:
+            self.reactor.arm(self._fd, events)
+        except (OSError, ValueError):
+            pass  # the reactor closed (the server is closing): nothing waits for events any more
+
+    def _arm(self) -> None:
+        with self._lock:
+            self._arm_locked()
+
+    # -- on the reactor's thread ----------------------------------------------------
+
+    def start(self) -> None:
+        """Take the connection into the reactor."""
+        try:
+            self.sock.setblocking(False)
+            self.reactor.register(self._fd, READABLE, self._on_events)
+        except (OSError, ValueError):
+            self._close_now()
+            return
+        idle = self.limits.idle_timeout
+        if idle is not None:
+            self._idle_timer = self.reactor.call_later(idle, self._check_idle)
+        ticket = self.job.ticket
+        if ticket is not None and ticket.deadline is not None:
+            self._deadline_timer = self.reactor.call_later(
+                max(0.0, ticket.deadline - time.monotonic()), self._deadline_passed
+            )
+
+    def _on_events(self, events: int) -> None:
+        if self.closed:
+            return
+        if events & WRITABLE:
+            self._flush()
+        if events & READABLE and not self._busy and not self.closed:
+            if self._hand_over_to_read():
+                return
+            self._on_readable()
+        self._schedule()
+        self._arm()
+
+    def _hand_over_to_read(self) -> bool:
+        """A connection between requests has bytes: a worker reads them, frames
+        and handles them in one turn. The reactor then does no system call
+        for the request (no read, no re-arming: the event disarmed the
+        connection), so it seldom lets go of the interpreter, and one
+        thread does the work of a request from its first byte to its reply.
+        False where the reactor reads itself: the stages are not done, or
+        requests are already queued."""
+        with self._lock:
+            if self._framer is None or self._requests or self._outbox or self._ending or self._busy:
+                return False
+            self._busy = True
+            self._read_first = True
+        self.host.queue_work(self.work)
+        return True
+
+    def _on_readable(self) -> None:
+        buffer = self.reactor.read_buffer
+        try:
+            count = self.sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._vanished()
+            return
+        self._last_read = time.monotonic()
+        data = bytes(buffer[:count])
+        if self._stages is not None:
+            rest = self._run_stages(data)
+            if rest is None:
+                return
+            data = rest
+        self._frame(data, count == 0)
+
+    def _frame(self, data: bytes, end_of_input: bool) -> None:
+        """Feed the framer (on whichever thread holds the connection) and queue the requests."""
+        framer = self._framer
+        assert framer is not None
+        framer.feed(b"" if end_of_input else data)
+        if end_of_input:
+            with self._lock:
+                self._ending = True  # what the client sent is handled, then the connection ends
+        self._take_requests()
+
+    def _run_stages(self, data: bytes) -> bytes | None:
+        """Feed the stages; the bytes behind them once they are done, else None."""
+        runner = self._stages
+        assert runner is not None
+        step = runner.feed(data)
+        if step.send:
+            self.send(step.send)
+        if step.failed is not None:
+            log_stage_failed(StageFailed(step.failed, runner.prepared.client_address), runner.prepared.client_address)
+            self._close_now()
+            return None
+        if not step.done:
+            return None
+        self._stages = None
+        self.job.client_address = runner.prepared.client_address
+        self.handler.client_address = runner.prepared.client_address
+        self._framer = self.handler.make_framer()
+        return data[step.consumed :]
+
+    def _take_requests(self) -> None:
+        """Move complete requests from the framer to the queue, up to its cap;
+        the others wait in the framer (reading pauses meanwhile)."""
+        framer = self._framer
+        if framer is None or self._discard:
+            return
+        room = MAX_PENDING_REQUESTS - len(self._requests)
+        taken: list[bytes] = []
+        try:
+            while len(taken) < room:
+                request = framer.next_request()
+                if request is None:
+                    break
+                taken.append(request)
+        except LimitExceeded as exc:
+            log_limit(exc, self.job.client_address)
+            self._stop_and_discard()
+        except Exception:
+            self.host.handle_error(self.sock, self.job.client_address)  # a framer's bug
+            self._stop_and_discard()
+        with self._lock:
+            if taken and not self._discard:
+                self._requests.extend(taken)
+                self._framed_any = True
+                if self._last_request:
+                    self._ending = True
+            if len(self._requests) >= MAX_PENDING_REQUESTS:
+                self._paused = True
+
+    def _stop_and_discard(self) -> None:
+        with self._lock:
+            self._discard = True
+            self._ending = True
+            self._requests.clear()
+
+    def _schedule(self) -> None:
+        """Decide what the connection does next: hand it to a worker (a request
+        to handle, or finish() to run), close it (it is ending and nothing is
+        left to do or send), or wait (for bytes, a worker, or its replies to
+        leave). On the reactor's thread."""
+        self._maybe_resume()
+        with self._lock:
+            if self._busy:
+                return
+            if self._request_due() or self._finish_due():
+                self._busy = True
+                action = "work"
+            elif self.closed or (self._ending and (not self._outbox or self.aborted is not None)):
+                action = "close"
+            else:
+                return
+        if action == "work":
+            self.host.queue_work(self.work)
+        else:
+            self._close_now()
+
+    def _request_due(self) -> bool:
+        # No request starts while its replies would pile up on top of unread ones.
+        return (
+            bool(self._requests)
+            and self.aborted is None
+            and not self.closed
+            and self._outbox_size <= self.handler.write_limit
+        )
+
+    def _finish_due(self) -> bool:
+        return self._ending and not self._requests and self._started and not self._finished
+
+    def _maybe_resume(self) -> None:
+        """The backlog went down: take the requests the framer holds, and read again if there is room."""
+        with self._lock:
+            if not self._paused or self._busy or self.closed:
+                return
+            if len(self._requests) >= MAX_PENDING_REQUESTS // 2 or self._outbox_size > self.handler.write_limit:
+                return
+        self._take_requests()
+        with self._lock:
+            if len(self._requests) < MAX_PENDING_REQUESTS and self._outbox_size <= self.handler.write_limit:
+                self._paused = False
+
+    def _flush(self) -> None:
+        error: OSError | None = None
+        with self._lock:
+            while self._outbox:
+                chunk = self._outbox[0]
+                try:
+                    sent = self.sock.send(chunk, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    error = exc
+                    break
+                self._outbox_size -= sent
+                if sent < len(chunk):
+                    self._outbox[0] = chunk[sent:]
+                    break
+                self._outbox.popleft()
+        if error is not None:
+            self._vanished()
+
+    def after_work(self) -> None:
+        """A worker's turn ended with something for the reactor to do."""
+        self._schedule()
+        self._arm()
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        idle = self.limits.idle_timeout
+        if self.closed or idle is None:
+            return
+        with self._lock:
+            waiting = not self._busy and not self._requests and not self._outbox and not self._ending
+        left = self._last_read + idle - time.monotonic()
+        if not waiting or left > 0:
+            self._idle_timer = self.reactor.call_later(max(left, 0.01), self._check_idle)
+            return
+        log_limit(IdleTimeoutExpired(idle, self.job.client_address))
+        with self._lock:
+            self._ending = True
+        self._schedule()
+        self._arm()
+
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        ticket = self.job.ticket
+        if ticket is None or ticket.deadline is None or self.closed:
+            return
+        exc = ConnectionDeadlineExceeded(ticket.deadline - ticket.admitted_at, self.job.client_address)
+        log_limit(exc)  # first: the cut ends the connection
+        ticket.cut(exc)
+
+    def drain(self) -> None:
+        """The server stops: the request in flight and the replies queued
+        finish, then the connection ends. One between requests reads nothing
+        more; one that has sent nothing yet, or part of a request, may still
+        complete that request (within the grace period): accepting the
+        connection promised its client that much, and a client that sent its
+        request just as the drain began must not lose it."""
+        with self._lock:
+            framer = self._framer
+            if self._framed_any and (framer is None or framer.buffered == 0):
+                self._ending = True
+            else:
+                self._last_request = True
+        self._schedule()
+        self._arm()
+
+    def abort(self, reason: BaseException) -> None:
+        """Cut the connection now (a limit, the end of a grace period): what
+        is queued is dropped; finish() still runs if setup() did, as a classic
+        handler's does."""
+        if self.aborted is not None or self.closed:
+            return
+        with self._lock:
+            self.aborted = reason
+            self._discard = True
+            self._ending = True
+            self._requests.clear()
+            self._outbox.clear()
+            self._outbox_size = 0
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # a worker reading or sending on it now fails at once
+        except OSError:
+            pass
+        self._schedule()
+        self._arm()
+
+    def _vanished(self) -> None:
+        """The client reset the connection: nothing more can be read or written."""
+        with self._lock:
+            self._discard = True
+            self._ending = True
+            self._requests.clear()
+            self._outbox.clear()
+            self._outbox_size = 0
+
+    def _close_now(self) -> None:
+        """Close the socket (once), and count the connection out once no worker holds it."""
+        with self._lock:
+            first = not self.closed
+            self.closed = True
+            busy = self._busy
+        if first:
+            self.reactor.unregister(self._fd)
+            for timer in (self._idle_timer, self._deadline_timer):
+                if timer is not None:
+                    timer.cancel()
+            if self.aborted is None:
+                try:
+                    self.sock.shutdown(socket.SHUT_WR)  # the replies end cleanly, even with input unread
+                except OSError:
+                    pass
+            self.sock.close()
+        if not busy:
+            self._count_out()
+
+    def closed_without_reactor(self) -> None:
+        """The reactor is gone (the server closed): close and count out from here."""
+        with self._lock:
+            first = not self.closed
+            self.closed = True
+        if first:
+            self.sock.close()
+        self._count_out()
+
+    def _count_out(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        if self.job.ticket is not None:
+            self.job.ticket.abort = None
+        self.host.connection_ended(self)
+
+    # -- on a worker ---------------------------------------------------------------
+
+    def work(self) -> None:
+        """A worker's turn: the queued requests (the first time, after
+        setup()), then, while nobody else waits for a worker, the client's
+        next requests as they come (``LINGER_SECONDS``, ``LINGER_REQUESTS``),
+        then finish() if the connection ends.
+
+        The turn ends without a word to the reactor unless the reactor has
+        something to do (reading paused, the connection ending or cut): the
+        worker re-arms the connection itself. In a request-reply exchange a
+        request then costs no thread hand-over at all.
+        """
+        # The loop below is the framed pool's hot path: one pass per request
+        # in a request-reply exchange. It is written flat (conditions inline,
+        # methods looked up once) because each Python call here is a
+        # measurable share of a request's cost (docs/benchmarks.md).
+        previous = set_current_job(self.job)
+        try:
+            lock = self._lock
+            requests = self._requests
+            handle_request = self.handler.handle_request
+            write_limit = self.handler.write_limit
+            others_waiting = self.host.others_waiting
+            buffer = _read_buffer()
+            if self._read_first:
+                self._read_first = False
+                self._read_now(buffer)
+            handled = 0
+            while True:
+                with lock:  # _request_due(), inline
+                    due = requests and self.aborted is None and not self.closed and self._outbox_size <= write_limit
+                    request = requests.popleft() if due else None
+                if request is not None:
+                    if not self._started:
+                        self._run_request(request)  # setup() first
+                    else:
+                        try:
+                            handle_request(request)
+                        except Exception:
+                            self.host.handle_error(self.sock, self.job.client_address)
+                            self._stop_and_discard()  # the end of this turn tells the reactor
+                    handled += 1
+                    if handled >= TURN_REQUESTS and others_waiting():
+                        break  # the others' turn
+                    continue
+                if handled < LINGER_REQUESTS and self._may_linger(others_waiting) and self._read_in_turn(buffer):
+                    continue
+                break
+            with lock:
+                finish = self._finish_due()
+                if finish:
+                    self._finished = True
+            if finish:
+                self._run_hook(self.handler.finish)
+        finally:
+            set_current_job(previous)
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        with self._lock:
+            requeue = self._request_due()
+            if not requeue:
+                self._busy = False
+                notify = self._paused or self._ending or self.aborted is not None or self.closed
+                if not notify:
+                    self._arm_locked()  # back to the reactor, without waking it
+        if requeue:
+            self.host.queue_work(self.work)
+        elif notify and not self.reactor.call_soon(self.after_work):
+            self.closed_without_reactor()  # the server closed meanwhile: nobody else will
+
+    def _may_linger(self, others_waiting: Callable[[], bool]) -> bool:
+        with self._lock:
+            quiet = not self._ending and not self._discard and self.aborted is None and not self._paused
+            quiet = quiet and self._outbox_size <= self.handler.write_limit and self._framer is not None
+        return quiet and not others_waiting()
+
+    def _read_in_turn(self, buffer: memoryview) -> bool:
+        """Read the client's next bytes on this worker, waiting up to
+        ``LINGER_SECONDS`` for them; True if something came (requests, or the end)."""
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+        # Wait first: right after a reply, the next request has not come yet,
+        # and a read that fails costs an exception.
+        if not poller.poll(LINGER_SECONDS * 1000.0):
+            return False
+        return self._read_now(buffer)
+
+    def _read_now(self, buffer: memoryview) -> bool:
+        """Read what the client has sent, without waiting, into this worker's
+        ``buffer``; True if something came (bytes, or the end)."""
+        try:
+            count = self.sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            self._vanished()
+            return True
+        self._last_read = time.monotonic()
+        self._frame(bytes(buffer[:count]), count == 0)
+        return True
+
+    def _run_request(self, request: bytes) -> None:
+        if not self._started:
+            self._started = True
+            if not self._run_hook(self.handler.setup):
+                return
+        self._run_hook(self.handler.handle_request, request)
+
+    def _run_hook(self, hook: Callable[..., object], *args: Any) -> bool:
+        try:
+            hook(*args)
+        except Exception:
+            self.host.handle_error(self.sock, self.job.client_address)
+            self._stop_and_discard()  # the end of this turn tells the reactor
+            return False
+        return True
+
+    # -- from the handler, on a worker ----------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            if self.closed or self.aborted is not None:
+                raise ConnectionAbortedError(f"the connection is closed ({self.aborted or 'ended'})")
+            if not self._outbox:
+                try:
+                    sent = self.sock.send(data, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            self._outbox.append(data)
+            self._outbox_size += len(data)
+            if self._outbox_size > self.handler.write_limit:
+                self._paused = True
+            if len(self._outbox) == 1:
+                self._arm_locked()  # the reactor writes the rest when the socket takes it
+
+    def close_after_sending(self) -> None:
+        self._stop_and_discard()  # the end of this turn tells the reactor
