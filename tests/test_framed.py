@@ -165,3 +165,47 @@ def test_a_framed_handler_needs_a_pool_stream_server(server_class: type[sockserv
 
     with pytest.raises(TypeError, match="serve it with a ThreadPool"):
         server_class(("127.0.0.1", 0), Echo)
+
+
+def test_a_drain_closes_a_connection_idle_between_requests_and_finishes_one_mid_request() -> None:
+    """Framed connections between requests are like idle keep-alive
+    connections: a drain closes them at once. One whose request has begun
+    to arrive may complete it (within the grace period), and is answered."""
+    handled: list[bytes] = []
+
+    class Echo(sockserve.FramedRequestHandler):
+        def handle_request(self, request: bytes) -> None:
+            handled.append(request)
+            self.send(request)
+
+    server = Pool(("127.0.0.1", 0), Echo)
+    with running_server(server), connect(server.server_address) as idle, connect(server.server_address) as midway:
+        idle.sendall(b"first\n")
+        assert recv_line(idle) == b"first\n"
+        midway.sendall(b"half of ")
+        # Until the server has read the first half: the connection is then in
+        # the middle of a request, not between requests.
+        assert wait_until(lambda: _buffered_by_the_server(server) == len(b"half of "))
+        reports: list[sockserve.DrainReport] = []
+        stopper = threading.Thread(target=lambda: reports.append(server.stop(10)))
+        stopper.start()
+        try:
+            assert recv_all(idle) == b"", "the idle connection is closed by the drain"
+            midway.sendall(b"a request\n")
+            assert recv_all(midway) == b"half of a request\n", "answered, then closed"
+        finally:
+            stopper.join(TIMEOUT)
+        assert not stopper.is_alive()
+    assert reports[0].in_flight == 2
+    assert reports[0].forced == 0, "neither waited for the grace period to end"
+    assert handled == [b"first\n", b"half of a request\n"]
+
+
+def _buffered_by_the_server(server: Any) -> int:
+    """Bytes the server's framers hold, over all its connections (test-only peek)."""
+    model = server._concurrency_model()
+    try:
+        connections = list(model._connections)  # the reactor's set: it may change meanwhile
+    except RuntimeError:
+        return -1
+    return sum(c._framer.buffered for c in connections if c._framer is not None)
