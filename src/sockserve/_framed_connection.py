@@ -17,7 +17,7 @@ from ._framed import FramedRequestHandler
 from ._limits import limits_of
 from ._log import log_limit, log_stage_failed
 from ._pipeline import set_current_job
-from ._reactor import READ_SIZE, READABLE, WRITABLE
+from ._reactor import READABLE, WRITABLE
 from ._stages import StageFactory, StageFailed, StageRunner
 
 if TYPE_CHECKING:
@@ -46,11 +46,14 @@ LINGER_SECONDS = 0.002
 # workers, has yet to see the others.
 LINGER_REQUESTS = 64
 
+# Bytes read from a connection at a time, into the reading thread's own buffer.
+READ_SIZE = 64 * 1024
+
 _thread_buffers = threading.local()
 
 
 def _read_buffer() -> memoryview:
-    """A worker's own read buffer (64 KiB), kept for the thread's life."""
+    """This thread's read buffer (the reactor's or a worker's), kept for the thread's life."""
     buffer: memoryview | None = getattr(_thread_buffers, "buffer", None)
     if buffer is None:
         buffer = _thread_buffers.buffer = memoryview(bytearray(READ_SIZE))
@@ -197,7 +200,7 @@ class FramedConnection:
         if events & READABLE and not self._busy and not self.closed:
             if self._hand_over_to_read():
                 return
-            self._on_readable()
+            self._read(_read_buffer())
         self._schedule()
         self._arm()
 
@@ -217,23 +220,27 @@ class FramedConnection:
         self.host.queue_work(self.work)
         return True
 
-    def _on_readable(self) -> None:
-        buffer = self.reactor.read_buffer
+    def _read(self, buffer: memoryview) -> bool:
+        """Read what the client has sent, without waiting (the socket is
+        non-blocking), on whichever thread holds the connection: through the
+        stages while they last, then into the framer. True if something came
+        (bytes, or the end)."""
         try:
             count = self.sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             self._vanished()
-            return
+            return True
         self._last_read = time.monotonic()
         data = bytes(buffer[:count])
         if self._stages is not None:
             rest = self._run_stages(data)
             if rest is None:
-                return
+                return True
             data = rest
         self._frame(data, count == 0)
+        return True
 
     def _frame(self, data: bytes, end_of_input: bool) -> None:
         """Feed the framer (on whichever thread holds the connection) and queue the requests."""
@@ -295,9 +302,17 @@ class FramedConnection:
 
     def _stop_and_discard(self) -> None:
         with self._lock:
-            self._discard = True
-            self._ending = True
-            self._requests.clear()
+            self._discard_locked(replies=False)
+
+    def _discard_locked(self, *, replies: bool) -> None:
+        """Read nothing more and drop the requests not handled yet, and, with
+        ``replies``, the replies not sent yet (the caller holds ``_lock``)."""
+        self._discard = True
+        self._ending = True
+        self._requests.clear()
+        if replies:
+            self._outbox.clear()
+            self._outbox_size = 0
 
     def _schedule(self) -> None:
         """Decide what the connection does next: hand it to a worker (a request
@@ -419,11 +434,7 @@ class FramedConnection:
             return
         with self._lock:
             self.aborted = reason
-            self._discard = True
-            self._ending = True
-            self._requests.clear()
-            self._outbox.clear()
-            self._outbox_size = 0
+            self._discard_locked(replies=True)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)  # a worker reading or sending on it now fails at once
         except OSError:
@@ -434,11 +445,7 @@ class FramedConnection:
     def _vanished(self) -> None:
         """The client reset the connection: nothing more can be read or written."""
         with self._lock:
-            self._discard = True
-            self._ending = True
-            self._requests.clear()
-            self._outbox.clear()
-            self._outbox_size = 0
+            self._discard_locked(replies=True)
 
     def _close_now(self) -> None:
         """Close the socket (once), and count the connection out once no worker holds it."""
@@ -505,7 +512,7 @@ class FramedConnection:
             buffer = _read_buffer()
             if self._read_first:
                 self._read_first = False
-                self._read_now(buffer)
+                self._read(buffer)
             handled = 0
             while True:
                 with lock:  # _request_due(), inline
@@ -567,21 +574,7 @@ class FramedConnection:
         # and a read that fails costs an exception.
         if not poller.poll(LINGER_SECONDS * 1000.0):
             return False
-        return self._read_now(buffer)
-
-    def _read_now(self, buffer: memoryview) -> bool:
-        """Read what the client has sent, without waiting, into this worker's
-        ``buffer``; True if something came (bytes, or the end)."""
-        try:
-            count = self.sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            self._vanished()
-            return True
-        self._last_read = time.monotonic()
-        self._frame(bytes(buffer[:count]), count == 0)
-        return True
+        return self._read(buffer)
 
     def _run_request(self, request: bytes) -> None:
         if not self._started:

@@ -38,10 +38,6 @@ WRITABLE = select.EPOLLOUT
 _ENDED = select.EPOLLHUP | select.EPOLLERR
 _ONE_SHOT = select.EPOLLONESHOT
 
-# Bytes read from a connection per readable event: one buffer, shared by all
-# the reactor's connections (one thread reads them, one at a time).
-READ_SIZE = 64 * 1024
-
 Callback = Callable[[], object]
 
 
@@ -75,7 +71,6 @@ class Reactor:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = False
-        self.read_buffer = memoryview(bytearray(READ_SIZE))
 
     # -- any thread ---------------------------------------------------------------
 
