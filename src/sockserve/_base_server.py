@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._accept import BACKOFF_SECONDS, AcceptBackoff, accept_batch
-from ._framed import FramedRequestHandler
+from ._framed import FramedRequestHandler, is_framed_handler
 from ._graceful import GracefulStop
 from ._limits import limits_of
 from ._log import format_address, logger, report_request_error
@@ -109,7 +109,7 @@ class BaseServer(ServerCore, GracefulStop):
         # Typed as what it is called with, not as BaseRequestHandler: the
         # handlers' module knows the servers, and the servers need not know it.
         self.RequestHandlerClass: Callable[[Any, Any, Any], object] = RequestHandlerClass
-        framed = isinstance(RequestHandlerClass, type) and issubclass(RequestHandlerClass, FramedRequestHandler)
+        framed = is_framed_handler(RequestHandlerClass)
         streams = getattr(self, "socket_type", socket.SOCK_STREAM) == socket.SOCK_STREAM
         if framed and not (self._serves_framed_handlers and streams):
             raise TypeError(

@@ -91,6 +91,11 @@ class FramedRequestHandler:
         self._outbox.close_after_sending()
 
 
+def is_framed_handler(handler_class: object) -> bool:
+    """True for a FramedRequestHandler subclass (a server's RequestHandlerClass may be any callable)."""
+    return isinstance(handler_class, type) and issubclass(handler_class, FramedRequestHandler)
+
+
 class Outbox(Protocol):
     """What a framed handler's ``send()`` and ``close()`` talk to."""
 

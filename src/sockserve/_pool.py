@@ -48,7 +48,6 @@ class ThreadPoolMixIn(_ServerBase):
     pool_min_workers: int = 4
     pool_idle_timeout: float | None = 30.0
     request_queue_size: int = 1024
-    _pool_model: PoolModel | None = None
     _serves_framed_handlers = True  # FramedRequestHandler runs on the pool only
 
     def _make_model(self, admission: Admission) -> ConcurrencyModel:
@@ -61,13 +60,15 @@ class ThreadPoolMixIn(_ServerBase):
         )
         streams = getattr(self, "socket_type", socket.SOCK_STREAM) == socket.SOCK_STREAM
         reactor = Reactor(f"{type(self).__name__}-reactor") if streams else None
-        model = self._pool_model = PoolModel(admission, pool, reactor, self)
+        return PoolModel(admission, pool, reactor, self)
+
+    def _pool_model(self) -> PoolModel:
+        model = self._concurrency_model()
+        assert isinstance(model, PoolModel)
         return model
 
     def _worker_pool(self) -> WorkerPool:
-        self._concurrency_model()
-        assert self._pool_model is not None
-        return self._pool_model.pool
+        return self._pool_model().pool
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """What a worker runs for one request: the same as a ThreadingMixIn thread."""
@@ -78,9 +79,7 @@ class ThreadPoolMixIn(_ServerBase):
         reactor, a stream connection to a worker once it has sent its first
         byte, a datagram to a free worker."""
         job = self._take_job(request, client_address)
-        self._concurrency_model()
-        model = self._pool_model
-        assert model is not None
+        model = self._pool_model()
         if model.reactor is not None and isinstance(request, socket.socket):
             model.adopt(job, self.process_request_thread)
             return

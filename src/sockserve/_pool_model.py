@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._framed import FramedRequestHandler
+from ._framed import is_framed_handler
 from ._framed_connection import FramedConnection
 from ._log import log_stage_failed
 from ._model import TicketModel
@@ -41,9 +41,7 @@ class PoolModel(TicketModel):
         self.pool = pool
         self.reactor = reactor
         self.server = server
-        self.framed = isinstance(server.RequestHandlerClass, type) and issubclass(
-            server.RequestHandlerClass, FramedRequestHandler
-        )
+        self.framed = is_framed_handler(server.RequestHandlerClass)
         # The reactor's thread cuts a framed connection at its deadline itself.
         self.cuts_own_deadlines = self.framed
         self._connections: set[FramedConnection] = set()  # on the reactor's thread only

@@ -83,13 +83,8 @@ class WorkerPool:
         thread (the reactor's connections): each connection has at most one
         task here, so the queue is bounded by the connections admitted."""
         with self._lock:
-            if self._closing:
-                raise RuntimeError("the pool is shut down")
-            self._tasks.append((fn, args))
-            if self._idle >= len(self._tasks):
-                self._work_ready.notify()
-            elif len(self._workers) < self.max_workers:
-                self._start_worker()
+            if not self._try_submit_locked(fn, args):
+                self._tasks.append((fn, args))  # the next worker to turn idle takes it
 
     def waiting(self) -> int:
         """Tasks that wait for a worker to become free."""
