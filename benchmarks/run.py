@@ -402,6 +402,21 @@ def fmt_kib_per_conn(agg: dict[str, Any]) -> str:
     return f"{fmt_stat(growth)} ({fmt_stat(peak)})" if growth else "-"
 
 
+def _table_start(scenario: Scenario, head: list[str]) -> list[str]:
+    """A scenario table's heading, column names and rule."""
+    return [
+        f"### {scenario.name}: {scenario.headline}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+
+
+def _row(cells: list[str], width: int) -> str:
+    """A table row of ``width`` columns: ``cells``, then empty ones."""
+    return "| " + " | ".join(cells + [""] * (width - len(cells))) + " |"
+
+
 def scenario_table(
     scenario: Scenario,
     names: list[str],
@@ -428,19 +443,13 @@ def scenario_table(
         "loadgen CPU % / core busy %",
         "errors",
     ]
-    lines = [
-        f"### {scenario.name}: {scenario.headline}",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" for _ in head) + "|",
-    ]
+    lines = _table_start(scenario, head)
     for name in names:
         spec = SERVERS[name]
         if not applies(spec, scenario):
             continue
         if name in skipped:
-            row = [name, spec.baseline, f"skipped: {skipped[name]}"] + [""] * (len(head) - 3)
-            lines.append("| " + " | ".join(row) + " |")
+            lines.append(_row([name, spec.baseline, f"skipped: {skipped[name]}"], len(head)))
             continue
         agg = summary.get(name)
         if agg is None:
@@ -509,19 +518,13 @@ def slowloris_table(
         "srv CPU %",
         "errors",
     ]
-    lines = [
-        f"### {scenario.name}: {scenario.headline}",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" for _ in head) + "|",
-    ]
+    lines = _table_start(scenario, head)
     for name in names:
         spec = SERVERS[name]
         if not applies(spec, scenario):
             continue
         if name in skipped:
-            row = [name, f"skipped: {skipped[name]}"] + [""] * (len(head) - 2)
-            lines.append("| " + " | ".join(row) + " |")
+            lines.append(_row([name, f"skipped: {skipped[name]}"], len(head)))
             continue
         agg = summary.get(name)
         if agg is None:
