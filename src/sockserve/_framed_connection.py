@@ -18,7 +18,7 @@ from ._limits import limits_of
 from ._log import log_limit, log_stage_failed
 from ._pipeline import set_current_job
 from ._reactor import READABLE, WRITABLE
-from ._stages import StageFactory, StageFailed, StageRunner
+from ._stages import StageFactory, StageRunner
 
 if TYPE_CHECKING:
     from ._pipeline import Job
@@ -260,7 +260,7 @@ class FramedConnection:
         if step.send:
             self.send(step.send)
         if step.failed is not None:
-            log_stage_failed(StageFailed(step.failed, runner.prepared.client_address), runner.prepared.client_address)
+            log_stage_failed(runner.failure(step.failed), runner.prepared.client_address)
             self._close_now()
             return None
         if not step.done:

@@ -24,7 +24,7 @@ from ._framed_connection import FramedConnection
 from ._log import log_stage_failed
 from ._model import TicketModel
 from ._reactor import READABLE
-from ._stages import StageFailed, StageRunner, consume, peek
+from ._stages import StageRunner, consume, peek
 
 if TYPE_CHECKING:
     from ._admission import Admission, Ticket
@@ -146,7 +146,7 @@ class PoolModel(TicketModel):
         except OSError:
             step.failed = step.failed or "the client went away during the stages"
         if step.failed is not None:
-            log_stage_failed(StageFailed(step.failed, runner.prepared.client_address), runner.prepared.client_address)
+            log_stage_failed(runner.failure(step.failed), runner.prepared.client_address)
             self._close_waiting(job)
             return False
         if step.done:

@@ -150,6 +150,10 @@ class StageRunner:
     def done(self) -> bool:
         return self._stage is None
 
+    def failure(self, reason: str) -> StageFailed:
+        """The error for a failed step (``Step.failed``), naming the client as the stages know it."""
+        return StageFailed(reason, self.prepared.client_address)
+
     def feed(self, data: bytes) -> Step:
         """Feed what the client sent (``b""``: it finished sending) to the stages."""
         step = Step()
@@ -203,7 +207,7 @@ def run_blocking(
         if step.send:
             _send(sock, step.send, deadline, runner.prepared.client_address)
         if step.failed is not None:
-            raise StageFailed(step.failed, runner.prepared.client_address)
+            raise runner.failure(step.failed)
         consume(sock, step.consumed)
     return runner.prepared
 

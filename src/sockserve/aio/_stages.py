@@ -59,7 +59,7 @@ class StagedProtocol(asyncio.Protocol):
         if step.send and self.transport is not None:
             self.transport.write(step.send)
         if step.failed is not None:
-            self._fail(StageFailed(step.failed, self._runner.prepared.client_address))
+            self._fail(self._runner.failure(step.failed))
         elif step.done:
             self.result.set_result((self._runner.prepared, data[step.consumed :]))
 
