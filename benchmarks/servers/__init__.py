@@ -103,6 +103,13 @@ _SPECS = [
         "sockserve.ThreadPoolTCPServer + FramedRequestHandler (framed pool, 32 workers in every scenario)",
     ),
     ServerSpec(
+        "sockserve_fork",
+        "sockserve_fork",
+        "tcp",
+        FORK_BASELINE,
+        "sockserve.ForkingTCPServer + StreamRequestHandler (stdlib defaults: max_children=40)",
+    ),
+    ServerSpec(
         "sockserve_prefork",
         "sockserve_prefork",
         "tcp",
