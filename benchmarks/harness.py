@@ -44,14 +44,37 @@ class ServerFailed(Exception):
     """The server did not start, or died."""
 
 
+def build_c(source: Path, binary: Path) -> Path:
+    """Compile ``source`` with gcc -O2 into ``binary`` (if out of date).
+
+    gcc writes a temporary file that is renamed into place, so a server
+    started while another process builds never execs a half-written binary.
+    """
+    BIN_DIR.mkdir(exist_ok=True)
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    tmp = binary.with_name(f".{binary.name}.{os.getpid()}")
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(tmp), str(source)]
+    try:
+        subprocess.run(cmd, check=True, timeout=120)
+        os.replace(tmp, binary)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return binary
+
+
 def build_loadgen() -> Path:
     """Compile loadgen.c with gcc -O2 into benchmarks/bin/ (if out of date)."""
-    BIN_DIR.mkdir(exist_ok=True)
-    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN
-    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(LOADGEN_SRC)]
-    subprocess.run(cmd, check=True, timeout=120)
-    return LOADGEN
+    return build_c(LOADGEN_SRC, LOADGEN)
+
+
+# The C reference servers (servers/<name>.c, started through servers/<name>.py)
+C_SERVERS = ("c_epoll_echo",)
+
+
+def build_c_servers() -> list[Path]:
+    """Build every C reference server into benchmarks/bin/ (if out of date)."""
+    return [build_c(BENCH_DIR / "servers" / f"{name}.c", BIN_DIR / name) for name in C_SERVERS]
 
 
 # hold_10000's 10,000 sockets, with room to spare
@@ -408,6 +431,7 @@ def machine_info() -> dict[str, Any]:
         pass
     return {
         "uname": " ".join(os.uname()),
+        "kernel": platform.release(),
         "cpu_model": model,
         "nproc": os.cpu_count(),
         "python": sys.version.split()[0],

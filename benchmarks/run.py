@@ -35,6 +35,7 @@ from harness import (
     ServerFailed,
     ServerProcess,
     ServerSkipped,
+    build_c_servers,
     build_loadgen,
     machine_info,
     run_loadgen,
@@ -753,6 +754,7 @@ def main(argv: list[str] | None = None) -> int:
 
     install_exit_on_signals()
     build_loadgen()
+    build_c_servers()
     started = time.monotonic()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     log_dir = RAW_DIR / f"{stamp}-logs"

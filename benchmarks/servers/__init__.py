@@ -57,6 +57,14 @@ SLOW_CLIENT_POOL_ARGS = (
 UDP_BASELINE = "stdlib_thread_udp"
 
 _SPECS = [
+    # --- the limit: a C epoll echo server (servers/c_epoll_echo.c), first in every table
+    ServerSpec(
+        "c_epoll_echo",
+        "c_epoll_echo",
+        "tcp",
+        TCP_BASELINE,
+        "C, one thread, epoll, line echo: the physical limit on this machine (reference)",
+    ),
     # --- TCP peers that exist today ---------------------------------------
     ServerSpec(
         "stdlib_thread", "stdlib_thread", "tcp", TCP_BASELINE, "socketserver.ThreadingTCPServer + StreamRequestHandler"
@@ -154,6 +162,14 @@ _SPECS = [
         "sockserve_aio_protocol on uvloop",
     ),
     # --- UDP -----------------------------------------------------------------
+    ServerSpec(
+        "c_epoll_echo_udp",
+        "c_epoll_echo",
+        "udp",
+        UDP_BASELINE,
+        "c_epoll_echo --udp: recvfrom/sendto on epoll, the physical limit (reference)",
+        args=("--udp",),
+    ),
     ServerSpec(
         "stdlib_thread_udp",
         "stdlib_thread_udp",
