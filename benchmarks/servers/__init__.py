@@ -86,6 +86,13 @@ _SPECS = [
     ServerSpec("asyncio_protocol", "asyncio_protocol", "tcp", TCP_BASELINE, "asyncio.Protocol on loop.create_server"),
     ServerSpec("uvloop_streams", "uvloop_streams", "tcp", TCP_BASELINE, "asyncio_streams on uvloop"),
     ServerSpec("uvloop_protocol", "uvloop_protocol", "tcp", TCP_BASELINE, "asyncio_protocol on uvloop"),
+    ServerSpec(
+        "gevent_stream",
+        "gevent_stream",
+        "tcp",
+        TCP_BASELINE,
+        "gevent.server.StreamServer, a greenlet per connection, makefile().readline / sendall",
+    ),
     # --- sockserve ---------------------------------------------------------
     ServerSpec(
         "sockserve_thread",
