@@ -23,6 +23,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,6 +62,25 @@ SLOW_CLIENT_SERVERS = (
     "sockserve_aio_streams_uvloop",
     "sockserve_aio_protocol_uvloop",
     "sockserve_framed",
+)
+
+
+# The reference rows every table shows beside sockserve, in the same run: the
+# physical limit (a C epoll echo server) and the peers a reader judges
+# sockserve by (the loops' own protocols and streams, gevent).  They run by
+# default, also when --servers is given, and in the slowloris_* scenarios;
+# --no-references leaves them out.
+LIMIT_SERVERS = {"tcp": "c_epoll_echo", "udp": "c_epoll_echo_udp"}
+REFERENCE_SERVERS = (
+    "c_epoll_echo",
+    "asyncio_protocol",
+    "asyncio_streams",
+    "uvloop_protocol",
+    "uvloop_streams",
+    "gevent_stream",
+    "c_epoll_echo_udp",
+    "asyncio_datagram",
+    "uvloop_datagram",
 )
 
 
@@ -110,9 +130,20 @@ SCENARIOS: dict[str, Scenario] = {
 }  # fmt: skip
 
 
-def applies(spec: ServerSpec, scenario: Scenario, default_servers: bool = False) -> bool:
-    """Whether ``spec`` runs ``scenario``; ``default_servers``: --servers was not given."""
-    if default_servers and scenario.default_servers is not None and spec.name not in scenario.default_servers:
+def applies(
+    spec: ServerSpec, scenario: Scenario, default_servers: bool = False, references: Collection[str] = ()
+) -> bool:
+    """Whether ``spec`` runs ``scenario``; ``default_servers``: --servers was not given.
+
+    ``references`` run in every scenario of their protocol, also in those
+    that restrict their default servers (slowloris_*).
+    """
+    if (
+        default_servers
+        and scenario.default_servers is not None
+        and spec.name not in scenario.default_servers
+        and spec.name not in references
+    ):
         return False
     if spec.scenarios is not None:
         return scenario.name in spec.scenarios
@@ -403,6 +434,11 @@ def fmt_kib_per_conn(agg: dict[str, Any]) -> str:
     return f"{fmt_stat(growth)} ({fmt_stat(peak)})" if growth else "-"
 
 
+def limit_rps(scenario: Scenario, summary: dict[str, dict[str, Any]]) -> dict[str, float] | None:
+    """The limit row's req/s in this scenario's ``summary`` (None: it did not run, or failed)."""
+    return summary.get(LIMIT_SERVERS.get(scenario.protocol, ""), {}).get("requests_per_s")
+
+
 def _table_start(scenario: Scenario, head: list[str]) -> list[str]:
     """A scenario table's heading, column names and rule."""
     return [
@@ -430,7 +466,11 @@ def scenario_table(
     unit = "conn/s" if scenario.loadgen == "connect" else "req/s"
     with_conns = scenario.loadgen in ("pingpong", "hold") and scenario.connections > 1
     is_hold = scenario.loadgen == "hold"
-    head = ["server", "baseline", f"{unit} median (min-max)", "ratio", "p50 µs", "p99 µs"]
+    limit = limit_rps(scenario, summary)
+    head = ["server", "baseline", f"{unit} median (min-max)", "ratio"]
+    if limit:
+        head.append("÷ limit")
+    head += ["p50 µs", "p99 µs"]
     if with_conns:
         head.append("conns ok")
     if is_hold:
@@ -466,9 +506,10 @@ def scenario_table(
             spec.baseline,
             fmt_stat(agg["requests_per_s"], spread=True),
             ratio,
-            fmt_stat(agg["latency_p50_us"]),
-            fmt_stat(agg["latency_p99_us"]),
         ]
+        if limit:
+            row.append(ratio_text(agg["requests_per_s"], limit))
+        row += [fmt_stat(agg["latency_p50_us"]), fmt_stat(agg["latency_p99_us"])]
         if with_conns:
             row.append(f"{agg.get('connections_ok_min', '-')}/{agg.get('connections_target', '-')}")
         if is_hold:
@@ -503,11 +544,14 @@ def slowloris_table(
     what the server took of the attack, and whether new connections got in."""
     unattacked = all_summaries.get(scenario.unattacked or "", {})
     attacked = scenario.slow > 0
+    limit = limit_rps(scenario, summary)
     head = ["server", "req/s median (min-max)"]
     if attacked:
         head += ["unattacked req/s", "÷ unattacked"]
     else:
         head += ["baseline", "ratio"]
+    if limit:
+        head.append("÷ limit")
     head += ["p50 µs", "p99 µs"]
     if attacked:
         head += ["slow conns est. / open at end", "server held (queued)"]
@@ -542,6 +586,8 @@ def slowloris_table(
             row += [fmt_stat(base), ratio_text(rps, base)]
         else:
             row += [spec.baseline, ratio_text(rps, summary.get(spec.baseline, {}).get("requests_per_s"))]
+        if limit:
+            row.append(ratio_text(rps, limit))
         row += [fmt_stat(agg["latency_p50_us"]), fmt_stat(agg["latency_p99_us"])]
         if attacked:
             row.append(
@@ -595,7 +641,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "disturbs wall-clock numbers)",
         "",
         "ratio = median req/s ÷ the median req/s of the server in the `baseline` column "
-        "(higher is better). p50/p99 = medians over the repeats. srv CPU = user+system time "
+        "(higher is better); ÷ limit = the same ÷ the median req/s of the limit row in that "
+        "table (c_epoll_echo: a single-threaded C epoll echo server, what this machine's kernel "
+        "and loopback allow one core). p50/p99 = medians over the repeats. srv CPU = user+system time "
         "of the server's process tree during the measured window (100 % = one core). "
         "peak RSS = max over samples of Σ VmHWM over the tree (counts shared pages once per "
         "process); peak PSS = max over samples of Σ Pss (shared pages split between sharers). "
@@ -674,7 +722,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--servers",
         default=None,
-        help="comma-separated server names (default: all; slowloris_* then run on the servers of issue 8's table)",
+        help="comma-separated server names (default: all; slowloris_* then run on the servers of issue 8's table "
+        "and the references)",
+    )
+    ap.add_argument(
+        "--references",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the reference rows in every scenario of their protocol, also with --servers: the C epoll limit "
+        f"and the peers ({', '.join(REFERENCE_SERVERS)}); --no-references leaves them out (default: on)",
     )
     ap.add_argument(
         "--scenarios",
@@ -702,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter for the servers")
     ap.add_argument("--latest", action="store_true", help="also write results/latest.md and results/latest.json")
     ap.add_argument("--list", action="store_true", help="list servers and scenarios and exit")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="print the runs the other options select, and a time estimate; exit"
+    )
     ap.add_argument("--render", metavar="JSON", help="print the tables of a saved results JSON and exit")
     opts = ap.parse_args(argv)
 
@@ -710,7 +769,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if opts.list:
         for spec in SERVERS.values():
-            print(f"{spec.name:30} {spec.protocol}  baseline={spec.baseline:18} {spec.description}")
+            ref = "ref" if spec.name in REFERENCE_SERVERS else "   "
+            print(f"{spec.name:30} {spec.protocol} {ref} baseline={spec.baseline:18} {spec.description}")
         print()
         for sc in SCENARIOS.values():
             print(f"{sc.name:16} {sc.protocol}  {sc.headline}")
@@ -727,6 +787,12 @@ def main(argv: list[str] | None = None) -> int:
         if pair and pair not in scenario_names:
             scenario_names.append(pair)
     scenario_names = [n for n in SCENARIOS if n in scenario_names]
+    protocols = {SCENARIOS[n].protocol for n in scenario_names}
+    references = [n for n in REFERENCE_SERVERS if SERVERS[n].protocol in protocols] if opts.references else []
+    if opts.references:
+        server_names += [n for n in references if n not in server_names]
+    elif default_servers:
+        server_names = [n for n in server_names if n not in REFERENCE_SERVERS]
     if not opts.no_baselines:
         for name in list(server_names):
             base = SERVERS[name].baseline
@@ -764,8 +830,17 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(opts.repeat)
         for sc in scenario_names
         for name in server_names
-        if applies(SERVERS[name], SCENARIOS[sc], default_servers)
+        if applies(SERVERS[name], SCENARIOS[sc], default_servers, references)
     ]
+    if opts.dry_run:
+        for rep, scenario, spec in plan:
+            print(f"#{rep + 1} {scenario.name:15} {spec.name}")
+        floor = len(plan) * (st.warmup + st.duration + 0.5)
+        print(
+            f"{len(plan)} runs, at least {floor / 60:.1f} minutes (warmup + duration + ~0.5 s each; the "
+            "ramps of hold_* and slowloris_*, and servers slow to accept, add more)"
+        )
+        return 0
     runs: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for i, (rep, scenario, spec) in enumerate(plan, 1):
@@ -816,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": {n: asdict(SCENARIOS[n]) for n in scenario_names},
         "servers": {n: asdict(SERVERS[n]) for n in server_names},
         "server_order": server_names,
+        "references": references,
         "scenario_order": scenario_names,
         "skipped": skipped,
         "summary": summary,
