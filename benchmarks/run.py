@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import charts
 from harness import (
     RAW_DIR,
     RESULTS_DIR,
@@ -761,11 +762,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--dry-run", action="store_true", help="print the runs the other options select, and a time estimate; exit"
     )
-    ap.add_argument("--render", metavar="JSON", help="print the tables of a saved results JSON and exit")
+    ap.add_argument(
+        "--render",
+        metavar="JSON",
+        help="print the tables of a saved results JSON and exit (with --charts: draw its charts too)",
+    )
+    ap.add_argument(
+        "--charts",
+        metavar="DIR",
+        type=Path,
+        help="draw a PNG chart per scenario into DIR (throughput and p99 per server; needs matplotlib)",
+    )
     opts = ap.parse_args(argv)
 
+    if opts.charts is not None:
+        charts.require_matplotlib()  # before an hour of measuring, not after
     if opts.render:
-        print(render_markdown(json.loads(Path(opts.render).read_text())))
+        saved = json.loads(Path(opts.render).read_text())
+        print(render_markdown(saved))
+        if opts.charts is not None:
+            for path in charts.draw(saved, opts.charts):
+                print(f"chart: {path}", file=sys.stderr)
         return 0
     if opts.list:
         for spec in SERVERS.values():
@@ -907,6 +924,9 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS_DIR / "latest.md").write_text(markdown + "\n")
     print(markdown)
     print(f"raw results: {json_path}", file=sys.stderr)
+    if opts.charts is not None:
+        for path in charts.draw(report, opts.charts):
+            print(f"chart: {path}", file=sys.stderr)
     return 0
 
 
