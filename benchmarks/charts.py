@@ -107,10 +107,14 @@ def _panel(
     xlabel: str,
     limit_label: str,
     log_allowed: bool,
+    notes: dict[str, str] | None = None,
 ) -> None:
-    """One panel: a bar per row with a median, whiskers min-max, value labels, the limit's line."""
-    ys, medians, lows, highs, colours = [], [], [], [], []
-    for y, (_name, k, agg) in enumerate(rows):
+    """One panel: a bar per row with a median, whiskers min-max, value labels, the limit's line.
+
+    ``notes`` adds text after a row's value label (by server name).
+    """
+    ys, medians, lows, highs, colours, names = [], [], [], [], [], []
+    for y, (name, k, agg) in enumerate(rows):
         stat = agg.get(key)
         if not stat:
             continue
@@ -119,6 +123,7 @@ def _panel(
         lows.append(stat["median"] - stat["min"])
         highs.append(stat["max"] - stat["median"])
         colours.append(COLOURS[k])
+        names.append(name)
     for y, (_name, _k, agg) in enumerate(rows):
         if not agg.get(key):
             what = "skipped" if agg.get("skipped") else "failed"
@@ -140,9 +145,10 @@ def _panel(
         ax.set_xscale("log")
         xlabel += " (log scale)"
     top = max(m + h for m, h in zip(medians, highs, strict=True))
-    for y, m, h in zip(ys, medians, highs, strict=True):
+    for y, m, h, name in zip(ys, medians, highs, names, strict=True):
         x = (m + h) * 1.08 if log else m + h + top * 0.01
-        ax.text(x, y, _fmt(m), va="center", fontsize=7.5)
+        note = (notes or {}).get(name)
+        ax.text(x, y, _fmt(m) + (f"  ({note})" if note else ""), va="center", fontsize=7.5)
     if log:
         ax.set_xlim(right=top * 4)
     else:
@@ -163,6 +169,19 @@ def _panel(
     ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
+
+
+def row_notes(info: dict[str, Any], rows: list[tuple[str, str, dict[str, Any]]]) -> dict[str, str]:
+    """What a bar alone would hide: new connections refused under attack, connections not answered."""
+    notes = {}
+    for name, _k, agg in rows:
+        if info["loadgen"] == "slowloris" and agg.get("probes_attempted"):
+            notes[name] = f"new conns {agg['probes_answered']}/{agg['probes_attempted']}"
+        elif agg.get("connections_target") and agg.get("connections_ok_min", 0) < agg["connections_target"]:
+            notes[name] = f"conns ok {agg['connections_ok_min']}/{agg['connections_target']}"
+        elif sum(agg.get("errors", {}).values()):
+            notes[name] = f"{sum(agg['errors'].values())} errors"
+    return notes
 
 
 def draw_scenario(plt: Any, report: dict[str, Any], scenario: str, path: Path) -> bool:
@@ -192,7 +211,15 @@ def draw_scenario(plt: Any, report: dict[str, Any], scenario: str, path: Path) -
     head.axis("off")
     left = fig.add_subplot(grid[1, 0])
     right = fig.add_subplot(grid[1, 1], sharey=left)
-    _panel(left, rows, "requests_per_s", f"{unit}, higher is better", "C epoll limit", log_allowed=False)
+    _panel(
+        left,
+        rows,
+        "requests_per_s",
+        f"{unit}, higher is better",
+        "C epoll limit",
+        log_allowed=False,
+        notes=row_notes(info, rows),
+    )
     _panel(right, rows, "latency_p99_us", "p99 latency, µs, lower is better", "C epoll", log_allowed=True)
     left.set_yticks(range(len(rows)), [name for name, _k, _a in rows], fontsize=8.5)
     left.invert_yaxis()  # the first row on top
