@@ -91,6 +91,8 @@ def subtitle(report: dict[str, Any]) -> str:
 
 
 def _fmt(v: float) -> str:
+    if v >= 1_000_000:
+        return f"{v / 1_000_000:.2f}M"
     if v >= 10_000:
         return f"{v / 1000:,.0f}k"
     if v >= 1000:
@@ -235,9 +237,15 @@ def draw_scenario(plt: Any, report: dict[str, Any], scenario: str, path: Path) -
         fontsize=7.5,
         color="#333333",
     )
-    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[k]) for k in ("sockserve", "peer", "limit")]
-    labels = ["sockserve", "peers (stdlib, asyncio, uvloop, gevent)", "limit: C epoll echo, one thread"]
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    legend = {
+        "sockserve": "sockserve",
+        "peer": "peers (stdlib, asyncio, uvloop, gevent)",
+        "limit": "limit: C epoll echo, one thread",
+    }
+    kinds = [k for k in legend if any(row[1] == k for row in rows)]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[k]) for k in kinds]
+    labels = [legend[k] for k in kinds]
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(kinds), fontsize=8, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
