@@ -281,11 +281,13 @@ def test_max_requests_ends_serve_after_that_many(loop_kind: str) -> None:
     try:
         assert round_trip(server.server_address, b"one\n") == b"one\n"
         with connect(server.server_address) as second:
-            second.sendall(b"two\n")
-            second.shutdown(socket.SHUT_WR)  # its only request: the handler ends once it is answered
             thread.join(TIMEOUT)  # the second admission ends serve_forever(), as shutdown() would
             assert not thread.is_alive(), "serve_forever() went on after max_requests"
             assert server.max_requests_reached
+            # Sent only now, so that its handler is surely still waiting for it
+            # (however fast the loop would have answered).
+            second.sendall(b"two\n")
+            second.shutdown(socket.SHUT_WR)  # its only request: the handler ends once it is answered
             report = server.stop(5)  # what a prefork worker does next: the request in flight is finished
             assert recv_all(second) == b"two\n"
         assert (report.in_flight, report.forced) == (1, 0)

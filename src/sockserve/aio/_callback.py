@@ -39,6 +39,9 @@ class CallbackConnection(InFlight, asyncio.Protocol):
 
     # IdleCallbackConnection needs to see every chunk, so it keeps its own data_received.
     _direct_data = True
+    # False while a connection the loop accepted waits for its admission
+    # (and for ever if refused): the transport's callbacks then reach no handler.
+    _connected = True
 
     def __init__(
         self,
@@ -79,6 +82,8 @@ class CallbackConnection(InFlight, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finish()
+        if not self._connected:
+            return
         if (
             isinstance(exc, OSError)
             and not isinstance(exc, (ConnectionError, TimeoutError))
@@ -101,6 +106,9 @@ class CallbackConnection(InFlight, asyncio.Protocol):
             self.transport.abort()
         elif self.task is not None:
             self.task.cancel()
+
+    def _refused(self) -> None:
+        """It was not admitted (the transport is aborted): undo what its constructor armed."""
 
     def report(self, exc: BaseException) -> None:
         """Give ``exc`` to the server's ``handle_error()``, once."""
@@ -142,6 +150,9 @@ class IdleCallbackConnection(CallbackConnection):
         self.cancel_idle_timer()
         super().connection_lost(exc)
 
+    def _refused(self) -> None:
+        self.cancel_idle_timer()
+
     def cancel_idle_timer(self) -> None:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -158,6 +169,76 @@ class IdleCallbackConnection(CallbackConnection):
         exc = IdleTimeoutExpired(self._idle_timeout, self.client_address)
         log_limit(exc)
         self.abort(exc)
+
+
+class LoopCallbackConnection(CallbackConnection):
+    """A callback connection that the event loop accepted (see
+    ``AsyncTCPServer._loop_accepts``): it is admitted, and its handler
+    made, when the transport calls ``connection_made``."""
+
+    _connected = False
+    handler_class: type[AsyncProtocolHandler]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if admit_on_connect(self, transport):
+            CallbackConnection.connection_made(self, transport)
+
+
+class LoopIdleCallbackConnection(IdleCallbackConnection):
+    """``LoopCallbackConnection`` under ``idle_timeout``."""
+
+    _connected = False
+    handler_class: type[AsyncProtocolHandler]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if admit_on_connect(self, transport):
+            CallbackConnection.connection_made(self, transport)
+
+
+def loop_connections(
+    server: AsyncBaseServer, handler_class: type[AsyncProtocolHandler], idle_timeout: float | None
+) -> Callable[[], CallbackConnection]:
+    """The protocol factory of a server whose loop accepts connections for ``handler_class``."""
+    release = server._release_ticket
+    if idle_timeout is None:
+
+        def connection() -> CallbackConnection:
+            conn = LoopCallbackConnection(server, None, None, release)  # type: ignore[arg-type]  # set on connect
+            conn.handler_class = handler_class
+            return conn
+
+        return connection
+
+    def idle_connection() -> CallbackConnection:
+        conn = LoopIdleCallbackConnection(server, None, None, release, idle_timeout)  # type: ignore[arg-type]
+        conn.handler_class = handler_class
+        return conn
+
+    return idle_connection
+
+
+def admit_on_connect(
+    conn: LoopCallbackConnection | LoopIdleCallbackConnection, transport: asyncio.BaseTransport
+) -> bool:
+    """The admit step of a connection the loop accepted, and its handler;
+    False if it was refused (the transport is aborted)."""
+    transport = cast(asyncio.Transport, transport)  # uvloop's quack like it
+    server = conn.server
+    sock = conn.sock = transport.get_extra_info("socket")
+    conn.client_address = transport.get_extra_info("peername")
+    if not server._admit_accepted(conn, sock, transport):
+        conn._refused()
+        return False
+    try:
+        conn.attach(conn.handler_class)
+    except Exception:
+        server.handle_error(sock, conn.client_address)  # the handler's constructor raised
+        transport.abort()
+        conn.finish()
+        conn._refused()
+        return False
+    conn._connected = True
+    return True
 
 
 async def connect_callback(

@@ -11,7 +11,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._limits import Limits
 from .._log import log_stage_failed
@@ -28,10 +28,17 @@ if TYPE_CHECKING:
     from ._server import AsyncBaseServer
 
 
-class StreamConnection(InFlight):
-    """A connection served by an ``AsyncStreamRequestHandler`` in its own task."""
+class StreamConnection(InFlight, asyncio.Protocol):
+    """A connection served by an ``AsyncStreamRequestHandler`` in its own task.
 
-    __slots__ = ("reader", "server", "sock")
+    When the event loop accepted it (see ``AsyncTCPServer._loop_accepts``),
+    it is also the transport's first protocol: ``connection_made`` admits
+    it, hands the transport to its reader and starts its task.
+    """
+
+    __slots__ = ("handler_class", "reader", "server", "sock")
+
+    handler_class: type[AsyncStreamRequestHandler]  # set by loop_streams()
 
     def __init__(
         self, server: AsyncBaseServer, sock: socket.socket, client_address: Any, release: Callable[[Ticket], None]
@@ -40,6 +47,26 @@ class StreamConnection(InFlight):
         self.server = server
         self.sock = sock
         self.reader: AsyncStreamReader | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's quack like it
+        server = self.server
+        sock = self.sock = transport.get_extra_info("socket")
+        peer = self.client_address = transport.get_extra_info("peername")
+        if not server._admit_accepted(self, sock, transport):
+            return
+        handler_class: type[AsyncStreamRequestHandler] = self.handler_class
+        limits = server._admission().limits
+        reader = self.reader = new_reader(
+            asyncio.get_running_loop(),
+            peer,
+            max_line=handler_class.max_line or limits.max_line or DEFAULT_MAX_LINE,
+            idle_timeout=limits.idle_timeout,
+            read_limit=handler_class.read_limit,
+        )
+        transport.set_protocol(reader)
+        reader.connection_made(transport)
+        self.task = server._spawn_task(serve_stream(self, transport, reader, handler_class))
 
     def abort(self, exc: BaseException) -> None:
         if self.aborted is not None:
@@ -62,40 +89,85 @@ def stage_delay(ticket: Ticket | None) -> float:
     return max(0.0, delay)
 
 
+def loop_streams(
+    server: AsyncBaseServer, handler_class: type[AsyncStreamRequestHandler]
+) -> Callable[[], StreamConnection]:
+    """The protocol factory of a server whose loop accepts connections for ``handler_class``."""
+    release = server._release_ticket
+
+    def connection() -> StreamConnection:
+        conn = StreamConnection(server, None, None, release)  # type: ignore[arg-type]  # set on connect
+        conn.handler_class = handler_class
+        return conn
+
+    return connection
+
+
 async def run_stream(
     conn: StreamConnection,
     handler_class: type[AsyncStreamRequestHandler],
     limits: Limits,
     stages: Sequence[StageFactory],
 ) -> None:
-    """Run the connection's stages, set the handler up, run its hooks, close, count it out."""
+    """For a connection sockserve accepted: run its stages, hand its socket
+    to a transport, then serve it (``serve_stream``)."""
     server = conn.server
     loop = asyncio.get_running_loop()
     transport: asyncio.Transport | None = None
     reader: AsyncStreamReader | None = None
+    connected = False
+    try:
+        if stages:
+            transport, staged = await loop.connect_accepted_socket(
+                lambda: StagedProtocol(loop, stages, conn.client_address), conn.sock
+            )
+            try:
+                prepared, rest = await run_stages(loop, staged, stage_delay(conn.ticket))
+            except (StageFailed, OSError) as exc:
+                log_stage_failed(exc, conn.client_address)
+                return
+            conn.client_address = prepared.client_address
+        reader = conn.reader = new_reader(
+            loop,
+            conn.client_address,
+            max_line=handler_class.max_line or limits.max_line or DEFAULT_MAX_LINE,
+            idle_timeout=limits.idle_timeout,
+            read_limit=handler_class.read_limit,
+        )
+        if transport is None:
+            transport, _ = await loop.connect_accepted_socket(lambda: reader, conn.sock)
+        else:
+            hand_over(transport, reader, rest)
+        connected = True
+    except asyncio.CancelledError:
+        if conn.aborted is None:
+            raise  # not ours (the loop is being torn down): pass it on
+    except Exception as exc:
+        if exc is not conn.aborted:  # a limit that fired was logged where it fired
+            server.handle_error(conn.sock, conn.client_address)
+    finally:
+        if not connected:
+            if transport is None:
+                conn.sock.close()  # never handed to a transport (a no-op if one closed it)
+            elif not transport.is_closing():
+                transport.abort()
+            conn.finish()
+    if connected:
+        assert transport is not None
+        assert reader is not None
+        await serve_stream(conn, transport, reader, handler_class)
+
+
+async def serve_stream(
+    conn: StreamConnection,
+    transport: asyncio.Transport,
+    reader: AsyncStreamReader,
+    handler_class: type[AsyncStreamRequestHandler],
+) -> None:
+    """Set the handler up, run its hooks, close, count the connection out."""
+    server = conn.server
     try:
         try:
-            if stages:
-                transport, staged = await loop.connect_accepted_socket(
-                    lambda: StagedProtocol(loop, stages, conn.client_address), conn.sock
-                )
-                try:
-                    prepared, rest = await run_stages(loop, staged, stage_delay(conn.ticket))
-                except (StageFailed, OSError) as exc:
-                    log_stage_failed(exc, conn.client_address)
-                    return
-                conn.client_address = prepared.client_address
-            reader = conn.reader = new_reader(
-                loop,
-                conn.client_address,
-                max_line=handler_class.max_line or limits.max_line or DEFAULT_MAX_LINE,
-                idle_timeout=limits.idle_timeout,
-                read_limit=handler_class.read_limit,
-            )
-            if transport is None:
-                transport, _ = await loop.connect_accepted_socket(lambda: reader, conn.sock)
-            else:
-                hand_over(transport, reader, rest)
             transport.set_write_buffer_limits(high=handler_class.write_limit)
             handler = handler_class(reader, AsyncStreamWriter(transport, reader), conn.client_address, server)
             await run_handler(handler)
@@ -105,17 +177,14 @@ async def run_stream(
         except Exception as exc:
             if exc is not conn.aborted:  # a limit that fired was logged where it fired
                 server.handle_error(conn.sock, conn.client_address)
-        if transport is not None and reader is not None:
-            AsyncStreamWriter(transport, reader).close()
-            try:
-                await reader.closed
-            except asyncio.CancelledError:
-                transport.abort()
-                if conn.aborted is None:
-                    raise
+        AsyncStreamWriter(transport, reader).close()
+        try:
+            await reader.closed
+        except asyncio.CancelledError:
+            transport.abort()
+            if conn.aborted is None:
+                raise
     finally:
-        if transport is None:
-            conn.sock.close()  # never handed to a transport (a no-op if one closed it)
-        elif not transport.is_closing():
+        if not transport.is_closing():
             transport.abort()
         conn.finish()

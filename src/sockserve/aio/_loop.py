@@ -1,18 +1,23 @@
 """Which event loop a blocking ``serve_forever()`` creates: asyncio's, or
-uvloop's when it is installed; and which loop a running one is. The only
-module of sockserve that imports uvloop, and only when asked to."""
+uvloop's when it is installed; which loop a running one is; and letting a
+loop accept connections in its own code. The only module of sockserve that
+imports uvloop, and only when asked to."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import socket
 from asyncio.selector_events import BaseSelectorEventLoop
-from typing import Literal
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, TypeVar, cast
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
 LoopKind = Literal["asyncio", "uvloop", "other"]
 
 LOOP_CHOICES: tuple[LoopChoice, ...] = ("auto", "asyncio", "uvloop")
+
+_T = TypeVar("_T")
 
 
 def uvloop_available() -> bool:
@@ -64,3 +69,60 @@ def loop_kind(loop: asyncio.AbstractEventLoop) -> LoopKind:
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     """``"uvloop"`` or ``"asyncio"``, for log lines and reports."""
     return "uvloop" if loop_kind(loop) == "uvloop" else "asyncio"
+
+
+def loop_accepts(loop: asyncio.AbstractEventLoop) -> bool:
+    """True if ``accept_with_loop()`` may be used on ``loop``: asyncio's and
+    uvloop's servers, whose ``create_server(sock=...)`` and
+    ``start_serving()`` are known to do their work before they first wait."""
+    return loop_kind(loop) != "other"
+
+
+def accept_with_loop(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    sock: socket.socket,
+    batch: int,
+    backlog: int,
+) -> asyncio.AbstractServer:
+    """Let ``loop`` accept the connections waiting on the listening ``sock``
+    in its own code (uvloop's in C), from now until the returned server is
+    closed; ``protocol_factory`` makes each connection's protocol.
+
+    The loop's server gets a duplicate of ``sock``: closing it (to pause
+    accepting) closes the duplicate only, so the listening socket and its
+    backlog stay, and a later call serves again. Both loops call
+    ``listen()`` again when they start serving, with their ``backlog``
+    argument, which asyncio's also uses as the most connections taken per
+    wake-up: the server gets ``batch`` for that, and ``backlog`` (the
+    kernel's queue) is put back at once.
+
+    Called from plain code on the loop's thread (pausing and resuming
+    happen in callbacks), so the two coroutines are stepped here: with a
+    socket given, neither loop's ``create_server()`` waits for anything;
+    ``start_serving()`` starts at once, and asyncio's then only yields one
+    turn of the loop to other callbacks, which is not needed here.
+    """
+    listener = sock.dup()
+    try:
+        server = _step(loop.create_server(protocol_factory, sock=listener, backlog=batch, start_serving=False))
+    except BaseException:
+        listener.close()
+        raise
+    if server is None:
+        listener.close()
+        raise RuntimeError(f"{loop_name(loop)}'s create_server() waited, with a socket given")
+    _step(server.start_serving())
+    sock.listen(backlog)
+    return server
+
+
+def _step(coro: Coroutine[Any, Any, _T]) -> _T | None:
+    """Run ``coro`` up to its first wait; its result if it finished there.
+    (A coroutine still waiting is closed: what it would do next is not needed.)"""
+    try:
+        coro.send(None)
+    except StopIteration as finished:
+        return cast(_T, finished.value)
+    coro.close()
+    return None

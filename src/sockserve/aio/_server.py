@@ -318,6 +318,18 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
             item.timer = self._serving_loop.call_later(limit, self._deadline_passed, ticket, limit)
         return True
 
+    def _admit_accepted(self, item: InFlight, request: Any, transport: asyncio.Transport) -> bool:
+        """The admit step for a connection the loop accepted (its transport
+        exists already); False if it was refused, and its transport aborted.
+
+        One accepted after the server was closed is refused without a word:
+        it was in the backlog a moment ago. During a drain it is admitted,
+        as an accepted connection is promised its handler."""
+        if (self._listener_closed and self._drain_done is None) or not self._admit_item(item, request):
+            transport.abort()
+            return False
+        return True
+
     def _deadline_passed(self, ticket: Ticket, limit: float) -> None:
         exc = ConnectionDeadlineExceeded(limit, ticket.peer)
         if ticket.cut(exc):

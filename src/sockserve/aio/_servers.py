@@ -9,13 +9,20 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from .._accept import accept_batch
+from .._accept import ACCEPT_BATCH, accept_batch
 from .._inet_servers import bind_socket, open_listener, receive_datagram
 from .._unix_servers import _SocketFileOwner
-from ._callback import CallbackConnection, IdleCallbackConnection, connect_callback, route_loop_exceptions
-from ._connection import StreamConnection, run_stream
+from ._callback import (
+    CallbackConnection,
+    IdleCallbackConnection,
+    connect_callback,
+    loop_connections,
+    route_loop_exceptions,
+)
+from ._connection import StreamConnection, loop_streams, run_stream
 from ._handlers import AsyncDatagramRequestHandler, AsyncProtocolHandler, AsyncStreamRequestHandler, run_handler
 from ._inflight import InFlight
+from ._loop import accept_with_loop, loop_accepts
 from ._server import AsyncBaseServer
 
 
@@ -73,6 +80,10 @@ class AsyncTCPServer(_BoundServer):
     request_queue_size: int = 4096
     allow_reuse_address: bool = True
     handler_bases = (AsyncStreamRequestHandler, AsyncProtocolHandler)
+    # While serving: what makes each connection's protocol when the loop
+    # accepts (see _loop_accepts), and the loop's server while it does.
+    _loop_connections: Callable[[], asyncio.BaseProtocol] | None = None
+    _loop_server: asyncio.AbstractServer | None = None
 
     def server_activate(self) -> None:
         self.socket.listen(self.request_queue_size)
@@ -124,9 +135,62 @@ class AsyncTCPServer(_BoundServer):
             conn.task = self._spawn_task(connect_callback(conn, handler_class, stages))
 
     def _on_serve(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
-        if issubclass(self.RequestHandlerClass, AsyncProtocolHandler):
+        handler_class = self.RequestHandlerClass
+        self._loop_connections = None
+        if self._loop_accepts(loop):
+            if issubclass(handler_class, AsyncStreamRequestHandler):
+                self._loop_connections = loop_streams(self, handler_class)
+            else:
+                self._loop_connections = loop_connections(self, handler_class, self._admission().limits.idle_timeout)
+        if issubclass(handler_class, AsyncProtocolHandler):
             return route_loop_exceptions(loop)
         return None
+
+    def _loop_accepts(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether the event loop accepts the connections, in its own code
+        (uvloop's in C: a fifth of the instructions per connection), with
+        admission in each connection's ``connection_made``; else sockserve
+        accepts them (``_on_readable``).
+
+        sockserve accepts when a connection needs what only its own accept
+        gives: stages take the raw socket before a transport exists;
+        ``max_connections`` must stop accepting right after the connection
+        that takes the last slot, and a loop takes every waiting connection
+        in one go (libuv's without bound) before any ``connection_made``;
+        ``verify_request()`` is promised the accepted socket itself, where
+        the loop has only its transport's stand-in; and a loop other than
+        asyncio's and uvloop's may not start serving when asked
+        (``_loop.accept_with_loop``). Running out of descriptors is then
+        the loop's business: asyncio logs it and retries after a second,
+        libuv closes the connections waiting in the backlog.
+        """
+        return (
+            loop_accepts(loop)
+            and not self._stage_factories()
+            and self._admission().limits.max_connections is None
+            and type(self).verify_request is AsyncBaseServer.verify_request
+            and "verify_request" not in vars(self)
+        )
+
+    def _start_accepting(self) -> None:
+        factory = self._loop_connections
+        if factory is None:
+            super()._start_accepting()
+            return
+        loop = self._serving_loop
+        if self._listener_watched or not self._serve_running or self._listener_closed or loop is None:
+            return
+        self._loop_server = accept_with_loop(loop, factory, self.socket, ACCEPT_BATCH, self.request_queue_size)
+        self._listener_watched = True
+
+    def _pause_accepting(self) -> None:
+        server = self._loop_server
+        if server is None:
+            super()._pause_accepting()
+            return
+        self._loop_server = None
+        self._listener_watched = False
+        server.close()  # closes its duplicate of the listening socket only
 
 
 class AsyncUDPServer(_BoundServer):
