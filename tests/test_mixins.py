@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from typing import Any
@@ -178,3 +179,54 @@ def test_a_finished_child_is_reaped_at_once_whatever_the_poll_interval() -> None
         assert wait_until(lambda: pid not in (server.active_children or ())), "the zombie outlived its request"
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # already reaped by the server
+
+
+def _no_pidfds(pid: int) -> int:
+    raise OSError(errno.ENOSYS, "pidfd_open denied")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+class TestForkingWithoutPidfds:
+    """Where pidfd_open() is denied (a seccomp filter, an old container
+    runtime, valgrind), children are still waited for and reaped, as the stdlib does."""
+
+    def test_at_max_children_the_server_waits_for_a_child(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr("sockserve._forking._pidfd_open", _no_pidfds)
+
+        class Capped(sockserve.ForkingTCPServer):
+            max_children = 1
+
+        with running_server(Capped(("127.0.0.1", 0), NamesProcess)) as server:
+            clients = [connect(server.server_address) for _ in range(3)]
+            try:
+                for c in clients:
+                    c.sendall(b"x\n")
+                for c in clients:
+                    assert recv_line(c).endswith(b": x\n")
+            finally:
+                for c in clients:
+                    c.close()
+        assert not server.active_children
+
+    def test_a_drain_waits_for_a_child_and_keeps_its_deadline(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr("sockserve._forking._pidfd_open", _no_pidfds)
+        read_end, write_end = os.pipe()
+
+        class Slow(sockserve.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline()
+                self.wfile.write(b"started " + line)
+                self.wfile.flush()
+                os.read(read_end, 1)  # the test says when to finish
+
+        server = sockserve.ForkingTCPServer(("127.0.0.1", 0), Slow)
+        try:
+            with running_server(server), connect(server.server_address) as client:
+                client.sendall(b"a\n")
+                assert recv_line(client) == b"started a\n"
+                report = server.stop(grace=0.2)  # the child outlives the grace period
+                assert report.forced == 1
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        assert not server.active_children

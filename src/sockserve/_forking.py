@@ -35,30 +35,57 @@ if TYPE_CHECKING:
 else:
     _ServerBase = object  # a stand-alone mixin at run time, as the stdlib's is
 
+_pidfd_open = getattr(os, "pidfd_open", None)  # Linux 5.3+ and Python 3.9+
+# How often a drain looks for exited children where it cannot wait on pidfds.
+_NO_PIDFD_POLL = 0.05
+
 
 def _wait_for_any(pids: set[int], timeout: float | None = None, waker: Waker | None = None) -> None:
     """Block until one of ``pids`` has exited (it is not reaped here), ``timeout``
     seconds have passed, or ``waker`` was woken."""
-    pidfd_open = getattr(os, "pidfd_open", None)
-    if pidfd_open is None:  # pragma: no cover - not Linux: block on the oldest child
-        os.waitpid(min(pids), 0)
-        return
-    fds = []
+    fds: list[int] = []
     try:
-        for pid in pids:
-            try:
-                fds.append(pidfd_open(pid))
-            except ProcessLookupError:
-                return  # already reaped elsewhere: a slot is free
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        if waker is not None:
-            poller.register(waker.fileno(), select.POLLIN)
-        poller.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
+        if _pidfd_open is not None:
+            for pid in pids:
+                try:
+                    fds.append(_pidfd_open(pid))
+                except ProcessLookupError:
+                    return  # already reaped elsewhere: a slot is free
+                except OSError:
+                    break  # ENOSYS (a seccomp filter, valgrind) or EMFILE: wait without pidfds
+            else:
+                poller = select.poll()
+                for fd in fds:
+                    poller.register(fd, select.POLLIN)
+                if waker is not None:
+                    poller.register(waker.fileno(), select.POLLIN)
+                poller.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
+                return
+        _wait_without_pidfds(pids, timeout, waker)
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _wait_without_pidfds(pids: set[int], timeout: float | None, waker: Waker | None) -> None:
+    """``_wait_for_any()`` where no pidfd can be had (not Linux, or denied).
+
+    With nothing else to wait for, block on the oldest child (this reaps it:
+    ``reap()`` then finds it gone, as the stdlib's ``waitpid(-1)`` would have).
+    A wait with a deadline or a waker (a drain) cannot block in ``waitpid()``
+    without losing both, so it looks again every ``_NO_PIDFD_POLL`` seconds.
+    """
+    if timeout is None and waker is None:
+        try:
+            os.waitpid(min(pids), 0)
+        except ChildProcessError:
+            pass  # reaped elsewhere: a slot is free
+        return
+    step = _NO_PIDFD_POLL if timeout is None else max(0.0, min(timeout, _NO_PIDFD_POLL))
+    if waker is not None:
+        waker.wait(step)
+    else:
+        time.sleep(step)
 
 
 class ForkingHost(Protocol):
@@ -97,11 +124,10 @@ class ForkModel:
         self._watch_exit(pid)
 
     def _watch_exit(self, pid: int) -> None:
-        pidfd_open = getattr(os, "pidfd_open", None)
-        if pidfd_open is None:
+        if _pidfd_open is None:
             return  # pragma: no cover - not Linux: reaped on the poll_interval, as in the stdlib
         try:
-            fd = pidfd_open(pid)
+            fd = _pidfd_open(pid)
         except OSError:
             return  # e.g. out of descriptors: the poll_interval still reaps it
         if not self.host._watch_fd(fd):
