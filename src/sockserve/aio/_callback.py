@@ -13,9 +13,10 @@ gives such errors to the server's ``handle_error()``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from .._errors import IdleTimeoutExpired
 from .._log import log_limit, log_stage_failed
@@ -65,8 +66,10 @@ class CallbackConnection(InFlight, asyncio.Protocol):
         self.pause_writing = handler.pause_writing  # type: ignore[method-assign]
         self.resume_writing = handler.resume_writing  # type: ignore[method-assign]
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's quack like it
+    def connection_made(self, base_transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports quack like asyncio.Transport; no cast(): it is
+        # a Python call, and this runs once per connection)
+        transport: asyncio.Transport = base_transport  # type: ignore[assignment]
         self.transport = transport
         handler = self.handler
         handler.transport = transport
@@ -83,7 +86,7 @@ class CallbackConnection(InFlight, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.finish()
         if not self._connected:
-            return
+            return  # refused: no handler was made
         if (
             isinstance(exc, OSError)
             and not isinstance(exc, (ConnectionError, TimeoutError))
@@ -177,11 +180,27 @@ class LoopCallbackConnection(CallbackConnection):
     made, when the transport calls ``connection_made``."""
 
     _connected = False
-    handler_class: type[AsyncProtocolHandler]
+
+    def __init__(
+        self, server: AsyncBaseServer, release: Callable[[Ticket], None], handler_class: type[AsyncProtocolHandler]
+    ) -> None:
+        # What InFlight's and CallbackConnection's constructors set, in one
+        # frame instead of three: this runs once per connection, where a raw
+        # asyncio.Protocol runs none. The address and socket come with the transport.
+        self.client_address = None
+        self._release = release
+        self.ticket = None
+        self.task = None
+        self.timer = None
+        self.aborted = None
+        self.server = server
+        self.sock = None  # type: ignore[assignment]
+        self.transport = None
+        self._reported = None
+        self.handler_class = handler_class
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if admit_on_connect(self, transport):
-            CallbackConnection.connection_made(self, transport)
+        admit_on_connect(self, transport)
 
 
 class LoopIdleCallbackConnection(IdleCallbackConnection):
@@ -191,8 +210,10 @@ class LoopIdleCallbackConnection(IdleCallbackConnection):
     handler_class: type[AsyncProtocolHandler]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if admit_on_connect(self, transport):
-            CallbackConnection.connection_made(self, transport)
+        admit_on_connect(self, transport)
+
+    def _refused(self) -> None:
+        self.cancel_idle_timer()
 
 
 def loop_connections(
@@ -201,13 +222,7 @@ def loop_connections(
     """The protocol factory of a server whose loop accepts connections for ``handler_class``."""
     release = server._release_ticket
     if idle_timeout is None:
-
-        def connection() -> CallbackConnection:
-            conn = LoopCallbackConnection(server, None, None, release)  # type: ignore[arg-type]  # set on connect
-            conn.handler_class = handler_class
-            return conn
-
-        return connection
+        return functools.partial(LoopCallbackConnection, server, release, handler_class)
 
     def idle_connection() -> CallbackConnection:
         conn = LoopIdleCallbackConnection(server, None, None, release, idle_timeout)  # type: ignore[arg-type]
@@ -218,17 +233,17 @@ def loop_connections(
 
 
 def admit_on_connect(
-    conn: LoopCallbackConnection | LoopIdleCallbackConnection, transport: asyncio.BaseTransport
-) -> bool:
-    """The admit step of a connection the loop accepted, and its handler;
-    False if it was refused (the transport is aborted)."""
-    transport = cast(asyncio.Transport, transport)  # uvloop's quack like it
+    conn: LoopCallbackConnection | LoopIdleCallbackConnection, base_transport: asyncio.BaseTransport
+) -> None:
+    """``connection_made`` of a connection the loop accepted: the admit step,
+    then its handler; if it is refused, its transport is aborted."""
+    transport: asyncio.Transport = base_transport  # type: ignore[assignment]  # uvloop's quack like it
     server = conn.server
     sock = conn.sock = transport.get_extra_info("socket")
     conn.client_address = transport.get_extra_info("peername")
     if not server._admit_accepted(conn, sock, transport):
         conn._refused()
-        return False
+        return
     try:
         conn.attach(conn.handler_class)
     except Exception:
@@ -236,9 +251,12 @@ def admit_on_connect(
         transport.abort()
         conn.finish()
         conn._refused()
-        return False
+        return
     conn._connected = True
-    return True
+    # uvloop's transport looked data_received up once, when the loop made
+    # it: let it see the handler's own now (attach() put it on conn).
+    transport.set_protocol(conn)
+    CallbackConnection.connection_made(conn, transport)
 
 
 async def connect_callback(

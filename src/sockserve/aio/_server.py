@@ -309,11 +309,14 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         if ticket is None:
             return False
         item.admitted(ticket)
-        admission = self._admission()
-        if admission.at_capacity():
+        admission = self._admission_book
+        if admission is None:
+            admission = self._admission()
+        limits = admission.limits
+        if limits.max_connections is not None and admission.at_capacity():
             self._pause_accepting()
             logger.debug("%s at capacity: not accepting", format_address(self.server_address))
-        limit = admission.limits.connection_timeout
+        limit = limits.connection_timeout
         if limit is not None and self._serving_loop is not None:
             item.timer = self._serving_loop.call_later(limit, self._deadline_passed, ticket, limit)
         return True
@@ -337,7 +340,9 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
 
     def _release_ticket(self, ticket: Ticket) -> None:
         """Count an item out (on the loop's thread): the items call this when they finish."""
-        admission = self._admission()
+        admission = self._admission_book
+        if admission is None:
+            admission = self._admission()
         admission.release(ticket)
         waiter = self._idle_waiter
         if waiter is not None and not len(admission) and not waiter.done():
