@@ -11,7 +11,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from .._limits import Limits
 from .._log import log_stage_failed
@@ -48,8 +48,8 @@ class StreamConnection(InFlight, asyncio.Protocol):
         self.sock = sock
         self.reader: AsyncStreamReader | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's quack like it
+    def connection_made(self, base_transport: asyncio.BaseTransport) -> None:
+        transport: asyncio.Transport = base_transport  # type: ignore[assignment]  # uvloop's quack like it
         server = self.server
         sock = self.sock = transport.get_extra_info("socket")
         peer = self.client_address = transport.get_extra_info("peername")
