@@ -208,6 +208,34 @@ _SPECS = [
         "uvloop_datagram",
         "sockserve_aio_datagram on uvloop",
     ),
+    ServerSpec(
+        "sockserve_aio_datagram_callback",
+        "sockserve_aio_datagram_callback",
+        "udp",
+        "asyncio_datagram",
+        "sockserve.aio.AsyncUDPServer + AsyncDatagramProtocolHandler (callbacks, no task)",
+    ),
+    ServerSpec(
+        "sockserve_aio_datagram_callback_uvloop",
+        "sockserve_aio_datagram_callback_uvloop",
+        "udp",
+        "uvloop_datagram",
+        "sockserve_aio_datagram_callback on uvloop",
+    ),
+    ServerSpec(
+        "asyncio_datagram_task",
+        "asyncio_datagram_task",
+        "udp",
+        "asyncio_datagram",
+        "asyncio.DatagramProtocol starting a task per datagram (create_task, a set, a done callback)",
+    ),
+    ServerSpec(
+        "uvloop_datagram_task",
+        "uvloop_datagram_task",
+        "udp",
+        "uvloop_datagram",
+        "asyncio_datagram_task on uvloop",
+    ),
 ]
 
 SERVERS: dict[str, ServerSpec] = {spec.name: spec for spec in _SPECS}

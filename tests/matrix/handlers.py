@@ -101,6 +101,21 @@ class AsyncDatagramEcho(aio.AsyncDatagramRequestHandler):
         await self.reply(reply_to(self.packet + b"\n", self.client_address).rstrip(b"\n"))
 
 
+class CallbackDatagramEcho(aio.AsyncDatagramProtocolHandler):
+    """The datagram protocol on callbacks; ``hold`` runs in start_task(), a
+    datagram in flight that the drain waits for."""
+
+    def datagram_received(self, data: bytes, client_address: Any) -> None:
+        if data.startswith(b"hold "):
+            self.start_task(self.hold(data, client_address), client_address)
+            return
+        self.sendto(reply_to(data + b"\n", client_address).rstrip(b"\n"), client_address)
+
+    async def hold(self, data: bytes, client_address: Any) -> None:
+        await asyncio.to_thread(hold, data, self.server.socket, client_address)
+        self.sendto(reply_to(data + b"\n", client_address).rstrip(b"\n"), client_address)
+
+
 class HelloStage:
     """A toy stage in the shape of a PROXY header: the client's first line must
     be ``HELLO <name>``, and ``<name>`` becomes the client's address."""

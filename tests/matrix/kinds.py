@@ -98,7 +98,8 @@ def server_class(kind: str, family: str, options: Options) -> tuple[type[Any], t
         mixins.append(WithHelloStage)
     if family == "udp":
         if kind.startswith("async"):
-            base, handler = aio.AsyncUDPServer, handlers.AsyncDatagramEcho
+            handler = handlers.CallbackDatagramEcho if "callback" in kind else handlers.AsyncDatagramEcho
+            base = aio.AsyncUDPServer
             attrs["event_loop"] = "uvloop" if kind.endswith("uvloop") else "asyncio"
         else:
             base, handler = SYNC_DATAGRAM[kind], handlers.SyncDatagramEcho
@@ -425,5 +426,6 @@ STREAM_KINDS = [
 ]
 DATAGRAM_KINDS = [
     Kind(name, "udp", concurrent=name != "sequential", in_process=name != "fork")
-    for name in ("sequential", "threads", "pool", "fork", "async_datagram")
+    for name in ("sequential", "threads", "pool", "fork", "async_datagram", "async_datagram_callback")
+    + (("async_datagram_uvloop", "async_datagram_callback_uvloop") if _uvloop() else ())
 ]

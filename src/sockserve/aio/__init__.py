@@ -18,6 +18,7 @@ See docs/async.md.
 
 from __future__ import annotations
 
+from ._datagram_handler import AsyncDatagramProtocolHandler as AsyncDatagramProtocolHandler
 from ._handlers import AsyncDatagramRequestHandler as AsyncDatagramRequestHandler
 from ._handlers import AsyncProtocolHandler as AsyncProtocolHandler
 from ._handlers import AsyncStreamRequestHandler as AsyncStreamRequestHandler
@@ -34,6 +35,7 @@ from ._writer import AsyncStreamWriter as AsyncStreamWriter
 
 __all__ = [
     "AsyncBaseServer",
+    "AsyncDatagramProtocolHandler",
     "AsyncDatagramRequestHandler",
     "AsyncProtocolHandler",
     "AsyncStreamReader",

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ._reader import DEFAULT_READ_LIMIT, AsyncStreamReader
 from ._writer import DEFAULT_WRITE_LIMIT, AsyncStreamWriter
 
 if TYPE_CHECKING:
     from ._server import AsyncBaseServer
+    from ._servers import AsyncUDPServer
 
 
 class AsyncStreamRequestHandler:
@@ -68,17 +70,29 @@ class AsyncDatagramRequestHandler:
     server's socket; ``await self.reply(data)`` sends a datagram back (as
     many as the protocol needs; unlike the synchronous handler, nothing is
     sent when the handler does not reply).
+
+    The server awaits ``setup()``, ``handle()`` and, even if they raised,
+    ``finish()``, in a task of its own per datagram. For the last microsecond
+    there is ``AsyncDatagramProtocolHandler`` (callbacks, no task).
     """
 
-    def __init__(self, packet: bytes, client_address: Any, server: AsyncBaseServer, sock: socket.socket) -> None:
+    def __init__(self, packet: bytes, client_address: Any, server: AsyncUDPServer, sock: socket.socket) -> None:
         self.packet = packet
         self.client_address = client_address
         self.server = server
         self.socket = sock
 
-    async def reply(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ``data`` to the client as one datagram (waits if the socket's buffer is full)."""
-        await sendto(self.socket, data, self.client_address)
+    def reply(self, data: bytes | bytearray | memoryview) -> Awaitable[None]:
+        """Send ``data`` to the client as one datagram; await the result (it
+        waits while the socket's buffer is full).
+
+        Sent at once when the socket takes it, and what it returns then is
+        already done: no coroutine is made for the common case."""
+        try:
+            self.server._reply_sendto(data, self.client_address)
+        except (BlockingIOError, InterruptedError):
+            return sendto(self.socket, data, self.client_address)
+        return SENT
 
     async def setup(self) -> None:
         """Prepare for handle(). May be overridden."""
@@ -160,15 +174,37 @@ async def sendto(sock: socket.socket, data: bytes | bytearray | memoryview, addr
             loop.remove_writer(fd)
 
 
+class _Done(tuple[()]):
+    """An awaitable that is already done, without a Python frame: awaiting it
+    iterates an empty tuple."""
+
+    __slots__ = ()
+    __await__ = tuple.__iter__
+
+
+SENT = cast(Awaitable[None], _Done())
+
+
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
 
 async def run_handler(handler: AsyncStreamRequestHandler | AsyncDatagramRequestHandler) -> None:
-    """setup() and handle(), then finish() whatever happened in them."""
+    """setup() and handle(), then finish() whatever happened in them.
+
+    A ``setup()`` or ``finish()`` that the handler's class does not override
+    does nothing, and is not called: each call makes a coroutine and steps
+    it, once per connection."""
+    kind = type(handler)
     try:
-        await handler.setup()
+        if kind.setup is not _NOOP_SETUP:
+            await handler.setup()
         await handler.handle()
     finally:
-        await handler.finish()
+        if kind.finish is not _NOOP_FINISH:
+            await handler.finish()
+
+
+_NOOP_SETUP = AsyncStreamRequestHandler.setup
+_NOOP_FINISH = AsyncStreamRequestHandler.finish

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .._accept import ACCEPT_BATCH, accept_batch
+from .._admission import Refusal, Ticket
 from .._inet_servers import bind_socket, open_listener, receive_datagram
+from .._log import format_address, log_refused, logger
 from .._unix_servers import _SocketFileOwner
 from ._callback import (
     CallbackConnection,
@@ -20,7 +23,10 @@ from ._callback import (
     route_loop_exceptions,
 )
 from ._connection import StreamConnection, loop_streams, run_stream
-from ._handlers import AsyncDatagramRequestHandler, AsyncProtocolHandler, AsyncStreamRequestHandler, run_handler
+from ._datagram import LOOP_RECV_BUFFER, DatagramEndpoint, DatagramReceiver, DatagramTarget
+from ._datagram_handler import AsyncDatagramProtocolHandler
+from ._datagram_tasks import NO_TARGET, TaskStarter, run_datagram_handler
+from ._handlers import AsyncDatagramRequestHandler, AsyncProtocolHandler, AsyncStreamRequestHandler
 from ._inflight import InFlight
 from ._loop import accept_with_loop, loop_accepts
 from ._server import AsyncBaseServer
@@ -194,31 +200,135 @@ class AsyncTCPServer(_BoundServer):
 
 
 class AsyncUDPServer(_BoundServer):
-    """A UDP server on an event loop: each datagram runs an
-    ``AsyncDatagramRequestHandler`` in a task of its own.
+    """A UDP server on an event loop.
+
+    ``RequestHandlerClass`` is an ``AsyncDatagramRequestHandler`` subclass (a
+    task per datagram, ``async def handle()``) or an
+    ``AsyncDatagramProtocolHandler`` subclass (one instance whose
+    ``datagram_received()`` the loop calls, no task). The loop's own datagram
+    endpoint reads the socket (uvloop receives in C); with a
+    ``max_packet_size`` of ``LOOP_RECV_BUFFER`` (256,000) or more, which the
+    loops cannot tell from a cut datagram, the server reads it itself.
 
     ``verify_request(request, client_address)`` gets ``request = (packet,
     socket)``, as the synchronous server's does. The limits count handlers in
-    flight: at ``max_connections`` the socket is not read (datagrams wait in
-    the kernel's buffer); beyond ``max_connections_per_ip`` a datagram is
-    dropped with a log line; ``connection_timeout`` bounds one handler's run.
+    flight (for the callback handler, its ``start_task()`` tasks): at
+    ``max_connections`` the socket is not read (datagrams wait in the
+    kernel's buffer); beyond ``max_connections_per_ip`` a datagram is dropped
+    with a log line; ``connection_timeout`` bounds one handler's run.
     """
 
     socket_type: int = socket.SOCK_DGRAM
     max_packet_size: int = 8192
-    handler_bases = (AsyncDatagramRequestHandler,)
+    handler_bases = (AsyncDatagramRequestHandler, AsyncDatagramProtocolHandler)
     _counts_datagrams = True
+    _own_receiver: DatagramReceiver  # without the loop's endpoint: what the server's own read loop calls
+
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: type[Any],  # noqa: N803 - stdlib name
+        bind_and_activate: bool = True,
+    ) -> None:
+        self._endpoint: DatagramEndpoint | None = None
+        self._target: DatagramTarget = _Calls(self._start_datagram)
+        self._callback_handler: AsyncDatagramProtocolHandler | None = None
+        # The task handler's datagrams when no limit applies to them: no
+        # admission, the starter counts them for the drain.
+        self._starter: TaskStarter | None = None
+        # How the task handler's reply() sends: the transport's sendto where
+        # it is C code (uvloop's, which also caches the parsed address), else
+        # the socket's (asyncio's transport would add Python frames).
+        self._reply_sendto: Callable[[Any, Any], object] = self._send_on_socket
+        super().__init__(server_address, RequestHandlerClass, bind_and_activate)
 
     def server_activate(self) -> None:
         """Datagram sockets do not listen."""
         self.socket.setblocking(False)
 
+    # -- reading ------------------------------------------------------------------------
+
+    def _on_serve(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
+        handler_class = self.RequestHandlerClass
+        callback = issubclass(handler_class, AsyncDatagramProtocolHandler)
+        checked = self._checks_each_datagram(callback)
+        if callback:
+            handler = self._callback_handler
+            if handler is None:
+                handler = self._callback_handler = handler_class(self)
+            self._target = _Calls(self._deliver_checked) if checked else handler
+        elif checked:
+            self._target = _Calls(self._start_datagram)
+        else:
+            starter = self._starter
+            if starter is None or starter.loop is not loop:
+                starter = self._starter = TaskStarter(self, loop)
+                starter.on_idle = self._wake_if_idle
+            self._target = NO_TARGET
+        self._reply_sendto = self.socket.sendto
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+        if self.max_packet_size < LOOP_RECV_BUFFER:
+            self._endpoint = DatagramEndpoint(
+                self, self.socket, loop, self._make_receiver, self._on_transport, self._on_send_error
+            )
+        else:
+            self._own_receiver = self._make_receiver(None)
+        return None
+
+    def _checks_each_datagram(self, callback: bool) -> bool:
+        """Whether a datagram needs the admit step: a hook or a limit that
+        applies to it (otherwise the admission is skipped, for speed). A
+        callback handler's datagram is over when its callback returns:
+        ``connection_timeout`` applies to its ``start_task()`` tasks only."""
+        limits = self._admission().limits
+        return (
+            self.max_requests is not None
+            or limits.max_connections is not None
+            or limits.max_connections_per_ip is not None
+            or (limits.connection_timeout is not None and not callback)
+            or type(self).verify_request is not AsyncBaseServer.verify_request
+            or "verify_request" in vars(self)
+        )
+
+    def _start_accepting(self) -> None:
+        endpoint = self._endpoint
+        if endpoint is None:
+            super()._start_accepting()
+            return
+        if (
+            self._listener_watched
+            or not self._serve_running
+            or self._listener_closed
+            or self._serving_loop is None
+            or self._admission().at_capacity()
+        ):
+            return
+        endpoint.resume()
+        self._listener_watched = True
+
+    def _pause_accepting(self) -> None:
+        endpoint = self._endpoint
+        if endpoint is None:
+            super()._pause_accepting()
+            return
+        if self._listener_watched:
+            endpoint.pause()
+        self._listener_watched = False
+
+    def _close_listener_here(self, *, keep_datagram_socket: bool = False) -> None:
+        if not keep_datagram_socket and self._endpoint is not None:
+            self._endpoint.close()
+        super()._close_listener_here(keep_datagram_socket=keep_datagram_socket)
+
     def _on_readable(self) -> None:
-        """Receive what is waiting, up to ACCEPT_BATCH datagrams per wake-up."""
+        """Without the loop's endpoint: receive what is waiting, up to
+        ACCEPT_BATCH datagrams per wake-up."""
         sock = self.socket
         accept_batch(
             lambda: receive_datagram(sock, self.max_packet_size),
-            self._start_datagram,
+            self._own_receiver.datagram_received,
             self._still_receiving,
             self._accept_backoff,
             self.server_address,
@@ -228,14 +338,124 @@ class AsyncUDPServer(_BoundServer):
     def _still_receiving(self) -> bool:
         return self._listener_watched  # False at capacity, or once stopped
 
+    def _make_receiver(self, endpoint: DatagramEndpoint | None) -> DatagramReceiver:
+        if self._target is NO_TARGET:
+            assert self._starter is not None
+            return self._starter.receiver(endpoint)
+        return DatagramReceiver(self, self._target, endpoint)
+
+    # -- sending (the callback handler's) -----------------------------------------------
+
+    def _on_transport(self, transport: asyncio.DatagramTransport | None) -> None:
+        """The endpoint's transport changed: the callback handler's sendto()
+        is the transport's own while there is one (no frame of ours between)."""
+        if transport is not None and not isinstance(getattr(transport.sendto, "__func__", None), types.FunctionType):
+            self._reply_sendto = transport.sendto
+        else:
+            self._reply_sendto = self._send_on_socket
+        handler = self._callback_handler
+        if handler is None or type(handler).sendto is not AsyncDatagramProtocolHandler.sendto:
+            return
+        if transport is None:
+            handler.__dict__.pop("sendto", None)
+        else:
+            handler.sendto = transport.sendto  # type: ignore[method-assign,assignment]
+
+    def _send_now(self, data: bytes | bytearray | memoryview, client_address: Any) -> None:
+        endpoint = self._endpoint
+        transport = None if endpoint is None else endpoint.transport
+        if transport is not None:
+            transport.sendto(data, client_address)
+            return
+        try:
+            self.socket.sendto(data, client_address)
+        except (BlockingIOError, InterruptedError):
+            logger.debug("reply to %s dropped: the socket's buffer is full", format_address(client_address))
+        except OSError as exc:
+            self._on_send_error(exc)
+
+    def _on_send_error(self, exc: Exception) -> None:
+        handler = self._callback_handler
+        if handler is not None and type(handler).error_received is not AsyncDatagramProtocolHandler.error_received:
+            try:
+                handler.error_received(exc)
+            except Exception:
+                self.handle_error(None, None)
+            return
+        self._log_send_error(exc)
+
+    def _send_on_socket(self, data: bytes | bytearray | memoryview, client_address: Any) -> None:
+        self.socket.sendto(data, client_address)
+
+    def _log_send_error(self, exc: Exception) -> None:
+        logger.debug("datagram socket of %s: %s", format_address(self.server_address), exc)
+
+    # -- handlers -----------------------------------------------------------------------
+
     def _start_datagram(self, packet: bytes, client_address: Any) -> None:
         datagram = Datagram(self, packet, client_address, self._release_ticket)
         if self._admit_item(datagram, (packet, self.socket)):
             datagram.task = self._spawn_task(datagram.run())
 
+    def _deliver_checked(self, packet: bytes, client_address: Any) -> None:
+        """The callback handler under a limit or hook: the admit step for each datagram."""
+        ticket = self._admit((packet, self.socket), client_address)
+        if ticket is None:
+            return
+        # Over before the callback runs: the limits count what outlives it,
+        # the start_task() tasks, which may take this slot.
+        self._release_ticket(ticket)
+        self._callback_handler.datagram_received(packet, client_address)  # type: ignore[union-attr]
+
+    def _start_handler_task(self, coro: Coroutine[Any, Any, None], client_address: Any) -> asyncio.Task[None] | None:
+        """The callback handler's start_task(): a task admitted by the limits
+        (not by verify_request(), which its datagram passed)."""
+        item = HandlerTask(self, coro, client_address, self._release_ticket)
+        admission = self._admission()
+        verdict = admission.admit(client_address)
+        if isinstance(verdict, Refusal):
+            log_refused(verdict.error)
+            coro.close()
+            return None
+        item.admitted(verdict)
+        if admission.at_capacity():
+            self._pause_accepting()
+            logger.debug("%s at capacity: not accepting", format_address(self.server_address))
+        limit = admission.limits.connection_timeout
+        if limit is not None and self._serving_loop is not None:
+            item.timer = self._serving_loop.call_later(limit, self._deadline_passed, verdict, limit)
+        task = item.task = self._spawn_task(item.run())
+        return task
+
+    # -- in flight ----------------------------------------------------------------------
+
+    def _in_flight_count(self) -> int:
+        starter = self._starter
+        return super()._in_flight_count() + (0 if starter is None else len(starter.tasks))
+
+    def _abort_all(self, exc: BaseException) -> int:
+        starter = self._starter
+        return super()._abort_all(exc) + (0 if starter is None else starter.abort(exc))
+
+    def _release_ticket(self, ticket: Ticket) -> None:
+        self._admission().release(ticket)
+        self._wake_if_idle()
+
+    def _wake_if_idle(self) -> None:
+        waiter = self._idle_waiter
+        if waiter is not None and not self._in_flight_count() and not waiter.done():
+            waiter.set_result(True)
+
+
+class _Calls:
+    """A datagram target that is a function."""
+
+    def __init__(self, function: Callable[[bytes, Any], None]) -> None:
+        self.datagram_received = function
+
 
 class Datagram(InFlight):
-    """One datagram in flight: its handler's task."""
+    """One datagram in flight under the admission: its handler's task."""
 
     __slots__ = ("packet", "server")
 
@@ -255,12 +475,42 @@ class Datagram(InFlight):
         handler_class: type[AsyncDatagramRequestHandler] = server.RequestHandlerClass
         try:
             handler = handler_class(self.packet, self.client_address, server, server.socket)
-            await run_handler(handler)
+            await run_datagram_handler(handler)
         except asyncio.CancelledError:
             if self.aborted is None:
                 raise
         except Exception:
             server.handle_error((self.packet, server.socket), self.client_address)
+        finally:
+            self.finish()
+
+
+class HandlerTask(InFlight):
+    """A callback datagram handler's start_task(): counted as a datagram in flight."""
+
+    __slots__ = ("coro", "server")
+
+    def __init__(
+        self, server: AsyncUDPServer, coro: Coroutine[Any, Any, None], client_address: Any, release: Any
+    ) -> None:
+        super().__init__(client_address, release)
+        self.server = server
+        self.coro = coro
+
+    def abort(self, exc: BaseException) -> None:
+        if self.aborted is None:
+            self.aborted = exc
+            if self.task is not None:
+                self.task.cancel()
+
+    async def run(self) -> None:
+        try:
+            await self.coro
+        except asyncio.CancelledError:
+            if self.aborted is None:
+                raise
+        except Exception:
+            self.server.handle_error(None, self.client_address)
         finally:
             self.finish()
 
