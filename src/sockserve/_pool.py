@@ -2,19 +2,23 @@
 threads (``_worker_pool``), with a reactor (``_reactor``) where connections
 wait without a thread (``_pool_model``).
 
-It overrides only ``process_request`` (and the model it runs on), as
+It overrides ``process_request`` (and the model it runs on), as
 ``ThreadingMixIn`` does, so any classic handler runs unchanged; a
-``FramedRequestHandler`` puts the pool in framed mode (``_framed``).
+``FramedRequestHandler`` puts the pool in framed mode (``_framed``). A
+datagram pool's workers receive its datagrams themselves while
+``serve_forever()`` runs (``_pool_model.DatagramReceivers``): that is what
+``serve_forever()`` and ``_capacity_freed()`` are extended for.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 from ._log import format_address, logger
 from ._model import ConcurrencyModel
-from ._pool_model import PoolModel
+from ._pool_model import DatagramReceivers, PoolModel
 from ._reactor import Reactor
 from ._threading import run_request
 from ._worker_pool import WorkerPool
@@ -49,6 +53,7 @@ class ThreadPoolMixIn(_ServerBase):
     pool_idle_timeout: float | None = 30.0
     request_queue_size: int = 1024
     _serves_framed_handlers = True  # FramedRequestHandler runs on the pool only
+    _receivers: DatagramReceivers | None = None  # a datagram pool's, once its model is made
 
     def _make_model(self, admission: Admission) -> ConcurrencyModel:
         pool = WorkerPool(
@@ -60,7 +65,9 @@ class ThreadPoolMixIn(_ServerBase):
         )
         streams = getattr(self, "socket_type", socket.SOCK_STREAM) == socket.SOCK_STREAM
         reactor = Reactor(f"{type(self).__name__}-reactor") if streams else None
-        return PoolModel(admission, pool, reactor, self)
+        model = PoolModel(admission, pool, reactor, self)
+        self._receivers = model.receivers
+        return model
 
     def _pool_model(self) -> PoolModel:
         model = self._concurrency_model()
@@ -74,11 +81,31 @@ class ThreadPoolMixIn(_ServerBase):
         """What a worker runs for one request: the same as a ThreadingMixIn thread."""
         run_request(self, request, client_address)
 
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """As ``BaseServer.serve_forever()``; a datagram pool's workers stop
+        receiving when it returns."""
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            if self._receivers is not None:
+                self._receivers.stop(threading.get_ident())  # the loop this thread ran, not another's
+
+    def _capacity_freed(self) -> None:
+        super()._capacity_freed()
+        if self._receivers is not None:
+            self._receivers.capacity_freed()
+
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the request to the pool: a framed handler's connection to the
         reactor, a stream connection to a worker once it has sent its first
-        byte, a datagram to a free worker."""
+        byte, a datagram to a free worker, or, on the worker that received
+        it, to that worker itself."""
         job = self._take_job(request, client_address)
+        receivers = self._receivers
+        if receivers is not None and receivers.holder == threading.get_ident():
+            receivers.hand_on()  # the next datagram is another worker's
+            job.run(self.process_request_thread)
+            return
         model = self._pool_model()
         if model.reactor is not None and isinstance(request, socket.socket):
             model.adopt(job, self.process_request_thread)

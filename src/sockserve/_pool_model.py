@@ -12,21 +12,47 @@ stream connections wait without a worker.
 
 The serve loop stops accepting when more connections are ready than there
 are workers: then overload waits in the kernel's backlog, not in memory.
-A datagram pool has no reactor: its requests go straight to the workers.
+
+A datagram pool has no reactor, and while ``serve_forever()`` runs, its
+serve loop does not receive either: the idle workers do
+(``DatagramReceivers``). They wait on one epoll in which the socket is
+armed one-shot, so the kernel wakes one of them per datagram; that worker
+takes it through the server's own hooks (``get_request()``,
+``verify_request()``, ``process_request()``, in the stdlib's order, on
+that worker rather than on the serve loop's thread), arms the socket again
+for the next idle worker, and runs the handler itself. A
+datagram costs the one wake-up the stdlib's sequential loop pays too;
+handing each from the serve loop to a worker cost a second wake-up and a
+lock-and-condition exchange on both sides. A handler that blocks keeps only
+its own worker: the others go on receiving, and another worker is called in
+whenever none is left waiting, up to ``pool_max_workers``; beyond that,
+datagrams wait in the socket's buffer, as connections wait in the backlog.
+
+Weighed and left: workers blocked in ``recvfrom()`` on the shared socket
+would need no epoll, but nothing could wake them for a stop short of
+sending the socket datagrams of its own (and under load the buffer drops
+those); leader/followers (the receiver promotes a follower before it
+handles) pays a wake-up per datagram for the promotion, the cost removed
+here; handling inline on the serve loop while no worker is busy stops all
+receiving as soon as that handler blocks. ``handle_request()`` keeps the
+hand-over to a worker.
 """
 
 from __future__ import annotations
 
+import select
 import socket
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._framed import is_framed_handler
 from ._framed_connection import FramedConnection
-from ._log import log_stage_failed
+from ._log import format_address, log_stage_failed, logger
 from ._model import TicketModel
 from ._reactor import READABLE
 from ._stages import StageRunner, consume, peek
+from ._wakeup import Waker
 
 if TYPE_CHECKING:
     from ._admission import Admission, Ticket
@@ -47,6 +73,159 @@ def _first_byte_in(sock: socket.socket) -> bool:
     return True
 
 
+# Longer than any receive and admission takes; see DatagramReceivers.stop().
+_HAND_ON_WAIT = 1.0
+
+
+class DatagramReceivers:
+    """The idle workers of a datagram pool, each waiting to receive the next
+    datagram and handle it (see the module's docstring).
+
+    One receiver at a time holds the token, from its wake-up until it has
+    taken its datagram; it arms the socket again only after letting the
+    token go, so a receiver woken by that arming never finds the token
+    taken by the one that armed. Whoever finds it taken goes back to
+    waiting: the holder arms the socket again when it is done.
+    """
+
+    def __init__(self, server: Any, pool: WorkerPool, admission: Admission) -> None:
+        self.server = server
+        self.pool = pool
+        self.admission = admission
+        self.active = False  # a serve loop runs, and its datagrams are the receivers'
+        self._serving_thread: int | None = None  # the loop that started them
+        self._token = threading.Lock()
+        self.holder: int | None = None  # the thread that holds the token
+        # One entry per receiver waiting for a datagram: append() and pop()
+        # are atomic, which a count would need a lock for, twice a datagram.
+        self._idle: list[None] = []
+        self._paused = False  # at max_connections: nobody receives until a release
+        self._epoll: select.epoll | None = None
+        self._stop: Waker | None = None  # readable (level-triggered: it wakes every receiver) once they must stop
+        self._fd = -1
+
+    def start(self) -> None:
+        """On the serve loop's thread, once it serves: the workers receive from now on."""
+        epoll, stop = self._epoll, self._stop
+        if epoll is None or stop is None:
+            epoll, stop = self._epoll, self._stop = select.epoll(), Waker()
+            epoll.register(stop.fileno(), select.EPOLLIN)
+            self._fd = self.server.fileno()
+            epoll.register(self._fd, 0)
+        stop.drain()
+        self._serving_thread = threading.get_ident()
+        self.active = True
+        self._paused = False
+        self._arm()
+        self._call_receiver()
+
+    def stop(self, serving_thread: int | None = None) -> None:
+        """The serve loop ended (or the server closes): nobody receives any
+        more. Returns once no receiver is taking a datagram."""
+        if not self.active or serving_thread not in (None, self._serving_thread):
+            return
+        self.active = False
+        if self._stop is not None:
+            self._stop.wake()
+        # Wait for a receiver taking its datagram to hand on, so that none is
+        # taken once the loop has ended; bounded, in case that receiver's own
+        # hook (verify_request) is what stops the loop, and waits for it.
+        if self._token.acquire(timeout=_HAND_ON_WAIT):
+            self._token.release()
+
+    def close(self) -> None:
+        """After the pool's workers were joined."""
+        if self._epoll is not None:
+            self._epoll.close()
+        if self._stop is not None:
+            self._stop.close()
+
+    def hand_on(self) -> None:
+        """The holder (``holder``, a thread's ident) has its datagram: the
+        next one is another receiver's. The token first, then the arming
+        (see the class docstring). Armed whether or not receiving may go on
+        (a stop, max_requests, max_connections): the receiver it wakes looks."""
+        self.holder = None
+        self._token.release()
+        self._arm()
+
+    def capacity_freed(self) -> None:
+        """A release took the server below max_connections: receive again."""
+        if self._paused and self.active:
+            self._paused = False
+            self._arm()
+
+    def _arm(self) -> None:
+        epoll = self._epoll
+        if epoll is not None:
+            try:
+                epoll.modify(self._fd, select.EPOLLIN | select.EPOLLONESHOT)
+            except (OSError, ValueError):
+                pass  # the server closed its socket: there is nothing more to receive
+
+    def _may_receive(self) -> bool:
+        """With the token: may a datagram be taken now? If not, the socket
+        stays disarmed until a release (``capacity_freed``) or the next
+        serve loop (``start``) arms it."""
+        handshake = self.server._handshake
+        if not self.active or not handshake.serving or handshake.requested:
+            return False  # stopping, or the loop has not started or has ended
+        if self.admission.at_capacity():
+            # Paused first, then looked again: a release in between re-arms.
+            self._paused = True
+            if self.admission.at_capacity():
+                return False
+            self._paused = False
+        return True
+
+    def _call_receiver(self) -> None:
+        """One more worker waits for datagrams, if the pool has one."""
+        try:
+            self.pool.try_submit(self._receive)
+        except RuntimeError:
+            pass  # the pool is shut down: the server is closing
+
+    def _receive(self) -> None:
+        """A worker's loop as a receiver: wait, take a datagram, handle it, again."""
+        epoll = self._epoll
+        assert epoll is not None
+        token, idle = self._token, self._idle
+        receive = self.server._handle_request_noblock
+        keep = max(1, self.pool.min_workers)
+        me = threading.get_ident()
+        while True:
+            if not self.active or len(idle) >= keep:
+                return  # enough others wait: this worker goes back to the pool
+            idle.append(None)
+            try:
+                epoll.poll(-1, 1)
+            finally:
+                idle.pop()
+            if not self.active:
+                return
+            if not token.acquire(False):
+                continue  # another receiver is taking a datagram; it arms again when done
+            self.holder = me
+            took = False
+            try:
+                if self._may_receive():
+                    took = True
+                    if not idle:
+                        self._call_receiver()  # so that one waits while this one handles
+                    receive()
+            except Exception:
+                # A bug in a hook (get_request() raising more than OSError):
+                # the stdlib's loop would die of it; here the others go on.
+                logger.exception("%s: receiving a datagram failed", format_address(self.server.server_address))
+            finally:
+                if self.holder == me:  # no process_request() of ours handed on
+                    if took:
+                        self.hand_on()
+                    else:  # declined: the socket stays disarmed (see _may_receive)
+                        self.holder = None
+                        token.release()
+
+
 class PoolModel(TicketModel):
     """Workers and, for stream servers, a reactor."""
 
@@ -61,12 +240,19 @@ class PoolModel(TicketModel):
         self._connections: set[FramedConnection] = set()  # on the reactor's thread only
         self._waiting: dict[socket.socket, Job] = {}  # classic: waiting for a first byte; reactor's thread only
         self._draining = False
+        streams = getattr(server, "socket_type", socket.SOCK_STREAM) == socket.SOCK_STREAM
+        self.receivers = None if streams else DatagramReceivers(server, pool, admission)
 
     # -- ConcurrencyModel ------------------------------------------------------------------
 
     def at_capacity(self) -> bool:
-        if self.reactor is None:
-            return self.pool.full()
+        receivers = self.receivers
+        if receivers is not None:
+            # Asked by the serve loop at each turn, once it serves: from then
+            # on the workers receive, and the loop does not watch the socket.
+            if not receivers.active:
+                receivers.start()
+            return True
         return self.pool.waiting() >= self.pool.max_workers
 
     def wait(self, timeout: float | None, ignore: Ticket | None = None) -> bool:
@@ -78,7 +264,11 @@ class PoolModel(TicketModel):
     def close(self) -> None:
         if self.reactor is not None:
             self.reactor.close(last=self._abort_all)
+        if self.receivers is not None:
+            self.receivers.stop()
         self.pool.shutdown()
+        if self.receivers is not None:
+            self.receivers.close()
 
     # -- FramedHost ------------------------------------------------------------------------
 

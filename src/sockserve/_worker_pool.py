@@ -68,10 +68,6 @@ class WorkerPool:
         """Workers waiting for work now."""
         return self._idle
 
-    def full(self) -> bool:
-        """True when a new call would have to wait for a worker to finish."""
-        return self._idle <= len(self._tasks) and len(self._workers) >= self.max_workers
-
     def try_submit(self, fn: Callable[..., object], *args: Any) -> bool:
         """Start ``fn(*args)`` on a worker now; False if every worker is busy at the maximum."""
         with self._lock:
