@@ -19,7 +19,7 @@ from .._stages import DEFAULT_STAGE_TIMEOUT, StageFactory, StageFailed
 from ..protocol.lines import DEFAULT_MAX_LINE
 from ._handlers import AsyncStreamRequestHandler, run_handler
 from ._inflight import InFlight
-from ._reader import AsyncStreamReader, new_reader
+from ._reader import AsyncStreamReader, new_reader, reader_factory
 from ._stages import StagedProtocol, hand_over, run_stages
 from ._writer import AsyncStreamWriter
 
@@ -36,9 +36,10 @@ class StreamConnection(InFlight, asyncio.Protocol):
     it, hands the transport to its reader and starts its task.
     """
 
-    __slots__ = ("handler_class", "reader", "server", "sock")
+    __slots__ = ("handler_class", "make_reader", "reader", "server", "sock")
 
     handler_class: type[AsyncStreamRequestHandler]  # set by loop_streams()
+    make_reader: Callable[..., AsyncStreamReader]  # set by loop_streams()
 
     def __init__(
         self, server: AsyncBaseServer, sock: socket.socket, client_address: Any, release: Callable[[Ticket], None]
@@ -57,8 +58,7 @@ class StreamConnection(InFlight, asyncio.Protocol):
             return
         handler_class: type[AsyncStreamRequestHandler] = self.handler_class
         limits = server._admission().limits
-        reader = self.reader = new_reader(
-            asyncio.get_running_loop(),
+        reader = self.reader = self.make_reader(
             peer,
             max_line=handler_class.max_line or limits.max_line or DEFAULT_MAX_LINE,
             idle_timeout=limits.idle_timeout,
@@ -90,14 +90,16 @@ def stage_delay(ticket: Ticket | None) -> float:
 
 
 def loop_streams(
-    server: AsyncBaseServer, handler_class: type[AsyncStreamRequestHandler]
+    server: AsyncBaseServer, handler_class: type[AsyncStreamRequestHandler], loop: asyncio.AbstractEventLoop
 ) -> Callable[[], StreamConnection]:
-    """The protocol factory of a server whose loop accepts connections for ``handler_class``."""
+    """The protocol factory of a server whose ``loop`` accepts connections for ``handler_class``."""
     release = server._release_ticket
+    make_reader = reader_factory(loop)
 
     def connection() -> StreamConnection:
         conn = StreamConnection(server, None, None, release)  # type: ignore[arg-type]  # set on connect
         conn.handler_class = handler_class
+        conn.make_reader = make_reader
         return conn
 
     return connection
@@ -166,10 +168,11 @@ async def serve_stream(
 ) -> None:
     """Set the handler up, run its hooks, close, count the connection out."""
     server = conn.server
+    writer = AsyncStreamWriter(transport, reader)
     try:
         try:
             transport.set_write_buffer_limits(high=handler_class.write_limit)
-            handler = handler_class(reader, AsyncStreamWriter(transport, reader), conn.client_address, server)
+            handler = handler_class(reader, writer, conn.client_address, server)
             await run_handler(handler)
         except asyncio.CancelledError:
             if conn.aborted is None:
@@ -177,7 +180,7 @@ async def serve_stream(
         except Exception as exc:
             if exc is not conn.aborted:  # a limit that fired was logged where it fired
                 server.handle_error(conn.sock, conn.client_address)
-        AsyncStreamWriter(transport, reader).close()
+        writer.close()
         try:
             await reader.closed
         except asyncio.CancelledError:

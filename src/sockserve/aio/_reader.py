@@ -28,11 +28,12 @@ rely on asyncio's internals live in ``_fastpaths``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, cast
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from ..protocol.lines import DEFAULT_MAX_LINE, LineSplitter
-from ._fastpaths import enabled_for, shared_read_buffer, waiter_maker
+from ._fastpaths import WaiterMaker, enabled_for, new_waiter, shared_read_buffer
 from ._idle import IdleTimeout
 
 DEFAULT_READ_LIMIT = 64 * 1024
@@ -76,7 +77,8 @@ class AsyncStreamReader(asyncio.Protocol):
         self._read_limit = read_limit
         self._lines = LineSplitter(max_line, client_address=client_address)
         self._idle = None if idle_timeout is None else IdleTimeout(loop, idle_timeout, client_address)
-        self._make_waiter = waiter_maker(loop)
+        # How waits are made: the loop's own futures (see _ReadIntoReader).
+        self._make_waiter: WaiterMaker = type(loop).create_future
         # A done future: what write() returns while the transport has room,
         # so that ``await writer.write()`` then costs no Python frame at all.
         self._no_wait: asyncio.Future[None] = loop.create_future()
@@ -95,8 +97,9 @@ class AsyncStreamReader(asyncio.Protocol):
     # -- what the transport calls ------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # (uvloop's transports do not subclass asyncio.Transport; they quack like it)
-        self._transport = cast(asyncio.Transport, transport)
+        # (uvloop's transports do not subclass asyncio.Transport; they quack
+        # like it. No cast(): a Python call, once per connection.)
+        self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         waiter = self._waiter
@@ -374,9 +377,12 @@ class _ReadIntoReader(AsyncStreamReader, asyncio.BufferedProtocol):
     reads into a buffer that the loop's connections share (``recv_into``),
     and the bytes are copied out at once (see ``_fastpaths.shared_read_buffer``)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client_address: Any, **options: Any) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, client_address: Any, *, scratch: memoryview | None = None, **options: Any
+    ) -> None:
         super().__init__(loop, client_address, **options)
-        self._scratch = shared_read_buffer(loop)
+        self._make_waiter = new_waiter  # the eager resume (see _fastpaths.Wakeup)
+        self._scratch = shared_read_buffer(loop) if scratch is None else scratch
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._scratch
@@ -387,10 +393,17 @@ class _ReadIntoReader(AsyncStreamReader, asyncio.BufferedProtocol):
         self.data_received(bytes(self._scratch[:nbytes]))
 
 
-def new_reader(loop: asyncio.AbstractEventLoop, client_address: Any, **options: Any) -> AsyncStreamReader:
-    """The reader that suits ``loop``: reading into a shared buffer on asyncio's
-    loop (a fast path); the plain protocol elsewhere (uvloop's own read path
-    is already that) or with the fast paths off."""
+def reader_factory(loop: asyncio.AbstractEventLoop) -> Callable[..., AsyncStreamReader]:
+    """What makes the readers that suit ``loop`` (called with the client's
+    address and the reader's options): reading into a shared buffer on
+    asyncio's loop (a fast path); the plain protocol elsewhere (uvloop's own
+    read path is already that) or with the fast paths off. A server asks
+    once, not once per connection."""
     if enabled_for(loop):
-        return _ReadIntoReader(loop, client_address, **options)
-    return AsyncStreamReader(loop, client_address, **options)
+        return functools.partial(_ReadIntoReader, loop, scratch=shared_read_buffer(loop))
+    return functools.partial(AsyncStreamReader, loop)
+
+
+def new_reader(loop: asyncio.AbstractEventLoop, client_address: Any, **options: Any) -> AsyncStreamReader:
+    """The reader that suits ``loop`` (see ``reader_factory``)."""
+    return reader_factory(loop)(client_address, **options)

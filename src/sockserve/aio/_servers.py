@@ -145,7 +145,7 @@ class AsyncTCPServer(_BoundServer):
         self._loop_connections = None
         if self._loop_accepts(loop):
             if issubclass(handler_class, AsyncStreamRequestHandler):
-                self._loop_connections = loop_streams(self, handler_class)
+                self._loop_connections = loop_streams(self, handler_class, loop)
             else:
                 self._loop_connections = loop_connections(self, handler_class, self._admission().limits.idle_timeout)
         if issubclass(handler_class, AsyncProtocolHandler):
