@@ -17,7 +17,7 @@ from .._limits import Limits
 from .._log import log_stage_failed
 from .._stages import DEFAULT_STAGE_TIMEOUT, StageFactory, StageFailed
 from ..protocol.lines import DEFAULT_MAX_LINE
-from ._handlers import AsyncStreamRequestHandler, run_handler
+from ._handlers import AsyncStreamRequestHandler
 from ._inflight import InFlight
 from ._reader import AsyncStreamReader, new_reader, reader_factory
 from ._stages import StagedProtocol, hand_over, run_stages
@@ -87,6 +87,10 @@ def stage_delay(ticket: Ticket | None) -> float:
     if ticket is not None and ticket.deadline is not None:
         delay = min(delay, ticket.deadline - time.monotonic())
     return max(0.0, delay)
+
+
+_NOOP_SETUP = AsyncStreamRequestHandler.setup
+_NOOP_FINISH = AsyncStreamRequestHandler.finish
 
 
 def loop_streams(
@@ -173,7 +177,19 @@ async def serve_stream(
         try:
             transport.set_write_buffer_limits(high=handler_class.write_limit)
             handler = handler_class(reader, writer, conn.client_address, server)
-            await run_handler(handler)
+            # setup() and handle(), then finish() whatever happened in them.
+            # Awaited from here, not from a helper coroutine: every time the
+            # handler's task resumes (once per request), each coroutine in the
+            # chain of awaits is resumed too. A setup() or finish() the class
+            # does not override does nothing, and is not called (each call
+            # makes a coroutine and steps it).
+            try:
+                if handler_class.setup is not _NOOP_SETUP:
+                    await handler.setup()
+                await handler.handle()
+            finally:
+                if handler_class.finish is not _NOOP_FINISH:
+                    await handler.finish()
         except asyncio.CancelledError:
             if conn.aborted is None:
                 raise  # not ours (the loop is being torn down): pass it on

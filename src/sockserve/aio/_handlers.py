@@ -188,23 +188,3 @@ SENT = cast(Awaitable[None], _Done())
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-async def run_handler(handler: AsyncStreamRequestHandler | AsyncDatagramRequestHandler) -> None:
-    """setup() and handle(), then finish() whatever happened in them.
-
-    A ``setup()`` or ``finish()`` that the handler's class does not override
-    does nothing, and is not called: each call makes a coroutine and steps
-    it, once per connection."""
-    kind = type(handler)
-    try:
-        if kind.setup is not _NOOP_SETUP:
-            await handler.setup()
-        await handler.handle()
-    finally:
-        if kind.finish is not _NOOP_FINISH:
-            await handler.finish()
-
-
-_NOOP_SETUP = AsyncStreamRequestHandler.setup
-_NOOP_FINISH = AsyncStreamRequestHandler.finish
