@@ -324,3 +324,25 @@ def test_the_callback_handler_is_made_once_and_sends_without_a_frame_of_ours(
         assert made[0].server is server
         # While the server reads, sendto is the transport's own.
         assert getattr(made[0].sendto, "__self__", None) is not made[0]
+
+
+@pytest.mark.parametrize("kind", list(HANDLERS))
+def test_serving_again_after_shutdown_reads_again(loop_kind: str, kind: str, udp_client: socket.socket) -> None:
+    """shutdown() pauses the endpoint (on uvloop: closes its transport); the next serve_forever() reads again."""
+    server = make(aio.AsyncUDPServer, ("127.0.0.1", 0), HANDLERS[kind], loop_kind)
+    try:
+        for round_ in range(2):
+            # Sent while nothing serves: it waits in the server's socket.
+            udp_client.sendto(b"round %d" % round_, server.server_address)
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+            thread.start()
+            try:
+                assert udp_client.recvfrom(100)[0] == b"round %d" % round_
+                udp_client.sendto(b"more", server.server_address)
+                assert udp_client.recvfrom(100)[0] == b"more"
+            finally:
+                server.shutdown()
+                thread.join(TIMEOUT)
+            assert not thread.is_alive()
+    finally:
+        server.server_close()
