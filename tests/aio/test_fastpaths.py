@@ -68,13 +68,32 @@ def test_loop_kind_tells_the_loops_apart() -> None:
     assert loop_kind(Elsewhere()) == "other"
 
 
+# asyncio's (private) class of stream transports on its selector loop
+_SelectorSocketTransport = vars(asyncio.selector_events)["_SelectorSocketTransport"]
+
+
+class FakeTransport:
+    max_size = _SelectorSocketTransport.max_size  # what asyncio's stream transports read at once
+
+    def abort(self) -> None:
+        pass
+
+
+def test_asyncio_still_has_what_capped_reads_change() -> None:
+    """asyncio's selector transport reads ``max_size`` bytes per recv() (256 KiB,
+    which CPython allocates with mmap); the capped reads set it per transport."""
+    assert _SelectorSocketTransport.max_size > _fastpaths.READ_SIZE
+
+
 @pytest.mark.parametrize("enabled", [True, False], ids=["on", "off"])
 def test_the_switch_decides_every_fast_path_on_asyncios_loop(enabled: bool) -> None:
     loop = asyncio.new_event_loop()
     try:
         with mock.patch.object(_fastpaths, "ENABLED", enabled):
             reader = new_reader(loop, ("client", 1))
-        assert isinstance(reader, asyncio.BufferedProtocol) is enabled  # the shared read buffer
+        transport = FakeTransport()
+        reader.connection_made(transport)  # type: ignore[arg-type]
+        assert (transport.max_size == _fastpaths.READ_SIZE) is enabled  # capped reads
         waiter = reader.readline()  # nothing is due in this turn: eager resume, if on
         assert isinstance(waiter, _fastpaths.Wakeup) is enabled
         assert asyncio.isfuture(waiter)

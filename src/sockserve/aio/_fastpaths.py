@@ -9,10 +9,8 @@ public API, as it does on uvloop and any other loop, and is as correct.
 - **The ``_ready`` peek**: ``loop._ready`` is the queue of callbacks due in
   this turn of asyncio's loop; the eager resume is used only when it is
   empty (connections taking turns), see ``Wakeup``.
-- **The shared read buffer** (``shared_read_buffer``): asyncio's selector
-  transport calls a ``BufferedProtocol``'s ``get_buffer()``, ``recv_into()``
-  and ``buffer_updated()`` back to back, so the connections of one loop can
-  read into one buffer (the stream reader's ``_ReadIntoReader``).
+- **Capped reads** (``cap_reads``): a stream connection's transport reads at
+  most ``READ_SIZE`` bytes at once, instead of its class's ``max_size``.
 
 The switch: the environment variable ``SOCKSERVE_ASYNCIO_FAST_PATHS``, read
 once, when this module is imported. ``0`` (or ``false``, ``no``, ``off``)
@@ -25,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -159,21 +156,21 @@ class Wakeup(asyncio.Future):  # type: ignore[type-arg]
             loop.call_soon(fn, self, context=context)
 
 
-_SHARED_READ_BUFFER_SIZE = 64 * 1024
-_shared_read_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = weakref.WeakKeyDictionary()
+# The most a stream connection's transport reads at once, with the fast paths.
+READ_SIZE = 64 * 1024
 
 
-def shared_read_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
-    """The read buffer shared by the stream connections of ``loop``.
+def cap_reads(transport: asyncio.BaseTransport) -> None:
+    """Capped reads: asyncio's selector transport reads up to ``max_size``
+    bytes per ``recv()`` (256 KiB, a class attribute of its private transport
+    class), and CPython allocates that much for each read from ``mmap``,
+    then shrinks and frees it: three system calls per read, more than the
+    read itself. 64 KiB come from the heap. Set on the transport, the cap
+    is that connection's only.
 
-    Safe only because asyncio's selector transport reads into it and hands
-    the bytes over (``buffer_updated()``, which copies them out at once)
-    before any other connection's read: one thread, never two reads at once.
-    asyncio's plain ``recv()`` path allocates 256 KiB per read instead, which
-    CPython gets from ``mmap`` and then shrinks and frees: three system calls
-    per read, more than the read itself.
+    (It replaces a buffer the connections of a loop shared through
+    ``BufferedProtocol``, which avoided the same system calls at the cost of
+    two more Python calls per read, ``get_buffer()`` and ``buffer_updated()``:
+    about 2,000 instructions per request.)
     """
-    buffer = _shared_read_buffers.get(loop)
-    if buffer is None:
-        buffer = _shared_read_buffers[loop] = memoryview(bytearray(_SHARED_READ_BUFFER_SIZE))
-    return buffer
+    transport.max_size = READ_SIZE  # type: ignore[attr-defined]

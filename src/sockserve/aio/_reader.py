@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..protocol.lines import DEFAULT_MAX_LINE, LineSplitter
-from ._fastpaths import WaiterMaker, enabled_for, new_waiter, shared_read_buffer
+from ._fastpaths import WaiterMaker, cap_reads, enabled_for, new_waiter
 from ._idle import IdleTimeout
 
 DEFAULT_READ_LIMIT = 64 * 1024
@@ -77,7 +77,7 @@ class AsyncStreamReader(asyncio.Protocol):
         self._read_limit = read_limit
         self._lines = LineSplitter(max_line, client_address=client_address)
         self._idle = None if idle_timeout is None else IdleTimeout(loop, idle_timeout, client_address)
-        # How waits are made: the loop's own futures (see _ReadIntoReader).
+        # How waits are made: the loop's own futures (see _FastPathReader).
         self._make_waiter: WaiterMaker = type(loop).create_future
         # A done future: what write() returns while the transport has room,
         # so that ``await writer.write()`` then costs no Python frame at all.
@@ -372,35 +372,28 @@ class AsyncStreamReader(asyncio.Protocol):
         return self._drain_waiter
 
 
-class _ReadIntoReader(AsyncStreamReader, asyncio.BufferedProtocol):
-    """The reader on asyncio's own loop, with the fast paths on: the transport
-    reads into a buffer that the loop's connections share (``recv_into``),
-    and the bytes are copied out at once (see ``_fastpaths.shared_read_buffer``)."""
+class _FastPathReader(AsyncStreamReader):
+    """The reader on asyncio's own loop, with the fast paths on: its waits
+    resume the handler eagerly (``_fastpaths.Wakeup``), and its transport
+    reads at most ``_fastpaths.READ_SIZE`` at once (``cap_reads``)."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, client_address: Any, *, scratch: memoryview | None = None, **options: Any
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, client_address: Any, **options: Any) -> None:
         super().__init__(loop, client_address, **options)
-        self._make_waiter = new_waiter  # the eager resume (see _fastpaths.Wakeup)
-        self._scratch = shared_read_buffer(loop) if scratch is None else scratch
+        self._make_waiter = new_waiter
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._scratch
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # Called right after the read into the shared buffer, before any
-        # other connection's: the bytes are copied out at once.
-        self.data_received(bytes(self._scratch[:nbytes]))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        cap_reads(transport)
 
 
 def reader_factory(loop: asyncio.AbstractEventLoop) -> Callable[..., AsyncStreamReader]:
     """What makes the readers that suit ``loop`` (called with the client's
-    address and the reader's options): reading into a shared buffer on
-    asyncio's loop (a fast path); the plain protocol elsewhere (uvloop's own
-    read path is already that) or with the fast paths off. A server asks
+    address and the reader's options): with the fast paths on asyncio's
+    loop, ``_FastPathReader``; the plain protocol elsewhere (uvloop's own
+    read path is already lean) or with the fast paths off. A server asks
     once, not once per connection."""
     if enabled_for(loop):
-        return functools.partial(_ReadIntoReader, loop, scratch=shared_read_buffer(loop))
+        return functools.partial(_FastPathReader, loop)
     return functools.partial(AsyncStreamReader, loop)
 
 
