@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .._errors import DatagramTooLarge
 from .._log import log_dropped, logger
@@ -33,6 +33,14 @@ class DatagramTarget(Protocol):
     """Where the datagrams go: the callback handler itself, or a function of the server's."""
 
     def datagram_received(self, data: bytes, client_address: Any) -> None: ...
+
+
+class Pausable(Protocol):
+    """A datagram transport that can pause reading (asyncio's since 3.11;
+    typeshed does not say so for DatagramTransport)."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class DatagramReceiver(asyncio.DatagramProtocol):
@@ -114,7 +122,7 @@ class DatagramEndpoint:
         transport = self.transport
         if transport is not None:
             if _can_pause(transport):
-                transport.resume_reading()  # type: ignore[attr-defined]
+                cast(Pausable, transport).resume_reading()
         elif self._opening is None:
             self._opening = self.loop.create_task(self._open())
 
@@ -124,7 +132,7 @@ class DatagramEndpoint:
         transport = self.transport
         if transport is not None:
             if _can_pause(transport):
-                transport.pause_reading()  # type: ignore[attr-defined]
+                cast(Pausable, transport).pause_reading()
             else:
                 self._drop()
 
@@ -159,7 +167,7 @@ class DatagramEndpoint:
             return
         self.receiver = receiver
         if not self._reading:
-            transport.pause_reading()  # type: ignore[attr-defined]
+            cast(Pausable, transport).pause_reading()
         self.on_transport(transport)
 
     def detached(self, receiver: DatagramReceiver) -> None:
