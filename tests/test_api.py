@@ -33,7 +33,9 @@ NOT_API = {
 }
 # Public-looking names of a public module that are deliberately not in its
 # __all__, each with the reason. The test below fails on any other.
-NOT_EXPORTED: dict[str, dict[str, str]] = {}
+NOT_EXPORTED: dict[str, dict[str, str]] = {
+    "sockserve": {"TYPE_CHECKING": "typing.TYPE_CHECKING without importing typing: for type checkers, not API"},
+}
 
 
 def test_every_stdlib_name_is_exported() -> None:
@@ -231,3 +233,50 @@ def test_the_exceptions_to_all_are_current() -> None:
         for name in names:
             assert hasattr(module, name), f"{module_name}.{name} is gone: drop it from NOT_EXPORTED"
             assert name not in module.__all__, f"{module_name}.{name} is in __all__ now: drop it from NOT_EXPORTED"
+
+
+# What ``import sockserve`` must not load: the package's own modules (each is
+# imported when one of its names is first used) and the heavy stdlib modules
+# they need. A program that only imports the package, or uses one server
+# class, does not pay for the rest.
+HEAVY_MODULES = {"dataclasses", "enum", "inspect", "ipaddress", "logging", "re", "selectors", "socket", "threading"}
+
+
+def test_import_sockserve_loads_nothing_it_does_not_use() -> None:
+    code = "import sys; before = set(sys.modules); import sockserve; print(' '.join(sorted(set(sys.modules) - before)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(done.stdout.split())
+    assert loaded - {"__future__"} == {"sockserve"}, sorted(loaded)
+    assert HEAVY_MODULES | {"typing"} <= set(sys.stdlib_module_names)  # the names above are real
+
+
+def test_a_public_name_loads_its_module_on_first_use() -> None:
+    code = (
+        "import sys, sockserve; assert 'sockserve._errors' not in sys.modules; "
+        "error = sockserve.LineTooLong; assert 'sockserve._errors' in sys.modules; "
+        "assert error is sys.modules['sockserve._errors'].LineTooLong; "
+        "assert 'LineTooLong' in vars(sockserve); assert 'sockserve._pool' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], timeout=60, check=True)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchServer'"):
+        sockserve.NoSuchServer  # noqa: B018 - the attribute access is the test
+    assert set(sockserve.__all__) <= set(dir(sockserve))
+
+
+def test_type_checkers_see_what_runs() -> None:
+    """The imports under ``if TYPE_CHECKING:`` (what mypy and editors read) and
+    the lazy table (what runs) name the same objects, and cover ``__all__``."""
+    source = ast.parse((ROOT / "src" / "sockserve" / "__init__.py").read_text())
+    (guard,) = [node for node in source.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    for_checkers = {
+        alias.name: (node.module or "").lstrip(".")
+        for node in guard.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    at_run_time = sockserve._MODULES
+    assert for_checkers.keys() >= set(sockserve.__all__)
+    assert {name: module for name, module in for_checkers.items() if name in at_run_time} == at_run_time
+    for name in sockserve.__all__:
+        module = importlib.import_module(f"sockserve.{for_checkers[name]}")
+        assert getattr(sockserve, name) is getattr(module, name), name

@@ -4,49 +4,107 @@ A drop-in for the stdlib's ``socketserver`` (``import sockserve as
 socketserver``), made fit for production. This module is the public API: it
 re-exports names from the private modules and lists them in ``__all__``; it
 defines nothing itself.
+
+Each name is imported from its module on first use (PEP 562), so ``import
+sockserve`` costs about what ``import socketserver`` does, and a program pays
+only for the parts it uses: a threading server does not load the worker pool.
+Type checkers and editors read the imports under ``TYPE_CHECKING`` instead.
 """
 
 from __future__ import annotations
 
 import os as _os
 
-from ._base_server import BaseServer as BaseServer
-from ._combos import ThreadingTCPServer as ThreadingTCPServer
-from ._combos import ThreadingUDPServer as ThreadingUDPServer
-from ._combos import ThreadingUnixDatagramServer as ThreadingUnixDatagramServer
-from ._combos import ThreadingUnixStreamServer as ThreadingUnixStreamServer
-from ._combos import ThreadPoolTCPServer as ThreadPoolTCPServer
-from ._combos import ThreadPoolUDPServer as ThreadPoolUDPServer
-from ._combos import ThreadPoolUnixDatagramServer as ThreadPoolUnixDatagramServer
-from ._combos import ThreadPoolUnixStreamServer as ThreadPoolUnixStreamServer
-from ._drain import DEFAULT_GRACE as DEFAULT_GRACE
-from ._drain import DrainReport as DrainReport
-from ._errors import ConnectionDeadlineExceeded as ConnectionDeadlineExceeded
-from ._errors import ConnectionLimitReached as ConnectionLimitReached
-from ._errors import DatagramTooLarge as DatagramTooLarge
-from ._errors import IdleTimeoutExpired as IdleTimeoutExpired
-from ._errors import LimitExceeded as LimitExceeded
-from ._errors import LineTooLong as LineTooLong
-from ._errors import RequestTooLarge as RequestTooLarge
-from ._errors import SocketPathInUse as SocketPathInUse
-from ._errors import SocketPathNotASocket as SocketPathNotASocket
-from ._errors import SockserveError as SockserveError
-from ._forking import ForkingMixIn as ForkingMixIn
-from ._framed import FramedRequestHandler as FramedRequestHandler
-from ._handlers import BaseRequestHandler as BaseRequestHandler
-from ._handlers import DatagramRequestHandler as DatagramRequestHandler
-from ._handlers import StreamRequestHandler as StreamRequestHandler
-from ._inet_servers import TCPServer as TCPServer
-from ._inet_servers import UDPServer as UDPServer
-from ._limits import Limits as Limits
-from ._pool import ThreadPoolMixIn as ThreadPoolMixIn
-from ._serve import serve as serve
-from ._threading import ThreadingMixIn as ThreadingMixIn
-from ._unix_servers import UnixDatagramServer as UnixDatagramServer
-from ._unix_servers import UnixStreamServer as UnixStreamServer
-from ._worker_pool import WorkerPool as WorkerPool
+# typing.TYPE_CHECKING without importing typing (mypy and pyright honour the name).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._base_server import BaseServer as BaseServer
+    from ._combos import ForkingTCPServer as ForkingTCPServer
+    from ._combos import ForkingUDPServer as ForkingUDPServer
+    from ._combos import ForkingUnixDatagramServer as ForkingUnixDatagramServer
+    from ._combos import ForkingUnixStreamServer as ForkingUnixStreamServer
+    from ._combos import ThreadingTCPServer as ThreadingTCPServer
+    from ._combos import ThreadingUDPServer as ThreadingUDPServer
+    from ._combos import ThreadingUnixDatagramServer as ThreadingUnixDatagramServer
+    from ._combos import ThreadingUnixStreamServer as ThreadingUnixStreamServer
+    from ._combos import ThreadPoolTCPServer as ThreadPoolTCPServer
+    from ._combos import ThreadPoolUDPServer as ThreadPoolUDPServer
+    from ._combos import ThreadPoolUnixDatagramServer as ThreadPoolUnixDatagramServer
+    from ._combos import ThreadPoolUnixStreamServer as ThreadPoolUnixStreamServer
+    from ._drain import DEFAULT_GRACE as DEFAULT_GRACE
+    from ._drain import DrainReport as DrainReport
+    from ._errors import ConnectionDeadlineExceeded as ConnectionDeadlineExceeded
+    from ._errors import ConnectionLimitReached as ConnectionLimitReached
+    from ._errors import DatagramTooLarge as DatagramTooLarge
+    from ._errors import IdleTimeoutExpired as IdleTimeoutExpired
+    from ._errors import LimitExceeded as LimitExceeded
+    from ._errors import LineTooLong as LineTooLong
+    from ._errors import RequestTooLarge as RequestTooLarge
+    from ._errors import SocketPathInUse as SocketPathInUse
+    from ._errors import SocketPathNotASocket as SocketPathNotASocket
+    from ._errors import SockserveError as SockserveError
+    from ._forking import ForkingMixIn as ForkingMixIn
+    from ._framed import FramedRequestHandler as FramedRequestHandler
+    from ._handlers import BaseRequestHandler as BaseRequestHandler
+    from ._handlers import DatagramRequestHandler as DatagramRequestHandler
+    from ._handlers import StreamRequestHandler as StreamRequestHandler
+    from ._inet_servers import TCPServer as TCPServer
+    from ._inet_servers import UDPServer as UDPServer
+    from ._limits import Limits as Limits
+    from ._pool import ThreadPoolMixIn as ThreadPoolMixIn
+    from ._serve import serve as serve
+    from ._threading import ThreadingMixIn as ThreadingMixIn
+    from ._unix_servers import UnixDatagramServer as UnixDatagramServer
+    from ._unix_servers import UnixStreamServer as UnixStreamServer
+    from ._worker_pool import WorkerPool as WorkerPool
 
 __version__ = "0.1.0"
+
+# The module that defines each public name (the imports above, for run time).
+_MODULES = {
+    "BaseServer": "_base_server",
+    "TCPServer": "_inet_servers",
+    "UDPServer": "_inet_servers",
+    "ThreadingUDPServer": "_combos",
+    "ThreadingTCPServer": "_combos",
+    "BaseRequestHandler": "_handlers",
+    "StreamRequestHandler": "_handlers",
+    "DatagramRequestHandler": "_handlers",
+    "ThreadingMixIn": "_threading",
+    "ThreadingUnixStreamServer": "_combos",
+    "ThreadingUnixDatagramServer": "_combos",
+    "UnixStreamServer": "_unix_servers",
+    "UnixDatagramServer": "_unix_servers",
+    "DEFAULT_GRACE": "_drain",
+    "ConnectionDeadlineExceeded": "_errors",
+    "ConnectionLimitReached": "_errors",
+    "DatagramTooLarge": "_errors",
+    "DrainReport": "_drain",
+    "FramedRequestHandler": "_framed",
+    "IdleTimeoutExpired": "_errors",
+    "LimitExceeded": "_errors",
+    "Limits": "_limits",
+    "LineTooLong": "_errors",
+    "RequestTooLarge": "_errors",
+    "ThreadPoolMixIn": "_pool",
+    "ThreadPoolTCPServer": "_combos",
+    "ThreadPoolUDPServer": "_combos",
+    "ThreadPoolUnixDatagramServer": "_combos",
+    "ThreadPoolUnixStreamServer": "_combos",
+    "WorkerPool": "_worker_pool",
+    "SockserveError": "_errors",
+    "serve": "_serve",
+    "SocketPathInUse": "_errors",
+    "SocketPathNotASocket": "_errors",
+}
+if hasattr(_os, "fork"):
+    _MODULES.update(
+        ForkingMixIn="_forking",
+        ForkingTCPServer="_combos",
+        ForkingUDPServer="_combos",
+        ForkingUnixDatagramServer="_combos",
+        ForkingUnixStreamServer="_combos",
+    )
 
 # The stdlib's names first, in the stdlib's order.
 __all__ = [
@@ -88,11 +146,6 @@ __all__ = [
 ]
 
 if hasattr(_os, "fork"):
-    from ._combos import ForkingTCPServer as ForkingTCPServer
-    from ._combos import ForkingUDPServer as ForkingUDPServer
-    from ._combos import ForkingUnixDatagramServer as ForkingUnixDatagramServer
-    from ._combos import ForkingUnixStreamServer as ForkingUnixStreamServer
-
     __all__ += [
         "ForkingMixIn",
         "ForkingTCPServer",
@@ -100,3 +153,18 @@ if hasattr(_os, "fork"):
         "ForkingUnixDatagramServer",
         "ForkingUnixStreamServer",
     ]
+
+
+if not TYPE_CHECKING:  # hidden from type checkers, which then flag a misspelt name
+
+    def __getattr__(name: str) -> object:
+        """Import a public name's module on first use; later uses find the name here."""
+        module = _MODULES.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(__import__(module, globals(), None, [name], 1), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(__all__))
