@@ -9,7 +9,6 @@ instead of depending on the ``net.ipv6.bindv6only`` setting.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -42,6 +41,8 @@ def _is_ipv6_wildcard(server_address: Any) -> bool:
     host = server_address[0] if isinstance(server_address, tuple) and server_address else None
     if not isinstance(host, str) or not host:
         return False
+    import ipaddress  # here: only an IPv6 server pays for loading it
+
     try:
         return ipaddress.IPv6Address(host.split("%", 1)[0]) == ipaddress.IPv6Address("::")
     except ValueError:

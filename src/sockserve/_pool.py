@@ -21,11 +21,11 @@ from ._model import ConcurrencyModel
 from ._pool_model import DatagramReceivers, PoolModel
 from ._reactor import Reactor
 from ._threading import run_request
-from ._worker_pool import WorkerPool
 
 if TYPE_CHECKING:
     from ._admission import Admission
     from ._base_server import BaseServer as _ServerBase
+    from ._worker_pool import WorkerPool
 else:
     _ServerBase = object  # a stand-alone mixin at run time, as ThreadingMixIn is
 
@@ -56,6 +56,8 @@ class ThreadPoolMixIn(_ServerBase):
     _receivers: DatagramReceivers | None = None  # a datagram pool's, once its model is made
 
     def _make_model(self, admission: Admission) -> ConcurrencyModel:
+        from ._worker_pool import WorkerPool  # here: a program that makes no pool does not load it
+
         pool = WorkerPool(
             self.pool_max_workers,
             self.pool_min_workers,
