@@ -147,6 +147,8 @@ class ForkModel:
 
     def reap(self, *, blocking: bool = False) -> None:
         """Reap the children that have exited (all of them, waiting, if ``blocking``)."""
+        if not self.pids:
+            return  # every turn of the serve loop asks: most find nothing to do
         flags = 0 if blocking else os.WNOHANG
         for pid in self.pids.copy():
             try:
@@ -240,9 +242,12 @@ class ForkingMixIn(_ServerBase):
         return model
 
     def _forks(self) -> ForkModel:
-        self._concurrency_model()
-        assert self._fork_model is not None
-        return self._fork_model
+        forks = self._fork_model
+        if forks is None:
+            self._concurrency_model()  # made on first use, with the server's admission
+            forks = self._fork_model
+            assert forks is not None
+        return forks
 
     def collect_children(self, *, blocking: bool = False) -> None:
         """Reap the children that have exited; wait while at max_children."""
@@ -299,8 +304,10 @@ class ForkingMixIn(_ServerBase):
         of being refused. (A datagram child replies through that socket, so
         it keeps it.)
         """
+        # The class's socket_type, not sock.type: that builds an enum member
+        # on each call, in every child.
         sock = getattr(self, "socket", None)
-        if sock is not None and sock.type == socket.SOCK_STREAM:
+        if sock is not None and getattr(self, "socket_type", None) == socket.SOCK_STREAM:
             sock.close()
 
     def server_close(self) -> None:
