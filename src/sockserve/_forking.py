@@ -111,6 +111,10 @@ class ForkModel:
         self.pids: set[int] = set()  # the stdlib's ``active_children``, the same set object
         self._tickets: dict[int, Ticket] = {}
         self._pidfds: dict[int, int] = {}
+        # The pidfds the serve loop watches. It unwatches one itself when the
+        # child exits (see ForkingMixIn._unwatch_fd), before the reap, which
+        # then has nothing to undo.
+        self.watched: set[int] = set()
         self._drain_waker: Waker | None = None
         self._interrupted = False
 
@@ -133,7 +137,13 @@ class ForkModel:
         if not self.host._watch_fd(fd):
             os.close(fd)
             return
+        self.watched.add(fd)
         self._pidfds[pid] = fd
+
+    def _forget_pidfd(self, fd: int) -> None:
+        if fd in self.watched:
+            self.host._unwatch_fd(fd)
+        os.close(fd)
 
     def _finished(self, pid: int) -> None:
         self.pids.discard(pid)
@@ -142,8 +152,7 @@ class ForkModel:
             self.admission.release(ticket)
         fd = self._pidfds.pop(pid, None)
         if fd is not None:
-            self.host._unwatch_fd(fd)
-            os.close(fd)
+            self._forget_pidfd(fd)
 
     def reap(self, *, blocking: bool = False) -> None:
         """Reap the children that have exited (all of them, waiting, if ``blocking``)."""
@@ -216,9 +225,7 @@ class ForkModel:
         self.reap(blocking=self.host.block_on_close)
         for pid in list(self._pidfds):
             # A child left running (block_on_close False) is not watched any more.
-            fd = self._pidfds.pop(pid)
-            self.host._unwatch_fd(fd)
-            os.close(fd)
+            self._forget_pidfd(self._pidfds.pop(pid))
 
 
 class ForkingMixIn(_ServerBase):
@@ -251,9 +258,10 @@ class ForkingMixIn(_ServerBase):
 
     def collect_children(self, *, blocking: bool = False) -> None:
         """Reap the children that have exited; wait while at max_children."""
-        if self.active_children is None:
-            return
-        self._forks().collect(blocking=blocking)
+        forks = self._fork_model
+        if self.active_children is None or forks is None or not forks.pids:
+            return  # nothing was forked, or nothing is left to reap (most turns of the loop)
+        forks.collect(blocking=blocking)
 
     def handle_timeout(self) -> None:
         """Reap children when handle_request() times out."""
@@ -267,7 +275,7 @@ class ForkingMixIn(_ServerBase):
         """Fork a child that handles the request and exits."""
         job = self._take_job(request, client_address)
         forks = self._forks()
-        if forks.at_capacity():
+        if len(forks.pids) >= self.max_children:
             forks.collect()  # handle_request() has no capacity check of its own
         pid = os.fork()
         if pid:
@@ -295,6 +303,12 @@ class ForkingMixIn(_ServerBase):
                 status = 0  # the stages closed it, with a log line
         finally:
             os._exit(status)
+
+    def _unwatch_fd(self, fd: Any) -> None:
+        super()._unwatch_fd(fd)
+        forks = self._fork_model
+        if forks is not None:
+            forks.watched.discard(fd)
 
     def _close_inherited_listener(self) -> None:
         """In a child, close our copy of a stream server's listening socket.
