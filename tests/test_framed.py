@@ -209,3 +209,31 @@ def _buffered_by_the_server(server: Any) -> int:
     except RuntimeError:
         return -1
     return sum(c._framer.buffered for c in connections if c._framer is not None)
+
+
+def test_connections_whose_first_requests_are_there_at_accept_are_served_and_stay_usable() -> None:
+    # Sent before the loop runs, the requests are in the sockets when it
+    # accepts, and when the reactor first looks at them: each is served, the
+    # next ones too, and each connection ends and is counted out.
+    class Echo(sockserve.FramedRequestHandler):
+        def handle_request(self, request: bytes) -> None:
+            self.send(request)
+
+    server = Pool(("127.0.0.1", 0), Echo)
+    clients = [connect(server.server_address) for _ in range(8)]
+    try:
+        for n, client in enumerate(clients):
+            client.sendall(b"first %d\n" % n)
+        with running_server(server):
+            for n, client in enumerate(clients):
+                assert recv_line(client) == b"first %d\n" % n
+            for n, client in enumerate(clients):
+                client.sendall(b"second %d\n" % n)
+                assert recv_line(client) == b"second %d\n" % n
+            for client in clients:
+                client.shutdown(socket.SHUT_WR)
+                assert recv_all(client) == b""  # the server ends the connection too
+            assert wait_until(lambda: server._in_flight_count() == 0), "a connection was never counted out"
+    finally:
+        for client in clients:
+            client.close()

@@ -200,3 +200,38 @@ def test_handle_request_waits_for_a_free_worker() -> None:
         finally:
             first.close()
             second.close()
+
+
+def test_connections_whose_bytes_are_there_at_accept_go_straight_to_the_workers() -> None:
+    entered = threading.Semaphore(0)
+
+    class Echo(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            entered.release()
+            for line in self.rfile:
+                self.wfile.write(line)
+
+    class Pool(sockserve.ThreadPoolTCPServer):
+        pool_min_workers = 0
+        pool_max_workers = 4
+
+    server = Pool(("127.0.0.1", 0), Echo)
+    clients = [connect(server.server_address) for _ in range(6)]
+    try:
+        for n, client in enumerate(clients):
+            client.sendall(b"first %d\n" % n)  # in the socket before the loop accepts it
+        with running_server(server):
+            for n, client in enumerate(clients[:4]):
+                assert recv_line(client) == b"first %d\n" % n
+            for n, client in enumerate(clients):
+                if n < 4:
+                    client.shutdown(socket.SHUT_WR)
+            for n, client in enumerate(clients[4:], start=4):  # waited for a worker, then were served
+                assert recv_line(client) == b"first %d\n" % n
+                client.shutdown(socket.SHUT_WR)
+            for _ in clients:
+                assert entered.acquire(timeout=10)
+            assert server._pool_model().reactor._thread is None, "a connection went through the reactor"  # type: ignore[union-attr]
+    finally:
+        for client in clients:
+            client.close()
