@@ -185,6 +185,7 @@ _SPECS = [
         "socketserver.ThreadingUDPServer, a thread per datagram",
     ),
     ServerSpec("stdlib_udp", "stdlib_udp", "udp", UDP_BASELINE, "socketserver.UDPServer, synchronous"),
+    ServerSpec("sockserve_udp", "sockserve_udp", "udp", UDP_BASELINE, "sockserve.UDPServer, synchronous"),
     ServerSpec(
         "sockserve_pool_udp",
         "sockserve_pool_udp",
