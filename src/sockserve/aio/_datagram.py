@@ -187,5 +187,7 @@ class DatagramEndpoint:
 
 
 def _can_pause(transport: asyncio.BaseTransport) -> bool:
-    # asyncio's selector datagram transport pauses since 3.11; uvloop's does not.
-    return hasattr(transport, "pause_reading")
+    # asyncio's selector datagram transport pauses since 3.11 (before, it has
+    # only ReadTransport's, which raises NotImplementedError); uvloop's has none.
+    method = getattr(type(transport), "pause_reading", None)
+    return method is not None and method is not asyncio.ReadTransport.pause_reading
