@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -25,6 +26,10 @@ from typing import Any, final
 from ._errors import ConnectionLimitReached, LimitExceeded
 from ._limits import NO_LIMITS, Limits
 from ._wakeup import Waker
+
+# The key of a ticket admitted while no per-client cap was in force: nobody
+# needs to know who its client is, so it is not counted per client.
+UNCOUNTED: Hashable = object()
 
 
 def client_key(client_address: Any) -> Hashable:
@@ -49,11 +54,13 @@ class Ticket:
             which the child cuts itself).
         aborted: why the server cut it, once it did (so that the error the
             handler then sees is not reported as the client's doing).
+        number: 1 for the first ticket its admission gave, 2 for the next...
     """
 
-    __slots__ = ("abort", "aborted", "admitted_at", "deadline", "key", "peer", "released")
+    __slots__ = ("abort", "aborted", "admitted_at", "deadline", "key", "number", "peer", "released")
 
-    def __init__(self, peer: Any, key: Hashable, admitted_at: float, deadline: float | None) -> None:
+    def __init__(self, peer: Any, key: Hashable, admitted_at: float, deadline: float | None, number: int = 0) -> None:
+        self.number = number
         self.peer = peer
         self.key = key
         self.admitted_at = admitted_at
@@ -104,7 +111,10 @@ class Admission:
         self._interrupted = False
         self._open: dict[int, Ticket] = {}  # id(ticket) -> ticket
         self._per_client: dict[Hashable, int] = {}
-        self.admitted = 0  # tickets given since the start
+        self._numbers = itertools.count(1)  # next() is atomic: the tickets' numbers
+        # Tickets given since the start (a ticket's own ``number`` is exact
+        # even while other threads admit).
+        self.admitted = 0
         self.refused: collections.Counter[str] = collections.Counter()  # refusals by reason
 
     def admit(self, peer: Any, now: float | None = None) -> Ticket | Refusal:
@@ -116,20 +126,32 @@ class Admission:
         """
         limits = self.limits
         now = time.monotonic() if now is None else now
-        key = client_key(peer)
+        per_ip = limits.max_connections_per_ip
+        timeout = limits.connection_timeout
+        deadline = None if timeout is None else now + timeout
+        if per_ip is None and limits.max_connections is None:
+            # Nothing to refuse, only to count: no lock, whose two turns cost
+            # more than the rest of admit() and release(). Every step is one
+            # atomic operation (a dict's item, next() on a counter), and a
+            # drain looks at the open tickets after registering its waker
+            # (see release()).
+            ticket = Ticket(peer, UNCOUNTED, now, deadline, next(self._numbers))
+            self._open[id(ticket)] = ticket
+            self.admitted = ticket.number
+            return ticket
+        key = UNCOUNTED if per_ip is None else client_key(peer)
         with self._lock:
             total = limits.max_connections
             if total is not None and len(self._open) >= total:
                 refusal = Refusal(ConnectionLimitReached(total, peer))
             else:
-                count = self._per_client.get(key, 0)
-                per_ip = limits.max_connections_per_ip
+                count = 0 if per_ip is None else self._per_client.get(key, 0)
                 if per_ip is None or count < per_ip:
-                    self._per_client[key] = count + 1
-                    timeout = limits.connection_timeout
-                    ticket = Ticket(peer, key, now, None if timeout is None else now + timeout)
+                    if per_ip is not None:
+                        self._per_client[key] = count + 1
+                    ticket = Ticket(peer, key, now, deadline, next(self._numbers))
                     self._open[id(ticket)] = ticket
-                    self.admitted += 1
+                    self.admitted = ticket.number
                     return ticket
                 refusal = Refusal(ConnectionLimitReached(per_ip, peer, per_ip=True))
             self.refused[refusal.reason] += 1
@@ -137,20 +159,33 @@ class Admission:
 
     def release(self, ticket: Ticket) -> None:
         """Count a finished connection out; only the first call for a ticket counts."""
+        if ticket.key is UNCOUNTED and self.limits.max_connections is None:
+            # Admitted without the lock (see admit()): whichever call pops
+            # the ticket is the one that counts it out.
+            if self._open.pop(id(ticket), None) is None:
+                return
+            ticket.released = True
+            if self._idle_wakers and len(self._open) <= 1:
+                for waker in list(self._idle_wakers):
+                    waker.wake()
+            return
         with self._lock:
             if ticket.released:
                 return
             ticket.released = True
             del self._open[id(ticket)]
-            remaining = self._per_client[ticket.key] - 1
-            if remaining:
-                self._per_client[ticket.key] = remaining
-            else:
-                del self._per_client[ticket.key]
+            key = ticket.key
+            if key is not UNCOUNTED:
+                remaining = self._per_client[key] - 1
+                if remaining:
+                    self._per_client[key] = remaining
+                else:
+                    del self._per_client[key]
+            still_open = len(self._open)
             limit = self.limits.max_connections
-            freed = limit is not None and len(self._open) == limit - 1
+            freed = limit is not None and still_open == limit - 1
             # A drain may wait for none, or for none but its caller's own.
-            wakers = list(self._idle_wakers) if len(self._open) <= 1 else ()
+            wakers = list(self._idle_wakers) if still_open <= 1 and self._idle_wakers else ()
         for waker in wakers:
             waker.wake()
         if freed and self._on_free is not None:
@@ -171,8 +206,11 @@ class Admission:
 
     def next_deadline(self) -> float | None:
         """The earliest connection deadline of those that can be cut, or None."""
+        # Over a copy: tickets come and go without the lock (see admit()).
         with self._lock:
-            deadlines = [t.deadline for t in self._open.values() if t.deadline is not None and t.abort is not None]
+            deadlines = [
+                t.deadline for t in list(self._open.values()) if t.deadline is not None and t.abort is not None
+            ]
         return min(deadlines, default=None)
 
     def overdue(self, now: float | None = None) -> list[Ticket]:
@@ -180,7 +218,9 @@ class Admission:
         now = time.monotonic() if now is None else now
         with self._lock:
             return [
-                t for t in self._open.values() if t.deadline is not None and t.deadline <= now and t.abort is not None
+                t
+                for t in list(self._open.values())  # a copy: see next_deadline()
+                if t.deadline is not None and t.deadline <= now and t.abort is not None
             ]
 
     def interrupt(self) -> None:

@@ -19,6 +19,7 @@ these deliberate differences, all invisible to code that works on the stdlib:
 
 from __future__ import annotations
 
+import math
 import select
 import selectors
 import socket
@@ -28,12 +29,12 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._accept import BACKOFF_SECONDS, AcceptBackoff, accept_batch
+from ._accept import ACCEPT_BATCH, BACKOFF_SECONDS, AcceptBackoff, accept_batch
 from ._framed import FramedRequestHandler, is_framed_handler
 from ._graceful import GracefulStop
 from ._limits import limits_of
 from ._log import format_address, logger, report_request_error
-from ._model import ConcurrencyModel, InlineModel
+from ._model import ConcurrencyModel, InlineModel, TicketModel
 from ._pipeline import Job, current_job, set_current_job
 from ._server_core import ServerCore
 from ._signal_wakeup import drain, signal_wakeup
@@ -51,6 +52,21 @@ if hasattr(selectors, "PollSelector"):
     _ServerSelector: type[selectors.BaseSelector] = selectors.PollSelector
 else:  # pragma: no cover - Windows
     _ServerSelector = selectors.SelectSelector
+
+
+def _capacity_check(admission: Admission, model: ConcurrencyModel) -> Callable[[], bool] | None:
+    """What says the server is full (at max_connections, or the model can take
+    no more), or None when nothing can fill it: then the serve loop asks
+    nothing per request. Decided once, when the model is made."""
+    checks = []
+    if admission.limits.max_connections is not None:
+        checks.append(admission.at_capacity)
+    if getattr(type(model), "at_capacity", None) is not TicketModel.at_capacity:  # that one is never full
+        checks.append(model.at_capacity)
+    if len(checks) == 2:
+        at_max_connections, model_full = checks
+        return lambda: at_max_connections() or model_full()
+    return checks[0] if checks else None
 
 
 class BaseServer(ServerCore, GracefulStop):
@@ -118,7 +134,8 @@ class BaseServer(ServerCore, GracefulStop):
             )
         self._start_core()
         self._serve_waker: Waker | None = None  # serve_forever()'s, while it runs
-        self._serve_selector: selectors.BaseSelector | None = None  # serve_forever()'s, while it runs
+        self._serve_poller: select.poll | None = None  # serve_forever()'s, while it runs
+        self._is_full: Callable[[], bool] | None = None  # see _capacity_check; set with the model
         self._accept_backoff = AcceptBackoff()
         self._accept_paused = False  # the loop stopped watching the socket: at capacity
         self._force_requested = False  # force_stop() was called
@@ -155,50 +172,60 @@ class BaseServer(ServerCore, GracefulStop):
             raise RuntimeError("serve_forever() is already running on this server") from None
         self._serve_waker = waker
         handshake = self._handshake
+        # A bare poll object, not a selector: a selector's bookkeeping costs
+        # more Python calls per turn than the rest of the turn (the forking
+        # model watches a pidfd per child through it, see _watch_fd).
+        poller = select.poll()
+        self._serve_poller = poller
         try:
-            with _ServerSelector() as selector:
-                selector.register(self, selectors.EVENT_READ)
-                selector.register(waker, selectors.EVENT_READ)
-                signals = signal_wakeup()  # a signal handler's shutdown() must not wait for poll_interval
-                if signals is not None:
-                    selector.register(signals, selectors.EVENT_READ)
-                # A bare poll object to ask "is another request waiting?" after
-                # each accept: a fraction of a selector's cost per call.
-                pending = select.poll()
-                pending.register(self.fileno(), select.POLLIN)
-                self._serve_selector = selector
-                watching = True
-                while not handshake.requested:
-                    # At capacity the listening socket is not watched, so new
-                    # connections wait in the kernel backlog; a slot freeing up
-                    # wakes the loop (see _capacity_freed). The flag is set
-                    # before capacity is checked again, so a slot freed in
-                    # between is never missed.
+            self._concurrency_model()  # made now: the loop reads _is_full
+            listener = self.fileno()
+            poller.register(listener, select.POLLIN)
+            waker_fd = waker.fileno()
+            poller.register(waker_fd, select.POLLIN)
+            signals = signal_wakeup()  # a signal handler's shutdown() must not wait for poll_interval
+            signals_fd = -1 if signals is None else signals.fileno()
+            if signals is not None:
+                poller.register(signals_fd, select.POLLIN)
+            # Another one to ask "is another request waiting?" after each accept.
+            pending = select.poll()
+            pending.register(listener, select.POLLIN)
+            # As selectors do: None blocks, anything else is rounded up to a millisecond.
+            timeout_ms = None if poll_interval is None else max(0, math.ceil(poll_interval * 1000.0))
+            watching = True
+            while not handshake.requested:
+                # At capacity the listening socket is not watched, so new
+                # connections wait in the kernel backlog; a slot freeing up
+                # wakes the loop (see _capacity_freed). The flag is set
+                # before capacity is checked again, so a slot freed in
+                # between is never missed.
+                if self._is_full is not None or not watching:
                     self._accept_paused = True
                     paused = self._accepting_paused()
                     self._accept_paused = paused
                     if paused == watching:
                         if paused:
-                            selector.unregister(self)
+                            poller.unregister(listener)
                             logger.debug("%s at capacity: not accepting", format_address(self.server_address))
                         else:
-                            selector.register(self, selectors.EVENT_READ)
+                            poller.register(listener, select.POLLIN)
                         watching = not paused
-                    ready = selector.select(poll_interval)
-                    if handshake.requested:
-                        break
-                    for key, _ in ready:
-                        if key.fileobj is waker:
-                            waker.drain()
-                        elif key.fileobj is signals:
-                            drain(signals)
-                        elif key.fileobj is self:
-                            self._serve_pending(pending)
-                        else:
-                            self._unwatch_fd(key.fileobj)  # a watched descriptor: its event wakes the loop once
-                    self.service_actions()
+                ready = poller.poll(timeout_ms)
+                if handshake.requested:
+                    break
+                for fd, _ in ready:
+                    if fd == listener:
+                        self._serve_pending(pending)
+                    elif fd == waker_fd:
+                        waker.drain()
+                    elif fd == signals_fd:
+                        assert signals is not None
+                        drain(signals)
+                    else:
+                        self._unwatch_fd(fd)  # a watched descriptor: its event wakes the loop once
+                self.service_actions()
         finally:
-            self._serve_selector = None
+            self._serve_poller = None
             self._accept_paused = False
             self._serve_waker = None
             handshake.end()
@@ -238,21 +265,36 @@ class BaseServer(ServerCore, GracefulStop):
     # -- one connection's walk: accept, admit, dispatch (stages, handler), release ----
 
     def _serve_pending(self, pending: select.poll) -> None:
-        """Take the requests that are waiting, up to ACCEPT_BATCH."""
-        if self._accepting_paused():
-            # The model filled up since the loop last looked (the pool's
-            # reactor hands it work on its own thread): accept nothing; the
-            # loop stops watching the socket at its next turn.
-            return
+        """Take the requests that are waiting, up to ACCEPT_BATCH.
 
-        def go_on() -> bool:
+        ``accept_batch()``'s loop, written out: this runs at every wake-up,
+        and under light load for every single request, so it calls no
+        ``go_on()`` between requests and builds no closure.
+        """
+        is_full = self._is_full
+        handshake = self._handshake
+        backoff = self._accept_backoff
+        for _ in range(ACCEPT_BATCH):
+            if is_full is not None and is_full():
+                # The model filled up since the loop last looked (the pool's
+                # reactor hands it work on its own thread): accept no more;
+                # the loop stops watching the socket at its next turn.
+                return
+            try:
+                request, client_address = self.get_request()
+            except (BlockingIOError, InterruptedError):
+                return  # nothing (more) waiting, or another worker process took it
+            except OSError as exc:
+                if backoff.failed(exc, self.server_address):
+                    self._back_off()
+                return
+            if backoff.failures:
+                backoff.succeeded(self.server_address)
+            self._admit_and_dispatch(request, client_address)
             # The listening socket is blocking, as the stdlib's is: only ask
             # for another request when one is known to be waiting.
-            return not self._handshake.requested and not self._accepting_paused() and bool(pending.poll(0))
-
-        accept_batch(
-            self.get_request, self._admit_and_dispatch, go_on, self._accept_backoff, self.server_address, self._back_off
-        )
+            if handshake.requested or not pending.poll(0):
+                return
 
     def _handle_request_noblock(self) -> None:
         """Handle one request, without blocking (the socket is known readable)."""
@@ -267,7 +309,21 @@ class BaseServer(ServerCore, GracefulStop):
         )
 
     def _admit_and_dispatch(self, request: Any, client_address: Any) -> None:
-        """Walk one accepted request through admission and dispatch."""
+        """Walk one accepted request through admission, then hand it to the
+        concurrency model, through ``process_request()``.
+
+        A model's ``process_request()`` takes the job over (``_take_job``) and
+        releases it when its handler is done, wherever that runs. A job nobody
+        took (the sequential model, which runs it right here, or a
+        ``process_request()`` of the user's own) is released when
+        ``process_request()`` returns. Where the handler runs on this thread
+        anyway, the stages run here first.
+
+        This runs once per connection and per datagram: it reads the
+        admission and the model from their attributes rather than through
+        their makers, and makes the job this thread's current one only where
+        its handler runs here (elsewhere, ``Job.run`` does).
+        """
         try:
             ticket = self._admit(request, client_address)
         except BaseException:
@@ -276,35 +332,31 @@ class BaseServer(ServerCore, GracefulStop):
         if ticket is None:
             self.shutdown_request(request)
             return
-        if ticket.deadline is not None and not self._concurrency_model().cuts_own_deadlines:
+        model = self._concurrency
+        if model is None:
+            model = self._concurrency_model()
+        if ticket.deadline is not None and not model.cuts_own_deadlines:
             self._start_watchdog()
-        self._dispatch_job(Job(self, self._admission(), ticket, request, client_address, self._stage_factories()))
-
-    def _dispatch_job(self, job: Job) -> None:
-        """Hand an admitted job to the concurrency model, through ``process_request()``.
-
-        A model's ``process_request()`` takes the job over (``_take_job``) and
-        releases it when its handler is done, wherever that runs. A job nobody
-        took (the sequential model, which runs it right here, or a
-        ``process_request()`` of the user's own) is released when
-        ``process_request()`` returns. Where the handler runs on this thread
-        anyway, the stages run here first.
-        """
-        model = self._concurrency_model()
-        previous = set_current_job(job)
+        job = Job(self, self._admission_book, ticket, request, client_address, self._stage_factories())
+        on_loop = model.runs_on_loop
+        previous = set_current_job(job) if on_loop else None
         try:
-            if model.runs_on_loop and not job.prepare():
+            if on_loop and job.stages and not job.prepare():
                 return
             self._dispatching = job
-            self.process_request(job.request, job.client_address)
+            self.process_request(job.request, job.client_address)  # as the stages left them
         except Exception:
+            if not on_loop:
+                previous = set_current_job(job)  # handle_error() looks the job up
+                on_loop = True
             self.handle_error(job.request, job.client_address)
             self.shutdown_request(job.request)
         except BaseException:
             self.shutdown_request(job.request)
             raise
         finally:
-            set_current_job(previous)
+            if on_loop:
+                set_current_job(previous)
             if self._dispatching is job:
                 self._dispatching = None
                 job.release()
@@ -326,7 +378,10 @@ class BaseServer(ServerCore, GracefulStop):
         """This server's concurrency model; made on first use."""
         model = self._concurrency
         if model is None:
-            model = self._concurrency = self._make_model(self._admission())
+            admission = self._admission()
+            model = self._make_model(admission)
+            self._is_full = _capacity_check(admission, model)
+            self._concurrency = model
         return model
 
     def _make_model(self, admission: Admission) -> ConcurrencyModel:
@@ -337,7 +392,9 @@ class BaseServer(ServerCore, GracefulStop):
     def _accepting_paused(self) -> bool:
         """True while the server must not accept: at max_connections, or the
         model can take no more work."""
-        return self._admission().at_capacity() or self._concurrency_model().at_capacity()
+        self._concurrency_model()  # decides _is_full
+        is_full = self._is_full
+        return is_full is not None and is_full()
 
     def _capacity_freed(self) -> None:
         """Called from any thread when a slot frees up: wake a paused loop."""
@@ -356,17 +413,17 @@ class BaseServer(ServerCore, GracefulStop):
         """Wake the serve loop once when ``fd`` becomes readable (then it is
         unwatched). Only from the loop's own thread while it serves; False
         otherwise. The forking model watches its children's pidfds this way."""
-        selector = self._serve_selector
-        if selector is None or not self._handshake.serving_here():
+        poller = self._serve_poller
+        if poller is None or not self._handshake.serving_here():
             return False
-        selector.register(fd, selectors.EVENT_READ)
+        poller.register(fd, select.POLLIN)
         return True
 
     def _unwatch_fd(self, fd: Any) -> None:
-        selector = self._serve_selector
-        if selector is not None and self._handshake.serving_here():
+        poller = self._serve_poller
+        if poller is not None and self._handshake.serving_here():
             try:
-                selector.unregister(fd)
+                poller.unregister(fd)
             except KeyError:
                 pass  # not watched (any more): nothing to undo
 

@@ -274,7 +274,9 @@ class ForkingMixIn(_ServerBase):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Fork a child that handles the request and exits."""
         job = self._take_job(request, client_address)
-        forks = self._forks()
+        forks = self._fork_model
+        if forks is None:
+            forks = self._forks()
         if len(forks.pids) >= self.max_children:
             forks.collect()  # handle_request() has no capacity check of its own
         pid = os.fork()
@@ -291,7 +293,7 @@ class ForkingMixIn(_ServerBase):
         try:
             self._close_inherited_listener()
             job.start_deadline_in_child()
-            if job.prepare():
+            if not job.stages or job.prepare():
                 try:
                     self.finish_request(job.request, job.client_address)
                     status = 0

@@ -193,8 +193,15 @@ class UDPServer(TCPServer):
     max_packet_size = 8192
 
     def get_request(self) -> tuple[Any, Any]:
-        data, client_address = receive_datagram(self.socket, self.max_packet_size)
-        return (data, self.socket), client_address
+        # receive_datagram(), written out: this runs once per datagram.
+        sock = self.socket
+        max_packet_size = self.max_packet_size
+        data, client_address = sock.recvfrom(max_packet_size + 1)
+        if len(data) > max_packet_size:
+            error = DatagramTooLarge(max_packet_size, client_address)
+            log_dropped(error)
+            raise error
+        return (data, sock), client_address
 
     def server_activate(self) -> None:
         """Datagram sockets do not listen."""

@@ -95,7 +95,7 @@ class Job:
         """Run the stages, then ``target(request, client_address)``; release the ticket at the end."""
         previous = set_current_job(self)
         try:
-            if self.prepare():
+            if not self.stages or self.prepare():
                 target(self.request, self.client_address)
         finally:
             set_current_job(previous)

@@ -62,7 +62,9 @@ class ServerCore:
         ``verify_request()`` goes to ``handle_error()`` instead of escaping
         the serve loop.
         """
-        admission = self._admission()
+        admission = self._admission_book
+        if admission is None:
+            admission = self._admission()
         verdict = admission.admit(client_address)
         if isinstance(verdict, Refusal):
             log_refused(verdict.error)
@@ -78,12 +80,13 @@ class ServerCore:
         if not verified:
             admission.release(verdict)
             return None
-        if self.max_requests is not None and admission.admitted >= self.max_requests and not self._max_requests_done:
+        # The ticket's own number: exact even while other threads admit (a datagram pool's workers).
+        if self.max_requests is not None and verdict.number >= self.max_requests and not self._max_requests_done:
             self._max_requests_done = True
             logger.info(
                 "%s: %d requests admitted (max_requests): no more accepted",
                 format_address(self.server_address),
-                admission.admitted,
+                verdict.number,
             )
             self._handshake.request()
         return verdict
