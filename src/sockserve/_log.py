@@ -10,16 +10,41 @@ second, and the next line that gets through says how many were held back.
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._address import format_address as format_address
 from ._errors import IdleTimeoutExpired, LimitExceeded
 
-logger = logging.getLogger("sockserve")
+# logging's levels, named without importing it.
+_INFO, _WARNING, _ERROR = 20, 30, 40
+
+
+class _LoggerOnFirstUse:
+    """The ``sockserve`` logger, looked up when a line is first logged.
+
+    ``logging`` is not imported until then: a server that logs nothing does
+    not pay for its import (about 3 ms), nor, in every child a forking
+    server makes, for the at-fork hook it registers, which re-creates the
+    lock of every handler in the child.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("sockserve"), name)
+
+
+if TYPE_CHECKING:
+    import logging
+
+    logger: logging.Logger
+else:
+    logger = _LoggerOnFirstUse()
 
 # Per kind of event: at most LOG_BURST lines in any LOG_PERIOD seconds.
 LOG_BURST = 20
@@ -66,7 +91,7 @@ def _emit(kind: str, level: int, message: str, *args: Any, exc_info: bool = Fals
 
 def log_refused(error: BaseException) -> None:
     """A connection refused by the admission policy (its message names the limit and the client)."""
-    _emit("refused", logging.WARNING, "%s", error)
+    _emit("refused", _WARNING, "%s", error)
 
 
 def log_limit(error: BaseException, client_address: Any = None) -> None:
@@ -75,14 +100,14 @@ def log_limit(error: BaseException, client_address: Any = None) -> None:
     A limit raised by code that did not know the client (a handler's own
     ``LineSplitter``) is told who it was here."""
     if client_address is not None and getattr(error, "client_address", True) is None:
-        _emit("limit", logging.WARNING, "%s from %s: closing the connection", error, format_address(client_address))
+        _emit("limit", _WARNING, "%s from %s: closing the connection", error, format_address(client_address))
     else:
-        _emit("limit", logging.WARNING, "%s: closing the connection", error)
+        _emit("limit", _WARNING, "%s: closing the connection", error)
 
 
 def log_dropped(error: BaseException) -> None:
     """A datagram dropped before any handler saw it (its message names the sender)."""
-    _emit("dropped", logging.WARNING, "%s", error)
+    _emit("dropped", _WARNING, "%s", error)
 
 
 def log_stage_failed(error: BaseException, client_address: Any) -> None:
@@ -90,13 +115,13 @@ def log_stage_failed(error: BaseException, client_address: Any) -> None:
     if isinstance(error, OSError):
         _emit(
             "vanished",
-            logging.INFO,
+            _INFO,
             "client %s went away before its request: %s",
             format_address(client_address),
             error,
         )
     else:
-        _emit("stage", logging.WARNING, "closing the connection from %s: %s", format_address(client_address), error)
+        _emit("stage", _WARNING, "closing the connection from %s: %s", format_address(client_address), error)
 
 
 _VANISHED = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
@@ -128,10 +153,10 @@ def report_request_error(
         log_limit(IdleTimeoutExpired(idle_timeout, client_address))
     elif datagram and isinstance(exc, ConnectionRefusedError):
         # An ICMP "port unreachable" for an earlier reply: the client's socket is gone.
-        _emit("vanished", logging.INFO, "datagram client %s is unreachable: %s", peer, exc)
+        _emit("vanished", _INFO, "datagram client %s is unreachable: %s", peer, exc)
     elif isinstance(exc, _VANISHED) and not datagram:
         # The client vanished mid-request: routine on a busy server, not a bug here.
-        _emit("vanished", logging.INFO, "client %s went away mid-request: %s", peer, exc)
+        _emit("vanished", _INFO, "client %s went away mid-request: %s", peer, exc)
     else:
         what = "a datagram" if datagram else "a request"
-        _emit("error", logging.ERROR, "exception while handling %s from %s", what, peer, exc_info=True)
+        _emit("error", _ERROR, "exception while handling %s from %s", what, peer, exc_info=True)
