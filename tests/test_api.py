@@ -54,7 +54,15 @@ def test_all_names_resolve_to_sockserve_objects(module_name: str) -> None:
 
 def test_every_public_class_of_the_package_is_exported() -> None:
     exported = {getattr(sockserve, n) for n in sockserve.__all__}
-    for module_name in ("_base_server", "_inet_servers", "_unix_servers", "_handlers", "_combos", "_errors"):
+    for module_name in (
+        "_base_server",
+        "_inet_servers",
+        "_unix_servers",
+        "_handlers",
+        "_combos",
+        "_pool_servers",
+        "_errors",
+    ):
         module = importlib.import_module(f"sockserve.{module_name}")
         for name, obj in vars(module).items():
             if inspect.isclass(obj) and obj.__module__ == module.__name__ and not name.startswith("_"):
@@ -248,6 +256,43 @@ def test_import_sockserve_loads_nothing_it_does_not_use() -> None:
     loaded = set(done.stdout.split())
     assert loaded - {"__future__"} == {"sockserve"}, sorted(loaded)
     assert HEAVY_MODULES | {"typing"} <= set(sys.stdlib_module_names)  # the names above are real
+
+
+# What a typical program's imports must not load: logging (until a line is
+# logged), signal (until serve() or a thread starts) and the worker pool, its
+# reactor and the framed connection (until a ThreadPool* name is used).
+NOT_FOR_A_TYPICAL_PROGRAM = {
+    "logging",
+    "signal",
+    "sockserve._pool",
+    "sockserve._pool_model",
+    "sockserve._worker_pool",
+    "sockserve._reactor",
+    "sockserve._framed_connection",
+}
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        "ThreadingTCPServer, StreamRequestHandler",
+        "ForkingTCPServer, StreamRequestHandler",
+        "UDPServer, DatagramRequestHandler",
+    ],
+)
+def test_a_typical_program_loads_neither_logging_signal_nor_the_pool(names: str) -> None:
+    code = f"import sys; from sockserve import {names}; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(done.stdout.split()) & NOT_FOR_A_TYPICAL_PROGRAM
+    assert not loaded, sorted(loaded)
+
+
+def test_the_pool_servers_are_still_found_where_they_were() -> None:
+    from sockserve import _combos
+
+    assert _combos.ThreadPoolTCPServer is sockserve.ThreadPoolTCPServer
+    with pytest.raises(AttributeError):
+        _combos.NoSuchServer  # noqa: B018 - the attribute access is the test
 
 
 def test_a_public_name_loads_its_module_on_first_use() -> None:

@@ -27,10 +27,6 @@ if TYPE_CHECKING:
     from ._combos import ThreadingUDPServer as ThreadingUDPServer
     from ._combos import ThreadingUnixDatagramServer as ThreadingUnixDatagramServer
     from ._combos import ThreadingUnixStreamServer as ThreadingUnixStreamServer
-    from ._combos import ThreadPoolTCPServer as ThreadPoolTCPServer
-    from ._combos import ThreadPoolUDPServer as ThreadPoolUDPServer
-    from ._combos import ThreadPoolUnixDatagramServer as ThreadPoolUnixDatagramServer
-    from ._combos import ThreadPoolUnixStreamServer as ThreadPoolUnixStreamServer
     from ._drain import DEFAULT_GRACE as DEFAULT_GRACE
     from ._drain import DrainReport as DrainReport
     from ._errors import ConnectionDeadlineExceeded as ConnectionDeadlineExceeded
@@ -52,6 +48,10 @@ if TYPE_CHECKING:
     from ._inet_servers import UDPServer as UDPServer
     from ._limits import Limits as Limits
     from ._pool import ThreadPoolMixIn as ThreadPoolMixIn
+    from ._pool_servers import ThreadPoolTCPServer as ThreadPoolTCPServer
+    from ._pool_servers import ThreadPoolUDPServer as ThreadPoolUDPServer
+    from ._pool_servers import ThreadPoolUnixDatagramServer as ThreadPoolUnixDatagramServer
+    from ._pool_servers import ThreadPoolUnixStreamServer as ThreadPoolUnixStreamServer
     from ._serve import serve as serve
     from ._threading import ThreadingMixIn as ThreadingMixIn
     from ._unix_servers import UnixDatagramServer as UnixDatagramServer
@@ -87,10 +87,10 @@ _MODULES = {
     "LineTooLong": "_errors",
     "RequestTooLarge": "_errors",
     "ThreadPoolMixIn": "_pool",
-    "ThreadPoolTCPServer": "_combos",
-    "ThreadPoolUDPServer": "_combos",
-    "ThreadPoolUnixDatagramServer": "_combos",
-    "ThreadPoolUnixStreamServer": "_combos",
+    "ThreadPoolTCPServer": "_pool_servers",
+    "ThreadPoolUDPServer": "_pool_servers",
+    "ThreadPoolUnixDatagramServer": "_pool_servers",
+    "ThreadPoolUnixStreamServer": "_pool_servers",
     "WorkerPool": "_worker_pool",
     "SockserveError": "_errors",
     "serve": "_serve",

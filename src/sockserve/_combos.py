@@ -1,5 +1,6 @@
-"""The ready-made server classes: the stdlib's Threading*/Forking* ones, and
-sockserve's ThreadPool* ones.
+"""The stdlib's ready-made server classes: the Threading*/Forking* ones.
+sockserve's ThreadPool* ones are in ``_pool_servers``, so that these do not
+load the worker pool.
 
 The Forking*Unix* pair is offered on every supported Python, not only on 3.12+
 where the stdlib added it.
@@ -8,12 +9,18 @@ where the stdlib added it.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from ._forking import ForkingMixIn
 from ._inet_servers import TCPServer, UDPServer
-from ._pool import ThreadPoolMixIn
 from ._threading import ThreadingMixIn
 from ._unix_servers import UnixDatagramServer, UnixStreamServer
+
+if TYPE_CHECKING:  # at run time, through __getattr__ below
+    from ._pool_servers import ThreadPoolTCPServer as ThreadPoolTCPServer
+    from ._pool_servers import ThreadPoolUDPServer as ThreadPoolUDPServer
+    from ._pool_servers import ThreadPoolUnixDatagramServer as ThreadPoolUnixDatagramServer
+    from ._pool_servers import ThreadPoolUnixStreamServer as ThreadPoolUnixStreamServer
 
 
 class ThreadingTCPServer(ThreadingMixIn, TCPServer):
@@ -32,32 +39,6 @@ class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
     """Unix datagram server with a thread per datagram."""
 
 
-class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):
-    """TCP server with a bounded pool of reused threads.
-
-    Unlike the drop-in names, it sets ``allow_reuse_address``: a restarted
-    server binds its port again at once, while its last connections are in
-    TIME_WAIT. (Never on UDP, where SO_REUSEADDR lets two servers share a
-    port without a word.)
-    """
-
-    allow_reuse_address = True
-
-
-class ThreadPoolUDPServer(ThreadPoolMixIn, UDPServer):
-    """UDP server with a bounded pool of reused threads."""
-
-
-class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer):
-    """Unix stream server with a bounded pool of reused threads."""
-
-    allow_reuse_address = True  # as ThreadPoolTCPServer (the kernel ignores it on Unix sockets)
-
-
-class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer):
-    """Unix datagram server with a bounded pool of reused threads."""
-
-
 if hasattr(os, "fork"):
 
     class ForkingTCPServer(ForkingMixIn, TCPServer):
@@ -71,3 +52,12 @@ if hasattr(os, "fork"):
 
     class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
         """Unix datagram server with a process per datagram."""
+
+
+def __getattr__(name: str) -> object:
+    """The ThreadPool* names, for code that still imports them from here."""
+    if name.startswith("ThreadPool"):
+        from . import _pool_servers
+
+        return getattr(_pool_servers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

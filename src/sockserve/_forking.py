@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -206,6 +205,8 @@ class ForkModel:
 
     def force(self, reason: BaseException, ignore: Ticket | None = None) -> int:
         """The grace period is over: kill the children still handling requests."""
+        import signal  # here: only a drain that runs out of time needs it
+
         forced = 0
         for pid in list(self.pids):
             try:

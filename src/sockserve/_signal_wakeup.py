@@ -16,7 +16,6 @@ program has a wake-up descriptor of its own); the waits look it up here.
 from __future__ import annotations
 
 import contextlib
-import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -31,6 +30,8 @@ def signals_interrupt_waits() -> Iterator[socket.socket | None]:
     Yields None where that cannot be arranged: off the main thread, or when
     the program has set a wake-up descriptor of its own (asyncio's
     ``add_signal_handler`` does), which is then left alone."""
+    import signal  # here: only serve() needs it, not every program that imports a server
+
     global _receive
     if threading.current_thread() is not threading.main_thread() or _receive is not None:
         yield _receive  # nested: the outer block's descriptor serves

@@ -12,15 +12,20 @@ main thread to deliver them to, which interrupts its wait at once.
 
 from __future__ import annotations
 
-import signal
-
 # Signals the kernel raises for a fault of the thread itself must stay
 # deliverable to that thread.
 _SYNCHRONOUS = {"SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS", "SIGABRT", "SIGKILL", "SIGSTOP"}
-ASYNCHRONOUS_SIGNALS = frozenset(s for s in signal.valid_signals() if getattr(s, "name", "") not in _SYNCHRONOUS)
+_asynchronous: frozenset[int] | None = None  # the others, listed when a thread first starts
 
 
 def leave_signals_to_the_main_thread() -> None:
     """Called first thing in every thread sockserve starts."""
+    # Imported here, not with the module: a program that imports a server
+    # class does not pay for ``signal`` (its enums) before it starts a thread.
+    import signal
+
+    global _asynchronous
+    if _asynchronous is None:
+        _asynchronous = frozenset(s for s in signal.valid_signals() if getattr(s, "name", "") not in _SYNCHRONOUS)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, ASYNCHRONOUS_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _asynchronous)
