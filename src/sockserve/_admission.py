@@ -16,7 +16,6 @@ model that runs the connection supplies.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import threading
 import time
@@ -79,11 +78,16 @@ class Ticket:
 
 
 @final
-@dataclasses.dataclass(frozen=True, slots=True)
 class Refusal:
     """A connection that may not be served: ``error`` says which limit refused it."""
 
-    error: LimitExceeded
+    __slots__ = ("error",)
+
+    def __init__(self, error: LimitExceeded) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Refusal(error={self.error!r})"
 
     @property
     def reason(self) -> str:

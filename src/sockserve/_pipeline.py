@@ -18,12 +18,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 from ._admission import Admission, Ticket
 from ._errors import ConnectionDeadlineExceeded
 from ._log import format_address, log_limit, log_stage_failed
-from ._stages import DEFAULT_STAGE_TIMEOUT, StageFactory, StageFailed, run_blocking
+
+if TYPE_CHECKING:
+    from ._stages import StageFactory
 
 _local = threading.local()
 
@@ -105,6 +107,9 @@ class Job:
         """Run the stages that are left, on this thread; False if they closed the connection."""
         if not self.stages:
             return True
+        # Imported here: a server without stages (most) never loads them.
+        from ._stages import DEFAULT_STAGE_TIMEOUT, StageFailed, run_blocking
+
         stages, self.stages = self.stages, ()
         deadline = time.monotonic() + DEFAULT_STAGE_TIMEOUT
         if self.ticket is not None and self.ticket.deadline is not None:

@@ -14,7 +14,9 @@ from ._admission import Admission, Refusal, Ticket
 from ._limits import NO_LIMITS, Limits
 from ._log import format_address, log_refused, logger
 from ._shutdown import ShutdownHandshake
-from ._stages import StageFactory
+
+if TYPE_CHECKING:
+    from ._stages import StageFactory
 
 
 class ServerCore:
