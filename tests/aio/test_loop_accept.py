@@ -5,8 +5,12 @@ nothing left open."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -247,3 +251,123 @@ def test_a_connection_accepted_just_before_the_server_closed_is_closed(
     # Its transport's last callbacks have run by now (server_close() ran the loop until they did):
     # a refused connection has no handler to tell.
     assert not [m for m in logs.messages() if "exception" in m.lower()], logs.messages()
+
+
+EMFILE_CHILD = textwrap.dedent(
+    """
+    import asyncio, json, logging, os, resource, sys, threading, time
+    from sockserve import aio
+
+    class Echo(aio.AsyncProtocolHandler):
+        def data_received(self, data):
+            self.write(data)
+
+        def connection_lost(self, exc):
+            # The transport closes its socket right after this returns: say so then.
+            asyncio.get_running_loop().call_soon(lambda: print(json.dumps({"closed": True}), flush=True))
+
+    class Report(logging.Handler):
+        def emit(self, record):
+            print(json.dumps({"level": record.levelname, "msg": record.getMessage(), "name": record.name}), flush=True)
+
+    for name in ("sockserve", "asyncio"):
+        logging.getLogger(name).addHandler(Report())
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
+    server = aio.AsyncTCPServer(("127.0.0.1", 0), Echo)
+    server.event_loop = "asyncio"
+    fillers = []
+
+    def control():
+        for line in sys.stdin:
+            command = line.strip()
+            if command == "fill":
+                soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+                try:
+                    while True:
+                        fillers.append(os.dup(0))
+                except OSError as exc:
+                    print(json.dumps({"errno": exc.errno}), flush=True)
+            elif command == "release":
+                while fillers:
+                    os.close(fillers.pop())
+            elif command == "stop":
+                server.shutdown()
+                return
+
+    controller = threading.Thread(target=control)
+    controller.start()
+    print(json.dumps({"address": server.server_address}), flush=True)
+    server.serve_forever(poll_interval=3600)
+    controller.join()
+    server.server_close()
+    print(json.dumps({"stopped": True}), flush=True)
+    """
+)
+
+
+def test_out_of_descriptors_on_asyncios_loop_is_one_line_and_the_connection_waits(tmp_path: Any) -> None:
+    """asyncio's own accept reports every failed try with a traceback: the
+    server says it once, at the accept's back-off, and once on recovery; the
+    connection that could not be accepted waits, and is served."""
+    script = tmp_path / "emfile_server.py"
+    script.write_text(EMFILE_CHILD)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+
+    def next_message() -> dict[str, Any]:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line, f"the server exited: {proc.stderr.read()}"  # type: ignore[union-attr]
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def command(text: str) -> None:
+        proc.stdin.write(text + "\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+
+    def next_line() -> dict[str, Any]:
+        """The next message, but asyncio's DEBUG chatter; none of asyncio's errors may come."""
+        while (message := next_message()).get("name") == "asyncio":
+            assert message["level"] == "DEBUG", message
+        return message
+
+    try:
+        address = tuple(next_line()["address"])
+        assert round_trip(address, b"warm\n") == b"warm\n"  # the loop runs, and accepts
+        # Fill only once the server has closed its side: a descriptor freed
+        # after the fill would let the next accept succeed.
+        assert next_line() == {"closed": True}
+        command("fill")
+        assert next_line()["errno"] == 24  # EMFILE
+        with connect(address) as starved:  # the kernel completes it; accept() cannot
+            starved.sendall(b"survived\n")
+            first, second = next_line(), next_line()  # the first failure, then a retry
+            assert first["level"] == "ERROR", first
+            assert "cannot accept on" in first["msg"], first
+            assert "Too many open files" in first["msg"], first
+            assert second["level"] == "DEBUG", second
+            assert "still failing" in second["msg"], second
+            command("release")
+            assert recv_line(starved) == b"survived\n"
+        while not ("accepting on" in (message := next_line()).get("msg", "") and "again" in message["msg"]):
+            assert message.get("level") == "DEBUG", message
+        assert message["level"] == "WARNING"
+        command("stop")
+        while "stopped" not in (message := next_line()):
+            assert message.get("level") in (None, "DEBUG"), message
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

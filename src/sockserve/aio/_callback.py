@@ -314,32 +314,47 @@ def _never_connected(conn: CallbackConnection, transport: asyncio.Transport | No
 
 class _ExceptionRouter:
     """A loop exception handler: errors of callback connections go to their
-    server's ``handle_error()``, everything else where it went before."""
+    server's ``handle_error()``; a context that a server's hook takes is
+    that server's (see ``AsyncTCPServer._loop_accept_error``); everything
+    else goes where it went before."""
 
     def __init__(self, previous: Any) -> None:
         self.previous = previous
+        self.hooks: list[Callable[[dict[str, Any]], bool]] = []
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         protocol = context.get("protocol")
         exc = context.get("exception")
         if isinstance(protocol, CallbackConnection) and isinstance(exc, Exception):
             protocol.report(exc)
+        elif any(hook(context) for hook in self.hooks):
+            pass
         elif self.previous is not None:
             self.previous(loop, context)
         else:
             loop.default_exception_handler(context)
 
 
-def route_loop_exceptions(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    """Install the router on ``loop``; returns what puts the loop's handler back."""
+def route_loop_exceptions(
+    loop: asyncio.AbstractEventLoop, hook: Callable[[dict[str, Any]], bool] | None = None
+) -> Callable[[], None]:
+    """Install the router on ``loop`` (once per loop), with ``hook`` if
+    given; returns what takes the hook out and puts the loop's handler back."""
     current = loop.get_exception_handler()
+    installed = not isinstance(current, _ExceptionRouter)
     if isinstance(current, _ExceptionRouter):
-        return lambda: None  # another server on this loop installed it; that one restores it
-    router = _ExceptionRouter(current)
-    loop.set_exception_handler(router)
+        router = current
+    else:
+        router = _ExceptionRouter(current)
+        loop.set_exception_handler(router)
+    if hook is not None:
+        router.hooks.append(hook)
 
     def restore() -> None:
-        if loop.get_exception_handler() is router and not loop.is_closed():
+        if hook is not None and hook in router.hooks:
+            router.hooks.remove(hook)
+        # Another server on this loop installed it: that one puts it back.
+        if installed and loop.get_exception_handler() is router and not loop.is_closed():
             loop.set_exception_handler(current)
 
     return restore

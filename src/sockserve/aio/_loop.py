@@ -82,9 +82,8 @@ def accept_with_loop(
     loop: asyncio.AbstractEventLoop,
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     sock: socket.socket,
-    batch: int,
     backlog: int,
-) -> asyncio.AbstractServer:
+) -> asyncio.Server:
     """Let ``loop`` accept the connections waiting on the listening ``sock``
     in its own code (uvloop's in C), from now until the returned server is
     closed; ``protocol_factory`` makes each connection's protocol.
@@ -93,9 +92,15 @@ def accept_with_loop(
     accepting) closes the duplicate only, so the listening socket and its
     backlog stay, and a later call serves again. Both loops call
     ``listen()`` again when they start serving, with their ``backlog``
-    argument, which asyncio's also uses as the most connections taken per
-    wake-up: the server gets ``batch`` for that, and ``backlog`` (the
-    kernel's queue) is put back at once.
+    argument, which asyncio's also uses as the most connections it takes
+    per wake-up: the server gets 1 for that, and ``backlog`` (the kernel's
+    queue) is put back at once. One per wake-up because asyncio's accept,
+    out of descriptors, goes on trying for the rest of its batch, reporting
+    each failure and arming a retry timer for each (a batch of 64: 64 lines
+    and 64 timers a second); it costs asyncio's loop about 10,000
+    instructions per connection under a connection-per-request load (a
+    turn of the loop per accept). libuv takes what waits whatever the
+    argument.
 
     Called from plain code on the loop's thread (pausing and resuming
     happen in callbacks), so the two coroutines are stepped here: with a
@@ -105,7 +110,7 @@ def accept_with_loop(
     """
     listener = sock.dup()
     try:
-        server = _step(loop.create_server(protocol_factory, sock=listener, backlog=batch, start_serving=False))
+        server = _step(loop.create_server(protocol_factory, sock=listener, backlog=1, start_serving=False))
     except BaseException:
         listener.close()
         raise
@@ -114,7 +119,7 @@ def accept_with_loop(
         raise RuntimeError(f"{loop_name(loop)}'s create_server() waited, with a socket given")
     _step(server.start_serving())
     sock.listen(backlog)
-    return server
+    return server  # (uvloop's quacks like an asyncio.Server)
 
 
 def _step(coro: Coroutine[Any, Any, _T]) -> _T | None:

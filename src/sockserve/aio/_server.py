@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,9 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         self._listener_closed = False
         self._backoff_timer: asyncio.TimerHandle | None = None
         self._accept_backoff = AcceptBackoff()
+        # Failures of the loop's own accept, reported by the loop (see AsyncTCPServer._loop_accept_error).
+        self._loop_accept_failures = 0
+        self._loop_accept_failing_since = 0.0
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._idle_waiter: asyncio.Future[bool] | None = None
         self._drain_done: asyncio.Future[None] | None = None
@@ -328,6 +332,14 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         One accepted after the server was closed is refused without a word:
         it was in the backlog a moment ago. During a drain it is admitted,
         as an accepted connection is promised its handler."""
+        if self._loop_accept_failures:
+            logger.warning(
+                "accepting on %s again after %d failed tries in %.2fs",
+                format_address(self.server_address),
+                self._loop_accept_failures,
+                time.monotonic() - self._loop_accept_failing_since,
+            )
+            self._loop_accept_failures = 0
         if (self._listener_closed and self._drain_done is None) or not self._admit_item(item, request):
             transport.abort()
             return False

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import types
+from asyncio.constants import ACCEPT_RETRY_DELAY
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .._accept import ACCEPT_BATCH, accept_batch
+from .._accept import ACCEPT_CAPACITY_ERRNOS, accept_batch
 from .._admission import Refusal, Ticket
 from .._inet_servers import bind_socket, open_listener, receive_datagram
 from .._log import format_address, log_refused, logger
@@ -89,7 +91,7 @@ class AsyncTCPServer(_BoundServer):
     # While serving: what makes each connection's protocol when the loop
     # accepts (see _loop_accepts), and the loop's server while it does.
     _loop_connections: Callable[[], asyncio.BaseProtocol] | None = None
-    _loop_server: asyncio.AbstractServer | None = None
+    _loop_server: asyncio.Server | None = None
 
     def server_activate(self) -> None:
         self.socket.listen(self.request_queue_size)
@@ -148,9 +150,44 @@ class AsyncTCPServer(_BoundServer):
                 self._loop_connections = loop_streams(self, handler_class, loop)
             else:
                 self._loop_connections = loop_connections(self, handler_class, self._admission().limits.idle_timeout)
+        if self._loop_connections is not None:
+            return route_loop_exceptions(loop, self._loop_accept_error)
         if issubclass(handler_class, AsyncProtocolHandler):
             return route_loop_exceptions(loop)
         return None
+
+    def _loop_accept_error(self, context: dict[str, Any]) -> bool:
+        """A loop exception handler's hook: asyncio's loop could not accept
+        on this server's socket for want of descriptors (it then stops
+        watching the socket and tries again ``ACCEPT_RETRY_DELAY`` later, by
+        itself; pending connections wait in the backlog). One line per
+        episode, as sockserve's own accept says it, instead of asyncio's
+        traceback at every try. (libuv gives no such news: out of
+        descriptors, it closes the connections waiting in the backlog.)"""
+        exc = context.get("exception")
+        sock = context.get("socket")
+        server = self._loop_server
+        if (
+            not isinstance(exc, OSError)
+            or exc.errno not in ACCEPT_CAPACITY_ERRNOS
+            or sock is None
+            or server is None
+            or sock.fileno() not in [s.fileno() for s in server.sockets]
+        ):
+            return False
+        address = format_address(self.server_address)
+        if not self._loop_accept_failures:
+            self._loop_accept_failing_since = time.monotonic()
+            logger.error(
+                "cannot accept on %s: %s; the loop tries again every %.2fs, pending connections wait in the backlog",
+                address,
+                exc,
+                ACCEPT_RETRY_DELAY,
+            )
+        else:
+            logger.debug("accept on %s still failing: %s", address, exc)
+        self._loop_accept_failures += 1
+        return True
 
     def _loop_accepts(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether the event loop accepts the connections, in its own code
@@ -167,8 +204,9 @@ class AsyncTCPServer(_BoundServer):
         the loop has only its transport's stand-in; and a loop other than
         asyncio's and uvloop's may not start serving when asked
         (``_loop.accept_with_loop``). Running out of descriptors is then
-        the loop's business: asyncio logs it and retries after a second,
-        libuv closes the connections waiting in the backlog.
+        the loop's business: asyncio's retries every second (and the server
+        says so once, ``_loop_accept_error``), while libuv closes the
+        connections waiting in the backlog, without a word.
         """
         return (
             loop_accepts(loop)
@@ -186,7 +224,7 @@ class AsyncTCPServer(_BoundServer):
         loop = self._serving_loop
         if self._listener_watched or not self._serve_running or self._listener_closed or loop is None:
             return
-        self._loop_server = accept_with_loop(loop, factory, self.socket, ACCEPT_BATCH, self.request_queue_size)
+        self._loop_server = accept_with_loop(loop, factory, self.socket, self.request_queue_size)
         self._listener_watched = True
 
     def _pause_accepting(self) -> None:
