@@ -35,7 +35,7 @@ from ._graceful import GracefulStop
 from ._limits import limits_of
 from ._log import format_address, logger, report_request_error
 from ._model import ConcurrencyModel, InlineModel, TicketModel
-from ._pipeline import Job, current_job, set_current_job
+from ._pipeline import Job, current_job
 from ._server_core import ServerCore
 from ._signal_wakeup import drain, signal_wakeup
 from ._wakeup import Waker
@@ -141,6 +141,10 @@ class BaseServer(ServerCore, GracefulStop):
         self._force_requested = False  # force_stop() was called
         self._concurrency: ConcurrencyModel | None = None
         self._dispatching: Job | None = None  # the job process_request() may take over
+        # The job whose handler runs on the dispatching thread (the
+        # sequential model), and that thread: see _current_job().
+        self._job_on_loop: Job | None = None
+        self._job_on_loop_thread = 0
         self._watchdog: DeadlineWatchdog | None = None
         self._start_graceful_stop()
 
@@ -339,7 +343,9 @@ class BaseServer(ServerCore, GracefulStop):
             self._start_watchdog()
         job = Job(self, self._admission_book, ticket, request, client_address, self._stage_factories())
         on_loop = model.runs_on_loop
-        previous = set_current_job(job) if on_loop else None
+        previous = self._job_on_loop
+        if on_loop:
+            self._run_on_this_thread(job)
         try:
             if on_loop and job.stages and not job.prepare():
                 return
@@ -347,7 +353,7 @@ class BaseServer(ServerCore, GracefulStop):
             self.process_request(job.request, job.client_address)  # as the stages left them
         except Exception:
             if not on_loop:
-                previous = set_current_job(job)  # handle_error() looks the job up
+                self._run_on_this_thread(job)  # handle_error() looks the job up
                 on_loop = True
             self.handle_error(job.request, job.client_address)
             self.shutdown_request(job.request)
@@ -356,10 +362,27 @@ class BaseServer(ServerCore, GracefulStop):
             raise
         finally:
             if on_loop:
-                set_current_job(previous)
+                self._job_on_loop = previous
             if self._dispatching is job:
                 self._dispatching = None
                 job.release()
+
+    def _run_on_this_thread(self, job: Job) -> None:
+        self._job_on_loop = job
+        self._job_on_loop_thread = threading.get_ident()
+
+    def _current_job(self) -> Job | None:
+        """The job whose handler runs on this thread.
+
+        The sequential model's job is kept on the server, not in the
+        thread-local that ``Job.run`` sets on a request's own thread: two
+        turns of a thread-local per request cost more than the rest of the
+        dispatch. Only the errors and ``stop()`` ask.
+        """
+        job = self._job_on_loop
+        if job is not None and self._job_on_loop_thread == threading.get_ident():
+            return job
+        return current_job()
 
     def _take_job(self, request: Any, client_address: Any) -> Job:
         """For a model's ``process_request()``: take over the job being
@@ -483,7 +506,7 @@ class BaseServer(ServerCore, GracefulStop):
         ``limits.idle_timeout``) is not a bug: it gets one line naming the limit
         and the client, without a traceback.
         """
-        job = current_job()
+        job = self._current_job()
         report_request_error(
             client_address,
             limits_of(self).idle_timeout,

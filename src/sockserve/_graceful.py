@@ -13,11 +13,11 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ._drain import DEFAULT_GRACE, DrainReport, drain
-from ._pipeline import current_job
 
 if TYPE_CHECKING:
     from ._admission import Admission
     from ._model import ConcurrencyModel
+    from ._pipeline import Job
     from ._shutdown import ShutdownHandshake
 
 
@@ -33,6 +33,7 @@ class GracefulStop:
         _admission_book: Admission | None
 
         def _concurrency_model(self) -> ConcurrencyModel: ...
+        def _current_job(self) -> Job | None: ...
         def server_close(self) -> None: ...
 
     def _start_graceful_stop(self) -> None:
@@ -75,7 +76,7 @@ class GracefulStop:
         return report
 
     def _drain_requests(self, grace: float | None) -> DrainReport:
-        job = current_job()
+        job = self._current_job()
         own = job.ticket if job is not None and job.admission is self._admission_book else None
         model = self._concurrency_model()
         self._handshake.request()
