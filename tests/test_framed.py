@@ -237,3 +237,124 @@ def test_connections_whose_first_requests_are_there_at_accept_are_served_and_sta
     finally:
         for client in clients:
             client.close()
+
+
+class _Echo(sockserve.FramedRequestHandler):
+    def handle_request(self, request: bytes) -> None:
+        self.send(request)
+
+
+def _connections_of(server: Any) -> list[Any]:
+    """The server's framed connections (test-only peek; the set may change meanwhile)."""
+    while True:
+        try:
+            return list(server._concurrency_model()._connections)
+        except RuntimeError:
+            continue
+
+
+def test_a_connection_per_request_there_at_accept_is_served_without_the_reactor() -> None:
+    # Sent and ended before the loop runs: a worker takes the connection's
+    # first turn at accept, serves it, sees its end and closes it; the
+    # reactor's thread is never even started.
+    events: list[str] = []
+    finished = threading.Event()
+
+    class Hooks(sockserve.FramedRequestHandler):
+        def setup(self) -> None:
+            events.append("setup")
+
+        def handle_request(self, request: bytes) -> None:
+            events.append(request.decode().strip())
+            self.send(request)
+
+        def finish(self) -> None:
+            events.append("finish")
+            finished.set()
+
+    server = Pool(("127.0.0.1", 0), Hooks)
+    with connect(server.server_address) as client:
+        client.sendall(b"one\ntwo\n")
+        client.shutdown(socket.SHUT_WR)
+        with running_server(server):
+            assert recv_all(client) == b"one\ntwo\n"
+            assert finished.wait(TIMEOUT)
+            assert wait_until(lambda: server._in_flight_count() == 0), "the connection was never counted out"
+            assert server._pool_model().reactor._thread is None, "the connection went through the reactor"  # type: ignore[union-attr]
+    assert events == ["setup", "one", "two", "finish"]
+
+
+def test_a_connection_served_at_accept_then_idle_meets_its_idle_timeout() -> None:
+    class Idle(Pool):
+        limits = sockserve.Limits(idle_timeout=0.2)
+
+    server = Idle(("127.0.0.1", 0), _Echo)
+    with connect(server.server_address) as client:
+        client.sendall(b"first\n")  # in the socket at accept; then nothing more
+        with running_server(server):
+            assert recv_line(client) == b"first\n"
+            assert recv_all(client) == b"", "closed by the idle timeout, which started once it went idle"
+
+
+def test_a_connection_served_at_accept_meets_its_deadline() -> None:
+    class Timed(Pool):
+        limits = sockserve.Limits(connection_timeout=0.3)
+
+    server = Timed(("127.0.0.1", 0), _Echo)
+    with connect(server.server_address) as client:
+        client.sendall(b"first\n")  # in the socket at accept; then it just stays
+        with running_server(server):
+            assert recv_line(client) == b"first\n"
+            assert recv_all(client) == b"", "cut at the deadline, which ran from its admission"
+            assert wait_until(lambda: server._in_flight_count() == 0)
+
+
+def test_a_drain_reaches_a_connection_in_its_first_turn_at_accept() -> None:
+    # The first request, there at accept, is being handled on a worker (the
+    # reactor has not seen the connection) when the drain begins: it is
+    # answered, and the connection then ends without waiting for the grace
+    # period, as one in the reactor would.
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(sockserve.FramedRequestHandler):
+        def handle_request(self, request: bytes) -> None:
+            entered.set()
+            assert release.wait(TIMEOUT)
+            self.send(request)
+
+    server = Pool(("127.0.0.1", 0), Slow)
+    reports: list[sockserve.DrainReport] = []
+    with connect(server.server_address) as client:
+        client.sendall(b"first\n")
+        with running_server(server):
+            assert entered.wait(TIMEOUT)
+            stopper = threading.Thread(target=lambda: reports.append(server.stop(10)))
+            stopper.start()
+            try:
+                # Until the drain has reached the connection, still in its first turn.
+                assert wait_until(lambda: any(c._ending for c in _connections_of(server)))
+                release.set()
+                assert recv_all(client) == b"first\n", "answered, then closed"
+            finally:
+                release.set()
+                stopper.join(TIMEOUT)
+            assert not stopper.is_alive()
+    assert reports[0].in_flight == 1
+    assert reports[0].forced == 0, "it waited for the grace period to end"
+
+
+def test_a_trickler_whose_first_bytes_are_there_at_accept_holds_no_worker() -> None:
+    class One(Pool):
+        pool_max_workers = 1
+
+    server = One(("127.0.0.1", 0), _Echo)
+    with connect(server.server_address) as trickler, connect(server.server_address) as normal:
+        trickler.sendall(b"x")  # part of a request, in the socket at accept
+        normal.sendall(b"normal\n")
+        with running_server(server):
+            # The only worker takes the trickler's first turn, and must let it go.
+            assert recv_line(normal) == b"normal\n"
+            trickler.sendall(b"y\n")
+            assert recv_line(trickler) == b"xy\n"
+            normal.sendall(b"again\n")
+            assert recv_line(normal) == b"again\n"

@@ -98,6 +98,7 @@ class FramedConnection:
         "_paused",
         "_poller",
         "_read_first",
+        "_registered",
         "_released",
         "_requests",
         "_stages",
@@ -140,6 +141,7 @@ class FramedConnection:
         self._ending = False  # nothing more is read: it ends once its work and replies are done
         self._framed_any = False  # a complete request has come
         self._read_first = False  # the worker's turn begins with a read (the reactor saw bytes)
+        self._registered = False  # in the reactor's epoll (start(), or _join() after a first turn at accept)
         self._last_request = False  # draining: it ends once its next request is framed
         self._discard = False  # and what is framed but not handled is dropped (an error, a cut, close())
         self._paused = False  # reading paused: too much waits (requests, or replies the client does not read)
@@ -157,8 +159,8 @@ class FramedConnection:
 
     def _arm_locked(self) -> None:
         """Arm the connection for what it waits for now (the caller holds ``_lock``)."""
-        if self.closed:
-            return
+        if self.closed or not self._registered:
+            return  # not in the reactor yet (a first turn at accept): _join() arms it
         events = 0
         if not self._busy and not self._ending and not self._paused:
             events |= READABLE
@@ -177,17 +179,49 @@ class FramedConnection:
 
     def start(self) -> None:
         """Take the connection into the reactor."""
+        self._registered = True
         try:
             self.sock.setblocking(False)
             self.reactor.register(self._fd, READABLE, self._on_events)
         except (OSError, ValueError):
             self._close_now()
             return
+        self._start_idle_timer()
+        self.start_deadline_timer()
+
+    def _join(self) -> None:
+        """A connection whose first turn a worker took at accept
+        (``take_first_turn``) lives on after it: into the reactor, armed for
+        what it waits for now. Asked once per turn that ends outside the
+        reactor: a drain or a cut may give it a second such turn before the
+        first asking is answered."""
+        with self._lock:
+            if self.closed:
+                return  # cut meanwhile, and closed by whoever cut it
+            first = not self._registered
+            self._registered = True
+        if first:
+            try:
+                self.reactor.register(self._fd, 0, self._on_events)
+            except (OSError, ValueError):
+                self._close_now()
+                return
+            self._start_idle_timer()
+        self.after_work()
+
+    def _start_idle_timer(self) -> None:
         idle = self.limits.idle_timeout
         if idle is not None:
             self._idle_timer = self.reactor.call_later(idle, self._check_idle)
+
+    def start_deadline_timer(self) -> None:
+        """Cut the connection at its deadline, if it has one (on the reactor's thread)."""
         ticket = self.job.ticket
-        if ticket is not None and ticket.deadline is not None:
+        if ticket is None or ticket.deadline is None:
+            return
+        with self._lock:  # a worker may close it meanwhile (a first turn): then no timer outlives it
+            if self.closed:
+                return
             self._deadline_timer = self.reactor.call_later(
                 max(0.0, ticket.deadline - time.monotonic()), self._deadline_passed
             )
@@ -454,7 +488,8 @@ class FramedConnection:
             self.closed = True
             busy = self._busy
         if first:
-            self.reactor.unregister(self._fd)
+            if self._registered:
+                self.reactor.unregister(self._fd)
             for timer in (self._idle_timer, self._deadline_timer):
                 if timer is not None:
                     timer.cancel()
@@ -484,6 +519,27 @@ class FramedConnection:
         if self.job.ticket is not None:
             self.job.ticket.abort = None
         self.host.connection_ended(self)
+
+    # -- on the serve loop's thread, then on a worker --------------------------------
+
+    def take_first_turn(self) -> None:
+        """On the serve loop's thread, before anyone else sees the connection:
+        the client's first bytes are there already, so a worker takes the
+        connection's first turn (``first_turn()``, queued by the caller)
+        without it passing through the reactor first. The reactor has to
+        wake and win the interpreter before it can hand a connection on
+        (the latency traced in issue 11); and a connection that ends within
+        the turn (connection per request) then never involves the reactor at
+        all, where it took two wake-ups of it before (start, then close)."""
+        self._busy = True
+        self._read_first = True
+
+    def first_turn(self) -> None:
+        try:
+            self.sock.setblocking(False)
+        except OSError:
+            pass  # closed meanwhile (cut): the turn's first read reports it
+        self.work()
 
     # -- on a worker ---------------------------------------------------------------
 
@@ -545,6 +601,9 @@ class FramedConnection:
             self._end_turn()
 
     def _end_turn(self) -> None:
+        if not self._registered:
+            self._end_first_turn()
+            return
         with self._lock:
             requeue = self._request_due()
             if not requeue:
@@ -555,6 +614,41 @@ class FramedConnection:
         if requeue:
             self.host.queue_work(self.work)
         elif notify and not self.reactor.call_soon(self.after_work):
+            self.closed_without_reactor()  # the server closed meanwhile: nobody else will
+
+    def _end_first_turn(self) -> None:
+        """The end of a turn of a connection the reactor has not seen yet
+        (``take_first_turn``): the worker closes one that is done (as
+        ``_schedule()`` would: it ended, and nothing is left to send); any
+        other goes into the reactor (``_join``), for its next requests,
+        its replies, its idle timeout."""
+        joined = False
+        with self._lock:
+            # finish() may have come due since the turn looked (a drain):
+            # another turn runs it, as the reactor would have queued one.
+            requeue = self._request_due() or self._finish_due()
+            if not requeue:
+                self._busy = False
+                done = self.closed or (self._ending and (not self._outbox or self.aborted is not None))
+                if not done and not self._paused and not self._ending and self.limits.idle_timeout is None:
+                    # Waiting only for the client (or for its replies to
+                    # leave): registered from here, as _end_turn() arms, so
+                    # a running reactor is not woken for it. An idle timer
+                    # is the reactor's to start: then _join() does it all.
+                    self._registered = True
+                    events = READABLE | (WRITABLE if self._outbox else 0)
+                    try:
+                        joined = self.reactor.register_running(self._fd, events, self._on_events)
+                    except (OSError, ValueError):
+                        joined = False  # closed meanwhile: _join() finds out
+                    self._registered = joined
+        if requeue:
+            self.host.queue_work(self.work)
+        elif done:
+            self._close_now()
+        elif joined:
+            return
+        elif not self.reactor.call_soon(self._join):
             self.closed_without_reactor()  # the server closed meanwhile: nobody else will
 
     def _may_linger(self, others_waiting: Callable[[], bool]) -> bool:

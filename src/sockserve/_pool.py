@@ -92,6 +92,20 @@ class ThreadPoolMixIn(_ServerBase):
             if self._receivers is not None:
                 self._receivers.stop(threading.get_ident())  # the loop this thread ran, not another's
 
+    def _serve_pending(self, pending: Any) -> None:
+        """As ``BaseServer._serve_pending()``; a framed pool's workers are
+        handed the first turns of the connections it took at its end (see
+        ``PoolModel.hold_first_turns``)."""
+        model = self._pool_model()
+        if not model.framed:
+            super()._serve_pending(pending)
+            return
+        model.hold_first_turns()
+        try:
+            super()._serve_pending(pending)
+        finally:
+            model.release_first_turns()
+
     def _capacity_freed(self) -> None:
         super()._capacity_freed()
         if self._receivers is not None:

@@ -13,8 +13,8 @@ until someone arms it again, and ``arm()`` may be called from any thread
 hands it back by arming it, without waking the reactor: in a busy
 request-reply exchange, a request costs no reactor wake-up at all.
 
-Everything here runs on the reactor's thread except ``call_soon``, ``arm``
-and ``close``, which any thread may call.
+Everything here runs on the reactor's thread except ``call_soon``, ``arm``,
+``register_running`` and ``close``, which any thread may call.
 """
 
 from __future__ import annotations
@@ -93,6 +93,22 @@ class Reactor:
     def arm(self, fd: int, events: int) -> None:
         """Wait for ``events`` on ``fd`` (registered), once: the next event disarms it again."""
         self._epoll.modify(fd, events | _ONE_SHOT)
+
+    def register_running(self, fd: int, events: int, callback: Callable[[int], object]) -> bool:
+        """``register()`` from any thread, without waking the reactor: False
+        (and nothing registered) unless its thread runs and is not closing,
+        so that whatever is registered here is seen by a running loop, and
+        by the ``last`` call of ``close()``."""
+        with self._lock:
+            if self._thread is None or self._closing:
+                return False
+            self._callbacks[fd] = callback
+            try:
+                self._epoll.register(fd, events | _ONE_SHOT)
+            except BaseException:
+                del self._callbacks[fd]
+                raise
+        return True
 
     def close(self, last: Callback | None = None) -> None:
         """Run ``last`` on the reactor's thread, stop the thread, join it, and
