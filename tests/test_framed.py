@@ -213,8 +213,8 @@ def _buffered_by_the_server(server: Any) -> int:
 
 def test_connections_whose_first_requests_are_there_at_accept_are_served_and_stay_usable() -> None:
     # Sent before the loop runs, the requests are in the sockets when it
-    # accepts, and when the reactor first looks at them: each is served, the
-    # next ones too, and each connection ends and is counted out.
+    # accepts: a worker takes each connection's first turn, and the reactor
+    # its next requests; each connection ends and is counted out.
     class Echo(sockserve.FramedRequestHandler):
         def handle_request(self, request: bytes) -> None:
             self.send(request)
