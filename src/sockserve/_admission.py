@@ -116,9 +116,6 @@ class Admission:
         self._open: dict[int, Ticket] = {}  # id(ticket) -> ticket
         self._per_client: dict[Hashable, int] = {}
         self._numbers = itertools.count(1)  # next() is atomic: the tickets' numbers
-        # Tickets given since the start (a ticket's own ``number`` is exact
-        # even while other threads admit).
-        self.admitted = 0
         self.refused: collections.Counter[str] = collections.Counter()  # refusals by reason
 
     def admit(self, peer: Any, now: float | None = None) -> Ticket | Refusal:
@@ -141,7 +138,6 @@ class Admission:
             # (see release()).
             ticket = Ticket(peer, UNCOUNTED, now, deadline, next(self._numbers))
             self._open[id(ticket)] = ticket
-            self.admitted = ticket.number
             return ticket
         key = UNCOUNTED if per_ip is None else client_key(peer)
         with self._lock:
@@ -155,7 +151,6 @@ class Admission:
                         self._per_client[key] = count + 1
                     ticket = Ticket(peer, key, now, deadline, next(self._numbers))
                     self._open[id(ticket)] = ticket
-                    self.admitted = ticket.number
                     return ticket
                 refusal = Refusal(ConnectionLimitReached(per_ip, peer, per_ip=True))
             self.refused[refusal.reason] += 1

@@ -24,7 +24,6 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._pipeline import set_current_job
 from ._wakeup import Waker
 
 if TYPE_CHECKING:
@@ -289,11 +288,12 @@ class ForkingMixIn(_ServerBase):
             return
         # The child: handle the request, then exit without returning into the
         # parent's loop. os._exit skips atexit handlers that belong to the parent.
-        set_current_job(job)
+        self._run_on_this_thread(job)  # for handle_error(); cheaper than the thread-local
         status = 1
         try:
             self._close_inherited_listener()
-            job.start_deadline_in_child()
+            if job.ticket is not None and job.ticket.deadline is not None:
+                job.start_deadline_in_child()
             if not job.stages or job.prepare():
                 try:
                     self.finish_request(job.request, job.client_address)
