@@ -47,29 +47,15 @@ def enabled_for(loop: asyncio.AbstractEventLoop) -> bool:
 WaiterMaker = Callable[[asyncio.AbstractEventLoop], "asyncio.Future[Any]"]
 
 
-def waiter_maker(loop: asyncio.AbstractEventLoop) -> WaiterMaker:
-    """How a stream reader on ``loop`` makes the futures its handler waits on
-    (for bytes, or for room to write): ``new_waiter`` with the fast paths,
-    else the loop's own ``create_future``. Chosen once per reader, so a wait
-    costs one call either way."""
-    if enabled_for(loop):
-        return new_waiter
-    return type(loop).create_future
-
-
-def callbacks_due(loop: asyncio.AbstractEventLoop) -> bool:
-    """The ``_ready`` peek: True if asyncio's loop has callbacks due in this
-    turn. ``_ready`` is the deque of them, an instance attribute that
-    asyncio's loop sets once, in its constructor.
-
-    Not ``vars(loop)["_ready"]``: asking an object for its ``__dict__``
-    makes CPython (3.11+) give up the inline attribute storage of that
-    object, and every later attribute access on the loop, asyncio's own
-    included, gets slower (measured: +6,600 instructions per request of a
-    stream handler ping-pong). Nor ``typing.cast()``, a Python call:
-    ``new_waiter`` and ``Wakeup.set_result``, once per request each, peek
-    inline as this does."""
-    return bool(loop._ready)  # type: ignore[attr-defined]
+# The _ready peek, ``loop._ready``: the deque of callbacks due in this turn
+# of asyncio's loop, an instance attribute that the loop sets once, in its
+# constructor. Read as an attribute, inline (once per request in new_waiter
+# and in Wakeup.set_result): not through a helper or typing.cast(), both
+# Python calls, and not as ``vars(loop)["_ready"]``: asking an object for its
+# ``__dict__`` makes CPython (3.11+) give up the inline attribute storage of
+# that object, and every later attribute access on the loop, asyncio's own
+# included, gets slower (measured: +6,600 instructions per request of a
+# stream handler ping-pong).
 
 
 def new_waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
@@ -77,7 +63,7 @@ def new_waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
     callbacks are due in this turn, so the wait will most likely end in a
     busy turn too, where a Wakeup would only defer like a plain future, at
     the cost of its Python methods)."""
-    if loop._ready:  # type: ignore[attr-defined]  # callbacks_due(loop), inline
+    if loop._ready:  # type: ignore[attr-defined]  # the _ready peek (above)
         return loop.create_future()
     return Wakeup(loop=loop)
 
@@ -117,7 +103,7 @@ class Wakeup(asyncio.Future):  # type: ignore[type-arg]
 
     def set_result(self, result: Any) -> None:
         super().set_result(result)
-        if self.get_loop()._ready:  # type: ignore[attr-defined]  # callbacks_due(), inline
+        if self.get_loop()._ready:  # type: ignore[attr-defined]  # the _ready peek
             # Other callbacks are due in this turn (other connections are
             # ready too): resume with them, in the next turn, as asyncio does.
             # Replies then leave together after the turn's reads, instead of
