@@ -19,10 +19,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._combos import ThreadPoolTCPServer, ThreadPoolUnixStreamServer
 from ._errors import SocketPathInUse, SocketPathNotASocket
 from ._framed import FramedRequestHandler
 from ._log import format_address
+from ._pool_servers import ThreadPoolTCPServer, ThreadPoolUnixStreamServer
 from ._serve import serve
 
 log = logging.getLogger("sockserve.cli")
