@@ -12,6 +12,8 @@ from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar, cast
 
+from .._accept import ACCEPT_BATCH
+
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
 LoopKind = Literal["asyncio", "uvloop", "other"]
 
@@ -93,14 +95,16 @@ def accept_with_loop(
     backlog stay, and a later call serves again. Both loops call
     ``listen()`` again when they start serving, with their ``backlog``
     argument, which asyncio's also uses as the most connections it takes
-    per wake-up: the server gets 1 for that, and ``backlog`` (the kernel's
-    queue) is put back at once. One per wake-up because asyncio's accept,
-    out of descriptors, goes on trying for the rest of its batch, reporting
-    each failure and arming a retry timer for each (a batch of 64: 64 lines
-    and 64 timers a second); it costs asyncio's loop about 10,000
-    instructions per connection under a connection-per-request load (a
-    turn of the loop per accept). libuv takes what waits whatever the
-    argument.
+    per wake-up: the server gets ``ACCEPT_BATCH`` for that, as sockserve's
+    own accept takes, and ``backlog`` (the kernel's queue) is put back at
+    once. (One per wake-up was tried, because asyncio's accept, out of
+    descriptors, goes on trying for the rest of its batch and arms a retry
+    timer per failure; but a turn of the loop per connection cost 102
+    against 65 CPU µs per connection under connect_20, where the batch's
+    extra failures cost a few system calls a second during an episode, and
+    their lines and the retries' are the server's hook's business:
+    ``AsyncTCPServer._loop_accept_error``.) libuv takes what waits whatever
+    the argument.
 
     Called from plain code on the loop's thread (pausing and resuming
     happen in callbacks), so the two coroutines are stepped here: with a
@@ -110,7 +114,7 @@ def accept_with_loop(
     """
     listener = sock.dup()
     try:
-        server = _step(loop.create_server(protocol_factory, sock=listener, backlog=1, start_serving=False))
+        server = _step(loop.create_server(protocol_factory, sock=listener, backlog=ACCEPT_BATCH, start_serving=False))
     except BaseException:
         listener.close()
         raise

@@ -165,6 +165,13 @@ class AsyncTCPServer(_BoundServer):
         traceback at every try. (libuv gives no such news: out of
         descriptors, it closes the connections waiting in the backlog.)"""
         exc = context.get("exception")
+        if isinstance(exc, ValueError) and self._loop_accept_failures and _is_stale_accept_retry(context):
+            # A retry asyncio armed during the episode fired after accepting
+            # paused and closed the loop's duplicate of the socket: nothing
+            # to watch any more, and nothing lost (the listening socket and
+            # its backlog stay).
+            logger.debug("a stale accept retry on %s was ignored: %s", format_address(self.server_address), exc)
+            return True
         sock = context.get("socket")
         server = self._loop_server
         if (
@@ -591,3 +598,14 @@ class AsyncUnixDatagramServer(_SocketFileOwner, AsyncUDPServer):
     def server_close(self) -> None:
         AsyncUDPServer.server_close(self)
         self._remove_socket_file()
+
+
+def _is_stale_accept_retry(context: dict[str, Any]) -> bool:
+    """Whether a loop exception comes from asyncio's accept retry timer
+    (``_start_serving``) on a socket that is closed: its handle is the only
+    way to tell, so this reads the handle's callback defensively."""
+    callback = getattr(context.get("handle"), "_callback", None)
+    if getattr(callback, "__name__", None) != "_start_serving":
+        return False
+    args = getattr(context.get("handle"), "_args", ())
+    return any(isinstance(arg, socket.socket) and arg.fileno() == -1 for arg in args)
