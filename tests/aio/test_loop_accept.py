@@ -292,6 +292,11 @@ EMFILE_CHILD = textwrap.dedent(
             elif command == "release":
                 while fillers:
                     os.close(fillers.pop())
+            elif command == "drain":
+                def drain():
+                    server.stop(10)
+                    print(json.dumps({"drained": True}), flush=True)
+                threading.Thread(target=drain).start()
             elif command == "stop":
                 server.shutdown()
                 return
@@ -370,4 +375,69 @@ def test_out_of_descriptors_on_asyncios_loop_is_one_line_and_the_connection_wait
             proc.wait(timeout=10)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
+                stream.close()
+
+
+def test_an_accept_retry_that_fires_after_a_drain_closed_the_listener_is_not_an_error(tmp_path: Any) -> None:
+    """Out of descriptors, asyncio arms a retry timer for each failed accept
+    of its batch; a drain that begins meanwhile closes the loop's copy of the
+    listening socket, and the retries then fire on a closed socket. asyncio
+    reports that as an exception in a callback; the server knows it for a
+    stale retry and says so at DEBUG, and the drain goes on."""
+    script = tmp_path / "emfile_server.py"
+    script.write_text(EMFILE_CHILD)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+
+    def next_line() -> dict[str, Any]:
+        """The next message; no error may come, from asyncio or sockserve, but the one expected."""
+        while True:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, f"the server exited: {proc.stderr.read()}"  # type: ignore[union-attr]
+            message: dict[str, Any] = json.loads(line)
+            if message.get("name") != "asyncio":
+                return message
+            assert message["level"] == "DEBUG", message
+
+    def command(text: str) -> None:
+        proc.stdin.write(text + "\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+
+    try:
+        address = tuple(next_line()["address"])
+        with connect(address) as held:  # in flight: the drain waits for it, and the loop runs on
+            held.sendall(b"held\n")
+            assert recv_line(held) == b"held\n"
+            command("fill")
+            assert next_line()["errno"] == 24  # EMFILE
+            with connect(address) as starved:
+                starved.sendall(b"starved\n")
+                first = next_line()
+                assert first["level"] == "ERROR", first
+                assert "cannot accept on" in first["msg"], first
+                command("drain")
+                while "stale accept retry" not in (message := next_line()).get("msg", ""):
+                    assert message.get("level") in (None, "DEBUG", "INFO"), message
+                assert message["level"] == "DEBUG", message
+            command("release")
+        while "drained" not in (message := next_line()):
+            assert message.get("level") in (None, "DEBUG", "INFO"), message
+        proc.stdin.close()  # the controller's loop ends
+        while "stopped" not in (message := next_line()):
+            assert message.get("level") in (None, "DEBUG", "INFO"), message
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None and not stream.closed:
                 stream.close()
