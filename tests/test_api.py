@@ -7,6 +7,7 @@ import ast
 import importlib
 import importlib.resources
 import inspect
+import pickle
 import pkgutil
 import shutil
 import socketserver
@@ -260,8 +261,11 @@ def test_import_sockserve_loads_nothing_it_does_not_use() -> None:
 
 # What a typical program's imports must not load: logging (until a line is
 # logged), signal (until serve() or a thread starts) and the worker pool, its
-# reactor and the framed connection (until a ThreadPool* name is used).
+# reactor and the framed connection (until a ThreadPool* name is used); nor
+# dataclasses, which loads inspect, ast and dis and cost more than all of
+# sockserve (issue 11).
 NOT_FOR_A_TYPICAL_PROGRAM = {
+    "dataclasses",
     "logging",
     "signal",
     "sockserve._pool",
@@ -325,3 +329,15 @@ def test_type_checkers_see_what_runs() -> None:
     for name in sockserve.__all__:
         module = importlib.import_module(f"sockserve.{for_checkers[name]}")
         assert getattr(sockserve, name) is getattr(module, name), name
+
+
+def test_a_drain_report_is_a_frozen_value() -> None:
+    report = sockserve.DrainReport(in_flight=3, forced=1, seconds=0.5)
+    assert report == sockserve.DrainReport(3, 1, 0.5) != sockserve.DrainReport(3, 0, 0.5)
+    assert hash(report) == hash(sockserve.DrainReport(3, 1, 0.5))
+    assert repr(report) == "DrainReport(in_flight=3, forced=1, seconds=0.5)"
+    assert not report.clean
+    assert sockserve.DrainReport(3, 0, 0.5).clean
+    with pytest.raises(AttributeError):
+        report.forced = 0  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(report)) == report

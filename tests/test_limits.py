@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import pickle
 import threading
 from typing import Any
 
@@ -172,3 +174,24 @@ def test_limits_are_validated() -> None:
         sockserve.Limits(max_connections=0)
     with pytest.raises(ValueError, match="idle_timeout"):
         sockserve.Limits(idle_timeout=-1)
+    with pytest.raises(ValueError, match="max_line"):
+        sockserve.Limits().replace(max_line=0)
+
+
+def test_limits_are_a_frozen_value() -> None:
+    limits = sockserve.Limits(max_connections=8, idle_timeout=2.5)
+    assert limits == sockserve.Limits(8, None, 2.5)
+    assert limits != sockserve.Limits(max_connections=8)
+    assert hash(limits) == hash(sockserve.Limits(max_connections=8, idle_timeout=2.5))
+    assert repr(limits) == (
+        "Limits(max_connections=8, max_connections_per_ip=None, idle_timeout=2.5,"
+        " connection_timeout=None, max_line=None)"
+    )
+    with pytest.raises(AttributeError):
+        limits.idle_timeout = 1.0  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        limits.extra = 1  # type: ignore[attr-defined]
+    changed = limits.replace(idle_timeout=1.0)
+    assert (changed.max_connections, changed.idle_timeout, limits.idle_timeout) == (8, 1.0, 2.5)
+    assert pickle.loads(pickle.dumps(limits)) == limits
+    assert copy.deepcopy(limits) == limits

@@ -47,7 +47,7 @@ class Options:
 
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)
-        fields["limits"] = dataclasses.asdict(self.limits)
+        fields["limits"] = {name: getattr(self.limits, name) for name in sockserve.Limits.__slots__}
         return json.dumps(fields)
 
     @classmethod

@@ -12,7 +12,6 @@ is counted in flight, its children reaped).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -45,7 +44,7 @@ def main() -> int:
 
     def stop() -> None:
         report = server.stop(options.grace)
-        say("REPORT " + json.dumps(dataclasses.asdict(report)))
+        say("REPORT " + json.dumps({"in_flight": report.in_flight, "forced": report.forced, "seconds": report.seconds}))
 
     def settled() -> bool:
         model = getattr(server, "_concurrency", None)
