@@ -14,10 +14,13 @@ from __future__ import annotations
 import errno
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ._errors import SockserveError
 from ._log import format_address, logger
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 # Errors that mean "no resources to accept right now", not "this connection is
 # bad": retrying immediately cannot succeed, retrying later will.

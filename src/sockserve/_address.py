@@ -4,7 +4,9 @@ module may use it."""
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def format_address(address: Any) -> str:

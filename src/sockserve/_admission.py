@@ -20,11 +20,20 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, final
 
 from ._errors import ConnectionLimitReached, LimitExceeded
 from ._limits import NO_LIMITS, Limits
 from ._wakeup import Waker
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, final
+else:
+
+    def final(cls: type) -> type:
+        """typing.final, for type checkers only: it does nothing at run time."""
+        return cls
+
 
 # The key of a ticket admitted while no per-client cap was in force: nobody
 # needs to know who its client is, so it is not counted per client.

@@ -27,7 +27,6 @@ import threading
 import time
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from ._accept import ACCEPT_BATCH, BACKOFF_SECONDS, AcceptBackoff, accept_batch
 from ._framed import FramedRequestHandler, is_framed_handler
@@ -41,7 +40,10 @@ from ._signal_wakeup import drain, signal_wakeup
 from ._wakeup import Waker
 from ._watchdog import DeadlineWatchdog
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from typing_extensions import Self
 
     from ._admission import Admission

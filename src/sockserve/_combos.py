@@ -9,13 +9,13 @@ where the stdlib added it.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from ._forking import ForkingMixIn
 from ._inet_servers import TCPServer, UDPServer
 from ._threading import ThreadingMixIn
 from ._unix_servers import UnixDatagramServer, UnixStreamServer
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:  # at run time, through __getattr__ below
     from ._pool_servers import ThreadPoolTCPServer as ThreadPoolTCPServer
     from ._pool_servers import ThreadPoolUDPServer as ThreadPoolUDPServer

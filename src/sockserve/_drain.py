@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ._log import format_address, logger
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 # How long a graceful stop waits by default for requests in flight (as
 # gunicorn's graceful_timeout and uvicorn's timeout_graceful_shutdown do).

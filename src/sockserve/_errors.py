@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
 
 from ._address import format_address
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["SocketPathInUse", "SocketPathNotASocket", "SockserveError"]
 

@@ -22,16 +22,19 @@ import os
 import select
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Protocol
 
 from ._wakeup import Waker
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any, Protocol
+
     from ._admission import Admission, Ticket
     from ._base_server import BaseServer as _ServerBase
     from ._model import ConcurrencyModel
 else:
     _ServerBase = object  # a stand-alone mixin at run time, as the stdlib's is
+    Protocol = object  # the protocol here is for type checkers; at run time, a plain class
 
 _pidfd_open = getattr(os, "pidfd_open", None)  # Linux 5.3+ and Python 3.9+
 # How often a drain looks for exited children where it cannot wait on pidfds.

@@ -22,14 +22,18 @@ connection that drives it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
-
 from ._limits import limits_of
-from .protocol.framers import Framer, LineFramer
 from .protocol.lines import DEFAULT_MAX_LINE
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any, ClassVar, Protocol
+
     from typing_extensions import Buffer
+
+    from .protocol.framers import Framer
+else:
+    Protocol = object  # the protocol here is for type checkers; at run time, a plain class
 
 
 class FramedRequestHandler:
@@ -63,6 +67,10 @@ class FramedRequestHandler:
 
     def make_framer(self) -> Framer:
         """The framer of this connection: lines of at most ``max_line`` bytes by default."""
+        # Imported here: every server loads this module (to tell a framed handler
+        # from a stdlib one), and one that frames nothing should not load framers.
+        from .protocol.framers import LineFramer
+
         max_line = self.max_line or limits_of(self.server).max_line or DEFAULT_MAX_LINE
         return LineFramer(max_line, client_address=self.client_address)
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
 
 from ._drain import DEFAULT_GRACE, DrainReport, drain
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._admission import Admission
     from ._model import ConcurrencyModel
     from ._pipeline import Job

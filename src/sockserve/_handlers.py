@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import io
 import socket
-from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._limits import limits_of
 from ._rfile import CappedReader
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any, ClassVar
+
     from typing_extensions import Buffer
 
     from ._base_server import BaseServer

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 from ._base_server import BaseServer
 from ._errors import DatagramTooLarge
 from ._log import log_dropped
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from typing_extensions import Self
 
     from ._framed import FramedRequestHandler

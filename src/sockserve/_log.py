@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
 
 from ._address import format_address as format_address
 from ._errors import IdleTimeoutExpired, LimitExceeded
@@ -39,8 +38,10 @@ class _LoggerOnFirstUse:
         return getattr(logging.getLogger("sockserve"), name)
 
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
     import logging
+    from typing import Any
 
     logger: logging.Logger
 else:

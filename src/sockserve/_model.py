@@ -10,9 +10,13 @@ points and hand each admitted ``Job`` to their model there.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from ._admission import Admission, Ticket
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # the protocol here is for type checkers; at run time, a plain class
 
 
 class ConcurrencyModel(Protocol):

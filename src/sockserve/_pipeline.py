@@ -18,14 +18,23 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, final
 
 from ._admission import Admission, Ticket
 from ._errors import ConnectionDeadlineExceeded
 from ._log import format_address, log_limit, log_stage_failed
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any, Protocol, final
+
     from ._stages import StageFactory
+else:
+    Protocol = object  # the protocol here is for type checkers; at run time, a plain class
+
+    def final(cls: type) -> type:
+        """typing.final, for type checkers only: it does nothing at run time."""
+        return cls
+
 
 _local = threading.local()
 

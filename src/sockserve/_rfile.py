@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import io
 import socket
-from typing import Any
 
 from .protocol.lines import LineSplitter
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class CappedReader(io.BufferedIOBase):

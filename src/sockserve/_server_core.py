@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from ._admission import Admission, Refusal, Ticket
 from ._limits import NO_LIMITS, Limits
 from ._log import format_address, log_refused, logger
 from ._shutdown import ShutdownHandshake
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._stages import StageFactory
 
 

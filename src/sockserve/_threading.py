@@ -10,12 +10,14 @@ requests (``TicketModel``).
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
 
 from ._model import ConcurrencyModel, TicketModel
 from ._thread_signals import leave_signals_to_the_main_thread
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._admission import Admission
     from ._base_server import BaseServer as _ServerBase
 else:

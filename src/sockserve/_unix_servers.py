@@ -20,11 +20,14 @@ import contextlib
 import os
 import socket
 import stat
-from typing import Any
 
 from ._errors import SocketPathInUse, SocketPathNotASocket
 from ._inet_servers import TCPServer, UDPServer
 from ._log import logger
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _has_file(path: Any) -> bool:

@@ -24,9 +24,11 @@ delimiter in use, so while one delimiter is used no byte is searched twice.
 
 from __future__ import annotations
 
-from typing import Any, Final
-
 from .._errors import LineTooLong
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 # 64 KiB: as long as the longest header lines that HTTP servers accept by
 # default (Apache 8 KiB per field, nginx large buffers 8 KiB, h11 16 KiB for a
