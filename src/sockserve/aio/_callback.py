@@ -1,13 +1,20 @@
 """One accepted stream connection served by an ``AsyncProtocolHandler``: no
 task, only the transport's callbacks.
 
-The transport calls the handler's own ``data_received``, ``eof_received``,
-``pause_writing`` and ``resume_writing`` (bound methods set on the
-connection), with no frame of sockserve's in between: that is what makes the
-callback handler as fast as a bare ``asyncio.Protocol``. An exception they
-raise reaches asyncio (or uvloop), which closes the transport and calls the
-loop's exception handler; ``route_loop_exceptions`` puts a handler there that
-gives such errors to the server's ``handle_error()``.
+The transport calls the handler's own ``data_received`` (a bound method
+kept in the connection's slot of that name), with no frame of sockserve's in
+between: that is what makes the callback handler as fast as a bare
+``asyncio.Protocol``. ``eof_received``, ``pause_writing`` and
+``resume_writing`` come once per connection or per stall: they go through a
+method of the connection, which costs a frame but not, as a bound method kept
+for each would, 64 bytes per held connection. An exception a callback raises
+reaches asyncio (or uvloop), which closes the transport and calls the loop's
+exception handler; ``route_loop_exceptions`` puts a handler there that gives
+such errors to the server's ``handle_error()``.
+
+The connections have ``__slots__`` and keep no bound method of their own:
+what one costs while it is held is what a raw ``asyncio.Protocol``'s
+connection costs, plus the handler, its ticket and these few slots.
 """
 
 from __future__ import annotations
@@ -31,6 +38,12 @@ if TYPE_CHECKING:
     from ._server import AsyncBaseServer
 
 
+def _not_attached(data: bytes) -> None:
+    """``data_received`` of a connection whose handler is not made yet (no
+    bytes come before ``connection_made``, which attaches it): a function,
+    not a method, so that a connection does not pay for a bound method."""
+
+
 class CallbackConnection(InFlight, asyncio.Protocol):
     """The transport's protocol for one connection: bookkeeping around the handler.
 
@@ -38,11 +51,11 @@ class CallbackConnection(InFlight, asyncio.Protocol):
     stages, once they are over (so it sees the client's real address).
     """
 
-    # IdleCallbackConnection needs to see every chunk, so it keeps its own data_received.
-    _direct_data = True
-    # False while a connection the loop accepted waits for its admission
-    # (and for ever if refused): the transport's callbacks then reach no handler.
-    _connected = True
+    __slots__ = ("_connected", "_reported", "data_received", "handler", "server", "sock", "transport")
+
+    # The transport calls it for each chunk: the handler's own (see attach()).
+    data_received: Callable[[bytes], None]  # type: ignore[assignment]
+    handler: AsyncProtocolHandler
 
     def __init__(
         self,
@@ -56,15 +69,24 @@ class CallbackConnection(InFlight, asyncio.Protocol):
         self.sock = sock
         self.transport: asyncio.Transport | None = None
         self._reported: BaseException | None = None
+        # False while a connection the loop accepted waits for its admission
+        # (and for ever if refused): the transport's callbacks then reach no handler.
+        self._connected = True
+        self.data_received = _not_attached
 
     def attach(self, handler_class: type[AsyncProtocolHandler]) -> None:
-        """Make the handler, and let the transport call its methods directly."""
+        """Make the handler, and let the transport call its ``data_received`` directly."""
         handler = self.handler = handler_class(self.client_address, self.server)
-        if self._direct_data:
-            self.data_received = handler.data_received  # type: ignore[method-assign]
-        self.eof_received = handler.eof_received  # type: ignore[method-assign]
-        self.pause_writing = handler.pause_writing  # type: ignore[method-assign]
-        self.resume_writing = handler.resume_writing  # type: ignore[method-assign]
+        self.data_received = handler.data_received
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
 
     def connection_made(self, base_transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports quack like asyncio.Transport; no cast(): it is
@@ -79,9 +101,6 @@ class CallbackConnection(InFlight, asyncio.Protocol):
         except Exception as exc:
             self.report(exc)
             transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        self.handler.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finish()
@@ -128,7 +147,7 @@ class IdleCallbackConnection(CallbackConnection):
     """A callback connection under ``idle_timeout``: closed when the client
     has sent nothing for that long."""
 
-    _direct_data = False
+    __slots__ = ("_idle_timeout", "_idle_timer", "_last", "_loop")
 
     def __init__(
         self,
@@ -144,7 +163,11 @@ class IdleCallbackConnection(CallbackConnection):
         self._last = self._loop.time()
         self._idle_timer: asyncio.TimerHandle | None = self._loop.call_later(idle_timeout, self._check_idle)
 
-    def data_received(self, data: bytes) -> None:
+    def attach(self, handler_class: type[AsyncProtocolHandler]) -> None:
+        super().attach(handler_class)
+        self.data_received = self._timed_data_received  # it needs to see every chunk
+
+    def _timed_data_received(self, data: bytes) -> None:
         # A timestamp, not a timer per chunk: the timer re-arms itself lazily.
         self._last = self._loop.time()
         self.handler.data_received(data)
@@ -179,7 +202,7 @@ class LoopCallbackConnection(CallbackConnection):
     ``AsyncTCPServer._loop_accepts``): it is admitted, and its handler
     made, when the transport calls ``connection_made``."""
 
-    _connected = False
+    __slots__ = ("handler_class",)
 
     def __init__(
         self, server: AsyncBaseServer, release: Callable[[Ticket], None], handler_class: type[AsyncProtocolHandler]
@@ -197,6 +220,9 @@ class LoopCallbackConnection(CallbackConnection):
         self.sock = None  # type: ignore[assignment]
         self.transport = None
         self._reported = None
+        self._connected = False
+        # uvloop's transport looks it up as soon as the loop made the connection
+        self.data_received = _not_attached
         self.handler_class = handler_class
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -206,8 +232,18 @@ class LoopCallbackConnection(CallbackConnection):
 class LoopIdleCallbackConnection(IdleCallbackConnection):
     """``LoopCallbackConnection`` under ``idle_timeout``."""
 
-    _connected = False
-    handler_class: type[AsyncProtocolHandler]
+    __slots__ = ("handler_class",)
+
+    def __init__(
+        self,
+        server: AsyncBaseServer,
+        release: Callable[[Ticket], None],
+        handler_class: type[AsyncProtocolHandler],
+        idle_timeout: float,
+    ) -> None:
+        super().__init__(server, None, None, release, idle_timeout)  # type: ignore[arg-type]
+        self._connected = False
+        self.handler_class = handler_class
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         admit_on_connect(self, transport)
@@ -223,13 +259,7 @@ def loop_connections(
     release = server._release_ticket
     if idle_timeout is None:
         return functools.partial(LoopCallbackConnection, server, release, handler_class)
-
-    def idle_connection() -> CallbackConnection:
-        conn = LoopIdleCallbackConnection(server, None, None, release, idle_timeout)  # type: ignore[arg-type]
-        conn.handler_class = handler_class
-        return conn
-
-    return idle_connection
+    return functools.partial(LoopIdleCallbackConnection, server, release, handler_class, idle_timeout)
 
 
 def admit_on_connect(
