@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
 from .._errors import DatagramTooLarge
@@ -191,3 +191,23 @@ def _can_pause(transport: asyncio.BaseTransport) -> bool:
     # only ReadTransport's, which raises NotImplementedError); uvloop's has none.
     method = getattr(type(transport), "pause_reading", None)
     return method is not None and method is not asyncio.ReadTransport.pause_reading
+
+
+class DatagramServer(Protocol):
+    """What the datagram handlers and their task runner use of ``AsyncUDPServer``.
+
+    Typed here rather than by importing ``AsyncUDPServer`` from ``_servers``:
+    that module imports the handlers, and the import would close a cycle,
+    even one only the type checker follows."""
+
+    RequestHandlerClass: Any
+    server_address: Any
+    socket: socket.socket
+    _reply_sendto: Callable[[Any, Any], object]
+
+    def handle_error(self, request: Any, client_address: Any) -> None: ...
+    def _send_now(self, data: bytes | bytearray | memoryview, client_address: Any) -> None: ...
+    def _log_send_error(self, exc: Exception) -> None: ...
+    def _start_handler_task(
+        self, coro: Coroutine[Any, Any, None], client_address: Any
+    ) -> asyncio.Task[None] | None: ...

@@ -8,7 +8,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._servers import AsyncUDPServer
+    from ._datagram import DatagramServer
 
 
 class AsyncDatagramProtocolHandler:
@@ -36,7 +36,7 @@ class AsyncDatagramProtocolHandler:
     ``handle_error()``.
     """
 
-    def __init__(self, server: AsyncUDPServer) -> None:
+    def __init__(self, server: DatagramServer) -> None:
         self.server = server
 
     def datagram_received(self, data: bytes, client_address: Any) -> None:

@@ -22,7 +22,7 @@ from ._datagram import DatagramEndpoint, DatagramReceiver
 from ._handlers import AsyncDatagramRequestHandler
 
 if TYPE_CHECKING:
-    from ._servers import AsyncUDPServer
+    from ._datagram import DatagramServer
 
 TASK_NAME = "sockserve-datagram"
 Task = asyncio.Task
@@ -37,7 +37,7 @@ current_task = asyncio.current_task
 class TaskStarter:
     """The handler tasks of one server on one loop."""
 
-    def __init__(self, server: AsyncUDPServer, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, server: DatagramServer, loop: asyncio.AbstractEventLoop) -> None:
         handler_class: type[AsyncDatagramRequestHandler] = server.RequestHandlerClass
         self.server = server
         self.handler_class = handler_class

@@ -12,8 +12,8 @@ from ._reader import DEFAULT_READ_LIMIT, AsyncStreamReader
 from ._writer import DEFAULT_WRITE_LIMIT, AsyncStreamWriter
 
 if TYPE_CHECKING:
+    from ._datagram import DatagramServer
     from ._server import AsyncBaseServer
-    from ._servers import AsyncUDPServer
 
 
 class AsyncStreamRequestHandler:
@@ -76,7 +76,7 @@ class AsyncDatagramRequestHandler:
     there is ``AsyncDatagramProtocolHandler`` (callbacks, no task).
     """
 
-    def __init__(self, packet: bytes, client_address: Any, server: AsyncUDPServer, sock: socket.socket) -> None:
+    def __init__(self, packet: bytes, client_address: Any, server: DatagramServer, sock: socket.socket) -> None:
         self.packet = packet
         self.client_address = client_address
         self.server = server
