@@ -21,10 +21,12 @@ turns every fast path off; anything else, or unset, leaves them on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
+import operator
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._loop import loop_kind
 
@@ -49,13 +51,25 @@ WaiterMaker = Callable[[asyncio.AbstractEventLoop], "asyncio.Future[Any]"]
 
 # The _ready peek, ``loop._ready``: the deque of callbacks due in this turn
 # of asyncio's loop, an instance attribute that the loop sets once, in its
-# constructor. Read as an attribute, inline (once per request in new_waiter
-# and in Wakeup.set_result): not through a helper or typing.cast(), both
-# Python calls, and not as ``vars(loop)["_ready"]``: asking an object for its
-# ``__dict__`` makes CPython (3.11+) give up the inline attribute storage of
-# that object, and every later attribute access on the loop, asyncio's own
-# included, gets slower (measured: +6,600 instructions per request of a
-# stream handler ping-pong).
+# constructor. Read once per request (new_waiter, Wakeup.set_result) through
+# ``operator.attrgetter``, a C call, typed for mypy by the stub below: not
+# through a Python helper or typing.cast(), both Python calls, and not as
+# ``vars(loop)["_ready"]``: asking an object for its ``__dict__`` makes
+# CPython (3.11+) give up the inline attribute storage of that object, and
+# every later attribute access on the loop, asyncio's own included, gets
+# slower (measured: +6,600 instructions per request of a stream handler
+# ping-pong).
+if TYPE_CHECKING:
+
+    def callbacks_due(loop: asyncio.AbstractEventLoop) -> collections.deque[Any]:
+        """``loop._ready``: asyncio's callbacks due in this turn."""
+        ...
+
+    class _CappedTransport(Protocol):
+        max_size: int
+
+else:
+    callbacks_due = operator.attrgetter("_ready")
 
 
 def new_waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
@@ -63,7 +77,7 @@ def new_waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
     callbacks are due in this turn, so the wait will most likely end in a
     busy turn too, where a Wakeup would only defer like a plain future, at
     the cost of its Python methods)."""
-    if loop._ready:  # type: ignore[attr-defined]  # the _ready peek (above)
+    if callbacks_due(loop):  # the _ready peek (above)
         return loop.create_future()
     return Wakeup(loop=loop)
 
@@ -103,7 +117,7 @@ class Wakeup(asyncio.Future):  # type: ignore[type-arg]
 
     def set_result(self, result: Any) -> None:
         super().set_result(result)
-        if self.get_loop()._ready:  # type: ignore[attr-defined]  # the _ready peek
+        if callbacks_due(self.get_loop()):  # the _ready peek
             # Other callbacks are due in this turn (other connections are
             # ready too): resume with them, in the next turn, as asyncio does.
             # Replies then leave together after the turn's reads, instead of
@@ -159,4 +173,4 @@ def cap_reads(transport: asyncio.BaseTransport) -> None:
     two more Python calls per read, ``get_buffer()`` and ``buffer_updated()``:
     about 2,000 instructions per request.)
     """
-    transport.max_size = READ_SIZE  # type: ignore[attr-defined]
+    cast("_CappedTransport", transport).max_size = READ_SIZE  # once per connection
