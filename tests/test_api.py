@@ -31,6 +31,7 @@ NOT_API = {
     "sockserve.examples": "programs to read and run (`python -m sockserve.examples.echo`), not to import from",
     "sockserve.protocol.lines": "the module behind sockserve.protocol, which re-exports its API",
     "sockserve.protocol.framers": "the module behind sockserve.protocol, which re-exports its API",
+    "sockserve.protocol.proxy": "the module behind sockserve.protocol, which re-exports its main API",
 }
 # Public-looking names of a public module that are deliberately not in its
 # __all__, each with the reason. The test below fails on any other.
@@ -277,6 +278,7 @@ NOT_FOR_A_TYPICAL_PROGRAM = {
     "typing",
     "re",
     "sockserve.protocol.framers",
+    "sockserve.protocol.proxy",
 }
 
 

@@ -35,10 +35,15 @@ if TYPE_CHECKING:
     from ._errors import IdleTimeoutExpired as IdleTimeoutExpired
     from ._errors import LimitExceeded as LimitExceeded
     from ._errors import LineTooLong as LineTooLong
+    from ._errors import MalformedProxyHeader as MalformedProxyHeader
+    from ._errors import NotAProxyHeader as NotAProxyHeader
+    from ._errors import ProxyHeaderError as ProxyHeaderError
+    from ._errors import ProxyHeaderTooLong as ProxyHeaderTooLong
     from ._errors import RequestTooLarge as RequestTooLarge
     from ._errors import SocketPathInUse as SocketPathInUse
     from ._errors import SocketPathNotASocket as SocketPathNotASocket
     from ._errors import SockserveError as SockserveError
+    from ._errors import UnsupportedProxyHeader as UnsupportedProxyHeader
     from ._forking import ForkingMixIn as ForkingMixIn
     from ._framed import FramedRequestHandler as FramedRequestHandler
     from ._handlers import BaseRequestHandler as BaseRequestHandler
@@ -85,6 +90,11 @@ _MODULES = {
     "LimitExceeded": "_errors",
     "Limits": "_limits",
     "LineTooLong": "_errors",
+    "MalformedProxyHeader": "_errors",
+    "NotAProxyHeader": "_errors",
+    "ProxyHeaderError": "_errors",
+    "ProxyHeaderTooLong": "_errors",
+    "UnsupportedProxyHeader": "_errors",
     "RequestTooLarge": "_errors",
     "ThreadPoolMixIn": "_pool",
     "ThreadPoolTCPServer": "_pool_servers",
@@ -132,6 +142,10 @@ __all__ = [
     "LimitExceeded",
     "Limits",
     "LineTooLong",
+    "MalformedProxyHeader",
+    "NotAProxyHeader",
+    "ProxyHeaderError",
+    "ProxyHeaderTooLong",
     "RequestTooLarge",
     "ThreadPoolMixIn",
     "ThreadPoolTCPServer",
@@ -143,6 +157,7 @@ __all__ = [
     "serve",
     "SocketPathInUse",
     "SocketPathNotASocket",
+    "UnsupportedProxyHeader",
 ]
 
 if hasattr(_os, "fork"):

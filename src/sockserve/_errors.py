@@ -12,6 +12,11 @@ The tree::
         ├── RequestTooLarge (ValueError)    a framed request over its framer's cap
         ├── IdleTimeoutExpired (TimeoutError)     the client sent nothing for too long
         └── ConnectionDeadlineExceeded (TimeoutError)  the connection lasted too long in all
+    └── ProxyHeaderError (ValueError)       a PROXY protocol header that cannot be accepted
+        ├── NotAProxyHeader                 the first bytes can start neither v1 nor v2
+        ├── ProxyHeaderTooLong              a v1 line over 107 bytes, a v2 header over the cap
+        ├── MalformedProxyHeader            a bad v1 field, a v2 address block or TLV cut short
+        └── UnsupportedProxyHeader          a v2 version, command, family or protocol not in the spec
 
 Each class subclasses what callers of the stdlib already catch (``OSError`` for
 bind failures), so code written for ``socketserver`` keeps working, and says in
@@ -137,3 +142,33 @@ class ConnectionDeadlineExceeded(LimitExceeded, TimeoutError):
 
     def __init__(self, limit: float, client_address: Any = None) -> None:
         super().__init__(f"connection deadline ({limit:g}s) exceeded{_client(client_address)}", limit, client_address)
+
+
+class ProxyHeaderError(SockserveError, ValueError):
+    """A PROXY protocol header (``sockserve.protocol.proxy``) that cannot be
+    accepted; the message says which rule it broke. The connection should be
+    closed: what follows the header cannot be trusted."""
+
+
+class NotAProxyHeader(ProxyHeaderError):
+    """The first bytes can become neither a v1 nor a v2 header: the peer is
+    not a proxy (decided at once, without waiting for a whole header)."""
+
+
+class ProxyHeaderTooLong(ProxyHeaderError):
+    """A v1 line with no CRLF within 107 bytes, or a v2 header whose length
+    field announces more than the parser's ``max_size`` (``limit``)."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class MalformedProxyHeader(ProxyHeaderError):
+    """A header that breaks the spec's syntax: a bad v1 field, a v2 address
+    block shorter than its family needs, a TLV cut short."""
+
+
+class UnsupportedProxyHeader(ProxyHeaderError):
+    """A v2 header with a version, command, address family or transport
+    protocol that the spec does not define."""

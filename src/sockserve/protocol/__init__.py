@@ -3,7 +3,8 @@ socket, a clock or a logger, so each can be unit-tested and fuzzed alone.
 
 Each name is imported from its module on first use (PEP 562), as in the top
 package: a server's handlers read lines through ``lines`` and never load
-``framers`` (nor, through its ``Framer`` protocol, ``typing``).
+``framers`` (nor, through its ``Framer`` protocol, ``typing``), nor ``proxy``
+(and ``ipaddress``) unless they parse PROXY headers.
 """
 
 from __future__ import annotations
@@ -17,8 +18,23 @@ if TYPE_CHECKING:
     from .framers import LineFramer as LineFramer
     from .lines import DEFAULT_MAX_LINE as DEFAULT_MAX_LINE
     from .lines import LineSplitter as LineSplitter
+    from .proxy import DEFAULT_MAX_PROXY_HEADER as DEFAULT_MAX_PROXY_HEADER
+    from .proxy import ProxyHeader as ProxyHeader
+    from .proxy import ProxySSL as ProxySSL
+    from .proxy import parse_proxy_header as parse_proxy_header
 
-__all__ = ["DEFAULT_MAX_LINE", "DEFAULT_MAX_REQUEST", "Framer", "LengthPrefixFramer", "LineFramer", "LineSplitter"]
+__all__ = [
+    "DEFAULT_MAX_LINE",
+    "DEFAULT_MAX_PROXY_HEADER",
+    "DEFAULT_MAX_REQUEST",
+    "Framer",
+    "LengthPrefixFramer",
+    "LineFramer",
+    "LineSplitter",
+    "ProxyHeader",
+    "ProxySSL",
+    "parse_proxy_header",
+]
 
 _MODULES = {
     "DEFAULT_MAX_REQUEST": "framers",
@@ -27,6 +43,10 @@ _MODULES = {
     "LineFramer": "framers",
     "DEFAULT_MAX_LINE": "lines",
     "LineSplitter": "lines",
+    "DEFAULT_MAX_PROXY_HEADER": "proxy",
+    "ProxyHeader": "proxy",
+    "ProxySSL": "proxy",
+    "parse_proxy_header": "proxy",
 }
 
 if not TYPE_CHECKING:  # hidden from type checkers, which then flag a misspelt name

@@ -1,0 +1,392 @@
+"""A sans-IO parser for the PROXY protocol header, versions 1 and 2.
+
+A proxy (HAProxy, a load balancer) that speaks the PROXY protocol sends one
+header before the client's bytes, naming the client it accepted the
+connection from. ``parse_proxy_header(data)`` looks at the bytes received so
+far and returns one of three outcomes:
+
+- a ``ProxyHeader``, whose ``size`` is the number of bytes it used: the bytes
+  behind it (``data[header.size:]``) are the client's and are left to the
+  caller;
+- None: ``data`` is a prefix of a header, more bytes are needed;
+- a ``ProxyHeaderError`` subclass, raised: the connection should be closed.
+
+**Deciding early.** A v1 header starts with ``b"PROXY "``, a v2 header with
+a fixed 12-byte signature; the two differ in their first byte. As soon as
+the bytes received can start neither, ``NotAProxyHeader`` is raised, so a
+client that is not a proxy is refused on its first bytes rather than after
+107 of them.
+
+**Caps.** A v1 line is at most 107 bytes, CRLF included (the spec's limit),
+and a CRLF not found within them raises ``ProxyHeaderTooLong`` once 107 bytes
+are held. A v2 header announces its length in its 16th-17th bytes (up to
+16 + 65535 bytes); one over ``max_size`` raises ``ProxyHeaderTooLong`` as soon
+as those 16 bytes arrive, before its body is buffered. So None is never
+returned for more than ``max(107, max_size)`` bytes.
+
+**Addresses** take the form of the stdlib's ``client_address`` for a socket
+of that family: ``(host, port)`` for IPv4, ``(host, port, 0, 0)`` for IPv6 (as
+``getpeername()`` returns for an ``AF_INET6`` socket, flow info and scope id
+being unknown), and for a Unix socket the path as ``str`` (``bytes`` for an
+abstract-namespace name, which starts with a NUL byte, as the stdlib gives).
+Hosts are in ``ipaddress``'s canonical text form. They are None when the
+header carries none: v1 ``UNKNOWN``, v2 ``LOCAL`` (a health check from the
+proxy itself; the spec says to use the real endpoints) and v2 ``AF_UNSPEC``.
+
+**Strictness** follows the spec: v1 fields are separated by single spaces,
+addresses must parse with ``ipaddress`` in the family named (no IPv6 scope
+id), ports are decimal 0-65535 without leading zeros; v2 needs version 2,
+command LOCAL or PROXY, a known family and transport, and an address block
+that fits in the announced length. TLVs are kept raw (``tlvs``); the SSL TLV
+is decoded on demand (``ssl``). The CRC32C TLV (0x03) is kept but not checked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import types
+
+from .._errors import MalformedProxyHeader, NotAProxyHeader, ProxyHeaderTooLong, UnsupportedProxyHeader
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+__all__ = [
+    "DEFAULT_MAX_PROXY_HEADER",
+    "PP2_TYPE_ALPN",
+    "PP2_TYPE_AUTHORITY",
+    "PP2_TYPE_SSL",
+    "PP2_TYPE_UNIQUE_ID",
+    "V1_MAX_LINE",
+    "V2_SIGNATURE",
+    "ProxyHeader",
+    "ProxySSL",
+    "parse_proxy_header",
+]
+
+V1_PREFIX = b"PROXY "
+V1_MAX_LINE = 107  # the spec's worst case: "PROXY TCP6 " + two full IPv6 + two ports + CRLF
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+V2_HEAD = 16  # signature, version/command, family/protocol, 2-byte length
+
+# 16-byte head + 216-byte Unix address block + 3840 bytes of TLVs: room for
+# ALPN, authority, a unique id (at most 128 bytes) and SSL details with a long
+# CN, while a client cannot make the server buffer the 64 KiB the length field
+# allows.
+DEFAULT_MAX_PROXY_HEADER = 4096 + V2_HEAD
+
+PP2_TYPE_ALPN = 0x01
+PP2_TYPE_AUTHORITY = 0x02
+PP2_TYPE_UNIQUE_ID = 0x05
+PP2_TYPE_SSL = 0x20
+PP2_SUBTYPE_SSL_VERSION = 0x21
+PP2_SUBTYPE_SSL_CN = 0x22
+PP2_SUBTYPE_SSL_CIPHER = 0x23
+PP2_SUBTYPE_SSL_SIG_ALG = 0x24
+PP2_SUBTYPE_SSL_KEY_ALG = 0x25
+
+# v2 family nibble -> (socket family, bytes of the address block)
+_V2_FAMILIES = {0: (socket.AF_UNSPEC, 0), 1: (socket.AF_INET, 12), 2: (socket.AF_INET6, 36), 3: (socket.AF_UNIX, 216)}
+# v2 transport nibble -> socket type (0 for UNSPEC)
+_V2_PROTOCOLS = {0: 0, 1: socket.SOCK_STREAM, 2: socket.SOCK_DGRAM}
+
+
+class _Frozen:
+    """Slotted, immutable after ``__init__`` (no dataclasses: see tests/test_api.py)."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        names: tuple[str, ...] = self.__slots__
+        return all(getattr(self, n) == getattr(other, n) for n in names)
+
+    def __repr__(self) -> str:
+        names: tuple[str, ...] = self.__slots__
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+        return f"{type(self).__name__}({fields})"
+
+    __hash__ = None  # type: ignore[assignment]  # tlvs is a mapping
+
+
+class ProxySSL(_Frozen):
+    """The SSL TLV (0x20) of a v2 header: how the client reached the proxy.
+
+    ``client`` holds the PP2_CLIENT_* bits (0x01 SSL, 0x02 a certificate on
+    this connection, 0x04 one in this session); ``verify`` is 0 when the
+    client's certificate was verified. The text fields are the sub-TLVs, None
+    when absent; ``tlvs`` holds every sub-TLV raw.
+    """
+
+    __slots__ = ("cipher", "client", "cn", "key_alg", "sig_alg", "tlvs", "verify", "version")
+
+    client: int
+    verify: int
+    version: str | None
+    cn: str | None
+    cipher: str | None
+    sig_alg: str | None
+    key_alg: str | None
+    tlvs: Mapping[int, tuple[bytes, ...]]
+
+    def __init__(self, client: int, verify: int, tlvs: Mapping[int, tuple[bytes, ...]]) -> None:
+        init = object.__setattr__
+        init(self, "client", client)
+        init(self, "verify", verify)
+        init(self, "tlvs", tlvs)
+        init(self, "version", _text(tlvs, PP2_SUBTYPE_SSL_VERSION))
+        init(self, "cn", _text(tlvs, PP2_SUBTYPE_SSL_CN))
+        init(self, "cipher", _text(tlvs, PP2_SUBTYPE_SSL_CIPHER))
+        init(self, "sig_alg", _text(tlvs, PP2_SUBTYPE_SSL_SIG_ALG))
+        init(self, "key_alg", _text(tlvs, PP2_SUBTYPE_SSL_KEY_ALG))
+
+
+class ProxyHeader(_Frozen):
+    """A parsed PROXY header.
+
+    Attributes:
+        version: 1 or 2.
+        command: "PROXY", or "LOCAL" (v2 only: the proxy's own connection,
+            e.g. a health check; addresses are None).
+        family: ``socket.AF_INET``, ``AF_INET6``, ``AF_UNIX`` or ``AF_UNSPEC``
+            (v1 ``UNKNOWN``, v2 UNSPEC).
+        protocol: ``socket.SOCK_STREAM``, ``SOCK_DGRAM`` or 0 (unspecified;
+            v1 TCP4/TCP6 is ``SOCK_STREAM``).
+        source, destination: the client's and the proxy's listening address,
+            as ``client_address`` would be (see the module docstring), or None.
+        tlvs: v2 TLVs, type -> the values of every TLV of that type in order
+            (read-only; empty for v1).
+        size: the bytes the header used; what follows is the client's.
+    """
+
+    __slots__ = ("command", "destination", "family", "protocol", "size", "source", "tlvs", "version")
+
+    version: int
+    command: str
+    family: int
+    protocol: int
+    source: Any
+    destination: Any
+    tlvs: Mapping[int, tuple[bytes, ...]]
+    size: int
+
+    def __init__(
+        self,
+        version: int,
+        command: str,
+        family: int,
+        protocol: int,
+        source: Any,
+        destination: Any,
+        tlvs: Mapping[int, tuple[bytes, ...]],
+        size: int,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "version", version)
+        init(self, "command", command)
+        init(self, "family", family)
+        init(self, "protocol", protocol)
+        init(self, "source", source)
+        init(self, "destination", destination)
+        init(self, "tlvs", tlvs)
+        init(self, "size", size)
+
+    def tlv(self, type_: int) -> bytes | None:
+        """The value of the first TLV of ``type_``, or None."""
+        values = self.tlvs.get(type_)
+        return values[0] if values else None
+
+    @property
+    def alpn(self) -> bytes | None:
+        """The ALPN protocol the client negotiated with the proxy (TLV 0x01), e.g. b"h2"."""
+        return self.tlv(PP2_TYPE_ALPN)
+
+    @property
+    def authority(self) -> str | None:
+        """The host name the client asked for (TLV 0x02, e.g. TLS SNI)."""
+        return _text(self.tlvs, PP2_TYPE_AUTHORITY)
+
+    @property
+    def unique_id(self) -> bytes | None:
+        """The proxy's opaque id for this connection (TLV 0x05)."""
+        return self.tlv(PP2_TYPE_UNIQUE_ID)
+
+    @property
+    def ssl(self) -> ProxySSL | None:
+        """The SSL TLV (0x20) decoded, or None when absent.
+
+        Raises:
+            MalformedProxyHeader: the TLV is shorter than its 5 fixed bytes
+                (never for a header returned by ``parse_proxy_header``, which
+                checks it).
+        """
+        value = self.tlv(PP2_TYPE_SSL)
+        return None if value is None else _parse_ssl(value)
+
+
+def _text(tlvs: Mapping[int, tuple[bytes, ...]], type_: int) -> str | None:
+    values = tlvs.get(type_)
+    # The spec says UTF-8 (authority, CN) or US-ASCII; a bad byte should not
+    # make the whole header unreadable.
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _parse_ssl(value: bytes) -> ProxySSL:
+    if len(value) < 5:
+        raise MalformedProxyHeader(f"PROXY v2 SSL TLV of {len(value)} bytes, shorter than its 5 fixed bytes")
+    return ProxySSL(value[0], int.from_bytes(value[1:5], "big"), _parse_tlvs(value, 5, "SSL sub-TLV"))
+
+
+def _parse_tlvs(data: bytes, start: int, what: str) -> Mapping[int, tuple[bytes, ...]]:
+    found: dict[int, tuple[bytes, ...]] = {}
+    end = len(data)
+    pos = start
+    while pos < end:
+        if end - pos < 3:
+            raise MalformedProxyHeader(f"PROXY v2 {what} cut short: {end - pos} bytes left, a TLV needs 3")
+        type_ = data[pos]
+        length = int.from_bytes(data[pos + 1 : pos + 3], "big")
+        pos += 3
+        if length > end - pos:
+            raise MalformedProxyHeader(
+                f"PROXY v2 {what} 0x{type_:02x} announces {length} bytes, only {end - pos} left in the header"
+            )
+        found[type_] = (*found.get(type_, ()), data[pos : pos + length])
+        pos += length
+    return types.MappingProxyType(found)
+
+
+def parse_proxy_header(
+    data: bytes | bytearray | memoryview, max_size: int = DEFAULT_MAX_PROXY_HEADER
+) -> ProxyHeader | None:
+    """Parse the PROXY header at the start of ``data``: a ``ProxyHeader``, or
+    None when ``data`` is a prefix of one (see the module docstring).
+
+    ``max_size`` caps a v2 header, its 16-byte head included; it must be at
+    least 16. v1 is always capped at 107 bytes.
+
+    Raises:
+        NotAProxyHeader: ``data`` can start neither version.
+        ProxyHeaderTooLong: no CRLF in the first 107 bytes (v1), or a length
+            field over ``max_size`` (v2).
+        MalformedProxyHeader, UnsupportedProxyHeader: see their docstrings.
+    """
+    if max_size < V2_HEAD:
+        raise ValueError(f"max_size must be at least {V2_HEAD}, got {max_size}")
+    data = bytes(data[: max(V1_MAX_LINE, max_size)])  # never look (or copy) past the cap
+    if data[:1] == b"P" or not data:
+        if data[:6] != V1_PREFIX[: len(data)]:
+            raise NotAProxyHeader(f"not a PROXY header: starts with {data[:12]!r}")
+        return _parse_v1(data)
+    if data[:12] != V2_SIGNATURE[: len(data)]:
+        raise NotAProxyHeader(f"not a PROXY header: starts with {data[:12]!r}")
+    return _parse_v2(data, max_size)
+
+
+def _parse_v1(data: bytes) -> ProxyHeader | None:
+    end = data.find(b"\r\n", 0, V1_MAX_LINE)
+    if end < 0:
+        newline = data.find(b"\n", 0, V1_MAX_LINE)
+        if newline >= 0:  # a bare LF: this line can never end in CRLF
+            raise MalformedProxyHeader(f"PROXY v1 line ends in a bare LF, not CRLF: {data[: newline + 1]!r}")
+        if len(data) >= V1_MAX_LINE:
+            raise ProxyHeaderTooLong(f"PROXY v1 line with no CRLF within {V1_MAX_LINE} bytes", V1_MAX_LINE)
+        return None
+    line = data[:end]
+    size = end + 2
+    fields = line.split(b" ")
+    if fields[1:2] == [b"UNKNOWN"]:  # the spec: the rest of the line is to be ignored
+        return ProxyHeader(1, "PROXY", socket.AF_UNSPEC, 0, None, None, types.MappingProxyType({}), size)
+    if len(fields) != 6:
+        raise MalformedProxyHeader(f"PROXY v1 line needs 6 space-separated fields, got {len(fields)}: {line!r}")
+    _, proto, src, dst, sport, dport = fields
+    if proto == b"TCP4":
+        family, parse_address = socket.AF_INET, ipaddress.IPv4Address
+    elif proto == b"TCP6":
+        family, parse_address = socket.AF_INET6, ipaddress.IPv6Address  # type: ignore[assignment]
+    else:
+        raise MalformedProxyHeader(f"PROXY v1 protocol must be TCP4, TCP6 or UNKNOWN, got {proto!r}")
+    hosts = []
+    for raw in (src, dst):
+        try:
+            text = raw.decode("ascii")
+            if "%" in text:  # ipaddress accepts an IPv6 scope id; the spec has none
+                raise ValueError
+            hosts.append(str(parse_address(text)))
+        except ValueError:
+            raise MalformedProxyHeader(f"PROXY v1 {proto.decode()} address is not valid: {raw!r}") from None
+    ports = [_v1_port(sport), _v1_port(dport)]
+    if family == socket.AF_INET:
+        source: Any = (hosts[0], ports[0])
+        destination: Any = (hosts[1], ports[1])
+    else:
+        source, destination = (hosts[0], ports[0], 0, 0), (hosts[1], ports[1], 0, 0)
+    return ProxyHeader(1, "PROXY", family, socket.SOCK_STREAM, source, destination, types.MappingProxyType({}), size)
+
+
+def _v1_port(raw: bytes) -> int:
+    # bytes.isdigit() is ASCII-only, unlike int(), which also takes "+1", "1_0" and other scripts' digits.
+    if not raw.isdigit() or (len(raw) > 1 and raw[:1] == b"0") or int(raw) > 65535:
+        raise MalformedProxyHeader(f"PROXY v1 port must be 0-65535 without leading zeros, got {raw!r}")
+    return int(raw)
+
+
+def _parse_v2(data: bytes, max_size: int) -> ProxyHeader | None:
+    if len(data) < V2_HEAD:
+        return None
+    version, command = data[12] >> 4, data[12] & 0x0F
+    if version != 2:
+        raise UnsupportedProxyHeader(f"PROXY v2 signature with version {version}, only 2 is defined")
+    if command > 1:
+        raise UnsupportedProxyHeader(f"PROXY v2 command 0x{command:x}, only LOCAL (0) and PROXY (1) are defined")
+    known = _V2_FAMILIES.get(data[13] >> 4)
+    protocol = _V2_PROTOCOLS.get(data[13] & 0x0F)
+    if known is None or protocol is None:
+        raise UnsupportedProxyHeader(f"PROXY v2 address family/protocol byte 0x{data[13]:02x} is not defined")
+    family, address_size = known
+    size = V2_HEAD + int.from_bytes(data[14:16], "big")
+    if size > max_size:
+        raise ProxyHeaderTooLong(f"PROXY v2 header of {size} bytes, over the limit of {max_size} bytes", max_size)
+    if len(data) < size:
+        return None
+    if size - V2_HEAD < address_size:
+        raise MalformedProxyHeader(
+            f"PROXY v2 length {size - V2_HEAD} is shorter than the {address_size}-byte address block of its family"
+        )
+    block = data[V2_HEAD : V2_HEAD + address_size]
+    header = data[:size]
+    tlvs = _parse_tlvs(header, V2_HEAD + address_size, "TLV")
+    ssl = tlvs.get(PP2_TYPE_SSL)
+    if ssl:
+        for value in ssl:
+            _parse_ssl(value)  # so that ProxyHeader.ssl cannot raise later
+    if command == 0:  # LOCAL: the spec says to ignore the address block and use the real endpoints
+        return ProxyHeader(2, "LOCAL", family, protocol, None, None, tlvs, size)
+    source: Any = None
+    destination: Any = None
+    if family == socket.AF_INET:
+        source = (str(ipaddress.IPv4Address(block[0:4])), int.from_bytes(block[8:10], "big"))
+        destination = (str(ipaddress.IPv4Address(block[4:8])), int.from_bytes(block[10:12], "big"))
+    elif family == socket.AF_INET6:
+        source = (str(ipaddress.IPv6Address(block[0:16])), int.from_bytes(block[32:34], "big"), 0, 0)
+        destination = (str(ipaddress.IPv6Address(block[16:32])), int.from_bytes(block[34:36], "big"), 0, 0)
+    elif family == socket.AF_UNIX:
+        source, destination = _unix_path(block[:108]), _unix_path(block[108:])
+    return ProxyHeader(2, "PROXY", family, protocol, source, destination, tlvs, size)
+
+
+def _unix_path(raw: bytes) -> str | bytes:
+    if raw[:1] == b"\x00":  # Linux's abstract namespace: the name is bytes, as the stdlib returns it
+        return b"\x00" + raw[1:].rstrip(b"\x00")
+    return os.fsdecode(raw.split(b"\x00", 1)[0])
