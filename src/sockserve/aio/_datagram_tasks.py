@@ -45,7 +45,7 @@ class TaskStarter:
         self.tasks: set[asyncio.Task[None]] = set()
         self.aborted: BaseException | None = None  # why abort() cancelled them
         self.on_idle: Callable[[], None] | None = None  # a drain waits for the last one
-        self.run = serve_plain if _plain(handler_class) else serve_with_hooks
+        self.plain = _plain(handler_class)
         # A task factory set on the loop makes the tasks; without one, they are made here, named.
         self.own_tasks = loop.get_task_factory() is None
 
@@ -72,7 +72,6 @@ class TaskReceiver(DatagramReceiver):
         self.server = server
         self.handler_class = starter.handler_class
         self.loop = starter.loop
-        self.run = starter.run
         self.plain_init = self.handler_class.__init__ is AsyncDatagramRequestHandler.__init__
         if not starter.own_tasks:
             self.datagram_received = self.start_with_factory  # type: ignore[method-assign]
@@ -95,7 +94,7 @@ class TaskReceiver(DatagramReceiver):
                 self.handle_error((data, self.sock), addr)
                 return
         starter = self.starter
-        task = Task(self.run(starter, handler), loop=self.loop, name=TASK_NAME, **EAGER)
+        task = Task(serve_datagram(starter, handler), loop=self.loop, name=TASK_NAME, **EAGER)
         if not task.done():  # (an eager task may be over already)
             starter.tasks.add(task)
 
@@ -109,7 +108,7 @@ class TaskReceiver(DatagramReceiver):
             self.handle_error((data, self.sock), addr)
             return
         starter = self.starter
-        starter.tasks.add(self.loop.create_task(self.run(starter, handler)))
+        starter.tasks.add(self.loop.create_task(serve_datagram(starter, handler)))
 
 
 class _NoTarget:
@@ -128,24 +127,15 @@ def _plain(handler_class: type[AsyncDatagramRequestHandler]) -> bool:
     )
 
 
-async def serve_plain(starter: TaskStarter, handler: AsyncDatagramRequestHandler) -> None:
+async def serve_datagram(starter: TaskStarter, handler: AsyncDatagramRequestHandler) -> None:
+    """One handler's task: its hooks (handle() alone when it has no setup()
+    or finish() of its own: one coroutine fewer), an error reported, the
+    task counted out."""
     try:
-        await handler.handle()
-    except asyncio.CancelledError:
-        if starter.aborted is None:
-            raise
-    except Exception:
-        starter.server.handle_error((handler.packet, handler.socket), handler.client_address)
-    finally:
-        tasks = starter.tasks
-        tasks.discard(current_task())
-        if not tasks and starter.on_idle is not None:
-            starter.on_idle()
-
-
-async def serve_with_hooks(starter: TaskStarter, handler: AsyncDatagramRequestHandler) -> None:
-    try:
-        await run_datagram_handler(handler)
+        if starter.plain:
+            await handler.handle()
+        else:
+            await run_datagram_handler(handler)
     except asyncio.CancelledError:
         if starter.aborted is None:
             raise

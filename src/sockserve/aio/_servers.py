@@ -499,7 +499,19 @@ class _Calls:
         self.datagram_received = function
 
 
-class Datagram(InFlight):
+class _TaskInFlight(InFlight):
+    """Something in flight that is one task of its own: aborting it cancels the task."""
+
+    __slots__ = ()
+
+    def abort(self, exc: BaseException) -> None:
+        if self.aborted is None:
+            self.aborted = exc
+            if self.task is not None:
+                self.task.cancel()
+
+
+class Datagram(_TaskInFlight):
     """One datagram in flight under the admission: its handler's task."""
 
     __slots__ = ("packet", "server")
@@ -508,12 +520,6 @@ class Datagram(InFlight):
         super().__init__(client_address, release)
         self.server = server
         self.packet = packet
-
-    def abort(self, exc: BaseException) -> None:
-        if self.aborted is None:
-            self.aborted = exc
-            if self.task is not None:
-                self.task.cancel()
 
     async def run(self) -> None:
         server = self.server
@@ -530,7 +536,7 @@ class Datagram(InFlight):
             self.finish()
 
 
-class HandlerTask(InFlight):
+class HandlerTask(_TaskInFlight):
     """A callback datagram handler's start_task(): counted as a datagram in flight."""
 
     __slots__ = ("coro", "server")
@@ -541,12 +547,6 @@ class HandlerTask(InFlight):
         super().__init__(client_address, release)
         self.server = server
         self.coro = coro
-
-    def abort(self, exc: BaseException) -> None:
-        if self.aborted is None:
-            self.aborted = exc
-            if self.task is not None:
-                self.task.cancel()
 
     async def run(self) -> None:
         try:
