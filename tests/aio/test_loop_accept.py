@@ -5,6 +5,7 @@ nothing left open."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -312,70 +313,74 @@ EMFILE_CHILD = textwrap.dedent(
 )
 
 
+class EmfileChild:
+    """The EMFILE child in a subprocess: its messages (asyncio's DEBUG chatter
+    skipped; none of asyncio's errors may come), its commands, and its end."""
+
+    def __init__(self, tmp_path: Any) -> None:
+        script = tmp_path / "emfile_server.py"
+        script.write_text(EMFILE_CHILD)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def next_line(self) -> dict[str, Any]:
+        while True:
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, f"the server exited: {self.proc.stderr.read()}"  # type: ignore[union-attr]
+            message: dict[str, Any] = json.loads(line)
+            if message.get("name") != "asyncio":
+                return message
+            assert message["level"] == "DEBUG", message
+
+    def command(self, text: str) -> None:
+        self.proc.stdin.write(text + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        proc = self.proc
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+
+
 def test_out_of_descriptors_on_asyncios_loop_is_one_line_and_the_connection_waits(tmp_path: Any) -> None:
     """asyncio's own accept reports every failed try with a traceback: the
     server says it once, at the accept's back-off, and once on recovery; the
     connection that could not be accepted waits, and is served."""
-    script = tmp_path / "emfile_server.py"
-    script.write_text(EMFILE_CHILD)
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-
-    def next_message() -> dict[str, Any]:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        assert line, f"the server exited: {proc.stderr.read()}"  # type: ignore[union-attr]
-        return json.loads(line)  # type: ignore[no-any-return]
-
-    def command(text: str) -> None:
-        proc.stdin.write(text + "\n")  # type: ignore[union-attr]
-        proc.stdin.flush()  # type: ignore[union-attr]
-
-    def next_line() -> dict[str, Any]:
-        """The next message, but asyncio's DEBUG chatter; none of asyncio's errors may come."""
-        while (message := next_message()).get("name") == "asyncio":
-            assert message["level"] == "DEBUG", message
-        return message
-
-    try:
-        address = tuple(next_line()["address"])
+    with contextlib.closing(EmfileChild(tmp_path)) as child:
+        address = tuple(child.next_line()["address"])
         assert round_trip(address, b"warm\n") == b"warm\n"  # the loop runs, and accepts
         # Fill only once the server has closed its side: a descriptor freed
         # after the fill would let the next accept succeed.
-        assert next_line() == {"closed": True}
-        command("fill")
-        assert next_line()["errno"] == 24  # EMFILE
+        assert child.next_line() == {"closed": True}
+        child.command("fill")
+        assert child.next_line()["errno"] == 24  # EMFILE
         with connect(address) as starved:  # the kernel completes it; accept() cannot
             starved.sendall(b"survived\n")
-            first, second = next_line(), next_line()  # the first failure, then a retry
+            first, second = child.next_line(), child.next_line()  # the first failure, then a retry
             assert first["level"] == "ERROR", first
             assert "cannot accept on" in first["msg"], first
             assert "Too many open files" in first["msg"], first
             assert second["level"] == "DEBUG", second
             assert "still failing" in second["msg"], second
-            command("release")
+            child.command("release")
             assert recv_line(starved) == b"survived\n"
-        while not ("accepting on" in (message := next_line()).get("msg", "") and "again" in message["msg"]):
+        while not ("accepting on" in (message := child.next_line()).get("msg", "") and "again" in message["msg"]):
             assert message.get("level") == "DEBUG", message
         assert message["level"] == "WARNING"
-        command("stop")
-        while "stopped" not in (message := next_line()):
+        child.command("stop")
+        while "stopped" not in (message := child.next_line()):
             assert message.get("level") in (None, "DEBUG"), message
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        assert child.proc.wait(timeout=10) == 0
 
 
 def test_an_accept_retry_that_fires_after_a_drain_closed_the_listener_is_not_an_error(tmp_path: Any) -> None:
@@ -384,60 +389,26 @@ def test_an_accept_retry_that_fires_after_a_drain_closed_the_listener_is_not_an_
     listening socket, and the retries then fire on a closed socket. asyncio
     reports that as an exception in a callback; the server knows it for a
     stale retry and says so at DEBUG, and the drain goes on."""
-    script = tmp_path / "emfile_server.py"
-    script.write_text(EMFILE_CHILD)
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-
-    def next_line() -> dict[str, Any]:
-        """The next message; no error may come, from asyncio or sockserve, but the one expected."""
-        while True:
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            assert line, f"the server exited: {proc.stderr.read()}"  # type: ignore[union-attr]
-            message: dict[str, Any] = json.loads(line)
-            if message.get("name") != "asyncio":
-                return message
-            assert message["level"] == "DEBUG", message
-
-    def command(text: str) -> None:
-        proc.stdin.write(text + "\n")  # type: ignore[union-attr]
-        proc.stdin.flush()  # type: ignore[union-attr]
-
-    try:
-        address = tuple(next_line()["address"])
+    with contextlib.closing(EmfileChild(tmp_path)) as child:
+        address = tuple(child.next_line()["address"])
         with connect(address) as held:  # in flight: the drain waits for it, and the loop runs on
             held.sendall(b"held\n")
             assert recv_line(held) == b"held\n"
-            command("fill")
-            assert next_line()["errno"] == 24  # EMFILE
+            child.command("fill")
+            assert child.next_line()["errno"] == 24  # EMFILE
             with connect(address) as starved:
                 starved.sendall(b"starved\n")
-                first = next_line()
+                first = child.next_line()
                 assert first["level"] == "ERROR", first
                 assert "cannot accept on" in first["msg"], first
-                command("drain")
-                while "stale accept retry" not in (message := next_line()).get("msg", ""):
+                child.command("drain")
+                while "stale accept retry" not in (message := child.next_line()).get("msg", ""):
                     assert message.get("level") in (None, "DEBUG", "INFO"), message
                 assert message["level"] == "DEBUG", message
-            command("release")
-        while "drained" not in (message := next_line()):
+            child.command("release")
+        while "drained" not in (message := child.next_line()):
             assert message.get("level") in (None, "DEBUG", "INFO"), message
-        proc.stdin.close()  # the controller's loop ends
-        while "stopped" not in (message := next_line()):
+        child.proc.stdin.close()  # the controller's loop ends
+        while "stopped" not in (message := child.next_line()):
             assert message.get("level") in (None, "DEBUG", "INFO"), message
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None and not stream.closed:
-                stream.close()
+        assert child.proc.wait(timeout=10) == 0
