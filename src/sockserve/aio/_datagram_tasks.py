@@ -88,24 +88,30 @@ class TaskReceiver(DatagramReceiver):
             handler.server = self.server
             handler.socket = self.sock
         else:
-            try:
-                handler = self.handler_class(data, addr, self.server, self.sock)
-            except Exception:
-                self.handle_error((data, self.sock), addr)
+            made = self.make_handler(data, addr)
+            if made is None:
                 return
+            handler = made
         starter = self.starter
         task = Task(serve_datagram(starter, handler), loop=self.loop, name=TASK_NAME, **EAGER)
         if not task.done():  # (an eager task may be over already)
             starter.tasks.add(task)
 
+    def make_handler(self, data: bytes, addr: Any) -> AsyncDatagramRequestHandler | None:
+        """The handler for one datagram, by its class's constructor; None if
+        the constructor raised (reported, the datagram dropped)."""
+        try:
+            return self.handler_class(data, addr, self.server, self.sock)
+        except Exception:
+            self.handle_error((data, self.sock), addr)
+            return None
+
     def start_with_factory(self, data: bytes, addr: Any) -> None:
         if len(data) > self.max_packet_size:
             super().datagram_received(data, addr)
             return
-        try:
-            handler = self.handler_class(data, addr, self.server, self.sock)
-        except Exception:
-            self.handle_error((data, self.sock), addr)
+        handler = self.make_handler(data, addr)
+        if handler is None:
             return
         starter = self.starter
         starter.tasks.add(self.loop.create_task(serve_datagram(starter, handler)))
