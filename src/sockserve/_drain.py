@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ._frozen import FrozenValue
 from ._log import format_address, logger
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_GRACE = 30.0
 
 
-class DrainReport:
+class DrainReport(FrozenValue):
     """What a graceful stop did.
 
     Attributes:
@@ -29,9 +30,7 @@ class DrainReport:
         forced: connections still open when the grace period ended, which were closed.
         seconds: how long the drain took.
 
-    A frozen value, equal and hashable by its fields. Written out rather than
-    a ``dataclasses.dataclass``: importing ``dataclasses`` cost a typical
-    program more than the rest of sockserve's import (issue 11).
+    A frozen value, equal and hashable by its fields (``_frozen.FrozenValue``).
     """
 
     __slots__ = ("forced", "in_flight", "seconds")
@@ -40,34 +39,10 @@ class DrainReport:
     forced: int
     seconds: float
 
+    _fields = ("in_flight", "forced", "seconds")
+
     def __init__(self, in_flight: int, forced: int, seconds: float) -> None:
-        object.__setattr__(self, "in_flight", in_flight)
-        object.__setattr__(self, "forced", forced)
-        object.__setattr__(self, "seconds", seconds)
-
-    def _values(self) -> tuple[int, int, float]:
-        return (self.in_flight, self.forced, self.seconds)
-
-    def __repr__(self) -> str:
-        return f"DrainReport(in_flight={self.in_flight!r}, forced={self.forced!r}, seconds={self.seconds!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, DrainReport):
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: DrainReport is frozen")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}: DrainReport is frozen")
-
-    def __reduce__(self) -> tuple[type[DrainReport], tuple[int, int, float]]:
-        # The default slots pickling restores fields with setattr, which a frozen object refuses.
-        return (DrainReport, self._values())
+        self._freeze(in_flight, forced, seconds)
 
     @property
     def clean(self) -> bool:

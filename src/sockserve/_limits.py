@@ -6,8 +6,10 @@ cap and the idle timeout.
 
 from __future__ import annotations
 
+from ._frozen import FrozenValue
 
-class Limits:
+
+class Limits(FrozenValue):
     """What one server allows its clients. ``None`` means no limit.
 
     Attributes:
@@ -30,10 +32,7 @@ class Limits:
             stdlib) and ``DEFAULT_MAX_LINE`` (64 KiB) for the async readers.
 
     A frozen value: equal and hashable by its fields; ``replace(**changes)``
-    returns a copy with some fields changed. Written out rather than a
-    ``dataclasses.dataclass``, because importing ``dataclasses`` (it loads
-    ``inspect``, ``ast`` and ``dis``) cost a typical program more than the rest
-    of sockserve's import (issue 11).
+    returns a copy with some fields changed (``_frozen.FrozenValue``).
     """
 
     __slots__ = ("connection_timeout", "idle_timeout", "max_connections", "max_connections_per_ip", "max_line")
@@ -60,42 +59,16 @@ class Limits:
                 raise ValueError(f"{name} must be positive or None, got {value!r}")
         if max_line is not None and max_line < 1:
             raise ValueError(f"max_line must be at least 1, got {max_line!r}")
-        for name, value in zip(self._fields, values, strict=True):
-            object.__setattr__(self, name, value)
-
-    def _values(self) -> tuple[int | float | None, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
+        self._freeze(*values)
 
     def replace(self, **changes: float | None) -> Limits:
         """A copy with the fields named in ``changes`` changed, validated again
         (what ``dataclasses.replace()`` did; ``copy.replace()`` calls it too)."""
         fields = dict(zip(self._fields, self._values(), strict=True))
         fields.update(changes)
-        return Limits(**fields)  # type: ignore[arg-type]  # **changes cannot type each field apart
+        return Limits(**fields)
 
     __replace__ = replace
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self._values(), strict=True))
-        return f"Limits({fields})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Limits):
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: Limits is frozen")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}: Limits is frozen")
-
-    def __reduce__(self) -> tuple[type[Limits], tuple[int | float | None, ...]]:
-        # The default slots pickling restores fields with setattr, which a frozen object refuses.
-        return (Limits, self._values())
 
 
 NO_LIMITS = Limits()
