@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .proxy import DEFAULT_MAX_PROXY_HEADER as DEFAULT_MAX_PROXY_HEADER
     from .proxy import ProxyHeader as ProxyHeader
     from .proxy import ProxySSL as ProxySSL
+    from .proxy import parse_proxy_datagram as parse_proxy_datagram
     from .proxy import parse_proxy_header as parse_proxy_header
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "LineSplitter",
     "ProxyHeader",
     "ProxySSL",
+    "parse_proxy_datagram",
     "parse_proxy_header",
 ]
 
@@ -46,6 +48,7 @@ _MODULES = {
     "DEFAULT_MAX_PROXY_HEADER": "proxy",
     "ProxyHeader": "proxy",
     "ProxySSL": "proxy",
+    "parse_proxy_datagram": "proxy",
     "parse_proxy_header": "proxy",
 }
 
