@@ -276,7 +276,11 @@ def test_a_client_ca_alone_means_client_certificates_are_required() -> None:
         ({"sni": {"a.*.test": "a.pem"}}, ValueError, "is not a DNS name"),
         ({"sni": {"*": "a.pem"}}, ValueError, "is not a DNS name"),
         ({"sni": {"bücher.test": "a.pem"}}, ValueError, "xn-- form"),
-        ({"sni": {"A.test": "a.pem", "a.test.": "b.pem"}}, ValueError, "are the same name 'a.test'"),
+        (
+            {"sni": {"A.test": "a.pem", "a.test.": "b.pem"}},
+            ValueError,
+            "sni names 'A.test' and 'a.test.' are the same name 'a.test'",
+        ),
         ({"sni": {"a.test": ("a.pem",)}}, TypeError, r"must be a certfile or a \(certfile, keyfile\) pair"),
         ({"sni": {"a.test": ("a.pem", b"k")}}, TypeError, r"sni\['a.test'\] keyfile must be a path"),
     ],
@@ -654,6 +658,13 @@ def test_watch_reloads_after_a_file_is_replaced(
     assert info_lines(caplog) == [("INFO", f"reloaded the TLS certificates from {files['server'][0]}")]
     clock.now += CHECK_INTERVAL
     assert source.context() is after  # nothing changed since
+    install(pki.server, tmp_path, "server")
+    clock.now += CHECK_INTERVAL / 2
+    assert source.context() is after  # the last look was half a second ago
+    clock.now += CHECK_INTERVAL / 2
+    assert source.context() is not after
+    install(pki.server2, tmp_path, "server")
+    clock.now += CHECK_INTERVAL
     with serving(source) as server:
         assert presented(server, client_context(pki))[0] == der(pki.server2)
 
@@ -677,6 +688,29 @@ def test_watch_sees_a_file_rewritten_in_place(pki: Pki, files: dict[str, Any], c
     assert source.context() is not before
     with serving(source) as server:
         assert presented(server, client_context(pki))[0] == der(pki.server2)
+
+
+def test_watch_sees_a_new_mtime(files: dict[str, Any], clock: FakeClock) -> None:
+    """Same inode, same size: the mtime alone tells a rewrite (here a touch)."""
+    certfile, keyfile = files["server"]
+    source = TLSContextSource(TLSConfig(certfile, keyfile), clock=clock)
+    before = source.context()
+    mtime = os.stat(keyfile).st_mtime_ns
+    os.utime(keyfile, ns=(mtime + 10**9, mtime + 10**9))
+    clock.now += CHECK_INTERVAL
+    assert source.context() is not before
+
+
+def test_watch_sees_a_new_inode(files: dict[str, Any], tmp_path: Path, clock: FakeClock) -> None:
+    """Same size, same mtime (a copy that kept its times, as cp -p or a
+    Kubernetes secret's swapped symlink can give): the inode tells."""
+    certfile, keyfile = files["server"]
+    source = TLSContextSource(TLSConfig(certfile, keyfile), clock=clock)
+    before = source.context()
+    shutil.copy2(certfile, tmp_path / "copy.tmp")  # copy2 keeps the mtime
+    os.replace(tmp_path / "copy.tmp", certfile)
+    clock.now += CHECK_INTERVAL
+    assert source.context() is not before
 
 
 def test_watch_reports_a_bad_file_once_then_takes_the_good_one(

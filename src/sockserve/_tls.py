@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECK_INTERVAL",
     "CLIENT_CERT_MODES",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "SERVER_NAME_ATTRIBUTE",
     "TLSConfig",
     "TLSConfigError",
@@ -46,6 +47,9 @@ SERVER_NAME_ATTRIBUTE = "_sockserve_server_name"
 
 # A watching source looks at its files at most this often (seconds).
 CHECK_INTERVAL = 1.0
+
+# Seconds a client has to complete its handshake, unless configured otherwise.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 CLIENT_CERT_MODES = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
@@ -162,22 +166,12 @@ class TLSConfig(FrozenValue):
         sni: Mapping[str, StrPath | tuple[StrPath, StrPath | None]] | None = None,
         client_ca: StrPath | None = None,
         client_cert: str = "none",
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         alpn: Iterable[str] = (),
         watch: bool = True,
     ) -> None:
         if password is not None and not isinstance(password, str):
             raise TypeError(f"password must be a str or None, got {type(password).__name__}")
-        if client_cert not in CLIENT_CERT_MODES:
-            raise ValueError(f"client_cert must be 'none', 'optional' or 'required', got {client_cert!r}")
-        if client_ca is None and client_cert != "none":
-            raise ValueError(f"client_cert={client_cert!r} needs client_ca, the CA file to verify client certificates")
-        if client_ca is not None and client_cert == "none":
-            client_cert = "required"
-        if isinstance(handshake_timeout, bool) or not isinstance(handshake_timeout, (int, float)):
-            raise TypeError(f"handshake_timeout must be a number, got {type(handshake_timeout).__name__}")
-        if not 0 < handshake_timeout < float("inf"):
-            raise ValueError(f"handshake_timeout must be positive and finite, got {handshake_timeout!r}")
         if not isinstance(watch, bool):
             raise TypeError(f"watch must be a bool, got {type(watch).__name__}")
         self._freeze(
@@ -186,8 +180,8 @@ class TLSConfig(FrozenValue):
             password,
             _sni_entries(sni or {}),
             None if client_ca is None else _path("client_ca", client_ca),
-            client_cert,
-            float(handshake_timeout),
+            _client_cert_mode(client_cert, client_ca),
+            _timeout(handshake_timeout),
             _alpn_protocols(alpn),
             watch,
         )
@@ -219,10 +213,27 @@ def _path(field: str, value: object) -> str:
     return path
 
 
+def _client_cert_mode(mode: str, client_ca: object) -> str:
+    if mode not in CLIENT_CERT_MODES:
+        raise ValueError(f"client_cert must be 'none', 'optional' or 'required', got {mode!r}")
+    if client_ca is None and mode != "none":
+        raise ValueError(f"client_cert={mode!r} needs client_ca, the CA file to verify client certificates")
+    return "required" if client_ca is not None and mode == "none" else mode
+
+
+def _timeout(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"handshake_timeout must be a number, got {type(value).__name__}")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"handshake_timeout must be positive and finite, got {value!r}")
+    return float(value)
+
+
 def _sni_entries(sni: Mapping[str, Any]) -> _SNIMap:
     if not isinstance(sni, Mapping):
         raise TypeError(f"sni must be a mapping of server name to (certfile, keyfile), got {type(sni).__name__}")
     entries: dict[str, tuple[str, str | None]] = {}
+    given: dict[str, str] = {}  # normalised name -> as given, to name both of a duplicate
     for name, value in sni.items():
         key = _server_name_key(name)
         if not _NAME.fullmatch(key):
@@ -230,8 +241,9 @@ def _sni_entries(sni: Mapping[str, Any]) -> _SNIMap:
                 f"sni name {name!r} is not a DNS name (an internationalised name goes in its xn-- form; "
                 "a wildcard only as '*.' before the rest)"
             )
-        if key in entries:
-            raise ValueError(f"sni names {name!r} and another entry are the same name {key!r}")
+        if key in given:
+            raise ValueError(f"sni names {given[key]!r} and {name!r} are the same name {key!r}")
+        given[key] = name
         certfile, keyfile = (value, None) if isinstance(value, (str, os.PathLike)) else _pair(name, value)
         entries[key] = (
             _path(f"sni[{name!r}] certfile", certfile),
@@ -397,6 +409,8 @@ class TLSContextSource:
     has none). A ``TLSConfig`` that cannot be loaded raises ``TLSConfigError``
     here, at start; a later reload that fails keeps the previous context.
 
+    ``config`` is the ``TLSConfig``, or None for a user's own context.
+
     Thread-safe: ``context()`` and ``reload()`` may be called from any thread.
     A reload builds a new context object, so connections already wrapped keep
     the one they were wrapped with. ``clock`` is for tests (monotonic seconds).
@@ -420,7 +434,7 @@ class TLSContextSource:
     @property
     def handshake_timeout(self) -> float:
         """The configuration's, or its default for a user's own context."""
-        return self.config.handshake_timeout if self.config is not None else _DEFAULT_HANDSHAKE_TIMEOUT
+        return self.config.handshake_timeout if self.config is not None else DEFAULT_HANDSHAKE_TIMEOUT
 
     def context(self) -> ssl.SSLContext:
         """The context for a new connection; first, when watching and a second
@@ -470,9 +484,6 @@ class TLSContextSource:
         self._context = context
         logger.info("reloaded the TLS certificates from %s", config.certfile)
         return True
-
-
-_DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 
 def _signatures(paths: tuple[str, ...]) -> tuple[object, ...]:
