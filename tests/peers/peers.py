@@ -101,6 +101,16 @@ def host_port(address: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def haproxy_server_address(address: Any) -> str:
+    """A backend address as HAProxy's ``server`` line takes it: ``host:port`` or ``unix@path``."""
+    return f"unix@{address}" if isinstance(address, str) else host_port(address)
+
+
+def nginx_upstream(address: Any) -> str:
+    """A backend address as nginx's ``proxy_pass`` takes it: ``host:port`` or ``unix:path``."""
+    return f"unix:{address}" if isinstance(address, str) else host_port(address)
+
+
 def _wait(predicate: Any, timeout: float, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     pause = threading.Event()
@@ -282,11 +292,12 @@ defaults
         frontend_lines: str = "",
     ) -> HAProxy:
         """A frontend on ``host`` forwarding to ``backends`` ((host, port)
-        addresses, servers ``s0``, ``s1``... of backend ``be``), each with
+        addresses or Unix socket paths, servers ``s0``, ``s1``... of backend ``be``), each with
         ``server_options`` (``send-proxy``, ``check inter 100ms``...);
         ``bind_options`` (``ssl crt /path.pem``) follow the bind address."""
         servers = "".join(
-            f"    server s{n} {host_port(address)} {server_options}\n" for n, address in enumerate(backends)
+            f"    server s{n} {haproxy_server_address(address)} {server_options}\n"
+            for n, address in enumerate(backends)
         )
         body = (
             "frontend fe\n"
@@ -337,12 +348,16 @@ defaults
         text = self.command("show stat").lstrip("# ")
         return list(csv.DictReader(io.StringIO(text)))
 
-    def server_status(self, server: str, backend: str = "be") -> str:
-        """The status HAProxy gives a server: "UP", "DOWN", "no check", "UP 1/2"..."""
+    def server_stats(self, server: str, backend: str = "be") -> dict[str, str]:
+        """A server's row of ``show stat``: status, check_status ("L4OK", "L4CON"...), chkfail..."""
         for row in self.stats():
             if row["pxname"] == backend and row["svname"] == server:
-                return row["status"]
+                return row
         raise AssertionError(f"no server {backend}/{server} in HAProxy's stats")
+
+    def server_status(self, server: str, backend: str = "be") -> str:
+        """The status HAProxy gives a server: "UP", "DOWN", "no check", "UP 1/2"..."""
+        return self.server_stats(server, backend)["status"]
 
     def wait_for_status(self, server: str, status: str, backend: str = "be", timeout: float = TIMEOUT) -> None:
         """Wait (bounded) until a server's status is ``status``."""
@@ -372,12 +387,13 @@ class Nginx(_Program):
 
     @classmethod
     def proxy(cls, backend: Any, proxy_protocol: bool = True, host: str = "127.0.0.1", extra: str = "") -> Nginx:
-        """One stream server on ``host`` proxying to ``backend``, sending it a
+        """One stream server on ``host`` proxying to ``backend`` ((host, port)
+        or a Unix socket path), sending it a
         PROXY v1 header when ``proxy_protocol``."""
         body = (
             "server {{\n"
             "    listen {listen};\n"
-            f"    proxy_pass {host_port(backend)};\n"
+            f"    proxy_pass {nginx_upstream(backend)};\n"
             f"    proxy_protocol {'on' if proxy_protocol else 'off'};\n"
             "    proxy_connect_timeout 5s;\n"
             f"{extra}"
@@ -387,12 +403,14 @@ class Nginx(_Program):
 
     def _config(self) -> str:
         fields = {"port": self.port, "listen": host_port(self.address), "dir": self.dir}
-        # Root starts the workers as "nobody" unless told otherwise; a stream
-        # proxy needs no file a worker opens itself (the master opens the
-        # logs), so that works as it is, and running as root changes nothing
-        # the tests look at. The pid file is the readiness signal (module docstring).
+        # Run as root, nginx starts its workers as "nobody", who cannot
+        # connect to a backend's Unix socket in a test's private (0700) temp
+        # dir: the workers stay root then. Not as root, the directive would
+        # only earn a warning. The pid file is the readiness signal (module docstring).
+        user = "user root;\n" if os.geteuid() == 0 else ""
         return (
             f"load_module {self.module};\n"
+            f"{user}"
             "worker_processes 1;\n"
             f"pid {self.dir}/nginx.pid;\n"
             f"error_log {self.output_path} info;\n"
