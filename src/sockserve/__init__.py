@@ -18,6 +18,7 @@ import os as _os
 # typing.TYPE_CHECKING without importing typing (mypy and pyright honour the name).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ._access import AccessList as AccessList
     from ._base_server import BaseServer as BaseServer
     from ._combos import ForkingTCPServer as ForkingTCPServer
     from ._combos import ForkingUDPServer as ForkingUDPServer
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
     from ._combos import ThreadingUDPServer as ThreadingUDPServer
     from ._combos import ThreadingUnixDatagramServer as ThreadingUnixDatagramServer
     from ._combos import ThreadingUnixStreamServer as ThreadingUnixStreamServer
+    from ._connection_info import ConnectionInfo as ConnectionInfo
     from ._drain import DEFAULT_GRACE as DEFAULT_GRACE
     from ._drain import DrainReport as DrainReport
+    from ._errors import AccessDenied as AccessDenied
     from ._errors import ConnectionDeadlineExceeded as ConnectionDeadlineExceeded
     from ._errors import ConnectionLimitReached as ConnectionLimitReached
     from ._errors import DatagramTooLarge as DatagramTooLarge
@@ -57,8 +60,12 @@ if TYPE_CHECKING:
     from ._pool_servers import ThreadPoolUDPServer as ThreadPoolUDPServer
     from ._pool_servers import ThreadPoolUnixDatagramServer as ThreadPoolUnixDatagramServer
     from ._pool_servers import ThreadPoolUnixStreamServer as ThreadPoolUnixStreamServer
+    from ._proxy_stage import ProxyProtocol as ProxyProtocol
     from ._serve import serve as serve
     from ._threading import ThreadingMixIn as ThreadingMixIn
+    from ._tls import TLSConfig as TLSConfig
+    from ._tls import TLSConfigError as TLSConfigError
+    from ._tls import TLSInfo as TLSInfo
     from ._unix_servers import UnixDatagramServer as UnixDatagramServer
     from ._unix_servers import UnixStreamServer as UnixStreamServer
     from ._worker_pool import WorkerPool as WorkerPool
@@ -106,6 +113,13 @@ _MODULES = {
     "serve": "_serve",
     "SocketPathInUse": "_errors",
     "SocketPathNotASocket": "_errors",
+    "AccessDenied": "_errors",
+    "AccessList": "_access",
+    "ConnectionInfo": "_connection_info",
+    "ProxyProtocol": "_proxy_stage",
+    "TLSConfig": "_tls",
+    "TLSConfigError": "_tls",
+    "TLSInfo": "_tls",
 }
 if hasattr(_os, "fork"):
     _MODULES.update(
@@ -158,6 +172,13 @@ __all__ = [
     "SocketPathInUse",
     "SocketPathNotASocket",
     "UnsupportedProxyHeader",
+    "AccessDenied",
+    "AccessList",
+    "ConnectionInfo",
+    "ProxyProtocol",
+    "TLSConfig",
+    "TLSConfigError",
+    "TLSInfo",
 ]
 
 if hasattr(_os, "fork"):

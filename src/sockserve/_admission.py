@@ -38,6 +38,10 @@ else:
 # The key of a ticket admitted while no per-client cap was in force: nobody
 # needs to know who its client is, so it is not counted per client.
 UNCOUNTED: Hashable = object()
+# The key of a ticket whose client is not known yet: a trusted proxy's
+# connection, counted per client once its PROXY header names the client
+# (``readdress``), never under the proxy's own address.
+DEFERRED: Hashable = object()
 
 
 def client_key(client_address: Any) -> Hashable:
@@ -127,8 +131,11 @@ class Admission:
         self._numbers = itertools.count(1)  # next() is atomic: the tickets' numbers
         self.refused: collections.Counter[str] = collections.Counter()  # refusals by reason
 
-    def admit(self, peer: Any, now: float | None = None) -> Ticket | Refusal:
+    def admit(self, peer: Any, now: float | None = None, *, per_client: bool = True) -> Ticket | Refusal:
         """A ticket for a new connection from ``peer``, or the limit that refuses it.
+
+        ``per_client=False``: ``peer`` is a proxy, not the client, so the
+        per-IP cap waits for ``readdress()``.
 
         ``max_connections`` is also checked here, although the accept loop stops
         accepting at that number: a request taken by ``handle_request()``, or
@@ -148,15 +155,15 @@ class Admission:
             ticket = Ticket(peer, UNCOUNTED, now, deadline, next(self._numbers))
             self._open[id(ticket)] = ticket
             return ticket
-        key = UNCOUNTED if per_ip is None else client_key(peer)
+        key = UNCOUNTED if per_ip is None else client_key(peer) if per_client else DEFERRED
         with self._lock:
             total = limits.max_connections
             if total is not None and len(self._open) >= total:
                 refusal = Refusal(ConnectionLimitReached(total, peer))
             else:
-                count = 0 if per_ip is None else self._per_client.get(key, 0)
+                count = 0 if per_ip is None or key is DEFERRED else self._per_client.get(key, 0)
                 if per_ip is None or count < per_ip:
-                    if per_ip is not None:
+                    if per_ip is not None and key is not DEFERRED:
                         self._per_client[key] = count + 1
                     ticket = Ticket(peer, key, now, deadline, next(self._numbers))
                     self._open[id(ticket)] = ticket
@@ -164,6 +171,34 @@ class Admission:
                 refusal = Refusal(ConnectionLimitReached(per_ip, peer, per_ip=True))
             self.refused[refusal.reason] += 1
             return refusal
+
+    def readdress(self, ticket: Ticket, peer: Any) -> Refusal | None:
+        """The connection's real client is ``peer`` (a PROXY header said so):
+        count it under that client from now on, or refuse it if that client
+        is at ``max_connections_per_ip``. A refused ticket stays counted
+        where it was, and is released as usual when its connection closes."""
+        ticket.peer = peer
+        if ticket.key is UNCOUNTED:
+            return None
+        key = client_key(peer)
+        with self._lock:
+            if key == ticket.key or ticket.released:
+                return None
+            per_ip = self.limits.max_connections_per_ip
+            count = self._per_client.get(key, 0)
+            if per_ip is not None and count >= per_ip:
+                refusal = Refusal(ConnectionLimitReached(per_ip, peer, per_ip=True))
+                self.refused[refusal.reason] += 1
+                return refusal
+            if ticket.key is not DEFERRED:
+                remaining = self._per_client[ticket.key] - 1
+                if remaining:
+                    self._per_client[ticket.key] = remaining
+                else:
+                    del self._per_client[ticket.key]
+            self._per_client[key] = count + 1
+            ticket.key = key
+        return None
 
     def release(self, ticket: Ticket) -> None:
         """Count a finished connection out; only the first call for a ticket counts."""
@@ -183,7 +218,7 @@ class Admission:
             ticket.released = True
             del self._open[id(ticket)]
             key = ticket.key
-            if key is not UNCOUNTED:
+            if key is not UNCOUNTED and key is not DEFERRED:
                 remaining = self._per_client[key] - 1
                 if remaining:
                     self._per_client[key] = remaining

@@ -343,7 +343,7 @@ class BaseServer(ServerCore, GracefulStop):
             model = self._concurrency_model()
         if ticket.deadline is not None and not model.cuts_own_deadlines:
             self._start_watchdog()
-        job = Job(self, self._admission_book, ticket, request, client_address, self._stage_factories())
+        job = Job(self, self._admission_book, ticket, request, client_address, self._stage_factories(ticket))
         on_loop = model.runs_on_loop
         previous = self._job_on_loop
         if on_loop:

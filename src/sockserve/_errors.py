@@ -172,3 +172,12 @@ class MalformedProxyHeader(ProxyHeaderError):
 class UnsupportedProxyHeader(ProxyHeaderError):
     """A v2 header with a version, command, address family or transport
     protocol that the spec does not define."""
+
+
+class AccessDenied(SockserveError):
+    """A client that the server's ``AccessList`` does not allow: its
+    connection is closed before any handler runs."""
+
+    def __init__(self, client_address: Any = None) -> None:
+        super().__init__(f"connection{_client(client_address)} denied by the access list")
+        self.client_address = client_address

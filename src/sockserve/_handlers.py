@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
     from ._base_server import BaseServer
+    from ._connection_info import ConnectionInfo
 
 
 class BaseRequestHandler:
@@ -54,6 +55,14 @@ class BaseRequestHandler:
 
     def finish(self) -> None:
         """Clean up what setup() made. May be overridden."""
+
+    @property
+    def connection_info(self) -> ConnectionInfo:
+        """What is known of this connection beyond ``client_address``: the
+        socket's peer (a proxy), the PROXY header, the TLS session."""
+        from ._connection_info import connection_info
+
+        return connection_info(self.server, self.request, self.client_address)
 
 
 class _SocketWriter(io.BufferedIOBase):

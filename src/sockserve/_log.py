@@ -125,6 +125,15 @@ def log_stage_failed(error: BaseException, client_address: Any) -> None:
         _emit("stage", _WARNING, "closing the connection from %s: %s", format_address(client_address), error)
 
 
+def log_tls_failed(error: BaseException, client_address: Any, *, vanished: bool) -> None:
+    """A TLS handshake that did not complete: a warning when it failed, an
+    info line when the client simply went away (a TCP health check does)."""
+    if vanished:
+        _emit("vanished", _INFO, "client %s went away during the TLS handshake", format_address(client_address))
+    else:
+        _emit("tls", _WARNING, "closing the connection from %s: %s", format_address(client_address), error)
+
+
 _VANISHED = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
 
 

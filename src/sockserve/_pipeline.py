@@ -27,6 +27,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sock
 if TYPE_CHECKING:
     from typing import Any, Protocol, final
 
+    from ._connection_info import ProxiedConnections
     from ._stages import StageFactory
 else:
     Protocol = object  # the protocol here is for type checkers; at run time, a plain class
@@ -68,9 +69,11 @@ def abort_request(request: Any) -> bool:
 
 
 class JobHost(Protocol):
-    """What a job needs of its server: the stdlib hook that closes a request."""
+    """What a job needs of its server: the stdlib hook that closes a request,
+    and the registry of the PROXY headers its stages read."""
 
     def shutdown_request(self, request: Any) -> None: ...
+    def _proxied_connections(self) -> ProxiedConnections: ...
 
 
 @final
@@ -113,28 +116,58 @@ class Job:
             self.release()
 
     def prepare(self) -> bool:
-        """Run the stages that are left, on this thread; False if they closed the connection."""
+        """Run the stages that are left, on this thread; False if they closed the connection.
+
+        The TLS handshake, if the server has TLS, comes last: it replaces
+        ``request`` with the TLS socket the handler will use.
+        """
         if not self.stages:
             return True
         # Imported here: a server without stages (most) never loads them.
-        from ._stages import DEFAULT_STAGE_TIMEOUT, StageFailed, run_blocking
+        from ._stages import StageFailed, run_blocking, split_tls, stages_timeout
 
         stages, self.stages = self.stages, ()
-        deadline = time.monotonic() + DEFAULT_STAGE_TIMEOUT
+        deadline = time.monotonic() + stages_timeout(stages)
         if self.ticket is not None and self.ticket.deadline is not None:
             deadline = min(deadline, self.ticket.deadline)
-        try:
-            prepared = run_blocking(self.request, stages, self.client_address, deadline)
-        except (StageFailed, OSError) as exc:
-            log_stage_failed(exc, self.client_address)
-            self.host.shutdown_request(self.request)
-            return False
-        self.client_address = prepared.client_address
+        byte_stages, tls = split_tls(stages)
+        if byte_stages:
+            try:
+                prepared = run_blocking(self.request, byte_stages, self.client_address, deadline)
+            except (StageFailed, OSError) as exc:
+                log_stage_failed(exc, self.client_address)
+                self.host.shutdown_request(self.request)
+                return False
+            self.client_address = prepared.client_address
+            if "proxy" in prepared.info:
+                self.host._proxied_connections().add(
+                    self.request, prepared.info["peer_address"], prepared.info["proxy"]
+                )
+        if tls is not None:
+            try:
+                tls_socket = tls.run_blocking(self.request, deadline, self.client_address)
+            except (StageFailed, OSError):  # logged by the handshake
+                self.host.shutdown_request(self.request)  # detached: closes nothing, as a user's hook may expect
+                return False
+            self.replace_request(tls_socket)
         return True
+
+    def replace_request(self, request: Any) -> None:
+        """A TLS handshake replaced the request's socket: cuts and lookups follow it."""
+        proxied = getattr(self.host, "_proxied", None)
+        if proxied is not None:
+            proxied.move(self.request, request)
+        self.request = request
+        ticket = self.ticket
+        if ticket is not None and ticket.abort is not None:
+            ticket.abort = lambda reason: abort_request(request)
 
     def release(self) -> None:
         if self.ticket is not None and self.admission is not None:
             self.admission.release(self.ticket)
+        proxied = getattr(self.host, "_proxied", None)
+        if proxied is not None:
+            proxied.discard(self.request)
 
     def start_deadline_in_child(self) -> None:
         """In a forked child: cut this connection at its deadline, as the

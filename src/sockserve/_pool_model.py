@@ -46,6 +46,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -54,13 +55,15 @@ from ._framed_connection import FramedConnection
 from ._log import format_address, log_stage_failed, logger
 from ._model import TicketModel
 from ._reactor import READABLE
-from ._stages import StageRunner, consume, peek
+from ._stages import StageFailed, StageRunner, consume, peek, split_tls, stages_timeout
 from ._wakeup import Waker
 
 if TYPE_CHECKING:
+    import ssl
+
     from ._admission import Admission, Ticket
     from ._pipeline import Job
-    from ._reactor import Reactor
+    from ._reactor import Reactor, Timer
     from ._worker_pool import WorkerPool
 
 
@@ -358,30 +361,75 @@ class PoolModel(TicketModel):
         connection.start()
 
     def _wait_first_byte(self, job: Job, target: Callable[[Any, Any], object]) -> None:
+        """A classic connection waits here, holding no worker, until its
+        client has sent its first byte and passed its stages (PROXY header,
+        TLS handshake), all under the stages' deadline; then a worker runs it."""
         sock: socket.socket = job.request
-        runner = StageRunner(job.stages, job.client_address) if job.stages else None
-        job.stages = ()
+        stages, job.stages = job.stages, ()
+        byte_stages, tls = split_tls(stages) if stages else ((), None)
+        runner = StageRunner(byte_stages, job.client_address) if byte_stages else None
+        handshake: ssl.SSLSocket | None = None
+        timeout = sock.gettimeout()
 
         reactor = self.reactor
         assert reactor is not None
-
         fd = sock.fileno()
+        timer: Timer | None = None
 
-        def readable(events: int) -> None:
+        def ready(events: int) -> None:
+            nonlocal handshake
             if runner is not None and not runner.done and not self._run_stages(job, runner):
-                if sock in self._waiting:
+                if job.request in self._waiting:
                     reactor.arm(fd, READABLE)  # the stages want more
                 return
+            if tls is not None:
+                if handshake is None:
+                    handshake = tls.start(job.request)
+                    self._waiting[handshake] = self._waiting.pop(job.request)
+                    job.replace_request(handshake)
+                try:
+                    wanted = tls.step(handshake)
+                except OSError as exc:  # ssl.SSLError is one
+                    tls.failed(exc, job.client_address)
+                    self._close_waiting(job)
+                    if timer is not None:
+                        timer.cancel()
+                    return
+                if wanted:
+                    reactor.arm(fd, wanted)
+                    return
+                handshake.settimeout(timeout)  # blocking again, as the handler expects
+            if timer is not None:
+                timer.cancel()
             reactor.unregister(fd)
-            del self._waiting[sock]
+            del self._waiting[job.request]
             self.pool.queue(job.run, target)
+
+        def expired() -> None:
+            if job.request not in self._waiting:
+                return
+            if tls is not None and (runner is None or runner.done):
+                tls.failed(TimeoutError(), job.client_address)
+            else:
+                log_stage_failed(
+                    StageFailed("the connection's stages did not finish in time", job.client_address),
+                    job.client_address,
+                )
+            self._close_waiting(job)
 
         self._waiting[sock] = job
         try:
-            reactor.register(fd, READABLE, readable)
+            reactor.register(fd, READABLE, ready)
         except (OSError, ValueError):  # closed meanwhile (a forced stop)
             del self._waiting[sock]
             self.pool.queue(job.run, target)
+            return
+        if stages:
+            delay = stages_timeout(stages)
+            ticket = job.ticket
+            if ticket is not None and ticket.deadline is not None:
+                delay = min(delay, ticket.deadline - time.monotonic())
+            timer = reactor.call_later(delay, expired)
 
     def _run_stages(self, job: Job, runner: StageRunner) -> bool:
         """The stages of a classic connection, without blocking (the loop
@@ -406,6 +454,9 @@ class PoolModel(TicketModel):
             return False
         if step.done:
             job.client_address = runner.prepared.client_address
+            info = runner.prepared.info
+            if "proxy" in info:
+                self.server._proxied_connections().add(sock, info["peer_address"], info["proxy"])
         return step.done
 
     def _close_waiting(self, job: Job) -> None:

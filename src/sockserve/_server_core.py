@@ -1,5 +1,6 @@
-"""What every sockserve server has, synchronous or async: its limits, the
-admission step of each connection, ``max_requests``, and the shutdown
+"""What every sockserve server has, synchronous or async: its limits, its
+edge options (PROXY protocol, access list, TLS), the admission step of each
+connection and the stages that follow it, ``max_requests``, and the shutdown
 handshake. Written once here; ``BaseServer`` and ``AsyncBaseServer`` add the
 loop that runs on them.
 """
@@ -16,9 +17,15 @@ from ._shutdown import ShutdownHandshake
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Mapping
     from typing import Any
 
+    from ._access import AccessList
+    from ._connection_info import ProxiedConnections
+    from ._proxy_stage import ProxyProtocol
     from ._stages import StageFactory
+    from ._tls import TLSConfig, TLSContextSource
 
 
 class ServerCore:
@@ -30,6 +37,15 @@ class ServerCore:
     # Stop accepting after this many requests were admitted (a prefork worker
     # is recycled this way); the serve loop then returns as after shutdown().
     max_requests: int | None = None
+    # The edge of the server, each a stage of every connection's life under
+    # every model (None: off). Set on a subclass or an instance before serving.
+    # PROXY protocol headers, believed only from the proxies it trusts:
+    proxy_protocol: ProxyProtocol | None = None
+    # Which clients are served, by their real address (after a PROXY header):
+    access_list: AccessList | None = None
+    # TLS: an ssl.SSLContext, or a TLSConfig from which one is built (and
+    # rebuilt when its files change, on SIGHUP, or on reload_tls()):
+    tls: ssl.SSLContext | TLSConfig | None = None
     server_address: Any
 
     if TYPE_CHECKING:  # the stdlib hooks, supplied by the servers
@@ -43,6 +59,8 @@ class ServerCore:
         self._admission_lock = threading.Lock()
         self._admission_book: Admission | None = None
         self._max_requests_done = False
+        self._proxied: ProxiedConnections | None = None  # made when a first PROXY header is read
+        self._tls_source_made: tuple[object, TLSContextSource] | None = None  # (self.tls, its source)
 
     def _admission(self) -> Admission:
         """The connections admitted; made on first use, with the limits then in force."""
@@ -69,7 +87,13 @@ class ServerCore:
         admission = self._admission_book
         if admission is None:
             admission = self._admission()
-        verdict = admission.admit(client_address)
+        if self.access_list is not None and not self._access_permits(client_address, admission):
+            return None
+        proxy = self.proxy_protocol
+        if proxy is not None and proxy.trusts(client_address):
+            verdict = admission.admit(client_address, per_client=False)  # the PROXY header names the client
+        else:
+            verdict = admission.admit(client_address)
         if isinstance(verdict, Refusal):
             log_refused(verdict.error)
             return None
@@ -95,10 +119,93 @@ class ServerCore:
             self._handshake.request()
         return verdict
 
-    def _stage_factories(self) -> Sequence[StageFactory]:
-        """The stages each connection goes through between admission and its
-        handler (none yet: TLS and the PROXY protocol will add theirs)."""
-        return ()
+    def _access_permits(self, peer: Any, admission: Admission) -> bool:
+        """The access list's verdict on a new connection's peer, logged and
+        counted when it refuses. A trusted proxy's connections are judged
+        later, by the client its PROXY header names (``_check_real_client``)."""
+        access = self.access_list
+        if access is None or access.permits(peer):
+            return True
+        proxy = self.proxy_protocol
+        if proxy is not None and proxy.trusts(peer):
+            return True
+        from ._errors import AccessDenied
+
+        admission.refused["access_list"] += 1
+        log_refused(AccessDenied(peer))
+        return False
+
+    def _check_real_client(self, ticket: Ticket | None, client_address: Any) -> str | None:
+        """A PROXY header named the real client: the access list and the
+        per-IP limit judge it now. None if it may be served, else why not."""
+        admission = self._admission()
+        access = self.access_list
+        if access is not None and not access.permits(client_address):
+            from ._errors import AccessDenied
+
+            admission.refused["access_list"] += 1
+            return str(AccessDenied(client_address))
+        if ticket is not None:
+            refusal = admission.readdress(ticket, client_address)
+            if refusal is not None:
+                return str(refusal.error)
+        return None
+
+    def _stage_factories(self, ticket: Ticket | None = None) -> Sequence[StageFactory]:
+        """The stages a connection goes through between admission and its
+        handler, in order: the PROXY header, then the TLS handshake."""
+        proxy = self.proxy_protocol
+        if proxy is None and self.tls is None:
+            return ()
+        from ._edge_stages import edge_stages
+
+        return edge_stages(self, proxy, ticket)
+
+    def _tls_source(self) -> TLSContextSource | None:
+        """Where each connection's TLS context comes from (made on first use)."""
+        tls = self.tls
+        if tls is None:
+            return None
+        made = self._tls_source_made
+        if made is None or made[0] is not tls:  # first use, or the user set another
+            from ._tls import TLSContextSource
+
+            with self._admission_lock:
+                made = self._tls_source_made
+                if made is None or made[0] is not tls:
+                    made = self._tls_source_made = (tls, TLSContextSource(tls))
+        return made[1]
+
+    def reload_tls(self) -> bool:
+        """Build the TLS context again from its files (a ``TLSConfig``'s), for
+        the connections accepted from now on; those in flight keep theirs.
+        False, with a log line saying why, if the new files are unusable:
+        the server then keeps the certificates it had."""
+        source = self._tls_source()
+        return source is not None and source.reload()
+
+    def _proxied_connections(self) -> ProxiedConnections:
+        """The PROXY headers of the connections in flight (``_connection_info``)."""
+        proxied = self._proxied
+        if proxied is None:
+            from ._connection_info import ProxiedConnections
+
+            with self._admission_lock:
+                if self._proxied is None:
+                    self._proxied = ProxiedConnections()
+                proxied = self._proxied
+        return proxied
+
+    def _count_refused(self, reason: str) -> None:
+        self._admission().refused[reason] += 1
+
+    @property
+    def refused(self) -> Mapping[str, int]:
+        """How many connections were refused before their handler, by reason
+        (``max_connections``, ``max_connections_per_ip``, ``access_list``,
+        ``proxy_header``, ``tls_handshake``...). A copy."""
+        admission = self._admission_book
+        return {} if admission is None else dict(admission.refused)
 
     @property
     def max_requests_reached(self) -> bool:

@@ -28,7 +28,10 @@ import select
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, final
+from typing import TYPE_CHECKING, Any, Protocol, final
+
+if TYPE_CHECKING:
+    from ._edge_stages import TLSHandshake
 
 # Bytes looked at per read while a stage runs. A stage with a larger header
 # simply gets it in several pieces.
@@ -246,3 +249,20 @@ def _send(sock: socket.socket, data: bytes, deadline: float, client_address: Any
         _wait(sock, select.POLLOUT, deadline, client_address)
         sent = sock.send(view, socket.MSG_DONTWAIT)
         view = view[sent:]
+
+
+def split_tls(stages: Sequence[Any]) -> tuple[Sequence[StageFactory], TLSHandshake | None]:
+    """The byte stages, and the TLS handshake that follows them, if the
+    server has TLS (``_edge_stages``: it is last, and each driver runs it
+    its own way, because it replaces the connection's socket)."""
+    if stages and getattr(stages[-1], "replaces_socket", False):
+        return stages[:-1], stages[-1]
+    return stages, None
+
+
+def stages_timeout(stages: Sequence[Any]) -> float:
+    """How long a connection's stages may take in all: the sum of what each
+    declares (``timeout``: the PROXY header's, the handshake's), or
+    ``DEFAULT_STAGE_TIMEOUT`` if none does."""
+    declared = [timeout for stage in stages if (timeout := getattr(stage, "timeout", None)) is not None]
+    return sum(declared) if declared else DEFAULT_STAGE_TIMEOUT

@@ -140,7 +140,7 @@ def test_the_loop_accepts_unless_a_connection_needs_sockserves_own_accept(loop_k
             return isinstance(request, socket.socket)  # the accepted socket itself, as documented
 
     class Staged(aio.AsyncTCPServer):
-        def _stage_factories(self) -> tuple[Any, ...]:
+        def _stage_factories(self, ticket: Any = None) -> tuple[Any, ...]:
             return (PassStage,)
 
     cases = {

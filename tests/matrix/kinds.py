@@ -58,7 +58,7 @@ class Options:
 
 
 class WithHelloStage:
-    def _stage_factories(self) -> tuple[Any, ...]:
+    def _stage_factories(self, ticket: Any = None) -> tuple[Any, ...]:
         return (handlers.HelloStage,)
 
 

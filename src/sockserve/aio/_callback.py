@@ -31,7 +31,6 @@ from .._stages import StageFactory, StageFailed
 from ._connection import stage_delay
 from ._handlers import AsyncProtocolHandler
 from ._inflight import InFlight
-from ._stages import StagedProtocol, hand_over, run_stages
 
 if TYPE_CHECKING:
     from .._admission import Ticket
@@ -295,49 +294,61 @@ async def connect_callback(
     """Hand the accepted socket to a transport with ``conn`` as its protocol,
     after the connection's stages if the server has any."""
     loop = asyncio.get_running_loop()
-    try:
-        if not stages:
+    if not stages:
+        try:
             await loop.connect_accepted_socket(lambda: conn, conn.sock)
-            return
-        transport, staged = await loop.connect_accepted_socket(
-            lambda: StagedProtocol(loop, stages, conn.client_address), conn.sock
-        )
-    except asyncio.CancelledError:
-        _never_connected(conn)
-        if conn.aborted is None:
-            raise
+        except asyncio.CancelledError:
+            _never_connected(conn)
+            if conn.aborted is None:
+                raise
+        except Exception as exc:
+            conn.report(exc)
+            _never_connected(conn)
         return
-    except Exception as exc:
-        conn.report(exc)
-        _never_connected(conn)
-        return
+    from ._stages import run_stages  # here: a server without stages never loads the driver
+
+    delay = stage_delay(conn.ticket, stages)
+    deadline = loop.time() + delay
     try:
-        prepared, rest = await run_stages(loop, staged, stage_delay(conn.ticket))
+        prepared, tls = await run_stages(loop, conn.sock, stages, conn.client_address, delay)
         conn.client_address = prepared.client_address
         conn.attach(handler_class)
+        if prepared.info:
+            conn.handler._stage_info = prepared.info
     except asyncio.CancelledError:
-        _never_connected(conn, transport)
+        _never_connected(conn)
         if conn.aborted is None:
             raise
         return
     except (StageFailed, OSError) as exc:
         log_stage_failed(exc, conn.client_address)
-        _never_connected(conn, transport)
+        _never_connected(conn)
         return
     except Exception:
         conn.server.handle_error(conn.sock, conn.client_address)  # the handler's constructor raised
-        _never_connected(conn, transport)
+        _never_connected(conn)
         return
-    hand_over(transport, conn, rest)
+    try:
+        if tls is None:
+            await loop.connect_accepted_socket(lambda: conn, conn.sock)
+        else:
+            from ._tls import connect_tls
+
+            if await connect_tls(loop, conn.sock, lambda: conn, tls, deadline, conn.client_address) is None:
+                _never_connected(conn)  # the handshake failed, and said so
+    except asyncio.CancelledError:
+        _never_connected(conn)
+        if conn.aborted is None:
+            raise
+    except Exception as exc:
+        conn.report(exc)
+        _never_connected(conn)
 
 
-def _never_connected(conn: CallbackConnection, transport: asyncio.Transport | None = None) -> None:
+def _never_connected(conn: CallbackConnection) -> None:
     """The handler's protocol never got the connection: close it, count it out."""
     conn.finish()
-    if transport is None:
-        conn.sock.close()  # no transport took the socket
-    else:
-        transport.abort()  # the transport owns the socket, and closes it
+    conn.sock.close()  # no transport took the socket (a no-op if one did and closed it)
     if isinstance(conn, IdleCallbackConnection):
         conn.cancel_idle_timer()
 

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from .._limits import Limits
 from .._log import log_stage_failed
-from .._stages import DEFAULT_STAGE_TIMEOUT, StageFactory, StageFailed
+from .._stages import StageFactory, StageFailed, stages_timeout
 from ..protocol.lines import DEFAULT_MAX_LINE
 from ._handlers import AsyncStreamRequestHandler
 from ._inflight import InFlight
 from ._reader import AsyncStreamReader, new_reader, reader_factory
-from ._stages import StagedProtocol, hand_over, run_stages
 from ._writer import AsyncStreamWriter
 
 if TYPE_CHECKING:
     from .._admission import Ticket
+    from .._stages import Prepared
     from ._server import AsyncBaseServer
 
 
@@ -80,10 +80,10 @@ class StreamConnection(InFlight, asyncio.Protocol):
             self.task.cancel()
 
 
-def stage_delay(ticket: Ticket | None) -> float:
+def stage_delay(ticket: Ticket | None, stages: Sequence[StageFactory]) -> float:
     """How long a connection's stages may take: the stages' own bound, or
     what is left of its connection_timeout if that ends first."""
-    delay = DEFAULT_STAGE_TIMEOUT
+    delay = stages_timeout(stages)
     if ticket is not None and ticket.deadline is not None:
         delay = min(delay, ticket.deadline - time.monotonic())
     return max(0.0, delay)
@@ -121,14 +121,18 @@ async def run_stream(
     loop = asyncio.get_running_loop()
     transport: asyncio.Transport | None = None
     reader: AsyncStreamReader | None = None
+    prepared: Prepared | None = None
     connected = False
     try:
+        tls = None
         if stages:
-            transport, staged = await loop.connect_accepted_socket(
-                lambda: StagedProtocol(loop, stages, conn.client_address), conn.sock
-            )
+            # Here: a server without stages (most) never loads the driver.
+            from ._stages import run_stages
+
+            delay = stage_delay(conn.ticket, stages)
+            deadline = loop.time() + delay
             try:
-                prepared, rest = await run_stages(loop, staged, stage_delay(conn.ticket))
+                prepared, tls = await run_stages(loop, conn.sock, stages, conn.client_address, delay)
             except (StageFailed, OSError) as exc:
                 log_stage_failed(exc, conn.client_address)
                 return
@@ -140,10 +144,14 @@ async def run_stream(
             idle_timeout=limits.idle_timeout,
             read_limit=handler_class.read_limit,
         )
-        if transport is None:
+        if tls is None:
             transport, _ = await loop.connect_accepted_socket(lambda: reader, conn.sock)
         else:
-            hand_over(transport, reader, rest)
+            from ._tls import connect_tls
+
+            transport = await connect_tls(loop, conn.sock, lambda: reader, tls, deadline, conn.client_address)
+            if transport is None:
+                return  # the handshake failed, and said so
         connected = True
     except asyncio.CancelledError:
         if conn.aborted is None:
@@ -161,7 +169,7 @@ async def run_stream(
     if connected:
         assert transport is not None
         assert reader is not None
-        await serve_stream(conn, transport, reader, handler_class)
+        await serve_stream(conn, transport, reader, handler_class, prepared)
 
 
 async def serve_stream(
@@ -169,6 +177,7 @@ async def serve_stream(
     transport: asyncio.Transport,
     reader: AsyncStreamReader,
     handler_class: type[AsyncStreamRequestHandler],
+    prepared: Prepared | None = None,
 ) -> None:
     """Set the handler up, run its hooks, close, count the connection out."""
     server = conn.server
@@ -177,6 +186,8 @@ async def serve_stream(
         try:
             transport.set_write_buffer_limits(high=handler_class.write_limit)
             handler = handler_class(reader, writer, conn.client_address, server)
+            if prepared is not None and prepared.info:
+                handler._stage_info = prepared.info
             # setup() and handle(), then finish() whatever happened in them.
             # Awaited from here, not from a helper coroutine: every time the
             # handler's task resumes (once per request), each coroutine in the

@@ -12,6 +12,7 @@ from ._reader import DEFAULT_READ_LIMIT, AsyncStreamReader
 from ._writer import DEFAULT_WRITE_LIMIT, AsyncStreamWriter
 
 if TYPE_CHECKING:
+    from .._connection_info import ConnectionInfo
     from ._datagram import DatagramServer
     from ._server import AsyncBaseServer
 
@@ -42,6 +43,7 @@ class AsyncStreamRequestHandler:
     """
 
     max_line: ClassVar[int | None] = None
+    _stage_info: dict[str, Any]  # what the connection's stages learnt, if anything (see connection_info)
     read_limit: ClassVar[int] = DEFAULT_READ_LIMIT
     write_limit: ClassVar[int] = DEFAULT_WRITE_LIMIT
 
@@ -61,6 +63,12 @@ class AsyncStreamRequestHandler:
 
     async def finish(self) -> None:
         """Clean up what setup() made. May be overridden."""
+
+    @property
+    def connection_info(self) -> ConnectionInfo:
+        """What is known of this connection beyond ``client_address``: the
+        socket's peer (a proxy), the PROXY header, the TLS session."""
+        return _connection_info(self, self.writer.transport)
 
 
 class AsyncDatagramRequestHandler:
@@ -122,10 +130,17 @@ class AsyncProtocolHandler:
     """
 
     transport: asyncio.Transport  # set by the server before connection_made()
+    _stage_info: dict[str, Any]  # what the connection's stages learnt, if anything (see connection_info)
 
     def __init__(self, client_address: Any, server: AsyncBaseServer) -> None:
         self.client_address = client_address
         self.server = server
+
+    @property
+    def connection_info(self) -> ConnectionInfo:
+        """What is known of this connection beyond ``client_address``: the
+        socket's peer (a proxy), the PROXY header, the TLS session."""
+        return _connection_info(self, self.transport)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` (buffered by the transport if the socket is full).
@@ -188,3 +203,13 @@ SENT = cast(Awaitable[None], _Done())
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _connection_info(handler: Any, transport: asyncio.BaseTransport) -> ConnectionInfo:
+    """A handler's ``connection_info``: what its stages learnt (kept on it
+    as ``_stage_info`` when they learnt anything), and its transport's TLS."""
+    from .._connection_info import ConnectionInfo, tls_info_of
+
+    info = handler.__dict__.get("_stage_info") or {}
+    tls = tls_info_of(transport.get_extra_info("ssl_object"))
+    return ConnectionInfo(handler.client_address, info.get("peer_address"), info.get("proxy"), tls)

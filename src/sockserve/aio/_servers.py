@@ -137,6 +137,8 @@ class AsyncTCPServer(_BoundServer):
             if isinstance(conn, IdleCallbackConnection):
                 conn.cancel_idle_timer()
             return
+        if stages:  # again, now that the ticket is known: the PROXY stage vets the real client with it
+            stages = self._stage_factories(conn.ticket)
         if isinstance(conn, StreamConnection):
             conn.task = self._spawn_task(run_stream(conn, handler_class, self._admission().limits, stages))
         else:

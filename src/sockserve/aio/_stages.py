@@ -1,93 +1,74 @@
-"""The asyncio driver of a connection's stages (``sockserve._stages``): the
-transport feeds the stages from ``data_received`` before the handler's own
-protocol takes over, so a client that stalls a header or a handshake holds
-a buffer and a timer, never a task's worth of waiting in the handler.
+"""The asyncio driver of a connection's stages (``sockserve._stages``): it
+runs them on the accepted socket itself, before any transport exists.
 
-Once every stage is done, the connection's protocol is swapped for the
-handler's (``transport.set_protocol``), which is then told of the connection
-and given the bytes that arrived behind the stages.
+It peeks at what the client sent and consumes only the stages' own bytes,
+as the blocking driver does, so whatever follows them is still in the
+socket when the transport (or the loop's TLS, which needs the client's
+first TLS record intact) takes it over. Waiting for bytes is a reader
+callback on the loop and a timer, never a task's worth of waiting in a
+handler; a client that stalls is cut at the stages' deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
-from .._stages import Prepared, StageFactory, StageFailed, StageRunner
+from .._stages import Prepared, StageRunner, consume, peek, split_tls
+
+if TYPE_CHECKING:
+    from .._edge_stages import TLSHandshake
 
 
-class StagedProtocol(asyncio.Protocol):
-    """The transport's protocol while a connection's stages run.
+async def run_stages(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, stages: Sequence[Any], client_address: Any, delay: float
+) -> tuple[Prepared, TLSHandshake | None]:
+    """Run the byte stages on ``sock`` within ``delay`` seconds; what they
+    learnt, and the TLS handshake still to do (the caller's: it hands the
+    socket to the loop's TLS).
 
-    ``result`` is done with ``(Prepared, rest)`` once every stage is over, or
-    fails with ``StageFailed`` (a stage rejected the connection, the client
-    finished sending first, or ``expire()`` was called at the deadline) or
-    with the error that ended the connection.
+    Raises:
+        StageFailed: a stage rejected the connection, or the deadline passed.
+        OSError: the connection failed.
     """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, factories: Sequence[StageFactory], client_address: Any) -> None:
-        self.result: asyncio.Future[tuple[Prepared, bytes]] = loop.create_future()
-        self.transport: asyncio.Transport | None = None
-        self._runner = StageRunner(factories, client_address)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's quack like it
-
-    def data_received(self, data: bytes) -> None:
-        self._feed(data)
-
-    def eof_received(self) -> bool:
-        self._feed(b"")
-        return True  # the connection stays half-open until the result is dealt with
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionResetError("the client closed the connection during the stages"))
-
-    def expire(self) -> None:
-        """The stages' deadline passed."""
-        self._fail(StageFailed("the connection's stages did not finish in time", self._runner.prepared.client_address))
-
-    def _feed(self, data: bytes) -> None:
-        if self.result.done():
-            return
+    byte_stages, tls = split_tls(stages)
+    runner = StageRunner(byte_stages, client_address)
+    deadline = loop.time() + delay
+    while not runner.done:
+        await _readable(loop, sock, deadline, runner)
         try:
-            step = self._runner.feed(data)
-        except Exception as exc:  # a stage's bug must not escape into the transport
-            self._fail(exc)
-            return
-        if step.send and self.transport is not None:
-            self.transport.write(step.send)
+            data = peek(sock)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            data = b""  # reset: the stages see the end of the input
+        step = runner.feed(data)
+        if step.send:
+            sock.send(step.send, socket.MSG_DONTWAIT)  # a stage's few bytes fit in an empty buffer
         if step.failed is not None:
-            self._fail(self._runner.failure(step.failed))
-        elif step.done:
-            self.result.set_result((self._runner.prepared, data[step.consumed :]))
-
-    def _fail(self, exc: BaseException) -> None:
-        if not self.result.done():
-            self.result.set_exception(exc)
+            raise runner.failure(step.failed)
+        consume(sock, step.consumed)
+    return runner.prepared, tls
 
 
-async def run_stages(loop: asyncio.AbstractEventLoop, staged: StagedProtocol, delay: float) -> tuple[Prepared, bytes]:
-    """Wait for ``staged``'s stages, for at most ``delay`` seconds."""
-    timer = loop.call_later(delay, staged.expire)
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, deadline: float, runner: StageRunner) -> None:
+    waiter: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def expire() -> None:
+        if not waiter.done():
+            waiter.set_exception(runner.failure("the connection's stages did not finish in time"))
+
+    loop.add_reader(fd, ready)
+    timer = loop.call_at(deadline, expire)
     try:
-        return await staged.result
+        await waiter
     finally:
         timer.cancel()
-
-
-def hand_over(transport: asyncio.Transport, protocol: asyncio.BaseProtocol, rest: bytes) -> None:
-    """Make ``protocol`` the connection's protocol, as if it had been from the
-    start, and give it the bytes that came behind the stages."""
-    transport.set_protocol(protocol)
-    protocol.connection_made(transport)
-    if isinstance(protocol, asyncio.BufferedProtocol):
-        while rest:
-            view = memoryview(protocol.get_buffer(len(rest)))
-            size = min(len(view), len(rest))
-            view[:size] = rest[:size]
-            protocol.buffer_updated(size)
-            rest = rest[size:]
-    elif rest:
-        cast(asyncio.Protocol, protocol).data_received(rest)
+        loop.remove_reader(fd)
