@@ -170,6 +170,8 @@ class BaseServer(ServerCore, GracefulStop):
         ``poll_interval`` is how often ``service_actions()`` runs when idle;
         ``shutdown()`` does not wait for it.
         """
+        if self.tls is not None:
+            self._tls_source()  # a TLS configuration that cannot load fails here, not at the first client
         waker = Waker()
         try:
             self._handshake.begin(waker.wake)

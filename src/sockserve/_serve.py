@@ -2,7 +2,9 @@
 
 The conventions people know from gunicorn and nginx: the first SIGTERM or
 SIGINT stops accepting and lets requests in flight finish (up to ``grace``
-seconds); a second one, or SIGQUIT, closes what remains at once. The signal
+seconds); a second one, or SIGQUIT, closes what remains at once. On a
+server with TLS, SIGHUP reloads its certificates for the connections that
+follow. The signal
 handlers only record the signal and wake the loop; all logging and waiting
 happens back in the main flow. The handlers that were installed before are
 restored on the way out.
@@ -72,10 +74,22 @@ def serve(
         server.force_stop()
         server.shutdown()
 
+    # A sockserve server's (ServerCore): serve() also takes anything Stoppable.
+    tls_source = getattr(server, "_tls_source", None) if getattr(server, "tls", None) is not None else None
+
+    def reload_tls(signum: int, frame: FrameType | None) -> None:
+        source = tls_source() if tls_source is not None else None
+        if source is not None:
+            source.request_reload()
+
     immediate_signals = tuple(immediate_signals)
     with signals_interrupt_waits():
         previous = {sig: signal.signal(sig, graceful) for sig in graceful_signals}
         previous.update({sig: signal.signal(sig, immediate) for sig in immediate_signals})
+        if tls_source is not None:
+            # SIGHUP reloads the certificates (a server without TLS keeps SIGHUP's default).
+            tls_source()  # a bad configuration fails here, before serving
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload_tls)
         if unblock:
             # Signals the caller kept blocked until these handlers were in place:
             # one that arrived meanwhile is delivered now, to them.

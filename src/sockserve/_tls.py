@@ -430,6 +430,7 @@ class TLSContextSource:
         else:
             raise TypeError(f"tls must be a sockserve.TLSConfig or an ssl.SSLContext, got {type(tls).__name__}")
         self._next_check = clock() + CHECK_INTERVAL
+        self._reload_requested = False
 
     @property
     def handshake_timeout(self) -> float:
@@ -440,9 +441,19 @@ class TLSContextSource:
         """The context for a new connection; first, when watching and a second
         has passed, reloads it if a file changed (on this thread: no watcher
         thread to stop, and a server that gets no connections does no work)."""
-        if self.config is not None and self.config.watch and self._clock() >= self._next_check:
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+        elif self.config is not None and self.config.watch and self._clock() >= self._next_check:
             self._check_files(self.config)
         return self._context
+
+    def request_reload(self) -> None:
+        """Reload before the next connection is wrapped: what a signal handler
+        may call (it only sets a flag; the reload, its file reads and its
+        lock happen on the next connection's thread, never inside the
+        handler, which could interrupt a thread holding that lock)."""
+        self._reload_requested = True
 
     def reload(self) -> bool:
         """Builds a new context from the files. On success, new connections get
