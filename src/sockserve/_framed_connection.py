@@ -1,6 +1,21 @@
-"""The connection behind a framed handler (``_framed``): its reading and
-writing, in the reactor or on the worker that holds it, its requests, one at
-a time, on workers, and its end."""
+"""The connection behind a framed handler (``_framed``): its stages and TLS
+handshake, in the reactor; its reading and writing, in the reactor or on the
+worker that holds it; its requests, one at a time, on workers; and its end.
+
+With TLS, the handshake is the last stage (``_edge_stages``), stepped by the
+reactor without blocking, so a client that stalls it holds no worker; after
+it the connection reads and writes through the non-blocking
+``ssl.SSLSocket``. Three things differ from a plain socket there: an SSL
+call that cannot go on says so with ``SSLWantReadError`` or
+``SSLWantWriteError``, and either may come from either direction (a
+renegotiation, a TLS 1.3 key update), so what a read or a write waits for
+is kept per direction (``_read_wait``, ``_flush_wait``); decrypted bytes can
+stay in the SSL object, where epoll does not see them, so a read takes them
+all (``pending()``) before the connection waits again; and OpenSSL forbids
+two threads in one SSL object at once, so every SSL call on the connection
+is made under ``_lock`` (each is non-blocking: the lock is never held
+across a wait).
+"""
 
 from __future__ import annotations
 
@@ -18,9 +33,13 @@ from ._limits import limits_of
 from ._log import log_limit, log_stage_failed
 from ._pipeline import set_current_job
 from ._reactor import READABLE, WRITABLE
-from ._stages import StageFactory, StageRunner
+from ._stages import StageFailed, StageRunner, consume, peek, split_tls, stages_timeout
 
 if TYPE_CHECKING:
+    import ssl
+
+    from ._connection_info import ConnectionInfo
+    from ._edge_stages import TLSHandshake
     from ._pipeline import Job
     from ._reactor import Reactor, Timer
     from .protocol.framers import Framer
@@ -77,7 +96,9 @@ class FramedConnection:
     that holds it, during its turn (the reactor is not armed for reading
     then). Interest is one-shot (see ``_reactor``): whoever changes what the
     connection waits for re-arms it, under ``_lock``, which guards everything
-    the reactor and the workers share.
+    the reactor and the workers share, and every SSL call (see the module's
+    docstring). The stages and the TLS handshake run on the reactor's
+    thread only: no worker takes the connection before they are done.
     """
 
     __slots__ = (
@@ -87,6 +108,7 @@ class FramedConnection:
         "_ending",
         "_fd",
         "_finished",
+        "_flush_wait",
         "_framed_any",
         "_framer",
         "_idle_timer",
@@ -97,12 +119,18 @@ class FramedConnection:
         "_outbox_size",
         "_paused",
         "_poller",
+        "_prepare_by",
         "_read_first",
+        "_read_wait",
         "_registered",
         "_released",
         "_requests",
         "_stages",
+        "_stages_timer",
         "_started",
+        "_ticket_abort",
+        "_tls",
+        "_tls_socket",
         "aborted",
         "closed",
         "handler",
@@ -120,7 +148,7 @@ class FramedConnection:
         job: Job,
         handler_class: type[FramedRequestHandler],
         server: Any,
-        stages: Sequence[StageFactory],
+        stages: Sequence[Any],
     ) -> None:
         self.host = host
         self.reactor = reactor
@@ -129,8 +157,24 @@ class FramedConnection:
         self._fd = self.sock.fileno()
         self.limits = limits_of(server)
         self.handler = handler_class(job.client_address, server, self)
-        self._stages = StageRunner(stages, job.client_address) if stages else None
+        byte_stages, self._tls = split_tls(stages) if stages else ((), None)
+        self._stages = StageRunner(byte_stages, job.client_address) if byte_stages else None
+        self._tls_socket: ssl.SSLSocket | None = None  # once the handshake began: reads and writes go through it
         self._framer: Framer | None = None if stages else self.handler.make_framer()
+        # What the next read and the next write wait for: the socket's own
+        # direction, unless an SSL call asked for the other one (a handshake
+        # step waits for either; see the module's docstring).
+        self._read_wait = READABLE
+        self._flush_wait = WRITABLE
+        # The stages (the TLS handshake among them) have a deadline of their
+        # own, from admission: the connection's, if that comes first.
+        self._prepare_by = 0.0
+        if stages:
+            self._prepare_by = time.monotonic() + stages_timeout(stages)
+            ticket = job.ticket
+            if ticket is not None and ticket.deadline is not None:
+                self._prepare_by = min(self._prepare_by, ticket.deadline)
+        self._stages_timer: Timer | None = None
         self._lock = threading.Lock()
         self._requests: collections.deque[bytes] = collections.deque()
         self._outbox: collections.deque[bytes] = collections.deque()
@@ -152,8 +196,9 @@ class FramedConnection:
         self._poller: select.poll | None = None  # a worker's, to wait for the next request in its turn
         self.aborted: BaseException | None = None
         self.closed = False
+        self._ticket_abort: Callable[[BaseException], object] | None = None
         if job.ticket is not None:
-            job.ticket.abort = lambda reason: reactor.call_soon(lambda: self.abort(reason))
+            job.ticket.abort = self._ticket_abort = lambda reason: reactor.call_soon(lambda: self.abort(reason))
 
     # -- arming --------------------------------------------------------------------
 
@@ -163,9 +208,9 @@ class FramedConnection:
             return  # not in the reactor yet (a first turn at accept): _join() arms it
         events = 0
         if not self._busy and not self._ending and not self._paused:
-            events |= READABLE
+            events |= self._read_wait
         if self._outbox:
-            events |= WRITABLE
+            events |= self._flush_wait
         try:
             self.reactor.arm(self._fd, events)
         except (OSError, ValueError):
@@ -188,6 +233,10 @@ class FramedConnection:
             return
         self._start_idle_timer()
         self.start_deadline_timer()
+        if self._framer is None:  # stages to run first
+            self._stages_timer = self.reactor.call_later(
+                max(0.0, self._prepare_by - time.monotonic()), self._stages_expired
+            )
 
     def _join(self) -> None:
         """A connection whose first turn a worker took at accept
@@ -229,12 +278,17 @@ class FramedConnection:
     def _on_events(self, events: int) -> None:
         if self.closed:
             return
-        if events & WRITABLE:
+        # READABLE also stands for a hang-up or an error (see _reactor): it
+        # always calls for a read, whatever the read waited for.
+        if events & (WRITABLE | self._flush_wait):
             self._flush()
-        if events & READABLE and not self._busy and not self.closed:
-            if self._hand_over_to_read():
+        if events & (READABLE | self._read_wait) and not self._busy and not self.closed:
+            if self._framer is None:
+                self._prepare()
+            elif self._hand_over_to_read():
                 return
-            self._read(_read_buffer())
+            else:
+                self._read(_read_buffer())
         self._schedule()
         self._arm()
 
@@ -256,9 +310,11 @@ class FramedConnection:
 
     def _read(self, buffer: memoryview) -> bool:
         """Read what the client has sent, without waiting (the socket is
-        non-blocking), on whichever thread holds the connection: through the
-        stages while they last, then into the framer. True if something came
+        non-blocking), on whichever thread holds the connection, into the
+        framer (the stages are done: ``_prepare``). True if something came
         (bytes, or the end)."""
+        if self._tls_socket is not None:
+            return self._read_tls(buffer)
         try:
             count = self.sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
@@ -267,13 +323,48 @@ class FramedConnection:
             self._vanished()
             return True
         self._last_read = time.monotonic()
-        data = bytes(buffer[:count])
-        if self._stages is not None:
-            rest = self._run_stages(data)
-            if rest is None:
-                return True
-            data = rest
-        self._frame(data, count == 0)
+        self._frame(bytes(buffer[:count]), count == 0)
+        return True
+
+    def _read_tls(self, buffer: memoryview) -> bool:
+        """``_read()`` through TLS: under ``_lock``, and every decrypted byte
+        the SSL object holds, which epoll would never report (``pending()``)."""
+        from ssl import SSLWantReadError, SSLWantWriteError
+
+        tls = self._tls_socket
+        assert tls is not None
+        chunks: list[bytes] = []
+        end = vanished = False
+        with self._lock:
+            self._read_wait = READABLE
+            try:
+                while True:
+                    count = tls.recv_into(buffer)
+                    if count == 0:
+                        end = True  # close_notify, or the client closed without it
+                        break
+                    chunks.append(bytes(buffer[:count]))
+                    if not tls.pending():
+                        break
+            except SSLWantReadError:
+                pass
+            except SSLWantWriteError:
+                # OpenSSL must write before it reads on (an answer to a key
+                # update, a renegotiation): the next read waits for the socket
+                # to take it, not for more bytes.
+                self._read_wait = WRITABLE
+            except OSError:  # ssl.SSLError is one: a bad record, or a reset
+                vanished = True
+        if vanished:
+            self._vanished()
+            return True
+        if not chunks and not end:
+            return False
+        self._last_read = time.monotonic()
+        if chunks:
+            self._frame(chunks[0] if len(chunks) == 1 else b"".join(chunks), False)
+        if end:
+            self._frame(b"", True)
         return True
 
     def _frame(self, data: bytes, end_of_input: bool) -> None:
@@ -286,24 +377,117 @@ class FramedConnection:
                 self._ending = True  # what the client sent is handled, then the connection ends
         self._take_requests()
 
-    def _run_stages(self, data: bytes) -> bytes | None:
-        """Feed the stages; the bytes behind them once they are done, else None."""
+    # -- the stages and the TLS handshake, on the reactor's thread -------------------
+
+    def _prepare(self) -> None:
+        """Take the stages (a PROXY header), then the TLS handshake, as far as
+        they go without waiting; once both are done, the handler's framer
+        takes the bytes that follow."""
+        if self._stages is not None and not self._run_stages():
+            return
+        if self._tls is not None and not self._shake_hands():
+            return
+        if self._stages_timer is not None:
+            self._stages_timer.cancel()
+            self._stages_timer = None
+        # What the client sent behind the stages is still in the socket (the
+        # stages peek, and the handshake reads record by record): the next
+        # readiness hands it to a worker, as for any request.
+        self._framer = self.handler.make_framer()
+
+    def _run_stages(self) -> bool:
+        """Feed the byte stages what the client sent; True once they are done.
+
+        Bytes are peeked, and only the stages' own are consumed: what follows
+        them (the first record of a TLS handshake, a request) stays in the
+        socket for whoever reads it next."""
         runner = self._stages
         assert runner is not None
+        sock = self.sock
+        try:
+            data = peek(sock)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""  # reset: to the stages, the client finished sending
+        self._last_read = time.monotonic()
         step = runner.feed(data)
         if step.send:
             self.send(step.send)
+        try:
+            consume(sock, step.consumed)
+        except OSError:
+            step.failed = step.failed or "the client went away during the stages"
         if step.failed is not None:
             log_stage_failed(runner.failure(step.failed), runner.prepared.client_address)
             self._close_now()
-            return None
+            return False
         if not step.done:
-            return None
+            return False
         self._stages = None
-        self.job.client_address = runner.prepared.client_address
-        self.handler.client_address = runner.prepared.client_address
-        self._framer = self.handler.make_framer()
-        return data[step.consumed :]
+        prepared = runner.prepared
+        self.job.client_address = self.handler.client_address = prepared.client_address
+        if "proxy" in prepared.info:  # for the handler's connection_info
+            self.job.host._proxied_connections().add(sock, prepared.info["peer_address"], prepared.info["proxy"])
+        return True
+
+    def _shake_hands(self) -> bool:
+        """Step the TLS handshake as far as it goes without waiting; True once
+        it is done. A failure is logged once (``TLSHandshake.failed``) and
+        closes the connection, as a failed stage does."""
+        tls = self._tls
+        assert tls is not None
+        tls_socket = self._tls_socket
+        try:
+            if tls_socket is None:
+                if self._outbox:  # a stage's reply the client has not taken: it cannot go out under TLS
+                    raise ConnectionResetError("the client did not read what the stages sent")
+                tls_socket = self._start_tls(tls)
+                if tls_socket is None:
+                    return False  # cut meanwhile
+            self._last_read = time.monotonic()
+            wanted = tls.step(tls_socket)
+        except OSError as exc:  # ssl.SSLError is one
+            tls.failed(exc, self.job.client_address)
+            self._close_now()
+            return False
+        if wanted:
+            self._read_wait = READABLE if wanted == select.POLLIN else WRITABLE
+            return False
+        self._tls = None
+        self._read_wait = READABLE
+        return True
+
+    def _start_tls(self, tls: TLSHandshake) -> ssl.SSLSocket | None:
+        """Wrap the socket for the handshake: from now on the connection
+        reads, writes and closes through TLS. None if a cut came meanwhile."""
+        tls_socket = self._tls_socket = tls.start(self.sock)  # the plain socket is detached
+        self.sock = tls_socket
+        ticket = self.job.ticket
+        self.job.replace_request(tls_socket)  # the PROXY header's entry follows the new socket
+        if ticket is not None:
+            # replace_request() aims the ticket's cut at the socket itself,
+            # from whichever thread cuts: that would drop the SSL object
+            # under the reactor's or a worker's SSL call. This connection is
+            # cut on the reactor's thread (abort()): its own cut goes back,
+            # and a cut that came in between is honoured here.
+            ticket.abort = self._ticket_abort
+            if ticket.aborted is not None:
+                self.abort(ticket.aborted)
+                return None
+        return tls_socket
+
+    def _stages_expired(self) -> None:
+        """The stages' deadline passed before they (or the handshake) were done: close."""
+        self._stages_timer = None
+        if self.closed or self._framer is not None:
+            return
+        client = self.job.client_address
+        if self._stages is None and self._tls is not None:
+            self._tls.failed(TimeoutError(), client)  # logged and counted as a failed handshake
+        else:
+            log_stage_failed(StageFailed("the connection's stages did not finish in time", client), client)
+        self._close_now()
 
     def _take_requests(self) -> None:
         """Move complete requests from the framer to the queue, up to its cap;
@@ -394,6 +578,9 @@ class FramedConnection:
                 self._paused = False
 
     def _flush(self) -> None:
+        if self._tls_socket is not None:
+            self._flush_tls()
+            return
         error: OSError | None = None
         with self._lock:
             while self._outbox:
@@ -411,6 +598,38 @@ class FramedConnection:
                     break
                 self._outbox.popleft()
         if error is not None:
+            self._vanished()
+
+    def _flush_tls(self) -> None:
+        """``_flush()`` through TLS. A write that would block is retried with
+        the same bytes, as OpenSSL requires: the chunk stays first in the
+        outbox until it has all gone."""
+        from ssl import SSLWantReadError, SSLWantWriteError
+
+        tls = self._tls_socket
+        assert tls is not None
+        error = False
+        with self._lock:
+            while self._outbox:
+                chunk = self._outbox[0]
+                try:
+                    sent = tls.send(chunk)
+                except SSLWantWriteError:
+                    self._flush_wait = WRITABLE
+                    break
+                except SSLWantReadError:  # OpenSSL must read first (a renegotiation)
+                    self._flush_wait = READABLE
+                    break
+                except OSError:
+                    error = True
+                    break
+                self._flush_wait = WRITABLE
+                self._outbox_size -= sent
+                if sent < len(chunk):
+                    self._outbox[0] = chunk[sent:]
+                    break
+                self._outbox.popleft()
+        if error:
             self._vanished()
 
     def after_work(self) -> None:
@@ -470,7 +689,10 @@ class FramedConnection:
             self.aborted = reason
             self._discard_locked(replies=True)
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # a worker reading or sending on it now fails at once
+            # A worker reading or sending on it now fails at once. The
+            # socket's own shutdown(), not an SSLSocket's, which drops its
+            # SSL object under whoever is in an SSL call.
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
         except OSError:
             pass
         self._schedule()
@@ -490,17 +712,38 @@ class FramedConnection:
         if first:
             if self._registered:
                 self.reactor.unregister(self._fd)
-            for timer in (self._idle_timer, self._deadline_timer):
+            for timer in (self._idle_timer, self._deadline_timer, self._stages_timer):
                 if timer is not None:
                     timer.cancel()
-            if self.aborted is None:
-                try:
-                    self.sock.shutdown(socket.SHUT_WR)  # the replies end cleanly, even with input unread
-                except OSError:
-                    pass
-            self.sock.close()
+            if self._tls_socket is not None:
+                with self._lock:  # no other SSL call at once
+                    self._close_tls(self._tls_socket)
+            else:
+                if self.aborted is None:
+                    try:
+                        self.sock.shutdown(socket.SHUT_WR)  # the replies end cleanly, even with input unread
+                    except OSError:
+                        pass
+                self.sock.close()
         if not busy:
             self._count_out()
+
+    def _close_tls(self, tls: ssl.SSLSocket) -> None:
+        """Close through TLS (the caller holds ``_lock``): a session whose
+        handshake was done ends with a close_notify, as far as the socket
+        takes it without waiting, so the client can tell the end of the
+        replies from a cut."""
+        if self.aborted is None:
+            if self._tls is None:
+                try:
+                    tls.unwrap()  # sends close_notify; the client's answer is not waited for
+                except (OSError, ValueError):
+                    pass
+            try:
+                tls.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        tls.close()
 
     def closed_without_reactor(self) -> None:
         """The reactor is gone (the server closed): close and count out from here."""
@@ -518,6 +761,7 @@ class FramedConnection:
             self._released = True
         if self.job.ticket is not None:
             self.job.ticket.abort = None
+        self._ticket_abort = None
         self.host.connection_ended(self)
 
     # -- on the serve loop's thread, then on a worker --------------------------------
@@ -693,10 +937,14 @@ class FramedConnection:
             if self.closed or self.aborted is not None:
                 raise ConnectionAbortedError(f"the connection is closed ({self.aborted or 'ended'})")
             if not self._outbox:
-                try:
-                    sent = self.sock.send(data, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
+                tls = self._tls_socket
+                if tls is not None:
+                    sent = self._send_tls(tls, data)
+                else:
+                    try:
+                        sent = self.sock.send(data, socket.MSG_DONTWAIT)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
                 if sent == len(data):
                     return
                 data = data[sent:]
@@ -707,5 +955,38 @@ class FramedConnection:
             if len(self._outbox) == 1:
                 self._arm_locked()  # the reactor writes the rest when the socket takes it
 
+    def _send_tls(self, tls: ssl.SSLSocket, data: bytes) -> int:
+        """Send through TLS what the socket takes now (the caller holds
+        ``_lock``): all of ``data``, or nothing, and then the outbox keeps it
+        for ``_flush_tls`` to write again as it is.
+
+        Raises:
+            ConnectionError: the TLS session failed.
+        """
+        from ssl import SSLError, SSLWantReadError, SSLWantWriteError
+
+        if not data:
+            return 0  # OpenSSL refuses an empty write
+        try:
+            sent = tls.send(data)
+        except SSLWantWriteError:
+            return 0
+        except SSLWantReadError:  # OpenSSL must read first (a renegotiation)
+            self._flush_wait = READABLE
+            return 0
+        except SSLError as exc:
+            raise ConnectionResetError(f"the TLS session failed ({exc})") from exc
+        self._flush_wait = WRITABLE
+        return sent
+
     def close_after_sending(self) -> None:
         self._stop_and_discard()  # the end of this turn tells the reactor
+
+    def connection_info(self) -> ConnectionInfo:
+        """What the handler's ``connection_info`` answers: the real client,
+        the PROXY header the stages read, and the TLS session (under
+        ``_lock``: reading it asks the SSL object)."""
+        from ._connection_info import connection_info
+
+        with self._lock:
+            return connection_info(self.handler.server, self.sock, self.job.client_address)
