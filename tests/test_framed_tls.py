@@ -11,10 +11,13 @@ PROXY header glued to the ClientHello, a ClientHello cut in half."""
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import select
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -256,6 +259,13 @@ def test_requests_split_across_records(pki: Pki) -> None:
         for byte in b"fifth\n":
             client.send_records(bytes([byte]))
         assert client.recv_lines(1) == b"fifth\n"
+        # A record cut in two TCP writes: the server's first read finds half
+        # a record, nothing to decrypt yet, and waits for the rest.
+        record = client.records(b"sixth\n")
+        sock.sendall(record[:7])
+        assert not select.select([sock], [], [], 0.05)[0], "nothing comes back, and the connection stays open"
+        sock.sendall(record[7:])
+        assert client.recv_lines(1) == b"sixth\n"
 
 
 def test_the_server_ends_the_session_with_close_notify(pki: Pki) -> None:
@@ -266,6 +276,66 @@ def test_the_server_ends_the_session_with_close_notify(pki: Pki) -> None:
         assert client.recv_lines(1) == b"bye\n"
         # A close without close_notify would raise SSLEOFError here.
         assert client.recv() == b""
+
+
+OPENSSL = shutil.which("openssl")
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="needs openssl")
+def test_a_key_update_mid_session_is_answered_and_the_session_goes_on(pki: Pki, tmp_path: Path) -> None:
+    # openssl s_client's "K" sends a TLS 1.3 KeyUpdate asking the server to
+    # update its keys too: the server's read answers with a write of its own.
+    assert OPENSSL is not None
+    cafile = tmp_path / "ca.pem"
+    pki.ca.cert_pem.write_to_path(str(cafile))
+    server = tls_server(pki)
+    with running_server(server):
+        host, port = server.server_address[:2]
+        command = [
+            OPENSSL,
+            "s_client",
+            "-connect",
+            f"{host}:{port}",
+            "-CAfile",
+            str(cafile),
+            "-servername",
+            "localhost",
+            "-tls1_3",
+        ]
+        client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert client.stdin is not None
+        assert client.stdout is not None
+        output: queue.Queue[bytes] = queue.Queue()
+
+        def read_lines(stream: Any) -> None:
+            for line in stream:
+                output.put(line)
+            output.put(b"")  # the end
+
+        reader = threading.Thread(target=read_lines, args=(client.stdout,))
+        reader.start()
+
+        def expect(line: bytes) -> None:
+            while (got := output.get(timeout=TIMEOUT)).rstrip(b"\n") != line:
+                assert got, "s_client ended"
+
+        try:
+            for line in (b"one", b"K", b"two"):  # s_client takes a command only as a line of its own
+                client.stdin.write(line + b"\n")
+                client.stdin.flush()
+                expect(b"KEYUPDATE" if line == b"K" else line)
+                if line == b"K":  # a moment for the server to read the key update alone
+                    with pytest.raises(queue.Empty):
+                        output.get(timeout=0.05)
+        finally:
+            client.stdin.close()  # s_client ends the session and exits
+            try:
+                client.wait(TIMEOUT)
+            finally:
+                client.kill()
+                client.wait()
+                client.stdout.close()
+                reader.join(TIMEOUT)
 
 
 def test_decrypted_bytes_held_in_the_ssl_object_are_read_without_waiting_for_the_socket(
