@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._admission import Admission, Ticket
     from ._base_server import BaseServer as _ServerBase
     from ._model import ConcurrencyModel
+    from ._pipeline import Job
 else:
     _ServerBase = object  # a stand-alone mixin at run time, as the stdlib's is
     Protocol = object  # the protocol here is for type checkers; at run time, a plain class
@@ -246,6 +247,8 @@ class ForkingMixIn(_ServerBase):
     max_children: int = 40
     block_on_close: bool = True
     _fork_model: ForkModel | None = None
+    # Connections whose stages wait for bytes in the serve loop: fd -> (job, deadline)
+    _waiting_stages: dict[int, tuple[Job, float]] | None = None
 
     def _make_model(self, admission: Admission) -> ConcurrencyModel:
         model = self._fork_model = ForkModel(admission, self)
@@ -273,6 +276,7 @@ class ForkingMixIn(_ServerBase):
     def service_actions(self) -> None:
         """Reap children once per turn of the serve_forever() loop."""
         self.collect_children()
+        self._stages_deadlines()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Fork a child that handles the request and exits."""
@@ -282,6 +286,69 @@ class ForkingMixIn(_ServerBase):
             forks = self._forks()
         if len(forks.pids) >= self.max_children:
             forks.collect()  # handle_request() has no capacity check of its own
+        if job.stages and not self._stages_ready(job):
+            return
+        self._fork(job, forks)
+
+    def _stages_ready(self, job: Job, deadline: float | None = None) -> bool:
+        """Run the connection's byte stages (a PROXY header) here in the
+        parent, where the per-IP limit can count the client they name. One
+        whose bytes have not all come waits in the serve loop's poll, holding
+        no process, until they have or its ``deadline`` passes (set on its
+        first wait; see ``_stages_deadlines``). True if it is to be forked now."""
+        ready = job.prepare_if_ready()
+        if ready is None:
+            fd = job.request.fileno()
+            if not self._watch_fd(fd):
+                return True  # no serve loop to wait in (handle_request()): the child reads them
+            if deadline is None:
+                from ._stages import stages_timeout
+
+                deadline = time.monotonic() + stages_timeout(job.stages)
+                if job.ticket is not None and job.ticket.deadline is not None:
+                    deadline = min(deadline, job.ticket.deadline)
+            if self._waiting_stages is None:
+                self._waiting_stages = {}
+            self._waiting_stages[fd] = (job, deadline)
+            return False
+        if ready is False:
+            job.release()  # a stage refused it, with a log line
+            return False
+        return True
+
+    def _unwatch_fd(self, fd: Any) -> None:
+        super()._unwatch_fd(fd)
+        forks = self._fork_model
+        if forks is not None:
+            forks.watched.discard(fd)
+        waiting = self._waiting_stages
+        if waiting and fd in waiting:
+            job, deadline = waiting.pop(fd)  # back in the table if it must wait more
+            if self._stages_ready(job, deadline):
+                self._fork(job, self._forks())
+
+    def _stages_deadlines(self) -> None:
+        """Close the connections whose stages ran out of time (each turn of the loop)."""
+        waiting = self._waiting_stages
+        if not waiting:
+            return
+        now = time.monotonic()
+        for fd, (job, deadline) in list(waiting.items()):
+            if deadline <= now:
+                del waiting[fd]
+                super()._unwatch_fd(fd)
+                self._close_waiting(job, "the connection's stages did not finish in time")
+
+    def _close_waiting(self, job: Job, reason: str) -> None:
+        from ._log import log_stage_failed
+        from ._stages import StageFailed
+
+        log_stage_failed(StageFailed(reason, job.client_address), job.client_address)
+        self.shutdown_request(job.request)
+        job.release()
+
+    def _fork(self, job: Job, forks: ForkModel) -> None:
+        request = job.request
         pid = os.fork()
         if pid:
             if self.active_children is None:
@@ -310,12 +377,6 @@ class ForkingMixIn(_ServerBase):
         finally:
             os._exit(status)
 
-    def _unwatch_fd(self, fd: Any) -> None:
-        super()._unwatch_fd(fd)
-        forks = self._fork_model
-        if forks is not None:
-            forks.watched.discard(fd)
-
     def _close_inherited_listener(self) -> None:
         """In a child, close our copy of a stream server's listening socket.
 
@@ -331,5 +392,8 @@ class ForkingMixIn(_ServerBase):
             sock.close()
 
     def server_close(self) -> None:
+        waiting, self._waiting_stages = self._waiting_stages or {}, None
+        for job, _ in waiting.values():
+            self._close_waiting(job, "the server closed before the connection's stages finished")
         super().server_close()
         self.collect_children(blocking=self.block_on_close)

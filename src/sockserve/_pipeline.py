@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from typing import Any, Protocol, final
 
     from ._connection_info import ProxiedConnections
-    from ._stages import StageFactory
+    from ._stages import Prepared
 else:
     Protocol = object  # the protocol here is for type checkers; at run time, a plain class
 
@@ -94,7 +94,7 @@ class Job:
         ticket: Ticket | None,
         request: Any,
         client_address: Any,
-        stages: Sequence[StageFactory] = (),
+        stages: Sequence[Any] = (),  # byte-stage factories, then the TLS handshake if any (_stages.split_tls)
     ) -> None:
         self.host = host
         self.admission = admission
@@ -151,6 +151,40 @@ class Job:
                 return False
             self.replace_request(tls_socket)
         return True
+
+    def prepare_if_ready(self) -> bool | None:
+        """Run the byte stages (a PROXY header) now if what the client sent
+        already completes them: True once they are done (the TLS handshake,
+        if any, is left for ``prepare()``), False if they closed the
+        connection, None if more bytes are needed (nothing was consumed:
+        call again when the socket is readable, or leave it to ``prepare()``).
+
+        For the forking model, whose child would otherwise read the header:
+        run in the parent, they let the per-IP limit count the real client
+        (a child's admission is a copy nobody else sees).
+        """
+        from ._stages import StageFailed, run_available, split_tls
+
+        byte_stages, tls = split_tls(self.stages)
+        if not byte_stages:
+            return True
+        try:
+            prepared = run_available(self.request, byte_stages, self.client_address)
+        except (StageFailed, OSError) as exc:
+            log_stage_failed(exc, self.client_address)
+            self.host.shutdown_request(self.request)
+            return False
+        if prepared is None:
+            return None
+        self.stages = () if tls is None else (tls,)
+        self._prepared(prepared)
+        return True
+
+    def _prepared(self, prepared: Prepared) -> None:
+        """The byte stages are done: the client they named, and their PROXY header for the handler."""
+        self.client_address = prepared.client_address
+        if "proxy" in prepared.info:
+            self.host._proxied_connections().add(self.request, prepared.info["peer_address"], prepared.info["proxy"])
 
     def replace_request(self, request: Any) -> None:
         """A TLS handshake replaced the request's socket: cuts and lookups follow it."""

@@ -215,6 +215,29 @@ def run_blocking(
     return runner.prepared
 
 
+def run_available(sock: socket.socket, factories: Sequence[StageFactory], client_address: Any) -> Prepared | None:
+    """Run every stage on what ``sock`` holds now, without waiting: the
+    result if that completes them (their bytes consumed), else None, with
+    nothing consumed, so that another driver can start them afresh.
+
+    Raises:
+        StageFailed: a stage rejected the connection.
+        OSError: the connection failed.
+    """
+    try:
+        data = peek(sock)
+    except (BlockingIOError, InterruptedError):
+        return None
+    runner = StageRunner(factories, client_address)
+    step = runner.feed(data)
+    if step.failed is not None:
+        raise runner.failure(step.failed)
+    if not step.done or step.send:
+        return None  # more is needed (or a stage would answer: left to a driver that can send)
+    consume(sock, step.consumed)
+    return runner.prepared
+
+
 def _wait(sock: socket.socket, events: int, deadline: float, client_address: Any) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:

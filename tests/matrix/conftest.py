@@ -19,3 +19,13 @@ def server_kind(request: pytest.FixtureRequest) -> Kind:
 def datagram_kind(request: pytest.FixtureRequest) -> Kind:
     kind: Kind = request.param
     return kind
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's lines get through: the rate limit is per process and per
+    second, and a test that expects a line must not find it held back
+    because the tests before it, a moment ago, logged many of the same kind."""
+    from sockserve import _log
+
+    monkeypatch.setattr(_log, "budget", _log.LogBudget())

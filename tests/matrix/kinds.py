@@ -44,6 +44,14 @@ class Options:
     stages: bool = False  # every connection goes through handlers.HelloStage first
     no_super_close: bool = False  # close_request()/shutdown_request() overridden without super()
     max_requests: int | None = None
+    # server.proxy_protocol: None (off), or the trusted networks (Unix peers trusted per proxy_trust_unix)
+    proxy_trusted: tuple[str, ...] | None = None
+    proxy_trust_unix: bool = True
+    proxy_required: bool = True
+    proxy_timeout: float = 5.0
+    # server.access_list, when either is set
+    access_allow: tuple[str, ...] = ()
+    access_deny: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)
@@ -54,7 +62,24 @@ class Options:
     def from_json(cls, text: str) -> Options:
         fields = json.loads(text)
         fields["limits"] = sockserve.Limits(**fields["limits"])
+        for name in ("proxy_trusted", "access_allow", "access_deny"):
+            if fields[name] is not None:
+                fields[name] = tuple(fields[name])
         return cls(**fields)
+
+    def edge(self) -> dict[str, Any]:
+        """The server attributes these options ask for: proxy_protocol, access_list."""
+        attrs: dict[str, Any] = {}
+        if self.proxy_trusted is not None:
+            attrs["proxy_protocol"] = sockserve.ProxyProtocol(
+                trusted=self.proxy_trusted,
+                required=self.proxy_required,
+                timeout=self.proxy_timeout,
+                trust_unix=self.proxy_trust_unix,
+            )
+        if self.access_allow or self.access_deny:
+            attrs["access_list"] = sockserve.AccessList(allow=self.access_allow, deny=self.access_deny)
+        return attrs
 
 
 class WithHelloStage:
@@ -92,7 +117,7 @@ ASYNC_STREAM = {"tcp": aio.AsyncTCPServer, "unix": aio.AsyncUnixStreamServer}
 
 def server_class(kind: str, family: str, options: Options) -> tuple[type[Any], type[Any]]:
     """The server class (with the options applied) and the handler class for a kind and family."""
-    attrs: dict[str, Any] = {"limits": options.limits, "max_requests": options.max_requests}
+    attrs: dict[str, Any] = {"limits": options.limits, "max_requests": options.max_requests, **options.edge()}
     mixins: list[type[Any]] = []
     if options.stages:
         mixins.append(WithHelloStage)
