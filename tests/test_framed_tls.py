@@ -238,6 +238,24 @@ def test_many_requests_on_one_connection(pki: Pki) -> None:
     assert wait_until(lambda: in_flight(server) == 0)
 
 
+class UnixPool(sockserve.ThreadPoolUnixStreamServer):
+    pool_min_workers = 0
+    pool_max_workers = 4
+
+
+def test_a_unix_socket(pki: Pki, unix_path: str) -> None:
+    server: Any = UnixPool(unix_path, Echo)
+    server.tls = pki.config()
+    with (
+        running_server(server),
+        connect(unix_path) as sock,
+        pki.client_context().wrap_socket(sock, server_hostname="localhost") as client,
+    ):
+        for i in range(50):
+            client.sendall(b"request %d\n" % i)
+            assert recv_line(client) == b"request %d\n" % i
+
+
 def test_requests_pipelined_in_one_record(pki: Pki) -> None:
     server = tls_server(pki)
     with running_server(server), connect(server.server_address) as sock:
