@@ -85,3 +85,24 @@ def test_framed_echo_serves_eight_connections_with_four_threads(how: str) -> Non
     out = run_example("framed_echo", how)
     assert "8 connections open, served by at most 4 worker threads" in out
     assert sorted(re.findall(r"Received: 'line (\d)\\n'", out)) == [str(n) for n in range(8)]
+
+
+def test_proxy_echo_sees_the_real_client_and_denies_the_listed_one(how: str) -> None:
+    out = run_example("proxy_echo", how)
+    assert out.splitlines() == [
+        "203.0.113.7: 203.0.113.7:40000 via 127.0.0.1 said hello",
+        "198.51.100.9: closed (denied by the access list)",
+        "refused: {'access_list': 1}",
+    ]
+
+
+def test_tls_echo_serves_tls_and_reloads_its_certificate(how: str) -> None:
+    from tests.peers.peers import require_program
+
+    require_program("openssl")
+    out = run_example("tls_echo", how)
+    assert out.splitlines() == [
+        "first certificate:  TLSv1.3 localhost: hello",
+        "reloaded: True",
+        "second certificate: TLSv1.3 localhost: hello",
+    ]

@@ -141,10 +141,8 @@ class ServerCore:
         admission = self._admission()
         access = self.access_list
         if access is not None and not access.permits(client_address):
-            from ._errors import AccessDenied
-
             admission.refused["access_list"] += 1
-            return str(AccessDenied(client_address))
+            return f"its PROXY header names {format_address(client_address)}, denied by the access list"
         if ticket is not None:
             refusal = admission.readdress(ticket, client_address)
             if refusal is not None:

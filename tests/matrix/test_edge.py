@@ -144,7 +144,7 @@ def test_the_access_list_judges_the_real_client_behind_a_trusted_proxy(server_ki
             with connect(server.address) as client:
                 client.sendall(v1(denied, 6) + b"whoami\n")
                 assert closed_by_server(client) == b""
-        server.logs.wait_for(r"connection from 198\.51\.100\.1:6 denied by the access list")
+        server.logs.wait_for(r"PROXY header names 198\.51\.100\.1:6, denied by the access list")
         assert not server.logs.lines("ERROR|Traceback")
 
 
