@@ -169,9 +169,6 @@ class _Program:
     def _bind_failed(self, output: str) -> bool:
         raise NotImplementedError
 
-    def _stop_signal(self) -> signal.Signals:
-        return signal.SIGTERM
-
     def __enter__(self) -> Any:
         # A short path: the HAProxy stats socket is an AF_UNIX path (~107 bytes at most).
         self.dir = tempfile.mkdtemp(prefix=f"{self.name}-", dir="/tmp")
@@ -236,16 +233,19 @@ class _Program:
         if proc is None:
             return
         if proc.poll() is None:
-            proc.send_signal(self._stop_signal())
+            # Both programs' fast stop: connections still open are closed, not
+            # waited for (HAProxy's SIGUSR1 and nginx's SIGQUIT would wait for
+            # them); nginx's master still waits for its worker before it exits.
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(TIMEOUT)
             except subprocess.TimeoutExpired:
+                # Its whole group (nginx's worker too), while the group is
+                # surely its: the leader is not reaped yet, so its id cannot
+                # have gone to another process.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(TIMEOUT)
-        # A worker the program left behind (nginx's, had its master been killed).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
 
     def _cleanup(self) -> None:
         try:
@@ -439,9 +439,6 @@ class Nginx(_Program):
 
     def _bind_failed(self, output: str) -> bool:
         return "Address already in use" in output
-
-    def _stop_signal(self) -> signal.Signals:
-        return signal.SIGQUIT  # graceful: the master waits for its worker
 
 
 def openssl_s_client(
