@@ -38,11 +38,21 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sock
 if TYPE_CHECKING:
     from typing import Any
 
+    from typing import Protocol
+
     from ._admission import Ticket
     from ._proxy_stage import ProxyProtocol
-    from ._server_core import ServerCore
     from ._stages import Stage
-    from ._tls import TLSContextSource
+    from ._tls import TLSConfig, TLSContextSource
+
+    class EdgeHost(Protocol):
+        """What the edge stages need of their server (``ServerCore``)."""
+
+        tls: ssl.SSLContext | TLSConfig | None
+
+        def _check_real_client(self, ticket: Ticket | None, client_address: Any) -> str | None: ...
+        def _count_refused(self, reason: str) -> None: ...
+        def _tls_source(self) -> TLSContextSource | None: ...
 
 # How long a TLS handshake may take when the configuration does not say.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -59,7 +69,7 @@ class ProxyStageFactory:
 
     __slots__ = ("_config", "_server", "_ticket", "timeout")
 
-    def __init__(self, config: ProxyProtocol, server: ServerCore, ticket: Ticket | None) -> None:
+    def __init__(self, config: ProxyProtocol, server: EdgeHost, ticket: Ticket | None) -> None:
         self._config = config
         self._server = server
         self._ticket = ticket
@@ -81,7 +91,7 @@ class TLSHandshake:
     __slots__ = ("_server", "source", "timeout")
     replaces_socket = True  # what the drivers look for (``_stages.split_tls``)
 
-    def __init__(self, source: TLSContextSource, timeout: float, server: ServerCore) -> None:
+    def __init__(self, source: TLSContextSource, timeout: float, server: EdgeHost) -> None:
         self.source = source
         self.timeout = timeout
         self._server = server
@@ -154,7 +164,7 @@ class TLSHandshake:
         return StageFailed(reason, client_address)
 
 
-def edge_stages(server: ServerCore, proxy: ProxyProtocol | None, ticket: Ticket | None) -> tuple[Any, ...]:
+def edge_stages(server: EdgeHost, proxy: ProxyProtocol | None, ticket: Ticket | None) -> tuple[Any, ...]:
     """The stages ``server``'s options call for, for the connection holding ``ticket``."""
     stages: list[Any] = []
     if proxy is not None:

@@ -28,10 +28,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, final
-
-if TYPE_CHECKING:
-    from ._edge_stages import TLSHandshake
+from typing import Any, Protocol, final
 
 # Bytes looked at per read while a stage runs. A stage with a larger header
 # simply gets it in several pieces.
@@ -91,6 +88,35 @@ class Stage(Protocol):
 
     def feed(self, data: bytes) -> Outcome:
         """Take bytes from the client (``b""``: the client finished sending)."""
+        ...
+
+
+class SocketStage(Protocol):
+    """The last stage, which ends with a new socket rather than the same one
+    (the TLS handshake, ``_edge_stages.TLSHandshake``): each driver runs it
+    its own way, with the methods its model can use."""
+
+    replaces_socket: bool
+    timeout: float
+
+    def run_blocking(self, sock: socket.socket, deadline: float, client_address: Any) -> socket.socket:
+        """On the connection's own thread, before ``deadline``: the new socket."""
+        ...
+
+    def start(self, sock: socket.socket) -> Any:
+        """Begin without blocking: the new socket (``ssl.SSLSocket``), to ``step()``."""
+        ...
+
+    def step(self, new_socket: Any) -> int:
+        """Go on without blocking: 0 once done, else the poll event awaited."""
+        ...
+
+    def failed(self, exc: BaseException, client_address: Any) -> BaseException:
+        """Log and count a failure; the error for the driver."""
+        ...
+
+    def context(self) -> Any:
+        """For the event loop's own TLS: the ``ssl.SSLContext`` of a new connection."""
         ...
 
 
@@ -274,7 +300,7 @@ def _send(sock: socket.socket, data: bytes, deadline: float, client_address: Any
         view = view[sent:]
 
 
-def split_tls(stages: Sequence[Any]) -> tuple[Sequence[StageFactory], TLSHandshake | None]:
+def split_tls(stages: Sequence[Any]) -> tuple[Sequence[StageFactory], SocketStage | None]:
     """The byte stages, and the TLS handshake that follows them, if the
     server has TLS (``_edge_stages``: it is last, and each driver runs it
     its own way, because it replaces the connection's socket)."""

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 from .._stages import Prepared, StageRunner, consume, peek, split_tls
 
 if TYPE_CHECKING:
-    from .._edge_stages import TLSHandshake
+    from .._stages import SocketStage
 
 
 async def run_stages(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, stages: Sequence[Any], client_address: Any, delay: float
-) -> tuple[Prepared, TLSHandshake | None]:
+) -> tuple[Prepared, SocketStage | None]:
     """Run the byte stages on ``sock`` within ``delay`` seconds; what they
     learnt, and the TLS handshake still to do (the caller's: it hands the
     socket to the loop's TLS).

@@ -10,14 +10,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .._edge_stages import TLSHandshake
+    from .._stages import SocketStage
 
 
 async def connect_tls(
     loop: asyncio.AbstractEventLoop,
     sock: socket.socket,
     protocol_factory: Callable[[], asyncio.BaseProtocol],
-    tls: TLSHandshake,
+    tls: SocketStage,
     deadline: float,
     client_address: Any,
 ) -> asyncio.Transport | None:
