@@ -36,9 +36,7 @@ from ._stages import StageFailed
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
-    from typing import Any
-
-    from typing import Protocol
+    from typing import Any, Protocol
 
     from ._admission import Ticket
     from ._proxy_stage import ProxyProtocol
@@ -53,6 +51,7 @@ if TYPE_CHECKING:
         def _check_real_client(self, ticket: Ticket | None, client_address: Any) -> str | None: ...
         def _count_refused(self, reason: str) -> None: ...
         def _tls_source(self) -> TLSContextSource | None: ...
+
 
 # How long a TLS handshake may take when the configuration does not say.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
