@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     import ssl
 
     from ._connection_info import ConnectionInfo
-    from ._edge_stages import TLSHandshake
     from ._pipeline import Job
     from ._reactor import Reactor, Timer
+    from ._stages import SocketStage
     from .protocol.framers import Framer
 
 # Requests framed and not yet handled, per connection, before reading pauses:
@@ -433,7 +433,7 @@ class FramedConnection:
 
     def _shake_hands(self) -> bool:
         """Step the TLS handshake as far as it goes without waiting; True once
-        it is done. A failure is logged once (``TLSHandshake.failed``) and
+        it is done. A failure is logged once (``failed()``, which counts it) and
         closes the connection, as a failed stage does."""
         tls = self._tls
         assert tls is not None
@@ -458,11 +458,11 @@ class FramedConnection:
         self._read_wait = READABLE
         return True
 
-    def _start_tls(self, tls: TLSHandshake) -> ssl.SSLSocket | None:
+    def _start_tls(self, tls: SocketStage) -> ssl.SSLSocket | None:
         """Wrap the socket for the handshake: from now on the connection
         reads, writes and closes through TLS. None if a cut came meanwhile."""
-        tls_socket = self._tls_socket = tls.start(self.sock)  # the plain socket is detached
-        self.sock = tls_socket
+        tls_socket: ssl.SSLSocket = tls.start(self.sock)  # the plain socket is detached
+        self.sock = self._tls_socket = tls_socket
         ticket = self.job.ticket
         self.job.replace_request(tls_socket)  # the PROXY header's entry follows the new socket
         if ticket is not None:
