@@ -75,8 +75,8 @@ def pattern(size: int) -> bytes:
 
 
 class Echo(sockserve.FramedRequestHandler):
-    """Echoes each line; ``big <n>`` answers ``pattern(n)``; ``whoami`` the
-    client's address, TLS version and PROXY header's source; ``wait`` waits
+    """Echoes each line; ``big <n>`` answers ``pattern(n)``; ``whoami`` what
+    the handler knows of its connection; ``wait`` waits
     for ``server.go`` first; ``bye`` closes the connection."""
 
     server: Any
@@ -90,10 +90,11 @@ class Echo(sockserve.FramedRequestHandler):
             # FramedRequestHandler has no connection_info property yet: the
             # connection's answer is what that property is to return.
             info = self._outbox.connection_info()  # type: ignore[attr-defined]
-            tls = info.tls.version if info.tls is not None else "plain"
+            tls = f"{info.tls.version}/{info.tls.server_name}" if info.tls is not None else "plain"
             proxy = "proxy" if info.proxy is not None else "direct"
             host, port = info.client_address[:2]
-            self.send(f"{host}:{port} {tls} {proxy} {self.client_address[0]}\n".encode())
+            peer = info.peer_address[0]
+            self.send(f"{host}:{port} via {peer} {tls} {proxy} {self.client_address[0]}\n".encode())
         elif command == b"bye":
             self.send(b"bye\n")
             self.close()
@@ -234,7 +235,7 @@ def test_many_requests_on_one_connection(pki: Pki) -> None:
             assert recv_line(client) == b"request %d\n" % i
         client.sendall(b"whoami\n")
         host, port = client.getsockname()[:2]
-        assert recv_line(client) == f"{host}:{port} {client.version()} direct {host}\n".encode()
+        assert recv_line(client) == f"{host}:{port} via {host} {client.version()}/localhost direct {host}\n".encode()
     assert wait_until(lambda: in_flight(server) == 0)
 
 
@@ -471,13 +472,15 @@ def test_a_proxy_header_then_tls(pki: Pki) -> None:
         with connect(server.server_address) as sock:
             client = BioClient(sock, pki.client_context(), prefix=header)
             client.send_records(b"whoami\n")
-            assert client.recv_lines(1) == b"203.0.113.7:40001 TLSv1.3 proxy 203.0.113.7\n"
+            assert client.recv_lines(1) == b"203.0.113.7:40001 via 127.0.0.1 TLSv1.3/localhost proxy 203.0.113.7\n"
         # The header alone first, then TLS.
         with connect(server.server_address) as sock:
             sock.sendall(header.replace(b"40001", b"40002"))
             with pki.client_context().wrap_socket(sock, server_hostname="localhost") as client_socket:
                 client_socket.sendall(b"whoami\n")
-                assert recv_line(client_socket) == b"203.0.113.7:40002 TLSv1.3 proxy 203.0.113.7\n"
+                assert (
+                    recv_line(client_socket) == b"203.0.113.7:40002 via 127.0.0.1 TLSv1.3/localhost proxy 203.0.113.7\n"
+                )
         assert wait_until(lambda: in_flight(server) == 0)
         assert not server._proxied_connections()._by_request, "each PROXY entry went with its connection"
 
