@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from sockserve.protocol import DEFAULT_MAX_LINE, LineSplitter
 from sockserve.testing import running_server
 
 from .helpers import wait_until
-from .peers.peers import openssl_s_client, require_program
+from .peers.peers import host_port, require_program
 from .tls_certs import Pki, client_context, der, install
 
 TIMEOUT = 10.0
@@ -318,10 +318,41 @@ def expect_refused_at_first_read(client: Client) -> None:
     assert answer == b"", f"a refused client got an answer: {answer!r}"
 
 
-def s_client(address: Any, data: bytes = b"hello\nbye\n", **kwargs: Any) -> tuple[int, str, str]:
-    """``openssl s_client`` against ``address`` (see ``peers.openssl_s_client``)."""
-    require_program("openssl")
-    return openssl_s_client(address, data, **kwargs)
+def s_client(
+    address: Any,
+    data: bytes = b"hello\nbye\n",
+    *,
+    cafile: str | None = None,
+    servername: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    extra: Sequence[str] = (),
+) -> tuple[int, str, str]:
+    """Run ``openssl s_client`` against ``address`` as ``peers.openssl_s_client``
+    does (send ``data``, read until the server closes, fail on a failed
+    verification); returns (returncode, stdout, stderr).
+
+    It connects only once ``Popen()`` has returned: a shell waits for a line
+    on its stdin before it becomes s_client. Otherwise a forking server could
+    fork between s_client's start and ``Popen()`` closing its copies of the
+    child's pipes: the server's child would hold the write end of the pipe
+    that tells ``Popen()`` the exec succeeded, and ``Popen()`` would wait for
+    it to close while that child waited for s_client, which waits for the
+    data ``Popen()`` has not sent yet (seen: 1 run in 20)."""
+    command = [require_program("openssl"), "s_client", "-connect", host_port(address), "-ign_eof"]
+    command += ["-verify_return_error", *(["-servername", servername] if servername else ["-noservername"])]
+    for option, value in (("-CAfile", cafile), ("-cert", cert), ("-key", key)):
+        if value is not None:
+            command += [option, value]
+    command += list(extra)
+    wrapper = ["/bin/sh", "-c", 'read -r go && exec "$@"', "s_client", *command]
+    with subprocess.Popen(wrapper, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        try:
+            out, err = process.communicate(b"go\n" + data, timeout=TIMEOUT)
+        except BaseException:
+            process.kill()
+            raise
+    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def answers(stdout: str) -> list[dict[str, Any]]:
