@@ -87,9 +87,7 @@ class Echo(sockserve.FramedRequestHandler):
             self.send(pattern(int(command[4:])))
             self.server.sent_big.set()
         elif command == b"whoami":
-            # FramedRequestHandler has no connection_info property yet: the
-            # connection's answer is what that property is to return.
-            info = self._outbox.connection_info()  # type: ignore[attr-defined]
+            info = self.connection_info
             tls = f"{info.tls.version}/{info.tls.server_name}" if info.tls is not None else "plain"
             proxy = "proxy" if info.proxy is not None else "direct"
             host, port = info.client_address[:2]

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Buffer
 
+    from ._connection_info import ConnectionInfo
     from .protocol.framers import Framer
 else:
     Protocol = object  # the protocol here is for type checkers; at run time, a plain class
@@ -98,6 +99,12 @@ class FramedRequestHandler:
         requests not yet handled are dropped."""
         self._outbox.close_after_sending()
 
+    @property
+    def connection_info(self) -> ConnectionInfo:
+        """What is known of this connection beyond ``client_address``: the
+        socket's peer (a proxy), the PROXY header, the TLS session."""
+        return self._outbox.connection_info()
+
 
 def is_framed_handler(handler_class: object) -> bool:
     """True for a FramedRequestHandler subclass (a server's RequestHandlerClass may be any callable)."""
@@ -109,3 +116,4 @@ class Outbox(Protocol):
 
     def send(self, data: bytes) -> None: ...
     def close_after_sending(self) -> None: ...
+    def connection_info(self) -> ConnectionInfo: ...
