@@ -62,10 +62,26 @@ def abort_request(request: Any) -> bool:
     if not isinstance(request, socket.socket):
         return False
     try:
-        request.shutdown(socket.SHUT_RDWR)
+        # The plain socket's shutdown, also for a TLS socket: SSLSocket's own
+        # drops its SSL object, from under a handler thread that is using it.
+        socket.socket.shutdown(request, socket.SHUT_RDWR)
     except OSError:
         pass  # already closed or reset by the client: it is ending anyway
     return True
+
+
+@final
+class CutRequest:
+    """A ticket's ``abort`` for a stream request: ``abort_request()`` on the
+    job's socket, which a TLS handshake may replace (``Job.replace_request``)."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: socket.socket) -> None:
+        self.request = request
+
+    def __call__(self, reason: BaseException) -> None:
+        abort_request(self.request)
 
 
 class JobHost(Protocol):
@@ -103,7 +119,7 @@ class Job:
         self.client_address = client_address
         self.stages = stages
         if ticket is not None and isinstance(request, socket.socket):
-            ticket.abort = lambda reason: abort_request(request)
+            ticket.abort = CutRequest(request)
 
     def run(self, target: Callable[[Any, Any], object]) -> None:
         """Run the stages, then ``target(request, client_address)``; release the ticket at the end."""
@@ -193,8 +209,8 @@ class Job:
             proxied.move(self.request, request)
         self.request = request
         ticket = self.ticket
-        if ticket is not None and ticket.abort is not None:
-            ticket.abort = lambda reason: abort_request(request)
+        if ticket is not None and isinstance(ticket.abort, CutRequest):  # a model's own cut stays
+            ticket.abort.request = request
 
     def release(self) -> None:
         if self.ticket is not None and self.admission is not None:
