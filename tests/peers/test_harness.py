@@ -6,6 +6,7 @@ parser reads them."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import ssl
 import threading
@@ -99,6 +100,23 @@ def test_nginx_stream_forwards_to_a_sockserve_server(echo_server: Any) -> None:
         client.sendall(b"through nginx\n")
         assert recv_line(client) == b"through nginx\n"
     assert nginx.proc is None
+
+
+@pytest.mark.parametrize("program", ["haproxy", "nginx"])
+def test_a_connection_left_open_does_not_hold_the_stop(program: str, echo_server: Any) -> None:
+    """The harness stops a program at once (SIGTERM, the fast stop): the
+    client still connected sees its connection end, and nothing is left."""
+    proxy = HAProxy.tcp([echo_server]) if program == "haproxy" else Nginx.proxy(echo_server, proxy_protocol=False)
+    with proxy, connect(proxy.address) as client:
+        client.sendall(b"open\n")
+        assert recv_line(client) == b"open\n"
+        proc = proxy.proc
+        assert proc is not None
+        proxy.__exit__(None, None, None)  # the stop, with the connection open (a second exit is a no-op)
+        # nginx exits 0; HAProxy 2.6 dies of the SIGTERM itself. Either is
+        # the stop asked for, where -9 would be the harness killing it.
+        assert proc.returncode in (0, -signal.SIGTERM)
+        assert client.recv(100) == b""
 
 
 def test_nginx_refused_config_shows_its_output() -> None:
