@@ -163,6 +163,19 @@ class TLSHandshake:
         return StageFailed(reason, client_address)
 
 
+def end_tls_session(tls: ssl.SSLSocket) -> None:
+    """Send the TLS close_notify alert, so the client can tell the end of the
+    session from a truncation (OpenSSL 3 clients report "unexpected eof"
+    without it). Without waiting for the client's own alert, which could
+    take forever: the socket is made non-blocking first, and the SSL
+    layer's "want read" for the client's answer ends the attempt."""
+    try:
+        tls.setblocking(False)
+        tls.unwrap()
+    except (OSError, ValueError):  # ssl.SSLError is an OSError; ValueError: the socket is closed
+        pass
+
+
 def edge_stages(server: EdgeHost, proxy: ProxyProtocol | None, ticket: Ticket | None) -> tuple[Any, ...]:
     """The stages ``server``'s options call for, for the connection holding ``ticket``."""
     stages: list[Any] = []

@@ -27,6 +27,7 @@ from ._wakeup import Waker
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, Protocol
 
     from ._admission import Admission, Ticket
@@ -101,6 +102,20 @@ class ForkingHost(Protocol):
     def _unwatch_fd(self, fd: Any) -> None: ...
 
 
+# A child whose stages refused its connection exits with the reason's status,
+# for the parent to count (in server.refused).
+_STATUS_OF_REFUSAL = {"tls_handshake": 65, "proxy_header": 66, "access_list": 67, "max_connections_per_ip": 68}
+_REFUSAL_OF_STATUS = {status: reason for reason, status in _STATUS_OF_REFUSAL.items()}
+
+
+def _refusal_status(before: Mapping[str, int], after: Mapping[str, int]) -> int:
+    """The exit status that tells the parent why the stages refused (0 if no count moved)."""
+    for reason, status in _STATUS_OF_REFUSAL.items():
+        if after.get(reason, 0) > before.get(reason, 0):
+            return status
+    return 0
+
+
 class ForkModel:
     """The children in flight, each with the admission ticket it holds until reaped."""
 
@@ -162,14 +177,18 @@ class ForkModel:
             return  # every turn of the serve loop asks: most find nothing to do
         flags = 0 if blocking else os.WNOHANG
         for pid in self.pids.copy():
+            status = 0
             try:
-                reaped, _ = os.waitpid(pid, flags)
+                reaped, status = os.waitpid(pid, flags)
             except ChildProcessError:
                 reaped = pid  # reaped by someone else: it is gone all the same
             except OSError:
                 continue
             if reaped:
                 self._finished(pid)
+                reason = _REFUSAL_OF_STATUS.get(os.waitstatus_to_exitcode(status)) if status else None
+                if reason is not None:
+                    self.admission.refused[reason] += 1
 
     def collect(self, *, blocking: bool = False) -> None:
         """The stdlib's collect_children(): wait while at max_children, then reap."""
@@ -364,6 +383,7 @@ class ForkingMixIn(_ServerBase):
             self._close_inherited_listener()
             if job.ticket is not None and job.ticket.deadline is not None:
                 job.start_deadline_in_child()
+            refused_before = self.refused
             if not job.stages or job.prepare():
                 try:
                     self.finish_request(job.request, job.client_address)
@@ -373,7 +393,10 @@ class ForkingMixIn(_ServerBase):
                 finally:
                     self.shutdown_request(job.request)
             else:
-                status = 0  # the stages closed it, with a log line
+                # The stages closed it, with a log line. Why, the parent
+                # learns from the exit status, and counts it in its own
+                # server.refused (this process's is a copy nobody reads).
+                status = _refusal_status(refused_before, self.refused)
         finally:
             os._exit(status)
 

@@ -10,6 +10,7 @@ instead of depending on the ``net.ipv6.bindv6only`` setting.
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Callable
 
 from ._base_server import BaseServer
@@ -170,6 +171,11 @@ class TCPServer(BaseServer):
         return self.socket.accept()
 
     def shutdown_request(self, request: Any) -> None:
+        ssl = sys.modules.get("ssl")  # not loaded: no request can be a TLS socket
+        if ssl is not None and isinstance(request, ssl.SSLSocket):
+            from ._edge_stages import end_tls_session
+
+            end_tls_session(request)
         try:
             # Tell the client we are done before closing, so a reply is not
             # cut off by a reset when unread input remains.

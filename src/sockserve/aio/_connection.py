@@ -149,6 +149,7 @@ async def run_stream(
         else:
             from ._tls import connect_tls
 
+            reader.half_close = False
             transport = await connect_tls(loop, conn.sock, lambda: reader, tls, deadline, conn.client_address)
             if transport is None:
                 return  # the handshake failed, and said so

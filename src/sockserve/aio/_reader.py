@@ -137,10 +137,15 @@ class AsyncStreamReader(asyncio.Protocol):
             self._reading_paused = True
             self._transport.pause_reading()
 
+    # Keep the connection half-open when the client finishes sending, so the
+    # handler may still reply. False over TLS, which cannot half-close (the
+    # loops then warn that True has no effect, once per connection).
+    half_close = True
+
     def eof_received(self) -> bool:
         self._end_of_input()
         self._wake()
-        return True  # keep the connection half-open: the handler may still reply
+        return self.half_close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_of_input()
