@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from ._admission import Admission
+    from .protocol.proxy import ProxyHeader
 
 # poll() needs no descriptor of its own (epoll does), which matters when the
 # process is out of them, and has no FD_SETSIZE limit (select does).
@@ -316,9 +317,17 @@ class BaseServer(ServerCore, GracefulStop):
             limit=1,
         )
 
-    def _admit_and_dispatch(self, request: Any, client_address: Any) -> None:
+    def _admit_and_dispatch(
+        self, request: Any, client_address: Any, proxied: tuple[Any, ProxyHeader | None] | None = None
+    ) -> None:
         """Walk one accepted request through admission, then hand it to the
         concurrency model, through ``process_request()``.
+
+        A datagram server with ``proxy_protocol`` reads each datagram's
+        header first (``_proxy_datagrams``), then comes back here with the
+        payload and the real client, and ``proxied`` = (the socket's peer,
+        the header or None): a datagram has no stages, and its header is
+        kept for the handler's ``connection_info``.
 
         A model's ``process_request()`` takes the job over (``_take_job``) and
         releases it when its handler is done, wherever that runs. A job nobody
@@ -332,6 +341,9 @@ class BaseServer(ServerCore, GracefulStop):
         their makers, and makes the job this thread's current one only where
         its handler runs here (elsewhere, ``Job.run`` does).
         """
+        if self.proxy_protocol is not None and proxied is None and self._serves_datagrams():
+            self._admit_proxied_datagram(request, client_address)
+            return
         try:
             ticket = self._admit(request, client_address)
         except BaseException:
@@ -345,7 +357,12 @@ class BaseServer(ServerCore, GracefulStop):
             model = self._concurrency_model()
         if ticket.deadline is not None and not model.cuts_own_deadlines:
             self._start_watchdog()
-        job = Job(self, self._admission_book, ticket, request, client_address, self._stage_factories(ticket))
+        if proxied is None:
+            job = Job(self, self._admission_book, ticket, request, client_address, self._stage_factories(ticket))
+        else:
+            job = Job(self, self._admission_book, ticket, request, client_address)
+            if proxied[1] is not None:  # discarded by the job's release
+                self._proxied_connections().add(request, proxied[0], proxied[1])
         on_loop = model.runs_on_loop
         previous = self._job_on_loop
         if on_loop:
@@ -370,6 +387,32 @@ class BaseServer(ServerCore, GracefulStop):
             if self._dispatching is job:
                 self._dispatching = None
                 job.release()
+
+    def _serves_datagrams(self) -> bool:
+        return getattr(self, "socket_type", socket.SOCK_STREAM) == socket.SOCK_DGRAM
+
+    def _admit_proxied_datagram(self, request: Any, peer: Any) -> None:
+        """A datagram that may carry a PROXY header: read it before the admit
+        step, so that the limits, the access list, ``verify_request()`` and
+        the handler see the client it names. The handler's socket is then a
+        stand-in that sends its replies to the real client through the
+        proxy. A datagram dropped for its header gets ``shutdown_request()``,
+        as one refused by the admit step does."""
+        from ._proxy_datagrams import ProxiedSocket, read_datagram_header
+
+        proxy = self.proxy_protocol
+        assert proxy is not None
+        data, sock = request
+        read = read_datagram_header(self, proxy, data, peer)
+        if read is None:
+            self.shutdown_request(request)
+            return
+        payload, client_address, header = read
+        if client_address != peer:
+            request = (payload, ProxiedSocket(sock, client_address, peer))
+        elif header is not None:
+            request = (payload, sock)  # the proxy's own (LOCAL): a request of its own, for connection_info
+        self._admit_and_dispatch(request, client_address, (peer, header))
 
     def _run_on_this_thread(self, job: Job) -> None:
         self._job_on_loop = job

@@ -111,6 +111,12 @@ def log_dropped(error: BaseException) -> None:
     _emit("dropped", _WARNING, "%s", error)
 
 
+def log_datagram_dropped(client_address: Any, reason: str) -> None:
+    """A datagram dropped for what it carried (a PROXY header missing, bad or
+    not believed), before any handler saw it."""
+    _emit("dropped", _WARNING, "datagram from %s dropped: %s", format_address(client_address), reason)
+
+
 def log_stage_failed(error: BaseException, client_address: Any) -> None:
     """A connection's stages (PROXY header, TLS handshake...) did not complete."""
     if isinstance(error, OSError):

@@ -10,7 +10,7 @@ import time
 import types
 from asyncio.constants import ACCEPT_RETRY_DELAY
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._accept import ACCEPT_CAPACITY_ERRNOS, accept_batch
 from .._admission import Refusal, Ticket
@@ -32,6 +32,10 @@ from ._handlers import AsyncDatagramRequestHandler, AsyncProtocolHandler, AsyncS
 from ._inflight import InFlight
 from ._loop import accept_with_loop, loop_accepts
 from ._server import AsyncBaseServer
+
+if TYPE_CHECKING:
+    from .._proxy_datagrams import ProxyRoutes
+    from ..protocol.proxy import ProxyHeader
 
 
 class _BoundServer(AsyncBaseServer):
@@ -263,6 +267,11 @@ class AsyncUDPServer(_BoundServer):
     ``max_connections`` the socket is not read (datagrams wait in the
     kernel's buffer); beyond ``max_connections_per_ip`` a datagram is dropped
     with a log line; ``connection_timeout`` bounds one handler's run.
+
+    With ``proxy_protocol``, each datagram's PROXY header is read before the
+    admit step (``_proxy_datagrams``): the handler's ``client_address`` is
+    the real client, and ``reply()``, the callback handler's ``sendto()``
+    and the task handler's ``socket.sendto()`` send to it through the proxy.
     """
 
     socket_type: int = socket.SOCK_DGRAM
@@ -287,6 +296,8 @@ class AsyncUDPServer(_BoundServer):
         # it is C code (uvloop's, which also caches the parsed address), else
         # the socket's (asyncio's transport would add Python frames).
         self._reply_sendto: Callable[[Any, Any], object] = self._send_on_socket
+        # With proxy_protocol, while serving: where replies to real clients go.
+        self._proxy_routes: ProxyRoutes | None = None
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
 
     def server_activate(self) -> None:
@@ -299,11 +310,24 @@ class AsyncUDPServer(_BoundServer):
         handler_class = self.RequestHandlerClass
         callback = issubclass(handler_class, AsyncDatagramProtocolHandler)
         checked = self._checks_each_datagram(callback)
+        proxy = self.proxy_protocol
+        proxied = proxy is not None
+        if proxy is None:
+            self._proxy_routes = None
+        else:
+            from .._proxy_datagrams import ProxyRoutes  # here: a server without PROXY does not load the parser
+
+            self._proxy_routes = ProxyRoutes(self, proxy)
         if callback:
             handler = self._callback_handler
             if handler is None:
                 handler = self._callback_handler = handler_class(self)
-            self._target = _Calls(self._deliver_checked) if checked else handler
+            if proxied:
+                self._target = _Calls(self._deliver_proxied)
+            else:
+                self._target = _Calls(self._deliver_checked) if checked else handler
+        elif proxied:
+            self._target = _Calls(self._start_proxied)
         elif checked:
             self._target = _Calls(self._start_datagram)
         else:
@@ -312,7 +336,7 @@ class AsyncUDPServer(_BoundServer):
                 starter = self._starter = TaskStarter(self, loop)
                 starter.on_idle = self._wake_if_idle
             self._target = NO_TARGET
-        self._reply_sendto = self.socket.sendto
+        self._reply_sendto = self._routed(self.socket.sendto)
         if self._endpoint is not None:
             self._endpoint.close()
             self._endpoint = None
@@ -332,6 +356,8 @@ class AsyncUDPServer(_BoundServer):
         limits = self._admission().limits
         return (
             self.max_requests is not None
+            or self.access_list is not None
+            or self.proxy_protocol is not None
             or limits.max_connections is not None
             or limits.max_connections_per_ip is not None
             or (limits.connection_timeout is not None and not callback)
@@ -397,18 +423,27 @@ class AsyncUDPServer(_BoundServer):
         """The endpoint's transport changed: the callback handler's sendto()
         is the transport's own while there is one (no frame of ours between)."""
         if transport is not None and not isinstance(getattr(transport.sendto, "__func__", None), types.FunctionType):
-            self._reply_sendto = transport.sendto
+            self._reply_sendto = self._routed(transport.sendto)
         else:
-            self._reply_sendto = self._send_on_socket
+            self._reply_sendto = self._routed(self._send_on_socket)
         handler = self._callback_handler
         if handler is None or type(handler).sendto is not AsyncDatagramProtocolHandler.sendto:
             return
         if transport is None:
             handler.__dict__.pop("sendto", None)
         else:
-            handler.sendto = transport.sendto  # type: ignore[method-assign,assignment]
+            handler.sendto = self._routed(transport.sendto)  # type: ignore[method-assign,assignment]
+
+    def _routed(self, send: Callable[[Any, Any], object]) -> Callable[[Any, Any], object]:
+        """``send`` itself without PROXY; else ``send`` with replies to a real
+        client turned to its proxy."""
+        routes = self._proxy_routes
+        return send if routes is None else routes.sender(send)
 
     def _send_now(self, data: bytes | bytearray | memoryview, client_address: Any) -> None:
+        routes = self._proxy_routes
+        if routes is not None:
+            client_address = routes.address_for(client_address)
         endpoint = self._endpoint
         transport = None if endpoint is None else endpoint.transport
         if transport is not None:
@@ -453,6 +488,40 @@ class AsyncUDPServer(_BoundServer):
         # the start_task() tasks, which may take this slot.
         self._release_ticket(ticket)
         self._callback_handler.datagram_received(packet, client_address)  # type: ignore[union-attr]
+
+    def _start_proxied(self, packet: bytes, peer: Any) -> None:
+        """The task handler with ``proxy_protocol``: the header first, then the admit step."""
+        routes = self._proxy_routes
+        assert routes is not None
+        read = routes.read(packet, peer)
+        if read is None:
+            return
+        payload, client_address, header = read
+        if header is None:
+            self._start_datagram(payload, client_address)
+            return
+        datagram = ProxiedDatagram(self, payload, client_address, self._release_ticket, peer, header)
+        if self._admit_item(datagram, (payload, datagram.socket)):
+            datagram.task = self._spawn_task(datagram.run())
+
+    def _deliver_proxied(self, packet: bytes, peer: Any) -> None:
+        """The callback handler with ``proxy_protocol``: the header first, then
+        the admit step; the callback (and the tasks it starts) run bound to
+        the datagram's route, so their replies go through its proxy."""
+        routes = self._proxy_routes
+        assert routes is not None
+        read = routes.read(packet, peer)
+        if read is None:
+            return
+        payload, client_address, header = read
+        if header is None:
+            self._deliver_checked(payload, client_address)
+            return
+        token = routes.enter(client_address, peer, header)
+        try:
+            self._deliver_checked(payload, client_address)
+        finally:
+            routes.leave(token)
 
     def _start_handler_task(self, coro: Coroutine[Any, Any, None], client_address: Any) -> asyncio.Task[None] | None:
         """The callback handler's start_task(): a task admitted by the limits
@@ -534,6 +603,45 @@ class Datagram(_TaskInFlight):
                 raise
         except Exception:
             server.handle_error((self.packet, server.socket), self.client_address)
+        finally:
+            self.finish()
+
+
+class ProxiedDatagram(Datagram):
+    """A datagram that came through a proxy: its handler's socket is a
+    stand-in that sends to the real client through the proxy, and its task
+    runs bound to the datagram's route, for ``reply()``."""
+
+    __slots__ = ("header", "peer", "socket")
+
+    def __init__(
+        self, server: AsyncUDPServer, packet: bytes, client_address: Any, release: Any, peer: Any, header: ProxyHeader
+    ) -> None:
+        super().__init__(server, packet, client_address, release)
+        self.peer = peer
+        self.header = header
+        from .._proxy_datagrams import ProxiedSocket  # loaded with the routes, by now
+
+        self.socket: Any = (
+            server.socket if client_address == peer else ProxiedSocket(server.socket, client_address, peer)
+        )
+
+    async def run(self) -> None:
+        server = self.server
+        routes = server._proxy_routes
+        if routes is not None:
+            routes.enter(self.client_address, self.peer, self.header)  # in this task's own context, which ends with it
+        handler_class: type[AsyncDatagramRequestHandler] = server.RequestHandlerClass
+        try:
+            handler = handler_class(self.packet, self.client_address, server, self.socket)
+            # What the handler's connection_info would read (see _handlers._connection_info).
+            handler._stage_info = {"proxy": self.header, "peer_address": self.peer}  # type: ignore[attr-defined]
+            await run_datagram_handler(handler)
+        except asyncio.CancelledError:
+            if self.aborted is None:
+                raise
+        except Exception:
+            server.handle_error((self.packet, self.socket), self.client_address)
         finally:
             self.finish()
 
