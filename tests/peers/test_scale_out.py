@@ -412,6 +412,10 @@ class Load:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the clients (each finishes its request) and join them."""
         self.stopping.set()
         for thread in self.threads:
             thread.join(TIMEOUT * 2)
@@ -487,12 +491,21 @@ def log_lines(haproxy: HAProxy) -> dict[int, re.Match[str]]:
     return found
 
 
-def reset_from_the_backlog(failure: Failure, lines: dict[int, re.Match[str]], server: str) -> bool:
-    """True if ``failure`` is a connection ``server`` reset unanswered once
-    HAProxy had connected it: "SD" (the server side ended the connection
-    during the data phase), no byte for the client."""
+def reset_from_the_backlog(
+    failure: Failure, lines: dict[int, re.Match[str]], server: str, signalled: float, exited: float
+) -> bool:
+    """True if ``failure`` is a connection that ``server`` reset unanswered
+    after HAProxy had connected it, around its drain (``signalled`` to
+    ``exited``, monotonic): "SD" in HAProxy's log (the server side ended the
+    connection during the data phase), no byte for the client."""
     line = lines.get(failure.port) if failure.port is not None else None
-    return line is not None and line["server"] == server and line["state"] == "SD" and line["bytes"] == "0"
+    return (
+        line is not None
+        and line["server"] == server
+        and line["state"] == "SD"
+        and line["bytes"] == "0"
+        and signalled - 1.0 <= failure.started <= exited
+    )
 
 
 @contextlib.contextmanager
@@ -538,7 +551,8 @@ def test_an_instance_taken_out_drained_and_restarted_under_load_fails_no_request
         assert wait_until(lambda: load.count(a.pid, back) >= 20 and load.count(b.pid, back) >= 20), diagnosis(
             a, b, haproxy, load
         )
-    assert load.failures == [], diagnosis(a, b, haproxy, load)
+        load.stop()
+        assert load.failures == [], diagnosis(a, b, haproxy, load)
     assert a.drain_line.split()[2] == "0", a.drain_line  # none forced
     assert load.count(first_a, taken_out) == 0  # out means out
     assert load.count(b.pid, taken_out) > load.count(b.pid, back)  # b took the load meanwhile
@@ -551,15 +565,20 @@ def test_an_instance_sigtermed_and_restarted_under_load(short_tmp: str) -> None:
     check fails is redispatched to the other one; the restarted instance
     serves again once its checks pass.
 
-    Known gap: a connection in the instance's accept queue when it closes its
-    listening socket is reset by the kernel, after HAProxy has connected it,
-    so HAProxy (TCP mode: no retry once connected) fails it: "SD" in its log,
-    no byte for the client. A window of about a millisecond per drain: ~2 of
-    10 drains under 16 clients, rarer under this test's 4. Every other
-    failure fails this test.
+    Known gap, the one failure allowed: a connection still in the instance's
+    accept queue when it closes its listening socket is reset by the kernel,
+    after HAProxy has connected it; HAProxy (TCP mode: no retry once
+    connected) fails it: "SD" in its log, no byte for the client. It sat in
+    the queue for the 1-10 ms between the serve loop's last accept and the
+    close: with 16 clients, 1 or 2 such failures in about one drain in six;
+    none seen in 25 drains with this test's 4. Taking what is queued before
+    closing (accept until EAGAIN, in ``_stop_accepting``) shrinks the window
+    to microseconds; only taking the instance out of the balancer first
+    (the test above) closes it.
     """
     with two_instances_under_load(short_tmp) as (a, b, haproxy, load):
         first_a = a.pid
+        signalled = time.monotonic()
         assert a.drain() == 0, diagnosis(a, b, haproxy, load)
         drained = time.monotonic()
         a.start()  # on the same port
@@ -568,9 +587,12 @@ def test_an_instance_sigtermed_and_restarted_under_load(short_tmp: str) -> None:
         assert wait_until(lambda: load.count(a.pid, up) >= 20 and load.count(b.pid, up) >= 20), diagnosis(
             a, b, haproxy, load
         )
-    lines = log_lines(haproxy)
-    unexplained = [failure for failure in load.failures if not reset_from_the_backlog(failure, lines, "a")]
-    assert unexplained == [], diagnosis(a, b, haproxy, load)
+        load.stop()
+        lines = log_lines(haproxy)  # while HAProxy runs: its output goes with it
+        unexplained = [
+            failure for failure in load.failures if not reset_from_the_backlog(failure, lines, "a", signalled, drained)
+        ]
+        assert unexplained == [], diagnosis(a, b, haproxy, load)
     assert a.drain_line.split()[2] == "0", a.drain_line  # none forced
     assert load.count(first_a) >= 10
     assert load.count(b.pid, drained) > 0
