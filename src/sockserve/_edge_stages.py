@@ -109,7 +109,10 @@ class TLSHandshake:
             OSError: the client went away.
         """
         timeout = sock.gettimeout()
-        tls = self.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls = self._wrap(sock)
+        except OSError as exc:
+            raise self.failed(exc, client_address) from exc
         try:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -123,8 +126,24 @@ class TLSHandshake:
         return tls
 
     def start(self, sock: socket.socket) -> ssl.SSLSocket:
-        """Begin a non-blocking handshake on ``sock`` (detached from now on); step it with ``step()``."""
+        """Begin a non-blocking handshake on ``sock`` (detached from now on); step it with ``step()``.
+
+        Raises:
+            OSError: the client is gone already (``sock`` is left as it was: the caller closes it).
+        """
         sock.setblocking(False)
+        return self._wrap(sock)
+
+    def _wrap(self, sock: socket.socket) -> ssl.SSLSocket:
+        """``sock`` as a server-side TLS socket, its handshake not begun.
+
+        A client that reset the connection before the handshake (a TCP
+        health check does) is refused here, with ``sock`` still whole:
+        ``wrap_socket()`` would find it unconnected, probe it with a
+        ``recv()`` that raises, and lose the new socket and its descriptor
+        to the garbage collector (cpython#113280, fixed in 3.13).
+        """
+        sock.getpeername()  # raises OSError (ENOTCONN) for a connection already reset
         return self.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
 
     @staticmethod

@@ -466,12 +466,11 @@ class FramedConnection:
         ticket = self.job.ticket
         self.job.replace_request(tls_socket)  # the PROXY header's entry follows the new socket
         if ticket is not None:
-            # replace_request() aims the ticket's cut at the socket itself,
-            # from whichever thread cuts: that would drop the SSL object
-            # under the reactor's or a worker's SSL call. This connection is
-            # cut on the reactor's thread (abort()): its own cut goes back,
-            # and a cut that came in between is honoured here.
-            ticket.abort = self._ticket_abort
+            # This connection is cut on the reactor's thread (abort()), never
+            # by a shutdown from whichever thread cuts, which would race the
+            # reactor's or a worker's SSL call: replace_request() leaves that
+            # cut in place. A cut that came while the socket was being
+            # wrapped is honoured here.
             if ticket.aborted is not None:
                 self.abort(ticket.aborted)
                 return None

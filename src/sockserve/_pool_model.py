@@ -383,11 +383,11 @@ class PoolModel(TicketModel):
                     reactor.arm(fd, READABLE)  # the stages want more
                 return
             if tls is not None:
-                if handshake is None:
-                    handshake = tls.start(job.request)
-                    self._waiting[handshake] = self._waiting.pop(job.request)
-                    job.replace_request(handshake)
                 try:
+                    if handshake is None:
+                        handshake = tls.start(job.request)
+                        self._waiting[handshake] = self._waiting.pop(job.request)
+                        job.replace_request(handshake)
                     wanted = tls.step(handshake)
                 except OSError as exc:  # ssl.SSLError is one
                     tls.failed(exc, job.client_address)
