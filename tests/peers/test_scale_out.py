@@ -216,11 +216,10 @@ def test_haproxy_health_checks_against_a_tls_server_are_quiet(
     assert problems == []
 
 
-def test_openssl_s_client_through_haproxy_to_sockserve_tls(certs: Certs) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_openssl_s_client_through_haproxy_to_sockserve_tls(model: str, certs: Certs) -> None:
     tls = sockserve.TLSConfig(certs.server_cert, certs.server_key)
-    # The async server: the sync ones end a session without a close_notify yet
-    # (test_tls_servers.SYNC_CLOSE_NOTIFY), which s_client reports as an error.
-    with describing_server("async", tls) as server, HAProxy.tcp([server.server_address], "send-proxy-v2") as haproxy:
+    with describing_server(model, tls) as server, HAProxy.tcp([server.server_address], "send-proxy-v2") as haproxy:
         returncode, out, err = openssl_s_client(
             haproxy.address, b"hello\nbye\n", cafile=certs.ca_file, servername="localhost"
         )
