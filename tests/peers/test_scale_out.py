@@ -7,8 +7,11 @@
 - TLS terminated by HAProxy: sockserve serves plain TCP and reads what HAProxy
   knew of the TLS session from the PROXY v2 header's TLVs (version, cipher,
   the client certificate's CN, the SNI as the authority, a unique id).
-- Two sockserve instances behind HAProxy under steady load: one is drained
-  with SIGTERM and started again, and not one request fails.
+- Two sockserve instances behind HAProxy under steady load, one drained and
+  restarted: taken out through HAProxy's admin socket first, then SIGTERM,
+  not one request fails; with SIGTERM alone, the only failures are the
+  connections the kernel resets in the accept queue at the listener's close
+  (see ``test_an_instance_sigtermed_and_restarted_under_load``).
 
 Clients connect from 127.0.0.2 while HAProxy reaches the servers from
 127.0.0.1: an address the handler reports can only have come from the header.
