@@ -171,6 +171,7 @@ class BaseServer(ServerCore, GracefulStop):
         ``poll_interval`` is how often ``service_actions()`` runs when idle;
         ``shutdown()`` does not wait for it.
         """
+        self._know_edge()  # the edge options as they are now (and a tls on a datagram server fails here)
         if self.tls is not None:
             self._tls_source()  # a TLS configuration that cannot load fails here, not at the first client
         waker = Waker()
@@ -341,7 +342,9 @@ class BaseServer(ServerCore, GracefulStop):
         their makers, and makes the job this thread's current one only where
         its handler runs here (elsewhere, ``Job.run`` does).
         """
-        if self.proxy_protocol is not None and proxied is None and self._serves_datagrams():
+        if not self._edge_known:
+            self._know_edge()
+        if self._datagram_proxy and proxied is None:
             self._admit_proxied_datagram(request, client_address)
             return
         try:
@@ -387,9 +390,6 @@ class BaseServer(ServerCore, GracefulStop):
             if self._dispatching is job:
                 self._dispatching = None
                 job.release()
-
-    def _serves_datagrams(self) -> bool:
-        return getattr(self, "socket_type", socket.SOCK_STREAM) == socket.SOCK_DGRAM
 
     def _admit_proxied_datagram(self, request: Any, peer: Any) -> None:
         """A datagram that may carry a PROXY header: read it before the admit

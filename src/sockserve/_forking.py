@@ -373,6 +373,8 @@ class ForkingMixIn(_ServerBase):
             if self.active_children is None:
                 self.active_children = forks.pids
             forks.started(pid, job.ticket)
+            if self._proxied is not None:
+                self._proxied.discard(job.request)  # the child has its copy; this one would never be released
             self.close_request(request)
             return
         # The child: handle the request, then exit without returning into the

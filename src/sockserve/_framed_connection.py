@@ -465,15 +465,13 @@ class FramedConnection:
         self.sock = self._tls_socket = tls_socket
         ticket = self.job.ticket
         self.job.replace_request(tls_socket)  # the PROXY header's entry follows the new socket
-        if ticket is not None:
-            # This connection is cut on the reactor's thread (abort()), never
-            # by a shutdown from whichever thread cuts, which would race the
-            # reactor's or a worker's SSL call: replace_request() leaves that
-            # cut in place. A cut that came while the socket was being
-            # wrapped is honoured here.
-            if ticket.aborted is not None:
-                self.abort(ticket.aborted)
-                return None
+        # This connection is cut on the reactor's thread (abort()), never by a
+        # shutdown from whichever thread cuts, which would race the reactor's
+        # or a worker's SSL call: replace_request() leaves that cut in place.
+        # A cut that came while the socket was being wrapped is honoured here.
+        if ticket is not None and ticket.aborted is not None:
+            self.abort(ticket.aborted)
+            return None
         return tls_socket
 
     def _stages_expired(self) -> None:

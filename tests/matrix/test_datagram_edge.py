@@ -295,9 +295,14 @@ def test_a_sync_handler_finds_the_header_in_its_connection_info(model: str, prox
         assert proxy.recvfrom(200) == (repr((real, me, real)).encode(), server.server_address)
         proxy.sendto(v2("192.0.2.1", 1, command=0x20) + b"x", server.server_address)  # LOCAL
         assert proxy.recvfrom(200) == (repr((me, me, None)).encode(), server.server_address)
-        if model == "fork":
-            # The parent hands the job to a child and releases only its
-            # ticket (ForkingMixIn._fork): the header's entry stays, as a
-            # stream connection's does. Reported; not this module's to fix.
-            pytest.xfail("the forking parent keeps each request's PROXY entry")
         assert wait_until(lambda: not server._proxied_connections()._by_request)  # released with their datagrams
+
+
+def test_tls_on_a_datagram_server_is_refused_when_serving_starts(tmp_path: Any) -> None:
+    from tests.tls_certs import Pki, install
+
+    certfile, keyfile = install(Pki().server, tmp_path, "server")
+    with sockserve.UDPServer(("127.0.0.1", 0), SyncDatagramEcho) as server:
+        server.tls = sockserve.TLSConfig(certfile=certfile, keyfile=keyfile)
+        with pytest.raises(ValueError, match="tls needs a stream socket"):
+            server.serve_forever()

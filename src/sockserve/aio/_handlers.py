@@ -102,6 +102,15 @@ class AsyncDatagramRequestHandler:
             return sendto(self.socket, data, self.client_address)
         return SENT
 
+    @property
+    def connection_info(self) -> ConnectionInfo:
+        """What is known of this datagram beyond ``client_address``: the
+        socket's peer (a proxy) and the PROXY header it carried."""
+        from .._connection_info import ConnectionInfo
+
+        info = self.__dict__.get("_stage_info") or {}
+        return ConnectionInfo(self.client_address, info.get("peer_address"), info.get("proxy"))
+
     async def setup(self) -> None:
         """Prepare for handle(). May be overridden."""
 

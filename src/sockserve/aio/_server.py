@@ -122,6 +122,7 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         New connections wait in the backlog once it returns; the connections
         in flight go on running on the loop (``aclose()`` drains them).
         """
+        self._know_edge()  # the edge options as they are now (and a tls on a datagram server fails here)
         if self.tls is not None:
             self._tls_source()  # a TLS configuration that cannot load fails here, not at the first client
         loop = asyncio.get_running_loop()
