@@ -638,3 +638,33 @@ def test_valid_headers_round_trip_whole_split_anywhere_and_with_bytes_behind(
     else:
         with pytest.raises(UnsupportedProxyHeader):
             parse_proxy_datagram(raw + trailing)
+
+
+# Text near an IPv4 address: numbers with and without leading zeros, 3 to 5
+# of them, and the characters around them. The parser checks v1 addresses
+# with inet_pton, not ipaddress: it must take exactly what ipaddress takes,
+# and give back ipaddress's canonical text.
+octets = st.one_of(st.integers(0, 300).map(str), st.from_regex(r"0[0-9]{1,3}", fullmatch=True), st.just(""))
+ipv4_like = st.one_of(
+    st.lists(octets, min_size=3, max_size=5).map(".".join),
+    st.text(alphabet="0123456789.:abcdef%x+-_\t\x00\u0661\uff11", max_size=17),
+    ipv4.flatmap(
+        lambda address: st.sampled_from([address, address + ".", "." + address, address + "\x00", "0" + address])
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(ipv4_like)
+def test_a_v1_tcp4_address_is_taken_exactly_when_ipaddress_takes_it(text: str) -> None:
+    raw = f"PROXY TCP4 127.0.0.1 {text} 1 2\r\n".encode()
+    try:
+        expected = str(ipaddress.IPv4Address(text))
+    except ValueError:
+        with pytest.raises(MalformedProxyHeader, match="TCP4 address is not valid"):
+            parse_proxy_header(raw)
+        return
+    header = parse_proxy_header(raw)
+    assert header is not None
+    assert header.destination == (expected, 2)
+    assert header.destination[0] == text  # an address it takes is already canonical

@@ -509,26 +509,41 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
     if len(fields) != 6:
         raise MalformedProxyHeader(f"PROXY v1 line needs 6 space-separated fields, got {len(fields)}: {line!r}")
     _, proto, src, dst, sport, dport = fields
+    # Both addresses, then both ports: the error named is the first field that is wrong.
     if proto == b"TCP4":
-        family, parse_address = socket.AF_INET, ipaddress.IPv4Address
-    else:  # TCP6, as the check on the first bytes left no other
-        family, parse_address = socket.AF_INET6, ipaddress.IPv6Address  # type: ignore[assignment]
-    hosts = []
-    for raw in (src, dst):
-        try:
-            text = raw.decode("ascii")
-            if "%" in text:  # ipaddress accepts an IPv6 scope id; the spec has none
-                raise ValueError
-            hosts.append(str(parse_address(text)))
-        except ValueError:
-            raise MalformedProxyHeader(f"PROXY v1 {proto.decode()} address is not valid: {raw!r}") from None
-    ports = [_v1_port(sport), _v1_port(dport)]
-    if family == socket.AF_INET:
-        source: Any = (hosts[0], ports[0])
-        destination: Any = (hosts[1], ports[1])
-    else:
-        source, destination = (hosts[0], ports[0], 0, 0), (hosts[1], ports[1], 0, 0)
-    return ProxyHeader(1, "PROXY", family, socket.SOCK_STREAM, source, destination, _NO_TLVS, size)
+        src_host, dst_host = _v1_ipv4(src), _v1_ipv4(dst)
+        source: Any = (src_host, _v1_port(sport))
+        destination: Any = (dst_host, _v1_port(dport))
+        return ProxyHeader(1, "PROXY", socket.AF_INET, socket.SOCK_STREAM, source, destination, _NO_TLVS, size)
+    # TCP6, as the check on the first bytes left no other
+    src_host, dst_host = _v1_ipv6(src), _v1_ipv6(dst)
+    source, destination = (src_host, _v1_port(sport), 0, 0), (dst_host, _v1_port(dport), 0, 0)
+    return ProxyHeader(1, "PROXY", socket.AF_INET6, socket.SOCK_STREAM, source, destination, _NO_TLVS, size)
+
+
+def _v1_ipv4(raw: bytes) -> str:
+    # inet_pton takes exactly what ipaddress.IPv4Address does (four decimal
+    # octets, 0-255, no leading zeros: glibc, musl and the BSDs share that
+    # strictness), and an address it takes is already in canonical form: the
+    # text itself, without the ~20 k instructions of an ipaddress round trip.
+    try:
+        text = raw.decode("ascii")
+        socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):  # ValueError: not ASCII, or a NUL byte
+        raise MalformedProxyHeader(f"PROXY v1 TCP4 address is not valid: {raw!r}") from None
+    return text
+
+
+def _v1_ipv6(raw: bytes) -> str:
+    try:
+        text = raw.decode("ascii")
+        if "%" in text:  # ipaddress accepts an IPv6 scope id; the spec has none
+            raise ValueError
+        # ipaddress's canonical text (RFC 5952), not inet_ntop's, whose
+        # dotted-quad forms differ between C libraries.
+        return str(ipaddress.IPv6Address(text))
+    except ValueError:
+        raise MalformedProxyHeader(f"PROXY v1 TCP6 address is not valid: {raw!r}") from None
 
 
 _NO_TLVS: Mapping[int, tuple[bytes, ...]] = types.MappingProxyType({})
@@ -587,8 +602,9 @@ def _parse_v2(data: bytes, max_size: int) -> ProxyHeader | None:
     if protocol == 0:
         pass  # transport UNSPEC: the spec says to ignore the address information
     elif family == socket.AF_INET:
-        source = (str(ipaddress.IPv4Address(block[0:4])), int.from_bytes(block[8:10], "big"))
-        destination = (str(ipaddress.IPv4Address(block[4:8])), int.from_bytes(block[10:12], "big"))
+        # inet_ntop writes IPv4 as ipaddress does, at a fraction of the cost.
+        source = (socket.inet_ntop(socket.AF_INET, block[0:4]), int.from_bytes(block[8:10], "big"))
+        destination = (socket.inet_ntop(socket.AF_INET, block[4:8]), int.from_bytes(block[10:12], "big"))
     elif family == socket.AF_INET6:
         source = (str(ipaddress.IPv6Address(block[0:16])), int.from_bytes(block[32:34], "big"), 0, 0)
         destination = (str(ipaddress.IPv6Address(block[16:32])), int.from_bytes(block[34:36], "big"), 0, 0)
