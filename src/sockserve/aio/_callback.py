@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import IdleTimeoutExpired
 from .._log import log_limit, log_stage_failed
-from .._stages import StageFactory, StageFailed
+from .._stages import SocketStage, StageFactory, StageFailed
 from ._connection import stage_delay
 from ._handlers import AsyncProtocolHandler
 from ._inflight import InFlight
@@ -294,40 +294,32 @@ async def connect_callback(
     """Hand the accepted socket to a transport with ``conn`` as its protocol,
     after the connection's stages if the server has any."""
     loop = asyncio.get_running_loop()
-    if not stages:
+    tls: SocketStage | None = None
+    deadline = 0.0
+    if stages:
+        from ._stages import run_stages  # here: a server without stages never loads the driver
+
+        delay = stage_delay(conn.ticket, stages)
+        deadline = loop.time() + delay
         try:
-            await loop.connect_accepted_socket(lambda: conn, conn.sock)
+            prepared, tls = await run_stages(loop, conn.sock, stages, conn.client_address, delay)
+            conn.client_address = prepared.client_address
+            conn.attach(handler_class)
+            if prepared.info:
+                conn.handler._stage_info = prepared.info
         except asyncio.CancelledError:
             _never_connected(conn)
             if conn.aborted is None:
                 raise
-        except Exception as exc:
-            conn.report(exc)
+            return
+        except (StageFailed, OSError) as exc:
+            log_stage_failed(exc, conn.client_address)
             _never_connected(conn)
-        return
-    from ._stages import run_stages  # here: a server without stages never loads the driver
-
-    delay = stage_delay(conn.ticket, stages)
-    deadline = loop.time() + delay
-    try:
-        prepared, tls = await run_stages(loop, conn.sock, stages, conn.client_address, delay)
-        conn.client_address = prepared.client_address
-        conn.attach(handler_class)
-        if prepared.info:
-            conn.handler._stage_info = prepared.info
-    except asyncio.CancelledError:
-        _never_connected(conn)
-        if conn.aborted is None:
-            raise
-        return
-    except (StageFailed, OSError) as exc:
-        log_stage_failed(exc, conn.client_address)
-        _never_connected(conn)
-        return
-    except Exception:
-        conn.server.handle_error(conn.sock, conn.client_address)  # the handler's constructor raised
-        _never_connected(conn)
-        return
+            return
+        except Exception:
+            conn.server.handle_error(conn.sock, conn.client_address)  # the handler's constructor raised
+            _never_connected(conn)
+            return
     try:
         if tls is None:
             await loop.connect_accepted_socket(lambda: conn, conn.sock)
