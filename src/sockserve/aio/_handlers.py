@@ -84,6 +84,8 @@ class AsyncDatagramRequestHandler:
     there is ``AsyncDatagramProtocolHandler`` (callbacks, no task).
     """
 
+    _stage_info: dict[str, Any]  # the PROXY header and its peer, when the datagram carried one
+
     def __init__(self, packet: bytes, client_address: Any, server: DatagramServer, sock: socket.socket) -> None:
         self.packet = packet
         self.client_address = client_address

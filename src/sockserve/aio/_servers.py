@@ -635,7 +635,7 @@ class ProxiedDatagram(Datagram):
         try:
             handler = handler_class(self.packet, self.client_address, server, self.socket)
             # What the handler's connection_info would read (see _handlers._connection_info).
-            handler._stage_info = {"proxy": self.header, "peer_address": self.peer}  # type: ignore[attr-defined]
+            handler._stage_info = {"proxy": self.header, "peer_address": self.peer}
             await run_datagram_handler(handler)
         except asyncio.CancelledError:
             if self.aborted is None:
