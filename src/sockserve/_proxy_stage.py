@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from ._access import client_ip, in_networks, parse_networks
+from ._errors import NotAProxyHeader, ProxyHeaderError
 from ._frozen import FrozenValue
 from ._stages import Done, NeedMore, Outcome, Reject
 from .protocol.proxy import DEFAULT_MAX_PROXY_HEADER, V1_PREFIX, V2_SIGNATURE, parse_proxy_header
@@ -33,6 +34,12 @@ if TYPE_CHECKING:
 # How long a trusted proxy may take to send its header, by default. A proxy
 # sends it with its first bytes, at once: this bounds only a stalled one.
 DEFAULT_PROXY_TIMEOUT = 5.0
+
+# Peer hosts whose trust ``ProxyProtocol.trusts()`` remembers. A server's
+# peers are its few proxies and, when direct clients reach it too, those
+# clients: past this many hosts the memory starts afresh, so a flood of
+# addresses costs what it did without it and holds no more than this.
+_TRUST_MEMORY = 256
 
 
 class ProxyProtocol(FrozenValue):
@@ -57,7 +64,7 @@ class ProxyProtocol(FrozenValue):
     have been listed in ``trusted``, or a client trying to pass for another).
     """
 
-    __slots__ = ("max_size", "required", "timeout", "trust_unix", "trusted")
+    __slots__ = ("_trusted_hosts", "max_size", "required", "timeout", "trust_unix", "trusted")
     _fields = ("trusted", "required", "timeout", "max_size", "trust_unix")
 
     trusted: tuple[Network, ...]
@@ -65,6 +72,7 @@ class ProxyProtocol(FrozenValue):
     timeout: float
     max_size: int
     trust_unix: bool
+    _trusted_hosts: dict[str, bool]
 
     def __init__(
         self,
@@ -81,9 +89,28 @@ class ProxyProtocol(FrozenValue):
         self._freeze(
             parse_networks(trusted, "trusted"), bool(required), float(timeout), int(max_size), bool(trust_unix)
         )
+        # Host -> trusted, for trusts(): not a field (equality, hash, repr and
+        # pickling ignore it). Asked at admission and again for the stage, per
+        # connection, always of the same few proxies: an ``ipaddress`` parse
+        # and a walk of the networks each time cost ~30 k instructions, a
+        # dict lookup a few hundred. The networks never change, so neither do
+        # the answers.
+        object.__setattr__(self, "_trusted_hosts", {})
 
     def trusts(self, peer: Any) -> bool:
         """True if ``peer`` (a socket's peer address) may send a header."""
+        if type(peer) is tuple and peer and type(host := peer[0]) is str:
+            known = self._trusted_hosts
+            trusted = known.get(host)
+            if trusted is None:
+                trusted = self._trusts(peer)
+                if len(known) >= _TRUST_MEMORY:
+                    known.clear()  # threads racing here at worst forget or recompute an answer
+                known[host] = trusted
+            return trusted
+        return self._trusts(peer)
+
+    def _trusts(self, peer: Any) -> bool:
         ip = client_ip(peer)
         if ip is None:
             return self.trust_unix and not (isinstance(peer, tuple) and peer)
@@ -120,8 +147,6 @@ class ProxyHeaderStage:
         return Reject(reason)
 
     def feed(self, data: bytes) -> Outcome:
-        from ._errors import NotAProxyHeader, ProxyHeaderError
-
         if not data:
             return self._bad_header("the proxy closed the connection before its PROXY header")
         buffered = self._buffer + data if self._buffer else data

@@ -668,3 +668,22 @@ def test_a_v1_tcp4_address_is_taken_exactly_when_ipaddress_takes_it(text: str) -
     assert header is not None
     assert header.destination == (expected, 2)
     assert header.destination[0] == text  # an address it takes is already canonical
+
+
+def test_proxy_protocol_trusts_answers_alike_from_memory_and_past_its_bound() -> None:
+    # trusts() remembers its answers per peer host (a bounded memory that starts
+    # afresh when full): asked again, and after hundreds of other hosts, it
+    # must answer as the networks say.
+    from sockserve import ProxyProtocol
+
+    proxy = ProxyProtocol(trusted=["10.0.0.0/8", "2001:db8::/32"])
+    peers = [(f"10.1.{i // 200}.{i % 200}", 1000 + i) for i in range(300)]
+    peers += [(f"11.1.{i // 200}.{i % 200}", 1000 + i) for i in range(300)]
+    peers += [("::ffff:10.0.0.1", 1, 0, 0), ("2001:db8::1", 1, 0, 0), ("fe80::1%lo", 1, 0, 0), ("not an ip", 1)]
+    for _ in range(2):
+        for peer in peers:
+            for _ in range(2):  # computed, then remembered (or computed again past the bound)
+                assert proxy.trusts(peer) is (peer[0].startswith(("10.", "::ffff:10.", "2001:db8:"))), peer
+    assert proxy.trusts("/run/proxy.sock") is False  # a Unix peer, trust_unix unset
+    assert ProxyProtocol(trust_unix=True).trusts("") is True
+    assert ProxyProtocol(trust_unix=True).trusts(("", 0)) is False  # a tuple whose host is no IP: no Unix peer
