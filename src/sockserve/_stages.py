@@ -230,8 +230,12 @@ def run_blocking(
         OSError: the connection failed.
     """
     runner = StageRunner(factories, client_address)
+    # A socket with a timeout polls inside every recv(), MSG_DONTWAIT or not,
+    # for as long as that timeout: only a blocking (or non-blocking) one can
+    # be peeked at before waiting.
+    peek_first = not sock.gettimeout()
     while not runner.done:
-        data = _peek(sock, deadline, runner.prepared.client_address)
+        data = _peek(sock, deadline, runner.prepared.client_address, peek_first)
         step = runner.feed(data)
         if step.send:
             _send(sock, step.send, deadline, runner.prepared.client_address)
@@ -274,7 +278,17 @@ def _wait(sock: socket.socket, events: int, deadline: float, client_address: Any
         raise StageFailed("the connection's stages did not finish in time", client_address)
 
 
-def _peek(sock: socket.socket, deadline: float, client_address: Any) -> bytes:
+def _peek(sock: socket.socket, deadline: float, client_address: Any, peek_first: bool) -> bytes:
+    if peek_first:
+        # The bytes are usually there already (a proxy sends its header with
+        # the connection): a poll before them would be a system call, and a
+        # poll object, for nothing.
+        if time.monotonic() >= deadline:
+            raise StageFailed("the connection's stages did not finish in time", client_address)
+        try:
+            return peek(sock)
+        except (BlockingIOError, InterruptedError):
+            pass
     _wait(sock, select.POLLIN, deadline, client_address)
     return peek(sock)
 

@@ -36,14 +36,19 @@ async def run_stages(
     byte_stages, tls = split_tls(stages)
     runner = StageRunner(byte_stages, client_address)
     deadline = loop.time() + delay
+    # Peek before waiting: the bytes are usually there at accept (a proxy
+    # sends its header with the connection), and a reader callback, a future
+    # and a timer for nothing cost more than the stage itself. Not on a
+    # socket with a timeout (socket.setdefaulttimeout()): its recv() polls
+    # for that long first, MSG_DONTWAIT or not, which would block the loop.
+    peek_first = not sock.gettimeout()
     while not runner.done:
-        await _readable(loop, sock, deadline, runner)
-        try:
-            data = peek(sock)
-        except (BlockingIOError, InterruptedError):
-            continue
-        except OSError:
-            data = b""  # reset: the stages see the end of the input
+        data = _peek_now(sock) if peek_first and loop.time() < deadline else None
+        if data is None:
+            await _readable(loop, sock, deadline, runner)  # its timer enforces the deadline
+            data = _peek_now(sock)
+            if data is None:
+                continue
         step = runner.feed(data)
         if step.send:
             sock.send(step.send, socket.MSG_DONTWAIT)  # a stage's few bytes fit in an empty buffer
@@ -51,6 +56,16 @@ async def run_stages(
             raise runner.failure(step.failed)
         consume(sock, step.consumed)
     return runner.prepared, tls
+
+
+def _peek_now(sock: socket.socket) -> bytes | None:
+    """What the client sent so far (unconsumed), or None if nothing yet."""
+    try:
+        return peek(sock)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""  # reset: the stages see the end of the input
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, deadline: float, runner: StageRunner) -> None:
