@@ -137,9 +137,13 @@ _V2_PROTOCOLS = {0: 0, 1: socket.SOCK_STREAM, 2: socket.SOCK_DGRAM}
 
 
 class _Frozen:
-    """Slotted, immutable after ``__init__`` (no dataclasses: see tests/test_api.py)."""
+    """Slotted, immutable after ``__init__`` (no dataclasses: see tests/test_api.py).
+
+    ``_names``: the fields, for equality and ``repr``.
+    """
 
     __slots__ = ()
+    _names: tuple[str, ...] = ()
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
@@ -150,12 +154,10 @@ class _Frozen:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        names: tuple[str, ...] = self.__slots__
-        return all(getattr(self, n) == getattr(other, n) for n in names)
+        return all(getattr(self, n) == getattr(other, n) for n in self._names)
 
     def __repr__(self) -> str:
-        names: tuple[str, ...] = self.__slots__
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._names)
         return f"{type(self).__name__}({fields})"
 
     __hash__ = None  # type: ignore[assignment]  # tlvs is a mapping
@@ -185,6 +187,7 @@ class ProxySSL(_Frozen):
         "verify",
         "version",
     )
+    _names = __slots__
 
     client: int
     verify: int
@@ -214,7 +217,23 @@ class ProxySSL(_Frozen):
         init(self, "client_cert", cert[0] if cert else None)
 
 
-class ProxyHeader(_Frozen):
+class _ProxyHeaderFields:
+    """``ProxyHeader``'s fields, writable: the parser fills them in and then
+    makes the object a ``ProxyHeader`` (``_header()``)."""
+
+    __slots__ = ("command", "destination", "family", "protocol", "size", "source", "tlvs", "version")
+
+    version: int
+    command: str
+    family: int
+    protocol: int
+    source: Any
+    destination: Any
+    tlvs: Mapping[int, tuple[bytes, ...]]
+    size: int
+
+
+class ProxyHeader(_Frozen, _ProxyHeaderFields):
     """A parsed PROXY header.
 
     Attributes:
@@ -233,7 +252,8 @@ class ProxyHeader(_Frozen):
         size: the bytes the header used; what follows is the client's.
     """
 
-    __slots__ = ("command", "destination", "family", "protocol", "size", "source", "tlvs", "version")
+    __slots__ = ()
+    _names = _ProxyHeaderFields.__slots__
 
     version: int
     command: str
@@ -304,6 +324,37 @@ class ProxyHeader(_Frozen):
         return None if value is None else _parse_ssl(value)
 
 
+_new_fields = _ProxyHeaderFields.__new__
+
+
+def _header(
+    version: int,
+    command: str,
+    family: int,
+    protocol: int,
+    source: Any,
+    destination: Any,
+    tlvs: Mapping[int, tuple[bytes, ...]],
+    size: int,
+) -> ProxyHeader:
+    """``ProxyHeader(...)``, at a quarter of the cost: its constructor's eight
+    ``object.__setattr__`` calls (the class refuses plain assignment) cost
+    ~11 k instructions, a sizeable part of a connection's PROXY stage. Plain
+    slot stores on the writable twin, then one change of class (the same
+    slots, so the same layout), give the same object."""
+    header = _new_fields(_ProxyHeaderFields)
+    header.version = version
+    header.command = command
+    header.family = family
+    header.protocol = protocol
+    header.source = source
+    header.destination = destination
+    header.tlvs = tlvs
+    header.size = size
+    header.__class__ = ProxyHeader
+    return header  # type: ignore[return-value]  # it is one now
+
+
 def _text(tlvs: Mapping[int, tuple[bytes, ...]], type_: int, encoding: str, what: str) -> str | None:
     values = tlvs.get(type_)
     if not values:
@@ -343,6 +394,8 @@ def _tlv_spans(data: bytes, pos: int, what: str) -> Iterator[tuple[int, int, int
 
 
 def _parse_v2_tlvs(header: bytes, start: int) -> Mapping[int, tuple[bytes, ...]]:
+    if start >= len(header):
+        return _NO_TLVS  # the usual case: nothing behind the addresses
     found: dict[int, tuple[bytes, ...]] = {}
     crc_at = -1
     for type_, pos, end in _tlv_spans(header, start, "TLV"):
@@ -429,7 +482,9 @@ def parse_proxy_header(
     """
     if max_size < V2_HEAD:
         raise ValueError(f"max_size must be at least {V2_HEAD}, got {max_size}")
-    data = bytes(data[: max(V1_MAX_LINE, max_size)])  # never look (or copy) past the cap
+    cap = V1_MAX_LINE if max_size < V1_MAX_LINE else max_size  # max() without its call
+    if type(data) is not bytes or len(data) > cap:
+        data = bytes(data[:cap])  # never look (or copy) past the cap
     if data[:1] == b"P" or not data:
         if data[:6] != V1_PREFIX[: len(data)]:
             raise NotAProxyHeader(f"not a PROXY header: starts with {data[:12]!r}")
@@ -476,11 +531,13 @@ def parse_proxy_datagram(
 
 # What may follow "PROXY ": the spec's three protocols and their separator.
 _V1_PROTOCOLS = (b"TCP4 ", b"TCP6 ", b"UNKNOWN ", b"UNKNOWN\r\n")
+_V1_TCP = (b"TCP4 ", b"TCP6 ")
 
 
 def _parse_v1(data: bytes) -> ProxyHeader | None:
     rest = data[6:15]
-    if not any(rest[: len(p)] == p[: len(rest)] for p in _V1_PROTOCOLS):  # decided on the first wrong byte
+    if rest[:5] not in _V1_TCP and not any(rest[: len(p)] == p[: len(rest)] for p in _V1_PROTOCOLS):
+        # (decided on the first wrong byte; the usual TCP4/TCP6 skips the search)
         raise MalformedProxyHeader(
             f"PROXY v1 protocol must be TCP4, TCP6 or UNKNOWN, then a space (or CRLF after UNKNOWN), got {rest!r}"
         )
@@ -501,7 +558,7 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
         return None
     size = end + 2
     if unknown:  # the spec: the rest of the line is to be ignored, and the real endpoints used
-        return ProxyHeader(1, "PROXY", socket.AF_UNSPEC, 0, None, None, _NO_TLVS, size)
+        return _header(1, "PROXY", socket.AF_UNSPEC, 0, None, None, _NO_TLVS, size)
     line = data[:end]
     if b"\r" in line or b"\n" in line:
         raise MalformedProxyHeader(f"PROXY v1 line has a bare CR or LF before its CRLF: {line!r}")
@@ -514,11 +571,11 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
         src_host, dst_host = _v1_ipv4(src), _v1_ipv4(dst)
         source: Any = (src_host, _v1_port(sport))
         destination: Any = (dst_host, _v1_port(dport))
-        return ProxyHeader(1, "PROXY", socket.AF_INET, socket.SOCK_STREAM, source, destination, _NO_TLVS, size)
+        return _header(1, "PROXY", socket.AF_INET, socket.SOCK_STREAM, source, destination, _NO_TLVS, size)
     # TCP6, as the check on the first bytes left no other
     src_host, dst_host = _v1_ipv6(src), _v1_ipv6(dst)
     source, destination = (src_host, _v1_port(sport), 0, 0), (dst_host, _v1_port(dport), 0, 0)
-    return ProxyHeader(1, "PROXY", socket.AF_INET6, socket.SOCK_STREAM, source, destination, _NO_TLVS, size)
+    return _header(1, "PROXY", socket.AF_INET6, socket.SOCK_STREAM, source, destination, _NO_TLVS, size)
 
 
 def _v1_ipv4(raw: bytes) -> str:
@@ -551,9 +608,11 @@ _NO_TLVS: Mapping[int, tuple[bytes, ...]] = types.MappingProxyType({})
 
 def _v1_port(raw: bytes) -> int:
     # bytes.isdigit() is ASCII-only, unlike int(), which also takes "+1", "1_0" and other scripts' digits.
-    if not raw.isdigit() or (len(raw) > 1 and raw[:1] == b"0") or int(raw) > 65535:
-        raise MalformedProxyHeader(f"PROXY v1 port must be 0-65535 without leading zeros, got {raw!r}")
-    return int(raw)
+    if raw.isdigit() and (raw[0] != 0x30 or len(raw) == 1):  # isdigit() is False for b""
+        port = int(raw)
+        if port <= 65535:
+            return port
+    raise MalformedProxyHeader(f"PROXY v1 port must be 0-65535 without leading zeros, got {raw!r}")
 
 
 def _parse_v2(data: bytes, max_size: int) -> ProxyHeader | None:
@@ -585,9 +644,9 @@ def _parse_v2(data: bytes, max_size: int) -> ProxyHeader | None:
         # only behind a block of a defined family that the length holds.
         family, address_size = known or (socket.AF_UNSPEC, -1)
         if protocol is None or address_size < 0 or size - V2_HEAD < address_size:
-            return ProxyHeader(2, "LOCAL", family, protocol or 0, None, None, _NO_TLVS, size)
+            return _header(2, "LOCAL", family, protocol or 0, None, None, _NO_TLVS, size)
         tlvs = _parse_v2_tlvs(header, V2_HEAD + address_size)
-        return ProxyHeader(2, "LOCAL", family, protocol, None, None, tlvs, size)
+        return _header(2, "LOCAL", family, protocol, None, None, tlvs, size)
     assert known is not None  # checked above for PROXY
     assert protocol is not None
     family, address_size = known
@@ -610,7 +669,7 @@ def _parse_v2(data: bytes, max_size: int) -> ProxyHeader | None:
         destination = (str(ipaddress.IPv6Address(block[16:32])), int.from_bytes(block[34:36], "big"), 0, 0)
     elif family == socket.AF_UNIX:
         source, destination = _unix_path(block[:108]), _unix_path(block[108:])
-    return ProxyHeader(2, "PROXY", family, protocol, source, destination, tlvs, size)
+    return _header(2, "PROXY", family, protocol, source, destination, tlvs, size)
 
 
 def _unix_path(raw: bytes) -> str | bytes:
