@@ -134,6 +134,8 @@ _UNIQUE_ID_MAX = 128  # the spec: "an opaque byte sequence of up to 128 bytes"
 _V2_FAMILIES = {0: (socket.AF_UNSPEC, 0), 1: (socket.AF_INET, 12), 2: (socket.AF_INET6, 36), 3: (socket.AF_UNIX, 216)}
 # v2 transport nibble -> socket type (0 for UNSPEC)
 _V2_PROTOCOLS = {0: 0, 1: socket.SOCK_STREAM, 2: socket.SOCK_DGRAM}
+# An IPv4 address's octets as text, by value.
+_OCTETS = tuple(str(octet) for octet in range(256))
 
 
 class _Frozen:
@@ -560,7 +562,7 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
     if unknown:  # the spec: the rest of the line is to be ignored, and the real endpoints used
         return _header(1, "PROXY", socket.AF_UNSPEC, 0, None, None, _NO_TLVS, size)
     line = data[:end]
-    if b"\r" in line or b"\n" in line:
+    if 13 in line or 10 in line:  # CR, LF (a byte's value: no buffer to take, unlike b"\r" in line)
         raise MalformedProxyHeader(f"PROXY v1 line has a bare CR or LF before its CRLF: {line!r}")
     fields = line.split(b" ")
     if len(fields) != 6:
@@ -661,9 +663,13 @@ def _parse_v2(data: bytes, max_size: int) -> ProxyHeader | None:
     if protocol == 0:
         pass  # transport UNSPEC: the spec says to ignore the address information
     elif family == socket.AF_INET:
-        # inet_ntop writes IPv4 as ipaddress does, at a fraction of the cost.
-        source = (socket.inet_ntop(socket.AF_INET, block[0:4]), int.from_bytes(block[8:10], "big"))
-        destination = (socket.inet_ntop(socket.AF_INET, block[4:8]), int.from_bytes(block[10:12], "big"))
+        # The text ipaddress would write, from a table: ~5 k instructions for
+        # both addresses and ports, against ~13 k with inet_ntop (sprintf)
+        # and int.from_bytes, and ~40 k with ipaddress.
+        o = _OCTETS
+        a, b, c, d, e, f, g, h, sport_hi, sport_lo, dport_hi, dport_lo = block  # the 12-byte INET block
+        source = (f"{o[a]}.{o[b]}.{o[c]}.{o[d]}", sport_hi << 8 | sport_lo)
+        destination = (f"{o[e]}.{o[f]}.{o[g]}.{o[h]}", dport_hi << 8 | dport_lo)
     elif family == socket.AF_INET6:
         source = (str(ipaddress.IPv6Address(block[0:16])), int.from_bytes(block[32:34], "big"), 0, 0)
         destination = (str(ipaddress.IPv6Address(block[16:32])), int.from_bytes(block[34:36], "big"), 0, 0)
