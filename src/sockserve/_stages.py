@@ -339,5 +339,11 @@ def stages_timeout(stages: Sequence[Any]) -> float:
     """How long a connection's stages may take in all: the sum of what each
     declares (``timeout``: the PROXY header's, the handshake's), or
     ``DEFAULT_STAGE_TIMEOUT`` if none does."""
-    declared = [timeout for stage in stages if (timeout := getattr(stage, "timeout", None)) is not None]
-    return sum(declared) if declared else DEFAULT_STAGE_TIMEOUT
+    total: float = 0  # a loop, not sum() over a list: this runs per connection
+    declared = False
+    for stage in stages:
+        timeout = getattr(stage, "timeout", None)
+        if timeout is not None:
+            total += timeout
+            declared = True
+    return total if declared else DEFAULT_STAGE_TIMEOUT
