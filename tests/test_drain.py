@@ -269,3 +269,32 @@ def test_stop_from_a_handler_drains_the_others_and_spares_its_own_client(model: 
         server.server_close()
     assert not loop.is_alive()
     assert reports[0].clean
+
+
+class _Echo(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(b"served " + self.rfile.readline())
+
+
+@pytest.mark.parametrize(
+    "server_class",
+    [sockserve.ThreadingTCPServer, sockserve.ThreadPoolTCPServer, sockserve.ForkingTCPServer],
+    ids=["threads", "pool", "fork"],
+)
+def test_connections_queued_at_the_stop_are_served_not_reset(server_class: type[sockserve.TCPServer]) -> None:
+    """A connection the kernel completed but the server had not accepted yet
+    (here: no serve loop ran at all) is served by the stop, not reset by the
+    listening socket's close: its client, a load balancer, saw it connect and
+    would not retry it."""
+    server = server_class(("127.0.0.1", 0), _Echo)
+    clients = [connect(server.server_address) for _ in range(3)]
+    try:
+        for number, client in enumerate(clients):
+            client.sendall(b"line %d\n" % number)
+        report = server.stop(TIMEOUT)
+        for number, client in enumerate(clients):
+            assert recv_line(client) == b"served line %d\n" % number
+        assert report.forced == 0
+    finally:
+        for client in clients:
+            client.close()

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from ._shutdown import ShutdownHandshake
 
 
+# At most this many queued connections are taken at a stop: a listen()
+# backlog is 128-4096 on Linux, and a flood must not keep a stop from ending.
+MAX_QUEUED_TAKEN = 4096
+
+
 class GracefulStop:
     """stop(grace) and force_stop(); the server supplies the state below."""
 
@@ -37,6 +42,8 @@ class GracefulStop:
         def _concurrency_model(self) -> ConcurrencyModel: ...
         def _current_job(self) -> Job | None: ...
         def server_close(self) -> None: ...
+        def get_request(self) -> tuple[Any, Any]: ...
+        def _admit_and_dispatch(self, request: Any, client_address: Any) -> None: ...
 
     def _start_graceful_stop(self) -> None:
         self._stop_lock = threading.Lock()
@@ -122,4 +129,25 @@ class GracefulStop:
         stopped, nothing new is read from it."""
         sock = getattr(self, "socket", None)
         if sock is not None and sock.type == socket.SOCK_STREAM:
+            if not self._concurrency_model().runs_on_loop:
+                self._take_the_queued(sock)
             sock.close()
+
+    def _take_the_queued(self, sock: socket.socket) -> None:
+        """Serve the connections already in the kernel's accept queue before
+        the listening socket closes: closing it resets them, after their
+        client (a load balancer) saw them connect, which it may not retry.
+        Taken until the queue is empty, as the serve loop would have; those
+        that complete their handshake after this are refused by the close,
+        which a client can retry elsewhere. Only where handlers run off the
+        loop's thread: a sequential server's loop is still in its handler."""
+        try:
+            sock.setblocking(False)
+        except OSError:
+            return  # closed already
+        for _ in range(MAX_QUEUED_TAKEN):
+            try:
+                request, client_address = self.get_request()
+            except OSError:  # BlockingIOError: nothing (more) is queued
+                return
+            self._admit_and_dispatch(request, client_address)
