@@ -40,6 +40,21 @@ else:
 _local = threading.local()
 
 
+def _stages_module() -> Any:
+    """``_stages``, imported on first use (a server without stages never
+    loads it) and kept: an import statement per connection costs ~9 k
+    instructions even when the module is loaded."""
+    global _STAGES
+    if _STAGES is None:
+        from . import _stages
+
+        _STAGES = _stages
+    return _STAGES
+
+
+_STAGES: Any = None
+
+
 def current_job() -> Job | None:
     """The job whose handler runs on this thread, if any."""
     job: Job | None = getattr(_local, "job", None)
@@ -140,7 +155,9 @@ class Job:
         if not self.stages:
             return True
         # Imported here: a server without stages (most) never loads them.
-        from ._stages import StageFailed, run_blocking, split_tls, stages_timeout
+        stages_module = _stages_module()
+        StageFailed, run_blocking = stages_module.StageFailed, stages_module.run_blocking  # noqa: N806 - a class
+        split_tls, stages_timeout = stages_module.split_tls, stages_module.stages_timeout
 
         stages, self.stages = self.stages, ()
         deadline = time.monotonic() + stages_timeout(stages)

@@ -29,6 +29,21 @@ if TYPE_CHECKING:
     from ._tls import TLSConfig, TLSContextSource
 
 
+def _edge_stages_module() -> Any:
+    """``_edge_stages``, imported on first use (it loads ``ssl``): an import
+    statement run per connection costs ~8 k instructions even when the module
+    is loaded, so the module is kept here after the first."""
+    global _EDGE_STAGES
+    if _EDGE_STAGES is None:
+        from . import _edge_stages
+
+        _EDGE_STAGES = _edge_stages
+    return _EDGE_STAGES
+
+
+_EDGE_STAGES: Any = None
+
+
 class ServerCore:
     """Limits, admission, max_requests and the shutdown handshake of one server."""
 
@@ -176,9 +191,8 @@ class ServerCore:
             self._know_edge()
         if not self._edge_stages_on:
             return ()
-        from ._edge_stages import edge_stages
-
-        return edge_stages(self, self.proxy_protocol, ticket)
+        stages: Sequence[StageFactory] = _edge_stages_module().edge_stages(self, self.proxy_protocol, ticket)
+        return stages
 
     def _tls_source(self) -> TLSContextSource | None:
         """Where each connection's TLS context comes from (made on first use)."""
