@@ -152,7 +152,11 @@ class TLSHandshake:
             # thread and pool servers (benchmarks/edge.py), which the event
             # loops, setting TCP_NODELAY themselves, did not pay.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return self.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        try:
+            return self.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:
+            _close_dropped_tls_socket(exc)  # the reset came between the check above and the wrap's own
+            raise
 
     @staticmethod
     def step(tls: ssl.SSLSocket) -> int:
@@ -188,6 +192,21 @@ class TLSHandshake:
             reason = f"TLS handshake failed: {exc!r}"
         log_tls_failed(StageFailed(reason, client_address), client_address, vanished=False)
         return StageFailed(reason, client_address)
+
+
+def _close_dropped_tls_socket(exc: BaseException) -> None:
+    """Close the ``SSLSocket`` that ``wrap_socket()`` made and dropped when it
+    raised (cpython#113280): it owns the connection's descriptor, which would
+    otherwise stay open until the garbage collector breaks the exception's
+    reference cycle. It is the ``self`` of ``SSLSocket._create``'s frame."""
+    traceback = exc.__traceback__
+    while traceback is not None:
+        frame = traceback.tb_frame
+        dropped = frame.f_locals.get("self") if frame.f_code.co_name == "_create" else None
+        if isinstance(dropped, ssl.SSLSocket):
+            dropped.close()
+            return
+        traceback = traceback.tb_next
 
 
 def end_tls_session(tls: ssl.SSLSocket) -> None:
