@@ -41,20 +41,15 @@ if TYPE_CHECKING:
     from ._admission import Ticket
     from ._proxy_stage import ProxyProtocol
     from ._stages import Stage
-    from ._tls import TLSConfig, TLSContextSource
+    from ._tls import TLSContextSource
 
     class EdgeHost(Protocol):
         """What the edge stages need of their server (``ServerCore``)."""
-
-        tls: ssl.SSLContext | TLSConfig | None
 
         def _check_real_client(self, ticket: Ticket | None, client_address: Any) -> str | None: ...
         def _count_refused(self, reason: str) -> None: ...
         def _tls_source(self) -> TLSContextSource | None: ...
 
-
-# How long a TLS handshake may take when the configuration does not say.
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 # What a client that vanished mid-handshake looks like: not the server's
 # problem, and not worth a warning (a TCP health check connects and closes).
@@ -229,6 +224,5 @@ def edge_stages(server: EdgeHost, proxy: ProxyProtocol | None, ticket: Ticket | 
         stages.append(ProxyStageFactory(proxy, server, ticket))
     source = server._tls_source()
     if source is not None:
-        timeout = getattr(server.tls, "handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
-        stages.append(TLSHandshake(source, timeout, server))
+        stages.append(TLSHandshake(source, source.handshake_timeout, server))
     return tuple(stages)
