@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,30 +77,17 @@ def wait_for_certificate(address: tuple[str, int], pki: Pki, wanted: bytes) -> i
         assert time.monotonic() < deadline, "the renewed certificate never came into service"
 
 
-def test_sighup_to_the_supervisor_brings_the_renewed_certificate_in_with_new_workers(tmp_path: Path, pki: Pki) -> None:
+@pytest.fixture
+def supervisor(tmp_path: Path, pki: Pki) -> Iterator[tuple[subprocess.Popen[bytes], tuple[str, int]]]:
+    """A prefork supervisor serving TLS from ``tmp_path``'s ``live`` files
+    (``pki.server`` installed), and its address; stopped with SIGTERM after."""
     certfile, keyfile = install(pki.server, tmp_path, "live")
     proc = subprocess.Popen(
         [sys.executable, "-c", SUPERVISOR, certfile, keyfile], stdout=subprocess.PIPE, start_new_session=True
     )
     try:
         assert proc.stdout is not None
-        address = tuple(json.loads(proc.stdout.readline()))
-        first, old_worker = presented(address, pki)
-        assert first == der(pki.server)
-        context = client_context(pki)
-        with (
-            socket.create_connection(address, timeout=TIMEOUT) as raw,
-            context.wrap_socket(raw, server_hostname="localhost") as held,
-        ):
-            held.sendall(b"before\n")
-            assert held.recv(100) == b"%d before\n" % old_worker
-            install(pki.server2, tmp_path, "live")  # the renewed certificate, as a deploy writes it
-            proc.send_signal(signal.SIGHUP)
-            new_worker = wait_for_certificate(address, pki, der(pki.server2))
-            assert new_worker != old_worker
-            held.sendall(b"after\n")  # the old generation's connection keeps its session
-            assert held.recv(100) == b"%d after\n" % old_worker
-            assert held.getpeercert(binary_form=True) == der(pki.server)
+        yield proc, tuple(json.loads(proc.stdout.readline()))
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT * 2) == 0
@@ -107,22 +95,35 @@ def test_sighup_to_the_supervisor_brings_the_renewed_certificate_in_with_new_wor
         proc.stdout.close()
 
 
-def test_sighup_to_a_worker_reloads_in_that_worker(tmp_path: Path, pki: Pki) -> None:
-    certfile, keyfile = install(pki.server, tmp_path, "live")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR, certfile, keyfile], stdout=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        assert proc.stdout is not None
-        address = tuple(json.loads(proc.stdout.readline()))
-        first, worker = presented(address, pki)
-        assert first == der(pki.server)
-        install(pki.server2, tmp_path, "live")
-        os.kill(worker, signal.SIGHUP)
-        # The reload happens at the next connection the worker wraps: the same worker, the new certificate.
-        assert wait_for_certificate(address, pki, der(pki.server2)) == worker
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(TIMEOUT * 2) == 0
-        assert proc.stdout is not None
-        proc.stdout.close()
+def test_sighup_to_the_supervisor_brings_the_renewed_certificate_in_with_new_workers(
+    tmp_path: Path, pki: Pki, supervisor: tuple[subprocess.Popen[bytes], tuple[str, int]]
+) -> None:
+    proc, address = supervisor
+    first, old_worker = presented(address, pki)
+    assert first == der(pki.server)
+    context = client_context(pki)
+    with (
+        socket.create_connection(address, timeout=TIMEOUT) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as held,
+    ):
+        held.sendall(b"before\n")
+        assert held.recv(100) == b"%d before\n" % old_worker
+        install(pki.server2, tmp_path, "live")  # the renewed certificate, as a deploy writes it
+        proc.send_signal(signal.SIGHUP)
+        new_worker = wait_for_certificate(address, pki, der(pki.server2))
+        assert new_worker != old_worker
+        held.sendall(b"after\n")  # the old generation's connection keeps its session
+        assert held.recv(100) == b"%d after\n" % old_worker
+        assert held.getpeercert(binary_form=True) == der(pki.server)
+
+
+def test_sighup_to_a_worker_reloads_in_that_worker(
+    tmp_path: Path, pki: Pki, supervisor: tuple[subprocess.Popen[bytes], tuple[str, int]]
+) -> None:
+    _, address = supervisor
+    first, worker = presented(address, pki)
+    assert first == der(pki.server)
+    install(pki.server2, tmp_path, "live")
+    os.kill(worker, signal.SIGHUP)
+    # The reload happens at the next connection the worker wraps: the same worker, the new certificate.
+    assert wait_for_certificate(address, pki, der(pki.server2)) == worker
