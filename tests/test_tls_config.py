@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime
 import logging
 import os
 import pickle
@@ -39,6 +38,8 @@ from sockserve._tls import (
     tls_info,
 )
 
+from .tls_certs import Pki, client_context, der, install
+
 TIMEOUT = 10.0
 OPENSSL = "/usr/bin/openssl"
 KEEPING = "keeping the previous TLS certificates"
@@ -47,47 +48,9 @@ KEEPING = "keeping the previous TLS certificates"
 # --- certificates --------------------------------------------------------------
 
 
-class Pki:
-    """The certificates of these tests, made once per module."""
-
-    def __init__(self) -> None:
-        self.ca = trustme.CA()
-        self.server = self.ca.issue_cert("localhost", "127.0.0.1", "::1")
-        self.server2 = self.ca.issue_cert("localhost", "127.0.0.1", "::1")  # what a reload installs
-        self.other = self.ca.issue_cert("other.test")
-        self.wild = self.ca.issue_cert("*.wild.test")
-        self.client = self.ca.issue_cert("alice@example.test", common_name="alice")
-        self.stranger = trustme.CA().issue_cert("mallory@example.test", common_name="mallory")  # another CA
-        now = datetime.datetime.now(datetime.timezone.utc)
-        self.expired = self.ca.issue_cert(
-            "localhost",
-            "127.0.0.1",
-            not_before=now - datetime.timedelta(days=2),
-            not_after=now - datetime.timedelta(days=1),
-        )
-
-
 @pytest.fixture(scope="module")
 def pki() -> Pki:
     return Pki()
-
-
-def install(cert: trustme.LeafCert, directory: Path, name: str) -> tuple[str, str]:
-    """Writes ``cert``'s chain and key as ``name``.crt and ``name``.key, each by
-    a rename (a new inode, as a deploy does); returns their paths."""
-    certfile, keyfile = directory / f"{name}.crt", directory / f"{name}.key"
-    for path, pem in (
-        (certfile, b"".join(blob.bytes() for blob in cert.cert_chain_pems)),
-        (keyfile, cert.private_key_pem.bytes()),
-    ):
-        temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(pem)
-        os.replace(temporary, path)
-    return str(certfile), str(keyfile)
-
-
-def der(cert: trustme.LeafCert) -> bytes:
-    return ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
 
 
 @pytest.fixture
@@ -100,15 +63,6 @@ def files(pki: Pki, tmp_path: Path) -> dict[str, Any]:
     pki.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     paths["ca"] = str(tmp_path / "ca.pem")
     return paths
-
-
-def client_context(pki: Pki, *, check_hostname: bool = True, cert: trustme.LeafCert | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    pki.ca.configure_trust(context)
-    context.check_hostname = check_hostname
-    if cert is not None:
-        cert.configure_cert(context)
-    return context
 
 
 # --- a tiny TLS server ----------------------------------------------------------
