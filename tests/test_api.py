@@ -25,7 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The modules a user imports from. Every other module is private (a name
 # with a leading underscore somewhere in its path) or listed in NOT_API.
-PUBLIC_MODULES = ["sockserve", "sockserve.aio", "sockserve.prefork", "sockserve.protocol", "sockserve.testing"]
+PUBLIC_MODULES = [
+    "sockserve",
+    "sockserve.aio",
+    "sockserve.prefork",
+    "sockserve.protocol",
+    "sockserve.pytest_plugin",
+    "sockserve.testing",
+]
 NOT_API = {
     "sockserve.cli": "the `sockserve` command; its interface is the command line",
     "sockserve.examples": "programs to read and run (`python -m sockserve.examples.echo`), not to import from",
