@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from ._inet_servers import TCPServer as TCPServer
     from ._inet_servers import UDPServer as UDPServer
     from ._limits import Limits as Limits
+    from ._metrics import Metrics as Metrics
+    from ._metrics import MetricsSnapshot as MetricsSnapshot
     from ._pool import ThreadPoolMixIn as ThreadPoolMixIn
     from ._pool_servers import ThreadPoolTCPServer as ThreadPoolTCPServer
     from ._pool_servers import ThreadPoolUDPServer as ThreadPoolUDPServer
@@ -96,6 +98,8 @@ _MODULES = {
     "IdleTimeoutExpired": "_errors",
     "LimitExceeded": "_errors",
     "Limits": "_limits",
+    "Metrics": "_metrics",
+    "MetricsSnapshot": "_metrics",
     "LineTooLong": "_errors",
     "MalformedProxyHeader": "_errors",
     "NotAProxyHeader": "_errors",
@@ -156,6 +160,8 @@ __all__ = [
     "LimitExceeded",
     "Limits",
     "LineTooLong",
+    "Metrics",
+    "MetricsSnapshot",
     "MalformedProxyHeader",
     "NotAProxyHeader",
     "ProxyHeaderError",
