@@ -3,6 +3,9 @@ user's program would. It is also the only place that configures logging.
 
     sockserve demo                          walk through the four classic examples
     sockserve echo --listen 127.0.0.1:7000  a real echo server; Ctrl-C or SIGTERM stops it
+    sockserve serve myapp:Handler --bind tcp://0.0.0.0:9000 [--config app.toml] [--check]
+                                            serve a user's handler (settings: _config,
+                                            what runs: _cli_serve)
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ._errors import SocketPathInUse, SocketPathNotASocket
 from ._framed import FramedRequestHandler
@@ -216,10 +219,58 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGHUP reloads, SIGTTIN/SIGTTOU add/remove a worker",
     )
     echo.set_defaults(run=_run_echo)
+    # Listed here for --help; main() hands its arguments to build_serve_parser()'s parser.
+    commands.add_parser("serve", help="serve a handler: sockserve serve MODULE:ATTRIBUTE [options]", add_help=False)
     return parser
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line (and exit status 2), like every
+    other bad setting of ``sockserve serve``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    from ._config import add_flags
+
+    parser = _OneLineParser(
+        prog="sockserve serve",
+        description="Serve a request handler: sockserve serve myapp.handlers:Echo --bind tcp://0.0.0.0:9000. "
+        "Every setting may also be given in a TOML file (--config), under the flag's name with underscores; "
+        "flags override the file.",
+    )
+    add_flags(parser)
+    return parser
+
+
+def _configure_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def _run_serve(argv: Sequence[str]) -> int:
+    from ._cli_serve import serve_command
+    from ._config import ConfigError, flag_values, load_settings
+
+    args = build_serve_parser().parse_args(argv)
+    try:
+        settings = load_settings(flag_values(args), args.config)
+        _configure_logging(settings.log_level)
+        return serve_command(settings, check_only=args.check)
+    except ConfigError as exc:
+        print(f"sockserve serve: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        return _run_serve(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
     return int(args.run(args))

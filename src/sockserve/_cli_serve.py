@@ -1,0 +1,464 @@
+"""What ``sockserve serve`` does with its settings: import the handler, choose
+the server class (one table: the handler's kind x the model x the bind's
+type), check everything that can be checked without binding, then build the
+servers, say where they listen, and run them until a signal stops them.
+
+The settings themselves (reading, one-line errors) are ``_config``'s; the
+argument parser is ``cli``'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._config import ConfigError, ServeSettings
+from ._socket_activation import Bind
+
+log = logging.getLogger("sockserve.serve")
+
+# --- the handler's kind -------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """What a kind of handler runs on: its models (the first is the default)
+    and the bind types it serves."""
+
+    name: str  # how messages call it: "a StreamRequestHandler"
+    models: tuple[str, ...]
+    schemes: tuple[str, ...]
+
+
+_BLOCKING = ("pool", "thread", "fork", "sequential")
+# The default model is the first of each kind's list, what a production user should get:
+# - a blocking handler runs on the pool: its threads are bounded and reused, where
+#   "thread" starts a thread per connection without limit, "fork" a process per
+#   connection, and "sequential" serves one client at a time;
+# - a FramedRequestHandler runs only on the pool, in its framed mode;
+# - an async handler runs only on the event loop.
+KINDS = {
+    "stream": Kind("a StreamRequestHandler", _BLOCKING, ("tcp", "unix")),
+    "datagram": Kind("a DatagramRequestHandler", _BLOCKING, ("udp",)),
+    "base": Kind("a BaseRequestHandler", _BLOCKING, ("tcp", "unix", "udp")),
+    "framed": Kind("a FramedRequestHandler", ("framed", "pool"), ("tcp", "unix")),
+    "async_stream": Kind("an AsyncStreamRequestHandler", ("async",), ("tcp", "unix")),
+    "async_callback": Kind("an AsyncProtocolHandler", ("async",), ("tcp", "unix")),
+    "async_datagram": Kind("an async datagram handler", ("async",), ("udp",)),
+}
+
+# (model, the bind's scheme) -> the server class, by name in sockserve or sockserve.aio.
+# "framed" is the pool: ThreadPool* servers serve a FramedRequestHandler in framed mode.
+SERVER_CLASSES = {
+    ("sequential", "tcp"): "TCPServer",
+    ("sequential", "unix"): "UnixStreamServer",
+    ("sequential", "udp"): "UDPServer",
+    ("thread", "tcp"): "ThreadingTCPServer",
+    ("thread", "unix"): "ThreadingUnixStreamServer",
+    ("thread", "udp"): "ThreadingUDPServer",
+    ("pool", "tcp"): "ThreadPoolTCPServer",
+    ("pool", "unix"): "ThreadPoolUnixStreamServer",
+    ("pool", "udp"): "ThreadPoolUDPServer",
+    ("framed", "tcp"): "ThreadPoolTCPServer",
+    ("framed", "unix"): "ThreadPoolUnixStreamServer",
+    ("fork", "tcp"): "ForkingTCPServer",
+    ("fork", "unix"): "ForkingUnixStreamServer",
+    ("fork", "udp"): "ForkingUDPServer",
+    ("async", "tcp"): "aio.AsyncTCPServer",
+    ("async", "unix"): "aio.AsyncUnixStreamServer",
+    ("async", "udp"): "aio.AsyncUDPServer",
+}
+
+# A stream listener's accept queue: the stdlib's 5 (which the drop-in classes
+# keep) overflows behind a load balancer; the pool's own default. The async
+# servers keep their larger one.
+BACKLOG = 1024
+
+
+def handler_kind(handler: object) -> str:
+    """The key in :data:`KINDS` of a handler class (any other callable is a
+    stdlib-style handler, which may serve streams or datagrams)."""
+    from ._framed import FramedRequestHandler
+    from ._handlers import DatagramRequestHandler, StreamRequestHandler
+
+    if not isinstance(handler, type):
+        return "base"
+    if issubclass(handler, FramedRequestHandler):
+        return "framed"
+    # An async handler's module imported sockserve.aio: if it is not loaded,
+    # the handler is not async, and a blocking server does not pay for asyncio.
+    aio = sys.modules.get("sockserve.aio")
+    if aio is not None:
+        if issubclass(handler, aio.AsyncStreamRequestHandler):
+            return "async_stream"
+        if issubclass(handler, aio.AsyncProtocolHandler):
+            return "async_callback"
+        if issubclass(handler, (aio.AsyncDatagramRequestHandler, aio.AsyncDatagramProtocolHandler)):
+            return "async_datagram"
+    if issubclass(handler, StreamRequestHandler):
+        return "stream"
+    if issubclass(handler, DatagramRequestHandler):
+        return "datagram"
+    return "base"
+
+
+# --- the plan: what will run, checked without binding ----------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    settings: ServeSettings
+    handler: Any
+    kind: str
+    model: str
+    listeners: tuple[tuple[Bind, type[Any]], ...]  # each bind and its server class
+
+
+def import_handler(settings: ServeSettings) -> Any:
+    """The object ``handler`` names; one-line ``ConfigError`` if it cannot be had."""
+    if settings.handler is None:
+        raise ConfigError("no handler: give MODULE:ATTRIBUTE (e.g. sockserve serve myapp:Echo) or handler= in --config")
+    module_name, _, attribute = settings.handler.partition(":")
+    # As uvicorn and gunicorn do: the current directory's modules are importable
+    # even when the console script (whose sys.path[0] is its own directory) runs.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise settings.error("handler", f"no module named {exc.name!r}") from None
+        raise settings.error("handler", f"importing {module_name} failed: {_one_line(exc)}") from None
+    except Exception as exc:  # the user's module failed: one line, where and why
+        raise settings.error("handler", f"importing {module_name} failed: {_one_line(exc)}") from None
+    value: Any = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise settings.error("handler", f"module {module_name} has no attribute {attribute!r}")
+        value = getattr(value, part)
+    if not callable(value):
+        shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
+        raise settings.error("handler", f"{settings.handler} is {shown}, not a handler class")
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    """``SyntaxError: invalid syntax (app.py, line 3)``; for other errors the
+    innermost frame of the user's code is named too."""
+    text = f"{type(exc).__name__}: {exc}"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None and not isinstance(exc, SyntaxError):
+        text += f" ({tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno})"
+    return text
+
+
+def make_plan(settings: ServeSettings) -> Plan:
+    """Import the handler and choose each bind's server class, or raise a
+    one-line ``ConfigError`` for a combination that cannot work."""
+    handler = import_handler(settings)
+    kind_key = handler_kind(handler)
+    kind = KINDS[kind_key]
+    name = str(getattr(handler, "__qualname__", settings.handler))
+    model = settings.model or kind.models[0]
+    if model not in kind.models:
+        raise settings.error("model", _wrong_model(name, kind_key, kind, model))
+    listeners = []
+    for bind in settings.bind:
+        if bind.scheme not in kind.schemes:
+            serves = "datagrams (udp://)" if kind.schemes == ("udp",) else "streams (tcp:// and unix:)"
+            raise settings.error("bind", f"{bind}: {name} is {kind.name}, which serves {serves}")
+        if bind.scheme == "unix" and bind.path is not None and bind.path.startswith("@") and sys.platform != "linux":
+            raise settings.error("bind", f"{bind}: abstract Unix socket names exist only on Linux")
+        listeners.append((bind, _server_class(model, bind.scheme)))
+    if model == "fork" and not hasattr(os, "fork"):
+        raise settings.error("model", "fork needs os.fork(), which this platform lacks")
+    if settings.workers > 1 and len(listeners) > 1:
+        raise settings.error("workers", "prefork (workers > 1) serves one bind; give one --bind or run one per bind")
+    tls_binds = [bind for bind in settings.bind if bind.scheme == "udp"]
+    if settings.tls_cert is not None and tls_binds:
+        raise settings.error("tls_cert", f"TLS needs streams: {tls_binds[0]} is UDP (DTLS is not supported)")
+    return Plan(settings, handler, kind_key, model, tuple(listeners))
+
+
+def _wrong_model(name: str, kind_key: str, kind: Kind, model: str) -> str:
+    if kind_key == "framed":
+        return f"{name} is a FramedRequestHandler: it runs on the pool (model framed), not {model}"
+    if kind_key.startswith("async"):
+        return f"{name} is {kind.name}: it runs with model async, not {model}"
+    if model == "framed":
+        return f"model framed runs a FramedRequestHandler; {name} is {kind.name} (use model pool)"
+    return f"{name} is {kind.name}, a blocking handler: it runs with model {', '.join(kind.models)}, not {model}"
+
+
+def _server_class(model: str, scheme: str) -> type[Any]:
+    """The class for ``model`` and ``scheme``, with the production settings
+    the drop-in classes leave at the stdlib's (an accept queue of 5, no
+    SO_REUSEADDR: a restart would wait for TIME_WAIT to pass)."""
+    name = SERVER_CLASSES[(model, scheme)]
+    if name.startswith("aio."):
+        from . import aio
+
+        base = getattr(aio, name[4:])
+    else:
+        import sockserve
+
+        base = getattr(sockserve, name)
+    if scheme == "udp":
+        return base  # type: ignore[no-any-return]
+    overrides = {
+        "request_queue_size": max(BACKLOG, getattr(base, "request_queue_size", 0)),
+        "allow_reuse_address": True,
+    }
+    return type(base.__name__, (base,), {"__module__": base.__module__, "__qualname__": base.__qualname__, **overrides})
+
+
+# --- the rest of --check ------------------------------------------------------------
+
+
+def server_options(settings: ServeSettings) -> dict[str, Any]:
+    """The attributes every server gets (limits, TLS, PROXY, access list),
+    built from the settings; a bad combination is a one-line ``ConfigError``."""
+    from ._limits import Limits
+
+    options: dict[str, Any] = {
+        "limits": Limits(
+            settings.max_connections,
+            settings.max_connections_per_ip,
+            settings.idle_timeout,
+            settings.connection_timeout,
+            settings.max_line,
+        )
+    }
+    if settings.tls_cert is not None:
+        options["tls"] = _tls_config(settings)
+    elif settings.tls_key is not None or settings.tls_client_ca is not None or settings.tls_alpn:
+        given = next(name for name in ("tls_key", "tls_client_ca", "tls_alpn") if getattr(settings, name))
+        raise settings.error(given, "needs tls_cert (TLS is on only with a certificate)")
+    if settings.proxy_trusted or settings.proxy_trust_unix:
+        from ._proxy_stage import ProxyProtocol
+
+        options["proxy_protocol"] = ProxyProtocol(
+            settings.proxy_trusted,
+            required=settings.proxy_required,
+            timeout=settings.proxy_timeout,
+            trust_unix=settings.proxy_trust_unix,
+        )
+    if settings.allow or settings.deny:
+        from ._access import AccessList
+
+        options["access_list"] = AccessList(settings.allow, settings.deny)
+    return options
+
+
+def _tls_config(settings: ServeSettings) -> Any:
+    from ._tls import TLSConfig, TLSConfigError, build_context
+
+    try:
+        config = TLSConfig(
+            settings.tls_cert,  # type: ignore[arg-type]
+            settings.tls_key,
+            client_ca=settings.tls_client_ca,
+            client_cert=settings.tls_client_cert,
+            handshake_timeout=settings.tls_handshake_timeout,
+            alpn=settings.tls_alpn,
+        )
+    except (TypeError, ValueError) as exc:  # client_cert without client_ca, a bad ALPN name
+        setting = "tls_client_cert" if "client_cert" in str(exc) else "tls_alpn" if "alpn" in str(exc) else "tls_cert"
+        raise settings.error(setting, str(exc)) from None
+    try:
+        build_context(config)  # loads every file now: a bad one is named before anything binds
+    except TLSConfigError as exc:
+        failed = "tls_client_ca" if settings.tls_client_ca and str(exc).startswith(settings.tls_client_ca) else None
+        failed = failed or ("tls_key" if settings.tls_key and str(exc).startswith(settings.tls_key) else "tls_cert")
+        raise settings.error(failed, str(exc)) from None
+    return config
+
+
+def check_principals(settings: ServeSettings) -> None:
+    """The user and group exist (a number is taken as it is, as chown does)."""
+    if isinstance(settings.user, str):
+        import pwd
+
+        try:
+            pwd.getpwnam(settings.user)
+        except KeyError:
+            raise settings.error("user", f"no user named {settings.user!r} on this system") from None
+    if isinstance(settings.group, str):
+        import grp
+
+        try:
+            grp.getgrnam(settings.group)
+        except KeyError:
+            raise settings.error("group", f"no group named {settings.group!r} on this system") from None
+
+
+# Settings whose part is not built yet: refusing them is better than starting
+# without a privilege drop or a health endpoint the user asked for.
+NOT_YET: dict[str, str] = {
+    "admin": "the admin listener",
+    "user": "the privilege drop",
+    "group": "the privilege drop",
+    "umask": "the privilege drop",
+    "pid_file": "the pid file",
+    "reload": "--reload",
+    "access_log": "the access log",
+    "drain_delay": "the drain delay",
+}
+
+
+def check_available(settings: ServeSettings) -> None:
+    defaults = ServeSettings()
+    for name, part in NOT_YET.items():
+        if getattr(settings, name) != getattr(defaults, name):
+            raise settings.error(name, f"{part} is not available in this version of sockserve yet")
+    if settings.log_format == "json":
+        raise settings.error("log_format", "the JSON log format is not available in this version of sockserve yet")
+
+
+def check(settings: ServeSettings) -> tuple[Plan, dict[str, Any]]:
+    """Everything that can be checked without binding; raises ``ConfigError``."""
+    check_available(settings)
+    plan = make_plan(settings)
+    options = server_options(settings)
+    check_principals(settings)
+    return plan, options
+
+
+def check_notes(plan: Plan) -> dict[str, str]:
+    """The comments ``--check`` prints beside the settings it chose or derived."""
+    handler = getattr(plan.handler, "__qualname__", plan.settings.handler)
+    notes = {"handler": f"{handler}: {KINDS[plan.kind].name}"}
+    if plan.settings.model is None:
+        notes["model"] = f"the default for {KINDS[plan.kind].name}"
+    notes["bind"] = ", ".join(f"{bind}: {cls.__name__}" for bind, cls in plan.listeners)
+    if plan.settings.workers > 1:
+        notes["workers"] = "prefork: a supervisor and its workers"
+    return notes
+
+
+# --- running -----------------------------------------------------------------------
+
+
+def url_of(scheme: str, address: Any) -> str:
+    """A listener's address as the URL a --bind would give: tcp://[::1]:9000, unix:/run/app.sock, unix:@name."""
+    if scheme == "unix":
+        if isinstance(address, bytes):
+            address = address.decode("utf-8", "surrogateescape")
+        return "unix:@" + address[1:] if address.startswith("\0") else f"unix:{address}"
+    host, port = address[0], address[1]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def run(plan: Plan, options: dict[str, Any]) -> int:
+    """Bind, serve until a signal, stop; the exit status."""
+    settings = plan.settings
+    if settings.workers > 1:
+        return _run_prefork(plan, options)
+    servers = []
+    try:
+        for bind, server_class in plan.listeners:
+            try:
+                server = server_class(bind.address, plan.handler)
+            except OSError as exc:
+                _cannot_listen(bind, exc)
+                return 1
+            servers.append(server)
+            _configure(server, options)
+        for (bind, _), server in zip(plan.listeners, servers, strict=True):
+            log.info(
+                "serving %s (model %s, 1 process, pid %d)",
+                url_of(bind.scheme, server.server_address),
+                plan.model,
+                os.getpid(),
+            )
+    except BaseException:
+        for server in servers:
+            server.server_close()
+        raise
+    from ._serve import serve
+
+    if len(servers) > 1:
+        for server in servers:
+            server.server_close()
+        raise settings.error("bind", "several binds in one process need serve_all(), not available yet")
+    report = serve(servers[0], grace=settings.grace)
+    log.info("stopped (%d connection(s) in flight, %d closed early)", report.in_flight, report.forced)
+    return 0
+
+
+def _configure(server: Any, options: dict[str, Any]) -> None:
+    for name, value in options.items():
+        setattr(server, name, value)
+
+
+def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
+    from .prefork import Prefork
+
+    settings = plan.settings
+    ((bind, server_class),) = plan.listeners
+    supervisor = Prefork(
+        server_class,
+        bind.address,
+        plan.handler,
+        workers=settings.workers,
+        grace=settings.grace,
+        configure=lambda server: _configure(server, options),
+    )
+    try:
+        supervisor.bind()
+    except OSError as exc:
+        _cannot_listen(bind, exc)
+        return 1
+    log.info(
+        "serving %s (model %s, %d workers, supervisor pid %d)",
+        url_of(bind.scheme, supervisor.server_address),
+        plan.model,
+        settings.workers,
+        os.getpid(),
+    )
+    return supervisor.run()
+
+
+def _cannot_listen(bind: Bind, exc: OSError) -> None:
+    from .cli import _why
+
+    kind = "unix" if bind.scheme == "unix" else "tcp"
+    log.error("cannot listen on %s: %s", bind, _why(kind, bind.address, exc))
+
+
+def serve_command(settings: ServeSettings, *, check_only: bool, out: Any = None) -> int:
+    """``sockserve serve`` once its settings are read: check, then print them or run."""
+    plan, options = check(settings)
+    if check_only:
+        from ._config import to_toml
+
+        sources = sorted(set(settings.sources.values()) - {"argument"})
+        origin = ", ".join(source for source in sources if not source.startswith("--"))
+        header = (
+            "# sockserve serve: the effective settings (flags over "
+            + (origin or "no config file")
+            + " over the defaults); every check passed\n"
+        )
+        effective = dataclasses.replace(settings, model=plan.model)
+        print(header + to_toml(effective, check_notes(plan)), end="", file=out or sys.stdout)
+        return 0
+    return run(plan, options)
+
+
+__all__: Sequence[str] = [
+    "KINDS",
+    "SERVER_CLASSES",
+    "Plan",
+    "check",
+    "handler_kind",
+    "make_plan",
+    "run",
+    "serve_command",
+]
