@@ -318,8 +318,6 @@ def check_available(settings: ServeSettings) -> None:
     for name, part in NOT_YET.items():
         if getattr(settings, name) != getattr(defaults, name):
             raise settings.error(name, f"{part} is not available in this version of sockserve yet")
-    if settings.log_format == "json":
-        raise settings.error("log_format", "the JSON log format is not available in this version of sockserve yet")
 
 
 def check(settings: ServeSettings) -> tuple[Plan, dict[str, Any]]:

@@ -18,7 +18,6 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -76,11 +75,10 @@ def _optional(convert: Callable[[object], Any]) -> Callable[[object], Any]:
 
 def _whole(minimum: int) -> Callable[[object], int]:
     def whole(value: object) -> int:
-        if isinstance(value, str) and value.isascii() and value.isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        number = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
+        if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
             raise ValueError(f"expected a whole number, {minimum} or more, got {value!r}")
-        return value
+        return number
 
     return whole
 
@@ -154,14 +152,16 @@ def _handler(value: object) -> str:
 
 def _umask(value: object) -> int:
     """An octal mask: ``"027"`` (text) or ``0o027`` (a TOML octal number)."""
+    mask = value
     if isinstance(value, str):
         try:
-            value = int(value, 8)
+            mask = int(value, 8)
         except ValueError:
             raise ValueError(f"expected an octal mask such as 027, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
-        raise ValueError(f"expected an octal mask from 000 to 777, got {value!r}")
-    return value
+    if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask <= 0o777:
+        shown = f"0o{mask:o}" if isinstance(mask, int) and not isinstance(value, str) else repr(value)
+        raise ValueError(f"expected an octal mask from 000 to 777, got {shown}")
+    return mask
 
 
 def _principal(value: object) -> str | int:
@@ -487,7 +487,7 @@ def load_settings(flags: Mapping[str, Any], config: str | None = None) -> ServeS
     values = _defaults()
     sources: dict[str, str] = {}
     if config is not None:
-        label = os.path.basename(config) if os.path.dirname(config) in ("", ".") else config
+        label = config  # as the user wrote it
         for name, raw in _read_toml(config, label).items():
             setting = _BY_NAME.get(name)
             if setting is None:

@@ -245,9 +245,16 @@ def build_serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str = "info") -> None:
+def _configure_logging(level: str, log_format: str) -> None:
+    """``sockserve serve``'s logging: every line on stderr (where systemd's
+    journal and container runtimes collect it), as text or one JSON object per line."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+    if log_format == "json":
+        from ._log_format import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
@@ -260,7 +267,7 @@ def _run_serve(argv: Sequence[str]) -> int:
     args = build_serve_parser().parse_args(argv)
     try:
         settings = load_settings(flag_values(args), args.config)
-        _configure_logging(settings.log_level)
+        _configure_logging(settings.log_level, settings.log_format)
         return serve_command(settings, check_only=args.check)
     except ConfigError as exc:
         print(f"sockserve serve: {exc}", file=sys.stderr)

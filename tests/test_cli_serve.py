@@ -1,0 +1,437 @@
+"""``sockserve serve`` end to end: the command in a subprocess, as a user runs
+it, serving the handlers of tests/cli_app.py under every model on every bind
+type that fits, stopped by real signals; the config file and the flags;
+``--check``; and every kind of bad setting as one line on stderr and exit
+status 2.
+
+Each server binds port 0 (or a Unix path in a temporary directory) and the
+test reads the real address from its start-up line on stderr. Every wait has
+a timeout, and a server still running when a test ends is killed with its
+whole process group (prefork workers included)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import connect, recv_line
+from .tls_certs import Pki, client_context, install
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent  # where `tests.cli_app` is importable from
+WAIT = 20.0  # seconds: a start-up or a stop on a loaded machine
+
+
+class Serving:
+    """A ``sockserve serve`` subprocess and the lines of its stderr, read by a
+    thread into a queue so that every wait can time out."""
+
+    def __init__(self, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, **popen: Any) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sockserve", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,  # its own process group: kill() reaches prefork workers too
+            **popen,
+        )
+        self.seen: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name="stderr reader")
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        """The first line from now on that matches ``pattern``."""
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n{self.text}") from None
+            if line is None:
+                self._lines.put(None)
+                raise AssertionError(f"the server ended before a line matching {pattern!r}:\n{self.text}")
+            self.seen.append(line)
+            found = re.search(pattern, line)
+            if found:
+                return found
+
+    def addresses(self, count: int = 1) -> list[Any]:
+        """The addresses of the first ``count`` listeners, from their start-up lines."""
+        return [address_of(self.wait_for(r"serving (\S+) \(")[1]) for _ in range(count)]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.seen)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send ``sig`` and wait for the exit status; the rest of stderr is in ``text``."""
+        self.proc.send_signal(sig)
+        return self.wait()
+
+    def wait(self) -> int:
+        code = self.proc.wait(timeout=WAIT)
+        self._reader.join(WAIT)
+        while (line := self._lines.get_nowait() if not self._lines.empty() else None) is not None:
+            self.seen.append(line)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=WAIT)
+        self._reader.join(WAIT)
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    def __enter__(self) -> Serving:  # noqa: PYI034 - a final class of the tests
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def address_of(url: str) -> Any:
+    if url.startswith("unix:"):
+        return url[5:]
+    host, _, port = url.split("://", 1)[1].rpartition(":")
+    return (host.strip("[]"), int(port))
+
+
+def run(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``sockserve serve`` with ``args``, expected to exit by itself (a check or an error)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sockserve", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def udp_round_trip(address: Any, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        client.sendto(payload, address)
+        return client.recvfrom(65536)[0]
+
+
+def stream_round_trip(address: Any, payload: bytes) -> bytes:
+    with connect(address) as client:
+        client.sendall(payload)
+        return recv_line(client)
+
+
+@pytest.fixture
+def bind_for(short_tmp: str) -> Any:
+    def make(scheme: str) -> str:
+        return {
+            "tcp": "tcp://127.0.0.1:0",
+            "udp": "udp://127.0.0.1:0",
+            "unix": f"unix:{os.path.join(short_tmp, 'app.sock')}",
+        }[scheme]
+
+    return make
+
+
+# -- every model on every bind type that fits its handler ------------------------------------------------
+
+COMBINATIONS = [
+    *[("Echo", model, scheme) for model in ("sequential", "thread", "pool", "fork") for scheme in ("tcp", "unix")],
+    *[("DatagramEcho", model, "udp") for model in ("sequential", "thread", "pool", "fork")],
+    ("FramedEcho", "framed", "tcp"),
+    ("FramedEcho", "framed", "unix"),
+    ("AsyncEcho", "async", "tcp"),
+    ("AsyncEcho", "async", "unix"),
+    ("AsyncDatagramEcho", "async", "udp"),
+]
+
+
+@pytest.mark.parametrize(("handler", "model", "scheme"), COMBINATIONS)
+def test_serves_every_model_on_every_bind_that_fits(handler: str, model: str, scheme: str, bind_for: Any) -> None:
+    with Serving(f"tests.cli_app:{handler}", "--bind", bind_for(scheme), "--model", model) as server:
+        (address,) = server.addresses()
+        assert re.search(rf"serving \S+ \(model {model}, 1 process, pid {server.proc.pid}\)", server.text)
+        payload = f"{handler} under {model}\n".encode()
+        if scheme == "udp":
+            assert udp_round_trip(address, payload) == payload
+        else:
+            assert stream_round_trip(address, payload) == payload
+        assert server.stop(signal.SIGTERM) == 0, server.text
+        assert "stopped (" in server.text
+        assert "Traceback" not in server.text
+        if scheme == "unix":
+            assert not os.path.exists(address)  # the server removed its socket file
+
+
+@pytest.mark.parametrize(("handler", "model"), [("Echo", "pool"), ("FramedEcho", "framed"), ("AsyncEcho", "async")])
+def test_the_default_model_fits_the_handler(handler: str, model: str) -> None:
+    with Serving(f"tests.cli_app:{handler}", "--bind", "tcp://127.0.0.1:0") as server:
+        (address,) = server.addresses()
+        assert f"(model {model}, " in server.text
+        assert stream_round_trip(address, b"default\n") == b"default\n"
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("model", ["pool", "thread", "async"])
+def test_sigterm_lets_a_connection_in_flight_finish(model: str) -> None:
+    handler = "AsyncEcho" if model == "async" else "Echo"
+    with Serving(f"tests.cli_app:{handler}", "--bind", "tcp://127.0.0.1:0", "--model", model) as server:
+        (address,) = server.addresses()
+        with connect(address) as client:
+            client.sendall(b"before\n")
+            assert recv_line(client) == b"before\n"  # the handler runs
+            server.proc.send_signal(signal.SIGTERM)
+            server.wait_for("received SIGTERM, stopping gracefully")
+            client.sendall(b"after\n")
+            assert recv_line(client) == b"after\n"  # the connection in flight is still served
+        assert server.wait() == 0, server.text
+        assert "stopped (1 connection(s) in flight, 0 closed early)" in server.text
+
+
+def test_sigint_stops_it_too() -> None:
+    with Serving("tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0") as server:
+        server.addresses()
+        assert server.stop(signal.SIGINT) == 0
+        assert "received SIGINT" in server.text
+
+
+def test_a_second_sigterm_cuts_the_drain_short() -> None:
+    with Serving("tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", "--grace", "60") as server:
+        (address,) = server.addresses()
+        with connect(address) as client:
+            client.sendall(b"hold\n")
+            assert recv_line(client) == b"hold\n"
+            server.proc.send_signal(signal.SIGTERM)
+            server.wait_for("received SIGTERM")
+            assert server.stop(signal.SIGTERM) == 0, server.text  # long before the 60 s grace
+            assert recv_line(client) == b""  # closed by the server
+        assert "1 closed early" in server.text
+
+
+def test_prefork_workers_serve_reload_on_sighup_and_stop_on_sigterm() -> None:
+    with Serving("tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", "--workers", "2") as server:
+        (address,) = server.addresses()
+        assert re.search(r"\(model pool, 2 workers, supervisor pid \d+\)", server.text)
+        for _ in range(2):
+            server.wait_for(r"worker \d+: serving ")
+        assert stream_round_trip(address, b"prefork\n") == b"prefork\n"
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for("SIGHUP: starting generation 1")
+        for _ in range(2):
+            server.wait_for(r"worker \d+: serving ")
+        assert stream_round_trip(address, b"reloaded\n") == b"reloaded\n"
+        assert server.stop() == 0, server.text
+        assert "did not exit in time" not in server.text
+
+
+# -- the config file and the flags -------------------------------------------------------------------------
+
+
+def test_the_config_file_and_a_flag_over_it(tmp_path: Path, short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "from-file.sock")
+    config = tmp_path / "app.toml"
+    config.write_text(f'handler = "tests.cli_app:Echo"\nbind = ["unix:{path}"]\nmodel = "thread"\nmax_line = 8\n')
+    with Serving("--config", str(config), "--bind", "tcp://127.0.0.1:0") as server:
+        (address,) = server.addresses()  # the flag's bind, not the file's
+        assert "(model thread, " in server.text  # the file's model
+        assert not os.path.exists(path)
+        with connect(address) as client:
+            client.sendall(b"0123456789\n")  # longer than the file's max_line
+            assert recv_line(client) == b""  # the handler failed on LineTooLong and the connection closed
+        assert server.stop() == 0
+
+
+def test_check_prints_the_effective_settings_and_binds_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "app.toml"
+    config.write_text('handler = "tests.cli_app:FramedEcho"\nmax_connections = 100\nidle_timeout = 30\n')
+    with socket.socket() as taken:  # --check must not bind: a port in use is no error
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run("--config", str(config), "--bind", f"tcp://127.0.0.1:{port}", "--max-connections", "5", "--check")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    effective = tomllib.loads(proc.stdout)
+    assert effective["handler"] == "tests.cli_app:FramedEcho"
+    assert effective["model"] == "framed"  # chosen for the handler
+    assert effective["bind"] == [f"tcp://127.0.0.1:{port}"]
+    assert effective["max_connections"] == 5  # the flag over the file
+    assert effective["idle_timeout"] == 30.0
+    assert "max_connections_per_ip" not in effective
+    # What it prints is a config file: run with it, --check says the same.
+    (tmp_path / "again.toml").write_text(proc.stdout)
+    again = run("--config", str(tmp_path / "again.toml"), "--check")
+    assert again.returncode == 0, again.stderr
+    assert tomllib.loads(again.stdout) == effective
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return Pki()
+
+
+def test_tls_from_the_flags(pki: Pki, tmp_path: Path) -> None:
+    certfile, keyfile = install(pki.server, tmp_path, "server")
+    with Serving(
+        "tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", "--tls-cert", certfile, "--tls-key", keyfile
+    ) as server:
+        ((host, port),) = server.addresses()
+        with (
+            socket.create_connection((host, port), timeout=10) as raw,
+            client_context(pki).wrap_socket(raw, server_hostname="localhost") as client,
+        ):
+            client.sendall(b"over tls\n")
+            assert recv_line(client) == b"over tls\n"
+        assert server.stop() == 0
+
+
+def test_check_loads_the_tls_files(pki: Pki, tmp_path: Path) -> None:
+    certfile, keyfile = install(pki.server, tmp_path, "server")
+    proc = run("tests.cli_app:Echo", "--tls-cert", certfile, "--tls-key", keyfile, "--check")
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    proc = run("tests.cli_app:Echo", "--tls-cert", str(tmp_path / "bad.pem"), "--check")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"sockserve serve: --tls-cert: {tmp_path / 'bad.pem'}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)\n"
+    )
+    proc = run("tests.cli_app:Echo", "--tls-cert", certfile, "--tls-key", certfile, "--check")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"sockserve serve: --tls-key: {certfile}: no PEM private key in it"), proc.stderr
+
+
+# -- bad settings: one line, exit status 2, never a traceback -----------------------------------------------
+
+BAD = [
+    (["tests.cli_app:Echo", "--bogus"], "unrecognized arguments: --bogus (see sockserve serve --help)"),
+    (
+        ["tests.cli_app:Echo", "--max-connections", "-3"],
+        "--max-connections: expected a whole number, 1 or more, got '-3'",
+    ),
+    (["tests.cli_app:Echo", "--bind", "tcp://[::1:80"], "--bind: bad bind 'tcp://[::1:80': expected [IPV6]:PORT"),
+    ([], "no handler: give MODULE:ATTRIBUTE"),
+    (["tests.cli_app:Nope"], "handler: module tests.cli_app has no attribute 'Nope'"),
+    (["tests.no_such_module:Echo"], "handler: no module named 'tests.no_such_module'"),
+    (["tests.cli_app:NOT_A_HANDLER"], "handler: tests.cli_app:NOT_A_HANDLER is 42, not a handler class"),
+    (
+        ["tests.cli_app:FramedEcho", "--model", "fork"],
+        "--model: FramedEcho is a FramedRequestHandler: it runs on the pool (model framed), not fork",
+    ),
+    (
+        ["tests.cli_app:AsyncEcho", "--model", "pool"],
+        "--model: AsyncEcho is an AsyncStreamRequestHandler: it runs with model async, not pool",
+    ),
+    (
+        ["tests.cli_app:Echo", "--model", "async"],
+        "--model: Echo is a StreamRequestHandler, a blocking handler: it runs with model pool, thread, fork, "
+        "sequential, not async",
+    ),
+    (
+        ["tests.cli_app:Echo", "--model", "framed"],
+        "--model: model framed runs a FramedRequestHandler; Echo is a StreamRequestHandler (use model pool)",
+    ),
+    (
+        ["tests.cli_app:Echo", "--bind", "udp://127.0.0.1:0"],
+        "--bind: udp://127.0.0.1:0: Echo is a StreamRequestHandler, which serves streams (tcp:// and unix:)",
+    ),
+    (
+        ["tests.cli_app:AsyncDatagramEcho", "--bind", "tcp://127.0.0.1:0"],
+        "--bind: tcp://127.0.0.1:0: AsyncDatagramEcho is an async datagram handler, which serves datagrams (udp://)",
+    ),
+    (["tests.cli_app:Echo", "--tls-cert", "/nonexistent.pem"], "--tls-cert: /nonexistent.pem: cannot read it"),
+    (["tests.cli_app:Echo", "--tls-key", "key.pem"], "--tls-key: needs tls_cert (TLS is on only with a certificate)"),
+    (
+        ["tests.cli_app:Echo", "--workers", "2", "--bind", "tcp://127.0.0.1:0", "--bind", "tcp://127.0.0.1:0"],
+        "--workers: prefork (workers > 1) serves one bind",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD)
+def test_a_bad_setting_is_one_line_and_exit_status_2(args: list[str], message: str) -> None:
+    proc = run(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(f"sockserve serve: {message}"), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_conections = 3\n", "unknown setting 'max_conections' in app.toml (did you mean max_connections?)"),
+        ("grace = 'soon'\n", "app.toml: grace: expected a number of seconds, 0 or more, got 'soon'"),
+        ("model = 'fork'\n", "app.toml: model: FramedEcho is a FramedRequestHandler: it runs on the pool"),
+        ("bind = 'tcp://127.0.0.1'\n", "app.toml: bind: bad bind 'tcp://127.0.0.1': no port"),
+        ("bind = [\n", "app.toml: not valid TOML: "),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_the_setting_and_the_file(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "app.toml").write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = run("tests.cli_app:FramedEcho", "--config", "app.toml", cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"sockserve serve: {message}"), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_handler_module_that_fails_to_import(tmp_path: Path) -> None:
+    (tmp_path / "broken_app.py").write_text("import json\n\nvalue = json.loads('{')\n")
+    proc = run("broken_app:Handler", cwd=tmp_path)  # the current directory is importable, as with uvicorn
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("sockserve serve: handler: importing broken_app failed: JSONDecodeError: "), (
+        proc.stderr
+    )
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_an_address_in_use_is_one_line_and_exit_status_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run("tests.cli_app:Echo", "--bind", f"tcp://127.0.0.1:{port}")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.endswith(f"cannot listen on tcp://127.0.0.1:{port}: the address is already in use\n")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_json_log_format() -> None:
+    import json
+
+    with Serving("tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", "--log-format", "json") as server:
+        line = json.loads(server.wait_for(r"serving").string)
+        assert line["logger"] == "sockserve.serve"
+        assert line["pid"] == server.proc.pid
+        assert server.stop() == 0
+    for text in server.seen:
+        json.loads(text)  # every line is JSON
