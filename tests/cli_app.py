@@ -46,3 +46,27 @@ class AsyncDatagramEcho(aio.AsyncDatagramRequestHandler):
 
 
 NOT_A_HANDLER = 42
+
+
+class AnyEcho(sockserve.BaseRequestHandler):
+    """A stdlib-style handler for streams and datagrams alike (one server per bind)."""
+
+    def handle(self) -> None:
+        if isinstance(self.request, tuple):  # a datagram server: (data, socket)
+            data, sock = self.request
+            sock.sendto(data, self.client_address)
+            return
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+class WhoAmI(sockserve.StreamRequestHandler):
+    """Answers a first line with the process's uid, gid and umask: what a privilege drop changed."""
+
+    def handle(self) -> None:
+        import os
+
+        self.rfile.readline()
+        mask = os.umask(0)
+        os.umask(mask)
+        self.wfile.write(f"{os.getuid()} {os.getgid()} {mask:03o}\n".encode())

@@ -9,10 +9,12 @@ argument parser is ``cli``'s.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +23,9 @@ from ._config import ConfigError, ServeSettings
 from ._socket_activation import Bind
 
 log = logging.getLogger("sockserve.serve")
+
+# The signals serve_all() handles: stop (SIGTERM, SIGINT, SIGQUIT) and reload (SIGHUP).
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 
 # --- the handler's kind -------------------------------------------------------
 
@@ -282,34 +287,24 @@ def _tls_config(settings: ServeSettings) -> Any:
 
 
 def check_principals(settings: ServeSettings) -> None:
-    """The user and group exist (a number is taken as it is, as chown does)."""
-    if isinstance(settings.user, str):
-        import pwd
+    """The user and group exist (a number need not: a container may run ids
+    that /etc/passwd does not list)."""
+    if settings.user is None and settings.group is None:
+        return
+    from ._privileges import PrivilegeError, resolve_identity
 
-        try:
-            pwd.getpwnam(settings.user)
-        except KeyError:
-            raise settings.error("user", f"no user named {settings.user!r} on this system") from None
-    if isinstance(settings.group, str):
-        import grp
-
-        try:
-            grp.getgrnam(settings.group)
-        except KeyError:
-            raise settings.error("group", f"no group named {settings.group!r} on this system") from None
+    try:
+        resolve_identity(settings.user, settings.group)
+    except PrivilegeError as exc:
+        raise settings.error("user" if settings.user is not None else "group", str(exc)) from None
 
 
 # Settings whose part is not built yet: refusing them is better than starting
 # without a privilege drop or a health endpoint the user asked for.
 NOT_YET: dict[str, str] = {
     "admin": "the admin listener",
-    "user": "the privilege drop",
-    "group": "the privilege drop",
-    "umask": "the privilege drop",
-    "pid_file": "the pid file",
     "reload": "--reload",
     "access_log": "the access log",
-    "drain_delay": "the drain delay",
 }
 
 
@@ -355,11 +350,16 @@ def url_of(scheme: str, address: Any) -> str:
 
 
 def run(plan: Plan, options: dict[str, Any]) -> int:
-    """Bind, serve until a signal, stop; the exit status."""
+    """Bind, write the pid file, drop privileges, serve until a signal, stop;
+    the exit status (1: something outside the settings failed, in one line)."""
     settings = plan.settings
     if settings.workers > 1:
         return _run_prefork(plan, options)
     servers = []
+    # Blocked from before the start-up lines until serve_all() has its handlers
+    # in place (it unblocks them): a SIGTERM sent as soon as a line says
+    # "serving" stops the server gracefully instead of killing it.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         for bind, server_class in plan.listeners:
             try:
@@ -369,26 +369,92 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
                 return 1
             servers.append(server)
             _configure(server, options)
-        for (bind, _), server in zip(plan.listeners, servers, strict=True):
-            log.info(
-                "serving %s (model %s, 1 process, pid %d)",
-                url_of(bind.scheme, server.server_address),
-                plan.model,
-                os.getpid(),
-            )
-    except BaseException:
+        with contextlib.ExitStack() as stack:
+            if not _after_binding(settings, stack):
+                return 1
+            for (bind, _), server in zip(plan.listeners, servers, strict=True):
+                url = url_of(bind.scheme, server.server_address)
+                log.info(
+                    "serving %s (model %s, 1 process, pid %d)",
+                    url,
+                    plan.model,
+                    os.getpid(),
+                    extra={"listener": url, "model": plan.model, "workers": 1},
+                )
+            reports = _serve_with_systemd(servers, plan, stack)
+    finally:
         for server in servers:
-            server.server_close()
-        raise
-    from ._serve import serve
-
-    if len(servers) > 1:
-        for server in servers:
-            server.server_close()
-        raise settings.error("bind", "several binds in one process need serve_all(), not available yet")
-    report = serve(servers[0], grace=settings.grace)
-    log.info("stopped (%d connection(s) in flight, %d closed early)", report.in_flight, report.forced)
+            server.server_close()  # serve_all() closed them already, unless binding or the pid file failed
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    in_flight = sum(report.in_flight for report in reports)
+    forced = sum(report.forced for report in reports)
+    log.info("stopped (%d connection(s) in flight, %d closed early)", in_flight, forced)
     return 0
+
+
+def _after_binding(settings: ServeSettings, stack: contextlib.ExitStack) -> bool:
+    """What must wait until the sockets are bound: the pid file (so that it
+    names a process that serves), then the privilege drop (binding a port
+    below 1024 or a path in /run needed the privileges). False: it failed,
+    said in one line."""
+    if settings.pid_file is not None:
+        from ._pidfile import PidFile, PidFileError
+
+        try:
+            stack.enter_context(PidFile(settings.pid_file))
+        except PidFileError as exc:
+            log.error("%s", exc)
+            return False
+    if settings.user is not None or settings.group is not None or settings.umask is not None:
+        from ._privileges import PrivilegeError, drop_privileges
+
+        try:
+            drop_privileges(settings.user, settings.group, settings.umask)
+        except PrivilegeError as exc:
+            log.error("%s", exc)
+            return False
+    return True
+
+
+def _serve_with_systemd(servers: list[Any], plan: Plan, stack: contextlib.ExitStack) -> list[Any]:
+    """serve_all() with the health state and systemd's notifications:
+    READY=1 and a STATUS once every listener serves (and after a reload),
+    RELOADING=1 on SIGHUP, STOPPING=1 when the stop begins, and WATCHDOG=1
+    pings while the process is live, when systemd asks for them."""
+    from ._health import Health
+    from ._sd_notify import Notifier, Watchdog
+    from ._serve import serve_all
+
+    settings = plan.settings
+    health = Health()
+    notifier = stack.enter_context(Notifier.from_environment())
+    watchdog = stack.enter_context(Watchdog(notifier, healthy=lambda: health.live))
+    del watchdog  # stopped when the stack closes
+    status = f"serving {len(servers)} listener(s), model {plan.model}"
+    has_tls = any(getattr(server, "tls", None) is not None for server in servers)
+
+    def ready() -> None:
+        notifier.ready(status)
+
+    def reloading() -> None:
+        # SIGHUP: the servers with TLS reload their certificates right after this;
+        # the handler's code is not reloaded in one process (prefork's SIGHUP does that).
+        log.info("SIGHUP: %s", "reloading the TLS certificates" if has_tls else "nothing to reload without TLS")
+        notifier.reloading()
+
+    def stopping() -> None:
+        notifier.stopping()
+
+    return serve_all(
+        servers,
+        unblock=SIGNALS,
+        grace=settings.grace,
+        health=health,
+        drain_delay=settings.drain_delay,
+        on_ready=ready,
+        on_stopping=stopping,
+        on_reloading=reloading,
+    )
 
 
 def _configure(server: Any, options: dict[str, Any]) -> None:
