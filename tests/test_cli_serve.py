@@ -319,6 +319,19 @@ def test_privileges_are_dropped_after_binding(tmp_path: Path) -> None:
         assert server.stop() == 0, server.text
 
 
+def test_prefork_writes_the_pid_file_of_its_supervisor(tmp_path: Path) -> None:
+    pid_file = tmp_path / "app.pid"
+    args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--pid-file", str(pid_file)]
+    with Serving("tests.cli_app:Echo", *args) as server:
+        (address,) = server.addresses()
+        for _ in range(2):
+            server.wait_for(r"worker \d+: serving ")
+        assert pid_file.read_text().strip() == str(server.proc.pid)
+        assert stream_round_trip(address, b"prefork\n") == b"prefork\n"
+        assert server.stop() == 0, server.text
+    assert not pid_file.exists()  # removed by the supervisor, not by a worker leaving the block
+
+
 # -- the config file and the flags -------------------------------------------------------------------------
 
 

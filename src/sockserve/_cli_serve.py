@@ -480,14 +480,19 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
     except OSError as exc:
         _cannot_listen(bind, exc)
         return 1
-    log.info(
-        "serving %s (model %s, %d workers, supervisor pid %d)",
-        url_of(bind.scheme, supervisor.server_address),
-        plan.model,
-        settings.workers,
-        os.getpid(),
-    )
-    return supervisor.run()
+    with contextlib.ExitStack() as stack:
+        if not _after_binding(settings, stack):
+            # The process exits now; a Unix socket file left behind is stale, and
+            # the next start replaces it (Prefork has no public close() before run()).
+            return 1
+        log.info(
+            "serving %s (model %s, %d workers, supervisor pid %d)",
+            url_of(bind.scheme, supervisor.server_address),
+            plan.model,
+            settings.workers,
+            os.getpid(),
+        )
+        return supervisor.run()
 
 
 def _cannot_listen(bind: Bind, exc: OSError) -> None:
