@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import connect, recv_line
+from .helpers import connect, recv_all, recv_line
 from .tls_certs import Pki, client_context, install
 
 if sys.version_info >= (3, 11):
@@ -332,6 +332,31 @@ def test_prefork_writes_the_pid_file_of_its_supervisor(tmp_path: Path) -> None:
     assert not pid_file.exists()  # removed by the supervisor, not by a worker leaving the block
 
 
+def http_get(address: Any, path: str) -> tuple[int, bytes]:
+    """One GET to the admin listener: (status, body)."""
+    with connect(address) as client:
+        client.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        response = recv_all(client)
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_the_admin_listener_says_ready_then_draining() -> None:
+    args = ["--bind", "tcp://127.0.0.1:0", "--admin", "127.0.0.1:0", "--drain-delay", "30"]
+    with Serving("tests.cli_app:Echo", *args) as server:
+        (address,) = server.addresses()
+        admin = address_of("tcp://" + server.wait_for(r"admin listener on http://(\S+):")[1])
+        server.wait_for(r"ready: serving 1 listener")
+        assert http_get(admin, "/healthz")[0] == 200
+        assert http_get(admin, "/readyz")[0] == 200
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for(r"not ready any more")
+        assert http_get(admin, "/readyz")[0] == 503  # the balancer stops sending...
+        assert http_get(admin, "/healthz")[0] == 200  # ...but the process is alive
+        assert stream_round_trip(address, b"still served\n") == b"still served\n"  # and still serving
+        assert server.stop() == 0, server.text
+
+
 # -- the config file and the flags -------------------------------------------------------------------------
 
 
@@ -495,14 +520,19 @@ def test_a_handler_module_that_fails_to_import(tmp_path: Path) -> None:
     assert proc.stderr.count("\n") == 1, proc.stderr
 
 
-def test_an_address_in_use_is_one_line_and_exit_status_1() -> None:
+@pytest.mark.parametrize("which", ["bind", "admin"])
+def test_an_address_in_use_is_one_line_and_exit_status_1(which: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = run("tests.cli_app:Echo", "--bind", f"tcp://127.0.0.1:{port}")
+        if which == "bind":
+            proc = run("tests.cli_app:Echo", "--bind", f"tcp://127.0.0.1:{port}")
+        else:
+            proc = run("tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", "--admin", f"127.0.0.1:{port}")
     assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.endswith(f"cannot listen on tcp://127.0.0.1:{port}: the address is already in use\n")
+    what = " (the admin listener)" if which == "admin" else ""
+    assert proc.stderr.endswith(f"cannot listen on tcp://127.0.0.1:{port}{what}: the address is already in use\n")
     assert proc.stderr.count("\n") == 1, proc.stderr
 
 

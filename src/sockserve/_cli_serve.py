@@ -20,7 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._config import ConfigError, ServeSettings
-from ._socket_activation import Bind
+from ._health import Health
+from ._socket_activation import Bind, parse_bind
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from ._admin import AdminServer
 
 log = logging.getLogger("sockserve.serve")
 
@@ -184,6 +189,8 @@ def make_plan(settings: ServeSettings) -> Plan:
         listeners.append((bind, _server_class(model, bind.scheme)))
     if model == "fork" and not hasattr(os, "fork"):
         raise settings.error("model", "fork needs os.fork(), which this platform lacks")
+    if settings.workers > 1 and settings.admin is not None:
+        raise settings.error("admin", "the admin listener does not serve prefork (workers > 1) yet")
     if settings.workers > 1 and len(listeners) > 1:
         raise settings.error("workers", "prefork (workers > 1) serves one bind; give one --bind or run one per bind")
     tls_binds = [bind for bind in settings.bind if bind.scheme == "udp"]
@@ -302,7 +309,6 @@ def check_principals(settings: ServeSettings) -> None:
 # Settings whose part is not built yet: refusing them is better than starting
 # without a privilege drop or a health endpoint the user asked for.
 NOT_YET: dict[str, str] = {
-    "admin": "the admin listener",
     "reload": "--reload",
     "access_log": "the access log",
 }
@@ -370,6 +376,13 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
             servers.append(server)
             _configure(server, options)
         with contextlib.ExitStack() as stack:
+            health = Health()
+            admin = None
+            if settings.admin is not None:
+                admin = _admin_listener(settings.admin, health, plan, servers)
+                if admin is None:
+                    return 1
+                stack.callback(admin.close)
             if not _after_binding(settings, stack):
                 return 1
             for (bind, _), server in zip(plan.listeners, servers, strict=True):
@@ -381,7 +394,10 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
                     os.getpid(),
                     extra={"listener": url, "model": plan.model, "workers": 1},
                 )
-            reports = _serve_with_systemd(servers, plan, stack)
+            if admin is not None:
+                admin.start()
+                log.info("admin listener on %s: /healthz /readyz /metrics", _admin_url(admin.server_address))
+            reports = _serve_with_systemd(servers, plan, stack, health)
     finally:
         for server in servers:
             server.server_close()  # serve_all() closed them already, unless binding or the pid file failed
@@ -390,6 +406,31 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
     forced = sum(report.forced for report in reports)
     log.info("stopped (%d connection(s) in flight, %d closed early)", in_flight, forced)
     return 0
+
+
+def _admin_listener(address: str, health: Health, plan: Plan, servers: list[Any]) -> AdminServer | None:
+    """The admin listener, bound (before the privilege drop, as the servers
+    are); None if it cannot listen, said in one line."""
+    from ._admin import AdminServer
+
+    bind = parse_bind(address if address.startswith("unix:") else f"tcp://{address}")
+    # /metrics: each listener's snapshot under its URL, read at each scrape
+    # (servers without metrics, /metrics is off: a 404).
+    urls = [
+        url_of(bind.scheme, server.server_address) for (bind, _), server in zip(plan.listeners, servers, strict=True)
+    ]
+    metrics = None
+    if all(hasattr(server, "metrics") for server in servers):
+        metrics = lambda: {url: server.metrics.snapshot() for url, server in zip(urls, servers, strict=True)}  # noqa: E731
+    try:
+        return AdminServer(bind.address, health, metrics)
+    except OSError as exc:
+        _cannot_listen(bind, exc, what="the admin listener")
+        return None
+
+
+def _admin_url(address: Any) -> str:
+    return f"http+unix:{address}" if isinstance(address, str) else "http://" + url_of("tcp", address)[6:]
 
 
 def _after_binding(settings: ServeSettings, stack: contextlib.ExitStack) -> bool:
@@ -416,17 +457,15 @@ def _after_binding(settings: ServeSettings, stack: contextlib.ExitStack) -> bool
     return True
 
 
-def _serve_with_systemd(servers: list[Any], plan: Plan, stack: contextlib.ExitStack) -> list[Any]:
+def _serve_with_systemd(servers: list[Any], plan: Plan, stack: contextlib.ExitStack, health: Health) -> list[Any]:
     """serve_all() with the health state and systemd's notifications:
     READY=1 and a STATUS once every listener serves (and after a reload),
     RELOADING=1 on SIGHUP, STOPPING=1 when the stop begins, and WATCHDOG=1
     pings while the process is live, when systemd asks for them."""
-    from ._health import Health
     from ._sd_notify import Notifier, Watchdog
     from ._serve import serve_all
 
     settings = plan.settings
-    health = Health()
     notifier = stack.enter_context(Notifier.from_environment())
     watchdog = stack.enter_context(Watchdog(notifier, healthy=lambda: health.live))
     del watchdog  # stopped when the stack closes
@@ -434,6 +473,7 @@ def _serve_with_systemd(servers: list[Any], plan: Plan, stack: contextlib.ExitSt
     has_tls = any(getattr(server, "tls", None) is not None for server in servers)
 
     def ready() -> None:
+        log.info("ready: %s", status)  # /readyz answers 200 from now on
         notifier.ready(status)
 
     def reloading() -> None:
@@ -495,11 +535,11 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
         return supervisor.run()
 
 
-def _cannot_listen(bind: Bind, exc: OSError) -> None:
+def _cannot_listen(bind: Bind, exc: OSError, what: str = "") -> None:
     from .cli import _why
 
     kind = "unix" if bind.scheme == "unix" else "tcp"
-    log.error("cannot listen on %s: %s", bind, _why(kind, bind.address, exc))
+    log.error("cannot listen on %s%s: %s", bind, f" ({what})" if what else "", _why(kind, bind.address, exc))
 
 
 def serve_command(settings: ServeSettings, *, check_only: bool, out: Any = None) -> int:
