@@ -4,8 +4,10 @@ SIGQUIT) stops at once; the handlers it borrowed are given back."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,9 +17,12 @@ from typing import Any
 import pytest
 
 import sockserve
+from sockserve import _serve as sockserve_serve
+from sockserve import aio
+from sockserve._health import Health
 from sockserve.testing import running_server
 
-from .helpers import connect, recv_all, recv_line
+from .helpers import connect, recv_all, recv_line, wait_until
 
 SERVER = textwrap.dedent(
     """
@@ -137,6 +142,21 @@ def test_serve_restores_the_signal_handlers_it_borrowed() -> None:
     assert server.socket.fileno() == -1
 
 
+def test_serve_without_extras_starts_no_thread() -> None:
+    # A forking server must not fork a multi-threaded process (Python 3.12
+    # warns, and a lock held by another thread stays held in the child).
+    counts: list[int] = []
+
+    class CountsThreads(sockserve.TCPServer):
+        def service_actions(self) -> None:
+            counts.append(threading.active_count())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = threading.active_count()
+    sockserve.serve(CountsThreads(("127.0.0.1", 0), sockserve.BaseRequestHandler), grace=1, poll_interval=0.01)
+    assert counts[0] == before
+
+
 def test_serve_refuses_to_run_off_the_main_thread() -> None:
     errors: list[BaseException] = []
     with sockserve.TCPServer(("127.0.0.1", 0), sockserve.BaseRequestHandler) as server:
@@ -201,3 +221,252 @@ def test_a_signal_ends_a_wait_of_the_main_thread_whatever_its_timing() -> None:
         sender.join()
         waker.close()
         signal.signal(signal.SIGUSR1, previous)
+
+
+# -- health, drain_delay, the callbacks, serve_all() ------------------------------------
+
+READINESS_SERVER = textwrap.dedent(
+    """
+    import json, sys
+    import sockserve
+    from sockserve._admin import AdminServer
+    from sockserve._health import Health
+
+    def say(**message):
+        print(json.dumps(message), flush=True)
+
+    class Echo(sockserve.StreamRequestHandler):
+        def handle(self):
+            self.wfile.write(self.rfile.readline())
+
+    server = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), Echo)
+    health = Health()
+    admin = AdminServer(("127.0.0.1", 0), health)
+    admin.start()
+    say(address=server.server_address, admin=admin.server_address)
+    try:
+        report = sockserve.serve(
+            server,
+            grace=30,
+            health=health,
+            drain_delay=float(sys.argv[1]),
+            on_ready=lambda: say(event="ready", state=health.state),
+            on_stopping=lambda: say(event="stopping", state=health.state),
+            on_reloading=lambda: say(event="reloading", state=health.state),
+        )
+    finally:
+        admin.close()
+    say(state=health.state, forced=report.forced)
+    """
+)
+
+
+class ReadinessChild(Child):
+    def __init__(self, tmp_path: Any, drain_delay: float) -> None:
+        script = tmp_path / "readiness_child.py"
+        script.write_text(READINESS_SERVER)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(drain_delay)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        first = json.loads(self.proc.stdout.readline() or "{}")
+        assert "address" in first, self.proc.stderr.read()  # type: ignore[union-attr]
+        self.address = tuple(first["address"])
+        self.admin = tuple(first["admin"])
+
+    def next_event(self) -> tuple[str, str]:
+        assert self.proc.stdout is not None
+        while line := self.proc.stdout.readline():
+            message = json.loads(line)
+            if "event" in message:
+                return message["event"], message["state"]
+        raise AssertionError(f"the server exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+
+
+def readyz(admin: Any) -> tuple[int, bytes]:
+    with connect(admin) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.1\r\n\r\n")
+        head, _, body = recv_all(sock).partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def refuses(address: Any) -> bool:
+    try:
+        connect(address).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("cut_short", [True, False])
+def test_readiness_fails_at_the_first_sigterm_while_the_listener_serves_on(tmp_path: Any, cut_short: bool) -> None:
+    # cut_short: a delay longer than any test, ended by a second SIGTERM;
+    # otherwise a short one that runs out by itself.
+    child = ReadinessChild(tmp_path, drain_delay=3600 if cut_short else 0.5)
+    try:
+        admin = child.admin
+        assert child.next_event() == ("ready", "ready")
+        assert readyz(admin) == (200, b"ready\n")
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.next_event() == ("stopping", "draining")
+        assert readyz(admin) == (503, b"draining\n")  # from the first signal on
+        with connect(child.address) as client:  # and the service still takes new connections
+            client.sendall(b"still here\n")
+            assert recv_line(client) == b"still here\n"
+        if cut_short:
+            child.proc.send_signal(signal.SIGTERM)  # ends the delay: the graceful stop follows
+        assert wait_until(lambda: refuses(child.address))
+        assert child.next("forced") == 0
+    finally:
+        assert child.close() == 0
+
+
+class LineEcho(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+class DatagramEcho(sockserve.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
+class AsyncLineEcho(aio.AsyncStreamRequestHandler):
+    async def handle(self) -> None:
+        async for line in self.reader:
+            await self.writer.write(line)
+
+
+def udp_round_trip(address: Any, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        sock.sendto(payload, address)
+        return sock.recv(4096)
+
+
+def test_serve_all_serves_a_mix_and_stops_them_together(unix_path: str) -> None:
+    servers: list[Any] = [
+        sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho),
+        sockserve.ThreadingUnixStreamServer(unix_path, LineEcho),
+        sockserve.UDPServer(("127.0.0.1", 0), DatagramEcho),
+        aio.AsyncTCPServer(("127.0.0.1", 0), AsyncLineEcho),
+    ]
+    health = Health()
+    seen: list[tuple[str, str]] = []
+
+    def ready() -> None:
+        seen.append(("ready", health.state))
+        for server in servers:
+            if isinstance(server, sockserve.UDPServer):
+                assert udp_round_trip(server.server_address, b"dgram") == b"dgram"
+            else:
+                with connect(server.server_address) as sock:
+                    sock.sendall(b"line\n")
+                    assert recv_line(sock) == b"line\n"
+        seen.append(("served", health.state))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)}
+    threads_before = set(threading.enumerate())
+    reports = sockserve_serve.serve_all(
+        servers, grace=5, health=health, on_ready=ready, on_stopping=lambda: seen.append(("stopping", health.state))
+    )
+    assert seen == [("ready", "ready"), ("served", "ready"), ("stopping", "draining")]
+    assert health.state == "stopped"
+    assert len(reports) == 4
+    assert all(report.forced == 0 for report in reports)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert not os.path.exists(unix_path)
+    for server in servers[:3]:
+        assert server.socket.fileno() == -1
+    assert refuses(servers[0].server_address)
+    assert refuses(servers[3].server_address)
+    assert set(threading.enumerate()) == threads_before  # every thread joined before it returned
+
+
+def test_serve_all_stops_every_server_when_one_fails() -> None:
+    class Fails(sockserve.ThreadPoolTCPServer):
+        def service_actions(self) -> None:
+            raise ValueError("broken loop")
+
+    failing = Fails(("127.0.0.1", 0), LineEcho)
+    healthy = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho)
+    stopped: list[str] = []
+    threads_before = set(threading.enumerate())
+    with pytest.raises(ValueError, match="broken loop"):
+        sockserve_serve.serve_all(
+            [healthy, failing], grace=5, poll_interval=0.01, on_stopping=lambda: stopped.append("stopping")
+        )
+    assert stopped == ["stopping"]
+    assert healthy.socket.fileno() == -1
+    assert failing.socket.fileno() == -1
+    assert set(threading.enumerate()) == threads_before
+
+
+def test_serve_all_needs_a_server() -> None:
+    with pytest.raises(ValueError, match="at least one server"):
+        sockserve_serve.serve_all([])
+
+
+def test_a_callback_that_raises_is_logged_and_serving_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    server = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho)
+
+    def ready() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise RuntimeError("bad callback")
+
+    with caplog.at_level(logging.ERROR, logger="sockserve"):
+        report = sockserve.serve(server, grace=5, on_ready=ready)
+    assert report.forced == 0
+    assert [r.getMessage() for r in caplog.records] == ["serve(): on_ready raised; serving goes on"]
+
+
+SIGHUP_SERVER = textwrap.dedent(
+    """
+    import json, os, signal
+    import sockserve
+
+    def say(event):
+        print(json.dumps({"event": event}), flush=True)
+
+    server = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), sockserve.BaseRequestHandler)
+    report = sockserve.serve(
+        server,
+        grace=5,
+        on_ready=lambda: say("ready"),
+        on_stopping=lambda: say("stopping"),
+        on_reloading=lambda: say("reloading"),
+    )
+    say("stopped")
+    """
+)
+
+
+def test_sighup_without_tls_calls_on_reloading_then_on_ready(tmp_path: Any) -> None:
+    script = tmp_path / "sighup_child.py"
+    script.write_text(SIGHUP_SERVER)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+
+        def event() -> str:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, proc.stderr.read()  # type: ignore[union-attr]
+            return str(json.loads(line)["event"])
+
+        assert event() == "ready"
+        proc.send_signal(signal.SIGHUP)  # without a handler, SIGHUP would end the process
+        assert (event(), event()) == ("reloading", "ready")
+        proc.send_signal(signal.SIGTERM)
+        assert (event(), event()) == ("stopping", "stopped")
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
