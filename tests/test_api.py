@@ -43,7 +43,15 @@ NOT_API = {
 # Public-looking names of a public module that are deliberately not in its
 # __all__, each with the reason. The test below fails on any other.
 _TYPE_CHECKING = {"TYPE_CHECKING": "typing.TYPE_CHECKING without importing typing: for type checkers, not API"}
-NOT_EXPORTED: dict[str, dict[str, str]] = {"sockserve": _TYPE_CHECKING, "sockserve.protocol": _TYPE_CHECKING}
+_PYTEST_HOOKS = {
+    "pytest_configure": "a hook pytest calls (registers the markers), not for users to import",
+    "pytest_generate_tests": "a hook pytest calls (the markers' parametrization), not for users to import",
+}
+NOT_EXPORTED: dict[str, dict[str, str]] = {
+    "sockserve": _TYPE_CHECKING,
+    "sockserve.protocol": _TYPE_CHECKING,
+    "sockserve.pytest_plugin": _PYTEST_HOOKS,
+}
 
 
 def test_every_stdlib_name_is_exported() -> None:
