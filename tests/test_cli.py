@@ -297,3 +297,17 @@ def test_an_unexpected_error_keeps_its_traceback() -> None:
     assert "Traceback" in proc.stderr
     assert proc.stderr.endswith("RuntimeError: a bug, not a bad address\n")
     assert "cannot listen" not in proc.stderr
+
+
+def test_the_serve_command_is_listed_and_has_its_own_help() -> None:
+    listed = subprocess.run(
+        [sys.executable, "-m", "sockserve", "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert listed.returncode == 0
+    assert "serve" in listed.stdout
+    own = subprocess.run(
+        [sys.executable, "-m", "sockserve", "serve", "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert own.returncode == 0
+    assert own.stdout.startswith("usage: sockserve serve ")
+    assert "--max-connections N" in own.stdout
