@@ -165,6 +165,20 @@ def test_stop_reports_the_drain(sockserve_serve, sockserve_model):
         server.connect()
 
 
+class Greets(sockserve.ForkingUnixStreamServer):
+    def finish_request(self, request, client_address):
+        request.sendall(b"welcome\\n")
+        super().finish_request(request, client_address)
+
+
+def test_a_server_class_of_ones_own(sockserve_serve):
+    server = sockserve_serve(Echo, server_class=Greets)
+    assert (server.model, server.family) == ("fork", "unix")
+    client = server.connect()
+    assert client.makefile("rb").readline() == b"welcome\\n"
+    assert round_trip(client) == b"hello\\n"
+
+
 def test_server_attributes_are_set_before_binding(sockserve_serve):
     server = sockserve_serve(Echo, model="pool", request_queue_size=7, limits=sockserve.Limits(max_connections=3))
     assert server.server.request_queue_size == 7
@@ -182,7 +196,7 @@ def test_unix(sockserve_serve, sockserve_model):
     )
     result = user.runpytest_inprocess("-p", "no:cacheprovider")
     sync_echo = 4 * (3 if HAS_IPV6 else 2)
-    result.assert_outcomes(passed=sync_echo + 2 + 2 + 5 + 2 + 5 + 1 + 5)
+    result.assert_outcomes(passed=sync_echo + 2 + 2 + 5 + 2 + 5 + 1 + 1 + 5)
     # A Unix socket's file is gone after its test, and the directory made for it.
     paths = record.read_text().split()
     assert len(paths) == 5
@@ -263,6 +277,15 @@ def test_a_misspelt_attribute(sockserve_serve):
         sockserve_serve(Echo, limts=None)
 
 
+def test_a_server_class_that_is_not_the_model(sockserve_serve):
+    import socketserver
+
+    with pytest.raises(TypeError, match="ForkingTCPServer serves the 'fork' model, not 'thread'"):
+        sockserve_serve(Echo, model="thread", server_class=sockserve.ForkingTCPServer)
+    with pytest.raises(TypeError, match="is not a sockserve server class"):
+        sockserve_serve(Echo, server_class=socketserver.TCPServer)
+
+
 def test_unknown_model_and_family(sockserve_serve):
     with pytest.raises(ValueError, match="unknown sockserve model 'threads'"):
         sockserve_serve(Echo, model="threads")
@@ -286,7 +309,7 @@ def test_it(sockserve_serve):
 def test_leaks_and_mistakes_fail_the_test_with_what_and_why(user: pytest.Pytester) -> None:
     user.makepyfile(test_leaks_and_mistakes=HANDLERS + LEAKS_AND_MISTAKES, test_misspelt_marker=MISSPELT_MARKER)
     result = user.runpytest_inprocess("-p", "no:cacheprovider", "--continue-on-collection-errors")
-    result.assert_outcomes(passed=9, errors=5)
+    result.assert_outcomes(passed=10, errors=5)
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_leaks_a_thread*",

@@ -206,6 +206,7 @@ class Serve:
         model: str | None = None,
         family: str | None = None,
         *,
+        server_class: type[Any] | None = None,
         grace: float | None = TEARDOWN_GRACE,
         timeout: float | None = CLIENT_TIMEOUT,
         **server_attributes: Any,
@@ -221,6 +222,10 @@ class Serve:
             family: "tcp" (127.0.0.1), "tcp6" (::1; skips the test where
                 there is no IPv6 loopback), "unix" (a path in a new temporary
                 directory), "udp" (127.0.0.1); default: ``sockserve_family``.
+            server_class: a server class of your own (a subclass of a
+                sockserve server, say with its own ``verify_request()``) to
+                serve with instead of the model's; the model, and the family
+                of a Unix or UDP class, are then read from it.
             grace: how long the stop at teardown lets handlers finish.
             timeout: the default timeout of the clients ``connect()`` makes.
             server_attributes: attributes of the server class, set before it
@@ -232,9 +237,13 @@ class Serve:
             ValueError: an unknown model or family.
             TypeError: a handler the model cannot serve, or an unknown attribute.
         """
-        model = self._default_model if model is None else model
-        family = self._default_family if family is None else family
-        cls = _server_class(handler, model, family)
+        if server_class is not None:
+            model, family = _read_server_class(server_class, handler, model, family or self._default_family)
+            cls = server_class
+        else:
+            model = self._default_model if model is None else model
+            family = self._default_family if family is None else family
+            cls = _server_class(handler, model, family)
         for name in server_attributes:
             if not hasattr(cls, name):
                 raise TypeError(f"{cls.__name__} has no attribute {name!r} to set (a typo?)")
@@ -304,10 +313,44 @@ def _server_class(handler: Any, model: str, family: str) -> type[Any]:
         raise TypeError(f"{name} is an async handler: serve it with model='async', not {model!r}")
     import sockserve
 
+    if model == "fork" and not hasattr(os, "fork"):
+        pytest.skip("the fork model needs os.fork(), which this platform lacks")
     if model == "framed" and not (isinstance(handler, type) and issubclass(handler, sockserve.FramedRequestHandler)):
         raise TypeError(f"model='framed' serves a FramedRequestHandler, and {name} is not one: use 'pool'")
     cls = getattr(sockserve, _SYNC_CLASSES[model][index])
     return cls
+
+
+def _read_server_class(cls: type[Any], handler: Any, model: str | None, family: str) -> tuple[str, str]:
+    """The model and family a user's server class serves with, checked
+    against those the call asked for."""
+    import sockserve
+
+    mro = cls.__mro__ if isinstance(cls, type) else ()
+    if any(base.__module__.startswith("sockserve.aio") for base in mro):
+        own = "async"
+    elif hasattr(sockserve, "ForkingMixIn") and issubclass(cls, sockserve.ForkingMixIn):
+        own = "fork"
+    elif issubclass(cls, sockserve.ThreadPoolMixIn):
+        framed = isinstance(handler, type) and issubclass(handler, sockserve.FramedRequestHandler)
+        own = "framed" if framed or model == "framed" else "pool"
+    elif issubclass(cls, sockserve.ThreadingMixIn):
+        own = "thread"
+    elif issubclass(cls, sockserve.BaseServer):
+        own = "sequential"
+    else:
+        raise TypeError(f"server_class={cls!r} is not a sockserve server class")
+    if model is not None and model != own:
+        raise TypeError(f"{cls.__name__} serves the {own!r} model, not {model!r}")
+    if getattr(cls, "address_family", None) == socket.AF_UNIX:
+        if getattr(cls, "socket_type", None) != socket.SOCK_STREAM:
+            raise TypeError(f"{cls.__name__}: Unix datagram servers are not served by this fixture")
+        return own, "unix"
+    if getattr(cls, "socket_type", None) == socket.SOCK_DGRAM:
+        return own, "udp"
+    if family not in ("tcp", "tcp6"):
+        raise TypeError(f"{cls.__name__} is a TCP server: family {family!r} does not fit it")
+    return own, family
 
 
 _ipv6: bool | None = None
