@@ -470,3 +470,43 @@ def test_sighup_without_tls_calls_on_reloading_then_on_ready(tmp_path: Any) -> N
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_sighup_with_callbacks_reloads_tls_before_on_ready(tmp_path: Any) -> None:
+    # systemd's notify-reload: RELOADING=1, the reload, then READY=1; a client
+    # that connects once on_ready has run again gets the new certificate.
+    from .tls_certs import Pki, client_context, der, install
+
+    pki = Pki()
+    certfile, keyfile = install(pki.server, tmp_path, "live")
+    server = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho)
+    server.tls = sockserve.TLSConfig(certfile, keyfile, watch=False)
+    events: list[str] = []
+
+    def presented() -> bytes:
+        with (
+            connect(server.server_address) as raw,
+            client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            certificate = tls.getpeercert(binary_form=True)
+            assert certificate is not None
+            return certificate
+
+    def ready() -> None:
+        events.append("ready")
+        if len(events) == 1:
+            assert presented() == der(pki.server)
+            install(pki.server2, tmp_path, "live")
+            os.kill(os.getpid(), signal.SIGHUP)
+        else:
+            assert presented() == der(pki.server2)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sockserve_serve.serve_all(
+        [server],
+        grace=5,
+        on_ready=ready,
+        on_reloading=lambda: events.append("reloading"),
+        on_stopping=lambda: events.append("stopping"),
+    )
+    assert events == ["ready", "reloading", "ready", "stopping"]
