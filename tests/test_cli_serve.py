@@ -41,6 +41,8 @@ class Serving:
     thread into a queue so that every wait can time out."""
 
     def __init__(self, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, **popen: Any) -> None:
+        if env is None and cwd != ROOT:
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}  # sockserve's tests stay importable
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sockserve", "serve", *args],
             stdout=subprocess.PIPE,
@@ -319,6 +321,23 @@ def test_privileges_are_dropped_after_binding(tmp_path: Path) -> None:
         assert server.stop() == 0, server.text
 
 
+@pytest.mark.parametrize(
+    ("handler", "model", "scheme"),
+    [("FramedEcho", "framed", "tcp"), ("AsyncEcho", "async", "unix"), ("DatagramEcho", "pool", "udp")],
+)
+def test_prefork_under_other_models(handler: str, model: str, scheme: str, bind_for: Any) -> None:
+    with Serving(f"tests.cli_app:{handler}", "--bind", bind_for(scheme), "--workers", "2") as server:
+        (address,) = server.addresses()
+        assert f"(model {model}, 2 workers, " in server.text
+        for _ in range(2):
+            server.wait_for(r"worker \d+: serving ")
+        payload = b"prefork %s\n" % model.encode()
+        round_trip = udp_round_trip if scheme == "udp" else stream_round_trip
+        assert round_trip(address, payload) == payload
+        assert server.stop() == 0, server.text
+        assert "did not exit in time" not in server.text
+
+
 def test_prefork_writes_the_pid_file_of_its_supervisor(tmp_path: Path) -> None:
     pid_file = tmp_path / "app.pid"
     args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--pid-file", str(pid_file)]
@@ -355,6 +374,47 @@ def test_the_admin_listener_says_ready_then_draining() -> None:
         assert http_get(admin, "/healthz")[0] == 200  # ...but the process is alive
         assert stream_round_trip(address, b"still served\n") == b"still served\n"  # and still serving
         assert server.stop() == 0, server.text
+
+
+class NotifySocket:
+    """The service manager's end of sd_notify: a Unix datagram socket whose messages a test reads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(WAIT)
+
+    def next(self) -> dict[str, str]:
+        fields = self.sock.recv(4096).decode().splitlines()
+        return dict(field.split("=", 1) for field in fields)
+
+    def wait_for(self, key: str) -> dict[str, str]:
+        """The next message that holds ``key`` (watchdog pings may come between)."""
+        while key not in (message := self.next()):
+            pass
+        return message
+
+
+def test_systemd_notifications(short_tmp: str) -> None:
+    manager = NotifySocket(os.path.join(short_tmp, "notify"))
+    env = {**os.environ, "NOTIFY_SOCKET": manager.path, "WATCHDOG_USEC": "200000"}
+    try:
+        with Serving("tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", env=env) as server:
+            (address,) = server.addresses()
+            ready = manager.wait_for("READY")
+            assert ready == {"READY": "1", "STATUS": "serving 1 listener(s), model pool"}
+            assert manager.wait_for("WATCHDOG") == {"WATCHDOG": "1"}  # every 0.1 s, half of WATCHDOG_USEC
+            server.proc.send_signal(signal.SIGHUP)
+            reloading = manager.wait_for("RELOADING")
+            assert int(reloading["MONOTONIC_USEC"]) > 0  # what Type=notify-reload checks
+            assert manager.wait_for("READY")["READY"] == "1"  # reloaded
+            assert stream_round_trip(address, b"after reload\n") == b"after reload\n"
+            server.proc.send_signal(signal.SIGTERM)
+            assert manager.wait_for("STOPPING") == {"STOPPING": "1"}
+            assert server.wait() == 0, server.text
+    finally:
+        manager.sock.close()
 
 
 # -- the config file and the flags -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ._socket_activation import Bind, parse_bind
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
     from ._admin import AdminServer
+    from ._socket_activation import InheritedSocket
 
 log = logging.getLogger("sockserve.serve")
 
@@ -361,6 +362,7 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
     settings = plan.settings
     if settings.workers > 1:
         return _run_prefork(plan, options)
+    inherited = inherited_for(settings)
     servers = []
     # Blocked from before the start-up lines until serve_all() has its handlers
     # in place (it unblocks them): a SIGTERM sent as soon as a line says
@@ -368,6 +370,9 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         for bind, server_class in plan.listeners:
+            passed = inherited.get(bind)
+            if passed is not None:
+                raise settings.error("bind", "inherited sockets (socket activation, --reload) are not served yet")
             try:
                 server = server_class(bind.address, plan.handler)
             except OSError as exc:
@@ -387,11 +392,13 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
                 return 1
             for (bind, _), server in zip(plan.listeners, servers, strict=True):
                 url = url_of(bind.scheme, server.server_address)
+                passed = inherited.get(bind)
                 log.info(
-                    "serving %s (model %s, 1 process, pid %d)",
+                    "serving %s (model %s, 1 process, pid %d%s)",
                     url,
                     plan.model,
                     os.getpid(),
+                    "" if passed is None else f"; inherited fd {passed.fd} {passed.name!r}",
                     extra={"listener": url, "model": plan.model, "workers": 1},
                 )
             if admin is not None:
@@ -431,6 +438,19 @@ def _admin_listener(address: str, health: Health, plan: Plan, servers: list[Any]
 
 def _admin_url(address: Any) -> str:
     return f"http+unix:{address}" if isinstance(address, str) else "http://" + url_of("tcp", address)[6:]
+
+
+def inherited_for(settings: ServeSettings) -> dict[Bind, InheritedSocket]:
+    """The sockets a service manager (systemd, or ``--reload``'s parent) passed,
+    each paired with the bind it serves (by ``?name=``, by address, then in
+    order); empty when none were passed. A mismatch is a one-line ``ConfigError``."""
+    from ._socket_activation import SocketActivationError, inherited_sockets, match_binds
+
+    try:
+        passed = inherited_sockets()
+        return match_binds(settings.bind, passed) if passed else {}
+    except SocketActivationError as exc:
+        raise ConfigError(f"socket activation: {exc}") from None
 
 
 def _after_binding(settings: ServeSettings, stack: contextlib.ExitStack) -> bool:
@@ -507,6 +527,8 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
 
     settings = plan.settings
     ((bind, server_class),) = plan.listeners
+    if inherited_for(settings):
+        raise settings.error("workers", "prefork (workers > 1) cannot serve inherited sockets yet")
     supervisor = Prefork(
         server_class,
         bind.address,
@@ -542,7 +564,7 @@ def _cannot_listen(bind: Bind, exc: OSError, what: str = "") -> None:
     log.error("cannot listen on %s%s: %s", bind, f" ({what})" if what else "", _why(kind, bind.address, exc))
 
 
-def serve_command(settings: ServeSettings, *, check_only: bool, out: Any = None) -> int:
+def serve_command(settings: ServeSettings, argv: Sequence[str] = (), *, check_only: bool, out: Any = None) -> int:
     """``sockserve serve`` once its settings are read: check, then print them or run."""
     plan, options = check(settings)
     if check_only:
@@ -558,7 +580,44 @@ def serve_command(settings: ServeSettings, *, check_only: bool, out: Any = None)
         effective = dataclasses.replace(settings, model=plan.model)
         print(header + to_toml(effective, check_notes(plan)), end="", file=out or sys.stdout)
         return 0
+    if settings.reload:
+        return run_reloading(plan, argv)
     return run(plan, options)
+
+
+def run_reloading(plan: Plan, argv: Sequence[str]) -> int:
+    """``--reload``: bind every listener here, once, and run the server as a
+    child process given them as inherited sockets; a new child when a ``.py``
+    file under the current directory changes (``_reloader``). Connections
+    that come during a restart wait in the accept queue: none is refused."""
+    from ._reloader import run_with_reload
+
+    holders = []
+    try:
+        for bind, _ in plan.listeners:
+            # A sequential server only binds (no thread: run_with_reload forks);
+            # it gives the same errors as a real start, and removes its Unix file at the end.
+            try:
+                holders.append(_server_class("sequential", bind.scheme)(bind.address, _bind_only))
+            except OSError as exc:
+                _cannot_listen(bind, exc)
+                return 1
+        for (bind, _), holder in zip(plan.listeners, holders, strict=True):
+            log.info("reload: holding %s for the server processes", url_of(bind.scheme, holder.server_address))
+        child = [sys.executable, "-m", "sockserve", "serve", *argv, "--no-reload"]
+        return run_with_reload(
+            child,
+            [os.getcwd()],
+            sockets=[holder.socket for holder in holders],
+            names=[bind.name or "unknown" for bind, _ in plan.listeners],
+        )
+    finally:
+        for holder in holders:
+            holder.server_close()
+
+
+def _bind_only(request: Any, client_address: Any, server: Any) -> None:
+    raise AssertionError("the --reload parent serves nothing")  # its sockets are the children's
 
 
 __all__: Sequence[str] = [

@@ -268,7 +268,7 @@ def _run_serve(argv: Sequence[str]) -> int:
     try:
         settings = load_settings(flag_values(args), args.config)
         _configure_logging(settings.log_level, settings.log_format)
-        return serve_command(settings, check_only=args.check)
+        return serve_command(settings, argv, check_only=args.check)
     except ConfigError as exc:
         print(f"sockserve serve: {exc}", file=sys.stderr)
         return 2
