@@ -74,6 +74,21 @@ def test_the_time_is_rfc3339_utc_to_the_millisecond() -> None:
     assert abs(parsed.timestamp() - record.created) < 0.001
 
 
+def test_each_records_own_second_is_written() -> None:
+    """(The text of the last second is kept: records of another second must not get it.)"""
+    formatter = JsonFormatter()
+
+    def at(created: float) -> str:
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
+        record.created = created
+        return str(json.loads(formatter.format(record))["time"])
+
+    assert at(1764609767.999) == "2025-12-01T17:22:47.999Z"
+    assert at(1764609768.0005) == "2025-12-01T17:22:48.000Z"
+    assert at(1764609767.5) == "2025-12-01T17:22:47.500Z"
+    assert at(0.25) == "1970-01-01T00:00:00.250Z"
+
+
 def test_an_exception_is_one_string_field(logged: tuple[logging.Logger, io.StringIO]) -> None:
     log, out = logged
     try:

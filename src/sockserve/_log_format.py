@@ -74,27 +74,11 @@ class JsonFormatter(logging.Formatter):
             fields["stack_info"] = self.formatStack(record.stack_info)
         try:
             # The usual record holds strings and numbers only: one call.
-            return json.dumps(fields, allow_nan=False, default=_as_text)
+            return _encode(fields)
         except (TypeError, ValueError, RecursionError):
             # Non-string keys, NaN, a cycle, an int too long for str():
             # rebuilt value by value into what JSON holds.
-            return json.dumps(_jsonable(fields, 0), allow_nan=False)
-
-
-def _rfc3339(created: float) -> str:
-    """2026-12-01T17:22:47.123Z: the record's time in UTC, to the millisecond."""
-    seconds = math.floor(created)
-    millis = min(int((created - seconds) * 1000), 999)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
-
-
-def _message(record: logging.LogRecord) -> str:
-    try:
-        return record.getMessage()
-    except Exception:
-        # logging would print a traceback to stderr and lose the line; the
-        # format and its arguments still say what the caller meant.
-        return f"{_as_text(record.msg)} (arguments that do not fit the format: {_as_text(record.args)})"
+            return _encode(_jsonable(fields, 0))
 
 
 def _as_text(value: object) -> str:
@@ -108,6 +92,36 @@ def _as_text(value: object) -> str:
     except Exception:  # noqa: S110 - nothing to print it with: its type says what it was
         pass
     return f"<unprintable {type(value).__name__}>"
+
+
+# One encoder for every record: json.dumps() with options builds a new one per call.
+_encode = json.JSONEncoder(allow_nan=False, default=_as_text).encode
+
+# The last second formatted, and its text: a busy access log writes many
+# lines a second, and strftime() is most of a timestamp's cost. Replaced as
+# one tuple, so a thread never reads one second with another's text.
+_second: tuple[int, str] = (-1, "")
+
+
+def _rfc3339(created: float) -> str:
+    """2026-12-01T17:22:47.123Z: the record's time in UTC, to the millisecond."""
+    global _second
+    seconds = math.floor(created)
+    millis = min(int((created - seconds) * 1000), 999)
+    cached, text = _second
+    if cached != seconds:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second = (seconds, text)
+    return f"{text}.{millis:03d}Z"
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:
+        # logging would print a traceback to stderr and lose the line; the
+        # format and its arguments still say what the caller meant.
+        return f"{_as_text(record.msg)} (arguments that do not fit the format: {_as_text(record.args)})"
 
 
 def _jsonable(value: object, depth: int) -> object:
