@@ -387,7 +387,7 @@ def test_serve_all_serves_a_mix_and_stops_them_together(unix_path: str) -> None:
     assert set(threading.enumerate()) == threads_before  # every thread joined before it returned
 
 
-def test_serve_all_stops_every_server_when_one_fails() -> None:
+def test_serve_all_stops_every_server_when_one_fails(caplog: pytest.LogCaptureFixture) -> None:
     class Fails(sockserve.ThreadPoolTCPServer):
         def service_actions(self) -> None:
             raise ValueError("broken loop")
@@ -396,11 +396,14 @@ def test_serve_all_stops_every_server_when_one_fails() -> None:
     healthy = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), LineEcho)
     stopped: list[str] = []
     threads_before = set(threading.enumerate())
-    with pytest.raises(ValueError, match="broken loop"):
+    with caplog.at_level(logging.INFO, logger="sockserve"), pytest.raises(ValueError, match="broken loop"):
         sockserve_serve.serve_all(
             [healthy, failing], grace=5, poll_interval=0.01, on_stopping=lambda: stopped.append("stopping")
         )
     assert stopped == ["stopping"]
+    where = sockserve_serve.format_address(failing.server_address)
+    assert f"{where}: serving failed: ValueError('broken loop')" in caplog.messages
+    assert f"{where} stopped serving: stopping every server" in caplog.messages
     assert healthy.socket.fileno() == -1
     assert failing.socket.fileno() == -1
     assert set(threading.enumerate()) == threads_before

@@ -376,7 +376,7 @@ class _Control:
         try:
             server.serve_forever(poll_interval)
         except BaseException as exc:
-            logger.error("%s: serving failed (%r): stopping every server", format_address(server.server_address), exc)
+            logger.error("%s: serving failed: %r", format_address(server.server_address), exc)
             raise
         finally:
             self.events.put((_ENDED, index))  # one loop ended: every other one is asked to stop
@@ -395,7 +395,7 @@ class _Control:
         leave_signals_to_the_main_thread()
         stopping = False
         while True:
-            kind, _ = self.events.get()
+            kind, index = self.events.get()
             if kind == _EXIT:
                 break
             if stopping:
@@ -408,6 +408,11 @@ class _Control:
                 self._reload_all()
             else:  # _GRACEFUL, _FORCE, _ENDED: the stop begins
                 stopping = True
+                if kind == _ENDED and len(self.servers) > 1 and not self.received:
+                    logger.info(
+                        "%s stopped serving: stopping every server",
+                        format_address(self.servers[index].server_address),
+                    )
                 if self.health is not None:
                     self.health.start_drain()
                 self._call(self.on_stopping, "on_stopping")
