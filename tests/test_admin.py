@@ -417,3 +417,17 @@ def test_fuzz_any_bytes_give_at_most_one_head_and_a_well_formed_response(
         assert status in (200, 400, 404, 405, 431, 503, 505)
         if not (isinstance(parsed, Request) and parsed.method == "HEAD"):
             assert int(headers["content-length"]) == len(body)
+
+
+def test_a_failing_metrics_source_is_a_500_and_one_logged_traceback(
+    health: Health, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> MetricsSnapshot:
+        raise KeyError("no such server")
+
+    with caplog.at_level(logging.WARNING, logger="sockserve"), AdminServer(("127.0.0.1", 0), health, broken) as admin:
+        assert get(admin.server_address, "/metrics")[::2] == (500, b"metrics failed\n")
+        assert get(admin.server_address, "/healthz")[0] == 200
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["admin listener: /metrics failed"]
+    assert errors[0].exc_info is not None

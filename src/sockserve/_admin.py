@@ -48,6 +48,7 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     501: "Not Implemented",
     503: "Service Unavailable",
     505: "HTTP Version Not Supported",
@@ -228,7 +229,13 @@ class _AdminHandler(FramedRequestHandler):
                     parsed.status,
                     f" ({held} more like it held back)" if held else "",
                 )
-        self.send(respond(parsed, admin.health, admin._render_metrics, admin.metrics_missing))
+        try:
+            response = respond(parsed, admin.health, admin._render_metrics, admin.metrics_missing)
+        except Exception:  # the metrics source failed: its bug, told once, and the scraper gets a 500
+            if budget.take("admin-metrics") is not None:
+                logger.exception("admin listener: /metrics failed")
+            response = _response(500, "metrics failed\n", head_only=False)
+        self.send(response)
         self.close()
 
 
