@@ -513,3 +513,24 @@ def test_sighup_with_callbacks_reloads_tls_before_on_ready(tmp_path: Any) -> Non
         on_stopping=lambda: events.append("stopping"),
     )
     assert events == ["ready", "reloading", "ready", "stopping"]
+
+
+@pytest.mark.parametrize("server_class", [sockserve.ThreadPoolTCPServer, sockserve.TCPServer, aio.AsyncTCPServer])
+def test_serve_with_health_on_the_main_thread(server_class: Any) -> None:
+    # With extras, the first server still runs on the main thread: each kind
+    # of loop there (the sequential one, the pool's, an event loop) is told to stop by the control thread.
+    server = server_class(("127.0.0.1", 0), AsyncLineEcho if server_class is aio.AsyncTCPServer else LineEcho)
+    health = Health()
+    served: list[bytes] = []
+
+    def ready() -> None:
+        with connect(server.server_address) as sock:
+            sock.sendall(b"main\n")
+            served.append(recv_line(sock))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    report = sockserve.serve(server, grace=5, health=health, on_ready=ready)
+    assert served == [b"main\n"]
+    assert report.forced == 0
+    assert health.state == "stopped"
+    assert refuses(server.server_address)
