@@ -179,6 +179,22 @@ def test_a_server_class_of_ones_own(sockserve_serve):
     assert round_trip(client) == b"hello\\n"
 
 
+class WaitsForASecondByte(sockserve.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.sendall(self.request.recv(1))
+        self.request.recv(1)
+
+
+@pytest.mark.sockserve_models("thread", "fork")
+def test_what_the_tests_own_stop_cuts_off_is_not_a_leak(sockserve_serve):
+    server = sockserve_serve(WaitsForASecondByte, grace=0.1)
+    client = server.connect()
+    client.sendall(b"x")
+    assert client.recv(1) == b"x"  # the handler is running
+    report = server.stop()  # the grace it was started with
+    assert (report.in_flight, report.forced) == (1, 1)
+
+
 def test_server_attributes_are_set_before_binding(sockserve_serve):
     server = sockserve_serve(Echo, model="pool", request_queue_size=7, limits=sockserve.Limits(max_connections=3))
     assert server.server.request_queue_size == 7
@@ -196,7 +212,7 @@ def test_unix(sockserve_serve, sockserve_model):
     )
     result = user.runpytest_inprocess("-p", "no:cacheprovider")
     sync_echo = 4 * (3 if HAS_IPV6 else 2)
-    result.assert_outcomes(passed=sync_echo + 2 + 2 + 5 + 2 + 5 + 1 + 1 + 5)
+    result.assert_outcomes(passed=sync_echo + 2 + 2 + 5 + 2 + 5 + 1 + 1 + 2 + 5)
     # A Unix socket's file is gone after its test, and the directory made for it.
     paths = record.read_text().split()
     assert len(paths) == 5

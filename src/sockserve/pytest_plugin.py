@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -123,13 +124,14 @@ class RunningServer:
         self._clients.append(client)
         return client
 
-    def stop(self, grace: float | None = TEARDOWN_GRACE) -> DrainReport:
-        """Stop gracefully now (``server.stop(grace)``) and return its report;
-        the fixture does it at the end of the test otherwise. Later calls
-        return the same report. It does not close the clients: a test of the
-        drain wants them open."""
+    def stop(self, grace: float | EllipsisType | None = ...) -> DrainReport:
+        """Stop gracefully now (``server.stop(grace)``; by default with the
+        ``grace`` the server was started with) and return its report; the
+        fixture does it at the end of the test otherwise. Later calls return
+        the same report. It does not close the clients: a test of the drain
+        wants them open, and what it cuts off is its business, not a leak."""
         if self._report is None:
-            self._report = self._stop(grace)
+            self._report = self._stop(self._grace if isinstance(grace, EllipsisType) else grace)
         return self._report
 
     # -- what the fixture does ---------------------------------------------------------
@@ -178,9 +180,10 @@ class RunningServer:
     def _finish(self) -> list[str]:
         """Teardown: close the clients, stop, and say what went wrong."""
         self._close_clients()
-        report = self.stop(self._grace)
+        stopped_by_the_test = self._report is not None
+        report = self.stop()
         problems = list(self._problems)
-        if report.forced:
+        if report.forced and not stopped_by_the_test:
             problems.append(
                 f"{self!r}: {report.forced} connection(s) still in the handler {self._grace} s after the test "
                 "had closed its clients were cut off (a handler that never ends?)"
