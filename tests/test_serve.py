@@ -19,6 +19,7 @@ import pytest
 import sockserve
 from sockserve import _serve as sockserve_serve
 from sockserve import aio
+from sockserve._address import format_address
 from sockserve._health import Health
 from sockserve.testing import running_server
 
@@ -401,7 +402,7 @@ def test_serve_all_stops_every_server_when_one_fails(caplog: pytest.LogCaptureFi
             [healthy, failing], grace=5, poll_interval=0.01, on_stopping=lambda: stopped.append("stopping")
         )
     assert stopped == ["stopping"]
-    where = sockserve_serve.format_address(failing.server_address)
+    where = format_address(failing.server_address)
     assert f"{where}: serving failed: ValueError('broken loop')" in caplog.messages
     assert f"{where} stopped serving: stopping every server" in caplog.messages
     assert healthy.socket.fileno() == -1
