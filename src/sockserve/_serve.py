@@ -158,7 +158,8 @@ def serve_all(
         raise ValueError("serve_all() needs at least one server")
     if drain_delay < 0:
         raise ValueError(f"drain_delay must be 0 or more, got {drain_delay!r}")
-    if len(servers) == 1 and not (drain_delay or health or on_ready or on_stopping or on_reloading):
+    extras = (health, on_ready, on_stopping, on_reloading)
+    if len(servers) == 1 and not drain_delay and all(extra is None for extra in extras):
         return [_serve_on_this_thread(servers[0], grace, poll_interval, graceful_signals, immediate_signals, unblock)]
     control = _Control(servers, grace, health, drain_delay, on_ready, on_stopping, on_reloading)
     return control.run(poll_interval, tuple(graceful_signals), tuple(immediate_signals), tuple(unblock))
