@@ -315,3 +315,36 @@ def test_the_watcher_watches_a_file_named_on_its_own(tmp_path: Path) -> None:
     watcher = SourceWatcher([config, tmp_path / "missing"])
     config.write_text("a = 22\n")
     assert watcher.changes() == [str(config)]
+
+
+# Counts its SIGTERMs, as a sockserve server does: the first starts a drain, the second ends it.
+TWO_SIGNALS = r"""
+import signal, sys
+received = []
+def on_term(signum, frame):
+    received.append(signum)
+    print(f"SIGTERM number {len(received)}", file=sys.stderr, flush=True)
+    if len(received) == 2:
+        sys.exit(3)
+signal.signal(signal.SIGTERM, on_term)
+print("serving", file=sys.stderr, flush=True)
+while True:
+    signal.pause()
+"""
+
+
+@pytest.mark.slow
+def test_a_second_signal_is_passed_on_once(tmp_path: Path) -> None:
+    script = tmp_path / "drains.py"
+    script.write_text(TWO_SIGNALS)
+    with reloader(tmp_path, [sys.executable, str(script)], [tmp_path]) as running:
+        server = int(running.expect(STARTED)[1])
+        running.expect("serving")
+        running.proc.send_signal(signal.SIGTERM)
+        running.expect("SIGTERM number 1")
+        running.proc.send_signal(signal.SIGTERM)
+        running.expect(rf"server \(pid {server}\): a second signal: passing it on")
+        running.expect("SIGTERM number 2")
+        running.expect(rf"server \(pid {server}\) exited with status 3")
+        assert running.proc.wait(WAIT) == 3
+        assert not [line for line in running.lines_so_far() if "SIGTERM number 3" in line or "killing" in line]

@@ -18,8 +18,9 @@ next change: a restart loop would only repeat the error.
 
 The child runs in its own process group, so a Ctrl-C in the terminal reaches
 the parent alone, which stops the child with one SIGTERM (a second signal to
-a sockserve server skips its drain); on timeout the whole group is killed,
-grandchildren (prefork workers) included. On Linux the child also gets
+a sockserve server skips its drain, so it is passed on only when the parent
+gets a second one); on timeout the whole group is killed, grandchildren
+(prefork workers) included. On Linux the child also gets
 SIGTERM if the parent dies without stopping it (``PR_SET_PDEATHSIG``).
 """
 
@@ -349,23 +350,29 @@ class _Reloader:
         return True
 
     def _stop(self) -> None:
-        """SIGTERM, wait up to stop_timeout (a second stop signal cuts it short), then SIGKILL the group."""
+        """SIGTERM, and a second one if the parent gets a second stop signal
+        (a sockserve server then closes what remains at once, as it would
+        under a second Ctrl-C); SIGKILL to its group after stop_timeout."""
         if self.child is None or self._reap(block=False):
             return
-        signals_before = len(self.signals.received)
+        # A stop for a restart has seen no signal; a stop for a signal has seen one.
+        second = max(len(self.signals.received), 1) + 1
+        passed_on = False
         os.kill(self.child, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
-        while True:
-            if self._exited():
-                self._reap(block=True)
-                return
+        while not self._exited():
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or len(self.signals.received) > max(signals_before, 1):
+            if remaining <= 0:
+                log.warning(
+                    "server (pid %d): not stopped after %g s: killing its process group", self.child, self.stop_timeout
+                )
+                _kill_group(self.child, signal.SIGKILL)
                 break
+            if not passed_on and len(self.signals.received) >= second:
+                log.info("server (pid %d): a second signal: passing it on", self.child)
+                os.kill(self.child, signal.SIGTERM)
+                passed_on = True  # once; what follows is up to the deadline
             self.signals.wait(min(remaining, self.interval))
-        why = "a second signal" if remaining > 0 else f"not stopped after {self.stop_timeout:g} s"
-        log.warning("server (pid %d): %s: killing its process group", self.child, why)
-        _kill_group(self.child, signal.SIGKILL)
         self._reap(block=True)
 
     def _exited(self) -> bool:
