@@ -36,11 +36,18 @@ ACCEPT_BATCH = 64
 
 
 class AcceptBackoff:
-    """Tracks one episode of accept failures and decides how loud to be."""
+    """Tracks one episode of accept failures and decides how loud to be.
 
-    def __init__(self) -> None:
+    ``count(reason)``, if given, is called with ``"emfile"`` for each try
+    that failed for want of resources (the server's refusal count: a
+    connection that waits in the backlog meanwhile may be counted more than
+    once, as each try is).
+    """
+
+    def __init__(self, count: Callable[[str], None] | None = None) -> None:
         self.failures = 0
         self._since = 0.0
+        self._count = count
 
     def failed(self, exc: OSError, listen_address: Any) -> bool:
         """Record ``exc``; True if the caller should back off before retrying."""
@@ -60,6 +67,8 @@ class AcceptBackoff:
         else:
             logger.debug("accept on %s still failing: %s", format_address(listen_address), exc)
         self.failures += 1
+        if self._count is not None:
+            self._count("emfile")
         return True
 
     def succeeded(self, listen_address: Any) -> None:

@@ -3,7 +3,10 @@ that decides whether it may be served, and the book of those that were.
 
 ``Admission.admit(peer)`` returns a ``Ticket`` or a ``Refusal`` (with the limit
 that refused it); ``release(ticket)`` counts the connection out, exactly once
-however often it is called. The servers' core admits and releases around the
+however often it is called. Both keep the server's ``Metrics`` (accepted,
+active, refused; at release the requests, bytes and why it closed, which the
+model wrote on the ticket, and the access log line: ``_access_log.settle``),
+so that every model is counted in this one place. The servers' core admits and releases around the
 dispatch of each request, never in a hook that a subclass may replace, so a
 ``close_request()`` override that does not call ``super()`` cannot leak a slot.
 
@@ -21,8 +24,10 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
+from ._access_log import settle
 from ._errors import ConnectionLimitReached, LimitExceeded
 from ._limits import NO_LIMITS, Limits
+from ._metrics import Metrics
 from ._wakeup import Waker
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
@@ -67,9 +72,32 @@ class Ticket:
         aborted: why the server cut it, once it did (so that the error the
             handler then sees is not reported as the client's doing).
         number: 1 for the first ticket its admission gave, 2 for the next...
+        requests, received, sent, closed_by: what the model learnt of the
+            connection, counted at its release (``_access_log.settle``):
+            requests handled, bytes (None: not known), and why it ended
+            (None: the release works it out).
+        counted: of ``requests``, those already in the metrics (a model
+            that counts them as they come).
+        report: False where another process settles the connection (a
+            forked child does its own): the release then only counts it out.
     """
 
-    __slots__ = ("abort", "aborted", "admitted_at", "deadline", "key", "number", "peer", "released")
+    __slots__ = (
+        "abort",
+        "aborted",
+        "admitted_at",
+        "closed_by",
+        "counted",
+        "deadline",
+        "key",
+        "number",
+        "peer",
+        "received",
+        "released",
+        "report",
+        "requests",
+        "sent",
+    )
 
     def __init__(self, peer: Any, key: Hashable, admitted_at: float, deadline: float | None, number: int = 0) -> None:
         self.number = number
@@ -80,6 +108,12 @@ class Ticket:
         self.abort: Callable[[BaseException], object] | None = None
         self.aborted: BaseException | None = None
         self.released = False
+        self.requests = 0
+        self.counted = 0
+        self.received: int | None = None
+        self.sent: int | None = None
+        self.closed_by: str | None = None
+        self.report = True
 
     def cut(self, reason: BaseException) -> bool:
         """Cut the connection for ``reason`` (once); False if nothing can cut it now."""
@@ -116,11 +150,22 @@ class Admission:
     ``on_free`` is called, outside the lock, when a release takes the server
     from full (``max_connections``) to not full, so a paused accept loop can
     be woken.
+
+    ``metrics``: where admissions, refusals and releases are counted (the
+    server's; a private one if None). ``access_log``: a line per release on
+    the ``sockserve.access`` logger. The server sets both when serving starts.
     """
 
-    def __init__(self, limits: Limits = NO_LIMITS, on_free: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, limits: Limits = NO_LIMITS, on_free: Callable[[], None] | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.limits = limits
         self._on_free = on_free
+        self.metrics = Metrics() if metrics is None else metrics
+        self.access_log = False
+        # 0 where the server counts its datagrams as they come (the async
+        # datagram servers): admitting one then only makes it active.
+        self.accepted_unit = 1
         # Reentrant: interrupt() may run in a signal handler on a thread that
         # holds the lock at that moment.
         self._lock = threading.RLock()
@@ -129,7 +174,6 @@ class Admission:
         self._open: dict[int, Ticket] = {}  # id(ticket) -> ticket
         self._per_client: dict[Hashable, int] = {}
         self._numbers = itertools.count(1)  # next() is atomic: the tickets' numbers
-        self.refused: collections.Counter[str] = collections.Counter()  # refusals by reason
 
     def admit(self, peer: Any, now: float | None = None, *, per_client: bool = True) -> Ticket | Refusal:
         """A ticket for a new connection from ``peer``, or the limit that refuses it.
@@ -154,6 +198,7 @@ class Admission:
             # (see release()).
             ticket = Ticket(peer, UNCOUNTED, now, deadline, next(self._numbers))
             self._open[id(ticket)] = ticket
+            self.metrics.admitted(self.accepted_unit)
             return ticket
         key = UNCOUNTED if per_ip is None else client_key(peer) if per_client else DEFERRED
         with self._lock:
@@ -167,9 +212,10 @@ class Admission:
                         self._per_client[key] = count + 1
                     ticket = Ticket(peer, key, now, deadline, next(self._numbers))
                     self._open[id(ticket)] = ticket
+                    self.metrics.admitted(self.accepted_unit)
                     return ticket
                 refusal = Refusal(ConnectionLimitReached(per_ip, peer, per_ip=True))
-            self.refused[refusal.reason] += 1
+            self.metrics.refuse(refusal.reason)
             return refusal
 
     def readdress(self, ticket: Ticket, peer: Any) -> Refusal | None:
@@ -188,7 +234,7 @@ class Admission:
             count = self._per_client.get(key, 0)
             if per_ip is not None and count >= per_ip:
                 refusal = Refusal(ConnectionLimitReached(per_ip, peer, per_ip=True))
-                self.refused[refusal.reason] += 1
+                self.metrics.refuse(refusal.reason)
                 return refusal
             if ticket.key is not DEFERRED:
                 remaining = self._per_client[ticket.key] - 1
@@ -208,6 +254,7 @@ class Admission:
             if self._open.pop(id(ticket), None) is None:
                 return
             ticket.released = True
+            settle(ticket, self.metrics, self.access_log)
             if self._idle_wakers and len(self._open) <= 1:
                 for waker in list(self._idle_wakers):
                     waker.wake()
@@ -229,10 +276,18 @@ class Admission:
             freed = limit is not None and still_open == limit - 1
             # A drain may wait for none, or for none but its caller's own.
             wakers = list(self._idle_wakers) if still_open <= 1 and self._idle_wakers else ()
+        # Counted before a drain waiting for idleness wakes: what it then
+        # reads of the metrics includes this connection.
+        settle(ticket, self.metrics, self.access_log)
         for waker in wakers:
             waker.wake()
         if freed and self._on_free is not None:
             self._on_free()
+
+    @property
+    def refused(self) -> collections.Counter[str]:
+        """The refusals so far, by reason (those that happened): a copy, from the metrics."""
+        return collections.Counter({name: n for name, n in self.metrics.snapshot().refused.items() if n})
 
     def at_capacity(self) -> bool:
         """True while ``max_connections`` are open: the accept loop should pause."""

@@ -29,6 +29,7 @@ import types
 from collections.abc import Callable
 
 from ._accept import ACCEPT_BATCH, BACKOFF_SECONDS, AcceptBackoff, accept_batch
+from ._access_log import hold, let_go
 from ._framed import FramedRequestHandler, is_framed_handler
 from ._graceful import GracefulStop
 from ._limits import limits_of
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from ._admission import Admission
+    from ._admission import Admission, Ticket
     from .protocol.proxy import ProxyHeader
 
 # poll() needs no descriptor of its own (epoll does), which matters when the
@@ -139,7 +140,7 @@ class BaseServer(ServerCore, GracefulStop):
         self._serve_waker: Waker | None = None  # serve_forever()'s, while it runs
         self._serve_poller: select.poll | None = None  # serve_forever()'s, while it runs
         self._is_full: Callable[[], bool] | None = None  # see _capacity_check; set with the model
-        self._accept_backoff = AcceptBackoff()
+        self._accept_backoff = AcceptBackoff(self._count_refused)
         self._accept_paused = False  # the loop stopped watching the socket: at capacity
         self._force_requested = False  # force_stop() was called
         self._concurrency: ConcurrencyModel | None = None
@@ -366,20 +367,27 @@ class BaseServer(ServerCore, GracefulStop):
             job = Job(self, self._admission_book, ticket, request, client_address)
             if proxied[1] is not None:  # discarded by the job's release
                 self._proxied_connections().add(request, proxied[0], proxied[1])
+        if self._datagram:
+            ticket.received = len(request[0])
         on_loop = model.runs_on_loop
         previous = self._job_on_loop
+        held = None
         if on_loop:
             self._run_on_this_thread(job)
         try:
-            if on_loop and job.stages and not job.prepare():
-                return
+            if on_loop:
+                if job.stages and not job.prepare():
+                    return
+                ticket.requests = 1
+                if self._stream_end and isinstance(job.request, socket.socket):
+                    held = hold(job.request)  # how it ended is read after the handler closed it
             self._dispatching = job
             self.process_request(job.request, job.client_address)  # as the stages left them
         except Exception:
             if not on_loop:
                 self._run_on_this_thread(job)  # handle_error() looks the job up
                 on_loop = True
-            self.handle_error(job.request, job.client_address)
+            self._handler_error(job.request, job.client_address, ticket)
             self.shutdown_request(job.request)
         except BaseException:
             self.shutdown_request(job.request)
@@ -387,8 +395,11 @@ class BaseServer(ServerCore, GracefulStop):
         finally:
             if on_loop:
                 self._job_on_loop = previous
+            if held is not None:
+                let_go(held, ticket, self._tcp_bytes)
             if self._dispatching is job:
                 self._dispatching = None
+                ticket.requests = 1  # a process_request() of the user's own ran it
                 job.release()
 
     def _admit_proxied_datagram(self, request: Any, peer: Any) -> None:
@@ -417,6 +428,10 @@ class BaseServer(ServerCore, GracefulStop):
     def _run_on_this_thread(self, job: Job) -> None:
         self._job_on_loop = job
         self._job_on_loop_thread = threading.get_ident()
+
+    def _current_ticket(self) -> Ticket | None:
+        job = self._current_job()
+        return None if job is None else job.ticket
 
     def _current_job(self) -> Job | None:
         """The job whose handler runs on this thread.

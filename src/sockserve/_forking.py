@@ -13,16 +13,24 @@ differs, all invisible to working code:
 * at ``max_children`` the loop stops accepting until a child exits, and a
   wait for a child only ever waits for one of *its own* (pidfds), where the
   stdlib's ``waitpid(-1)`` could reap, and lose the status of, a child the
-  program forked itself.
+  program forked itself;
+* a child's counts (its request, bytes, errors, why it closed) reach the
+  parent's ``server.metrics``: each child writes them into a row of its own
+  in a shared anonymous ``mmap`` the parent made before forking, which the
+  parent's snapshots add up (``ChildRows``); the child writes the access
+  log line. The parent counts the connection in and out (active).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import socket
 import time
 
+from ._access_log import hold, let_go, settle
+from ._metrics import Metrics
 from ._wakeup import Waker
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
@@ -116,6 +124,34 @@ def _refusal_status(before: Mapping[str, int], after: Mapping[str, int]) -> int:
     return 0
 
 
+class ChildRows:
+    """One ``Metrics`` buffer per child in flight, in a shared anonymous
+    mmap made before the first fork: a child writes only its own row (no
+    lock is shared across processes), and the parent's metrics add every
+    row to their snapshots. A row is reused once its child is reaped: its
+    values stay, and the next child's add to them."""
+
+    def __init__(self, metrics: Metrics, rows: int) -> None:
+        self._map = mmap.mmap(-1, rows * Metrics.SIZE)  # MAP_SHARED | MAP_ANONYMOUS: the children's writes show here
+        view = memoryview(self._map)
+        self._views = [view[i * Metrics.SIZE : (i + 1) * Metrics.SIZE] for i in range(rows)]
+        self._free = list(range(rows - 1, -1, -1))
+        for row in self._views:
+            metrics.add_part(row)
+
+    def take(self) -> int | None:
+        """A free row for the next child (None if every row is in use)."""
+        return self._free.pop() if self._free else None
+
+    def give_back(self, row: int) -> None:
+        self._free.append(row)
+
+    def metrics(self, row: int | None) -> Metrics:
+        """In the child: the metrics it writes (a private one without a row:
+        its counts are lost, rather than written where another process writes)."""
+        return Metrics() if row is None else Metrics(self._views[row])
+
+
 class ForkModel:
     """The children in flight, each with the admission ticket it holds until reaped."""
 
@@ -134,13 +170,32 @@ class ForkModel:
         self.watched: set[int] = set()
         self._drain_waker: Waker | None = None
         self._interrupted = False
+        self._rows: ChildRows | None = None
+        self._row_of: dict[int, int] = {}
 
-    def started(self, pid: int, ticket: Ticket | None) -> None:
+    def take_row(self) -> int | None:
+        """Before a fork: the metrics row the child will write."""
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = ChildRows(self.admission.metrics, max(self.host.max_children, 1))
+        return rows.take()
+
+    def give_back_row(self, row: int | None) -> None:
+        if row is not None and self._rows is not None:
+            self._rows.give_back(row)
+
+    def child_metrics(self, row: int | None) -> Metrics:
+        return Metrics() if self._rows is None else self._rows.metrics(row)
+
+    def started(self, pid: int, ticket: Ticket | None, row: int | None = None) -> None:
         self.pids.add(pid)
+        if row is not None:
+            self._row_of[pid] = row
         if ticket is not None:
             # The parent's copy of the socket is closed: only the child can
             # cut this connection, and it does (deadline), or the drain kills it.
             ticket.abort = None
+            ticket.report = False  # the child settles it (counts, access log); here it is only counted out
             self._tickets[pid] = ticket
         self._watch_exit(pid)
 
@@ -162,10 +217,17 @@ class ForkModel:
             self.host._unwatch_fd(fd)
         os.close(fd)
 
-    def _finished(self, pid: int) -> None:
+    def _finished(self, pid: int, status: int = 0) -> None:
         self.pids.discard(pid)
+        self.give_back_row(self._row_of.pop(pid, None))  # the child is gone: nobody writes its row any more
         ticket = self._tickets.pop(pid, None)
         if ticket is not None:
+            if os.WIFSIGNALED(status):
+                # Killed (a drain's grace period ran out) before it could
+                # settle its connection: settled here instead.
+                ticket.report = True
+                if ticket.aborted is None and ticket.closed_by is None:
+                    ticket.closed_by = "drain" if os.WTERMSIG(status) == 9 else "error"
             self.admission.release(ticket)
         fd = self._pidfds.pop(pid, None)
         if fd is not None:
@@ -185,10 +247,11 @@ class ForkModel:
             except OSError:
                 continue
             if reaped:
-                self._finished(pid)
+                counted = pid in self._row_of  # a child with a row counted its refusal there
+                self._finished(pid, status)
                 reason = _REFUSAL_OF_STATUS.get(os.waitstatus_to_exitcode(status)) if status else None
-                if reason is not None:
-                    self.admission.refused[reason] += 1
+                if reason is not None and not counted:
+                    self.admission.metrics.refuse(reason)
 
     def collect(self, *, blocking: bool = False) -> None:
         """The stdlib's collect_children(): wait while at max_children, then reap."""
@@ -368,11 +431,16 @@ class ForkingMixIn(_ServerBase):
 
     def _fork(self, job: Job, forks: ForkModel) -> None:
         request = job.request
-        pid = os.fork()
+        row = forks.take_row()
+        try:
+            pid = os.fork()
+        except BaseException:
+            forks.give_back_row(row)
+            raise
         if pid:
             if self.active_children is None:
                 self.active_children = forks.pids
-            forks.started(pid, job.ticket)
+            forks.started(pid, job.ticket, row)
             if self._proxied is not None:
                 self._proxied.discard(job.request)  # the child has its copy; this one would never be released
             self.close_request(request)
@@ -383,22 +451,39 @@ class ForkingMixIn(_ServerBase):
         status = 1
         try:
             self._close_inherited_listener()
-            if job.ticket is not None and job.ticket.deadline is not None:
+            # This child's counts go to its own row, which the parent's
+            # snapshots read (the copy of the parent's metrics is nobody's).
+            admission = job.admission
+            metrics = self.metrics = forks.child_metrics(row)
+            if admission is not None:
+                admission.metrics = metrics
+            ticket = job.ticket
+            if ticket is not None and ticket.deadline is not None:
                 job.start_deadline_in_child()
             refused_before = self.refused
             if not job.stages or job.prepare():
+                held = None
+                if ticket is not None:
+                    ticket.requests = 1
+                    if self._stream_end and isinstance(job.request, socket.socket):
+                        held = hold(job.request)  # how it ended is read after shutdown_request() closed it
                 try:
                     self.finish_request(job.request, job.client_address)
                     status = 0
                 except Exception:
-                    self.handle_error(job.request, job.client_address)
+                    self._handler_error(job.request, job.client_address, ticket)
                 finally:
                     self.shutdown_request(job.request)
+                    if held is not None and ticket is not None:
+                        let_go(held, ticket, self._tcp_bytes)
             else:
                 # The stages closed it, with a log line. Why, the parent
-                # learns from the exit status, and counts it in its own
-                # server.refused (this process's is a copy nobody reads).
+                # learns from the exit status too, and counts it in its
+                # own server.refused if this child had no row to count it in.
                 status = _refusal_status(refused_before, self.refused)
+            if ticket is not None and admission is not None:
+                ticket.report = True
+                settle(ticket, metrics, admission.access_log, active=0)
         finally:
             os._exit(status)
 

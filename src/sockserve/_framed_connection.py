@@ -27,10 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._access_log import tcp_bytes
 from ._errors import ConnectionDeadlineExceeded, IdleTimeoutExpired, LimitExceeded
 from ._framed import FramedRequestHandler
 from ._limits import limits_of
 from ._log import log_limit, log_stage_failed
+from ._metrics import REQUESTS
 from ._pipeline import set_current_job
 from ._reactor import READABLE, WRITABLE
 from ._stages import StageFailed, StageRunner, consume, peek, split_tls, stages_timeout
@@ -84,7 +86,7 @@ class FramedHost(Protocol):
 
     def queue_work(self, work: Callable[[], object]) -> None: ...
     def others_waiting(self) -> bool: ...
-    def handle_error(self, request: Any, client_address: Any) -> None: ...
+    def handle_error(self, request: Any, client_address: Any, ticket: Any = None) -> None: ...
     def connection_ended(self, connection: FramedConnection) -> None: ...
 
 
@@ -128,6 +130,7 @@ class FramedConnection:
         "_stages",
         "_stages_timer",
         "_started",
+        "_tcp_bytes",
         "_ticket_abort",
         "_tls",
         "_tls_socket",
@@ -156,6 +159,7 @@ class FramedConnection:
         self.sock: socket.socket = job.request
         self._fd = self.sock.fileno()
         self.limits = limits_of(server)
+        self._tcp_bytes: bool = getattr(server, "_tcp_bytes", False)  # read at close (_access_log.tcp_bytes)
         self.handler = handler_class(job.client_address, server, self)
         byte_stages, self._tls = split_tls(stages) if stages else ((), None)
         self._stages = StageRunner(byte_stages, job.client_address) if byte_stages else None
@@ -373,6 +377,7 @@ class FramedConnection:
         assert framer is not None
         framer.feed(b"" if end_of_input else data)
         if end_of_input:
+            self._closing_for("client")
             with self._lock:
                 self._ending = True  # what the client sent is handled, then the connection ends
         self._take_requests()
@@ -502,9 +507,10 @@ class FramedConnection:
                 taken.append(request)
         except LimitExceeded as exc:
             log_limit(exc, self.job.client_address)
+            self._closing_for("idle_timeout" if isinstance(exc, IdleTimeoutExpired) else "limit")
             self._stop_and_discard()
         except Exception:
-            self.host.handle_error(self.sock, self.job.client_address)  # a framer's bug
+            self.host.handle_error(self.sock, self.job.client_address, self.job.ticket)  # a framer's bug
             self._stop_and_discard()
         with self._lock:
             if taken and not self._discard:
@@ -646,6 +652,7 @@ class FramedConnection:
             self._idle_timer = self.reactor.call_later(max(left, 0.01), self._check_idle)
             return
         log_limit(IdleTimeoutExpired(idle, self.job.client_address))
+        self._closing_for("idle_timeout")
         with self._lock:
             self._ending = True
         self._schedule()
@@ -667,6 +674,7 @@ class FramedConnection:
         complete that request (within the grace period): accepting the
         connection promised its client that much, and a client that sent its
         request just as the drain began must not lose it."""
+        self._closing_for("drain")
         with self._lock:
             framer = self._framer
             if self._framed_any and (framer is None or framer.buffered == 0):
@@ -697,6 +705,7 @@ class FramedConnection:
 
     def _vanished(self) -> None:
         """The client reset the connection: nothing more can be read or written."""
+        self._closing_for("client")
         with self._lock:
             self._discard_locked(replies=True)
 
@@ -712,6 +721,9 @@ class FramedConnection:
             for timer in (self._idle_timer, self._deadline_timer, self._stages_timer):
                 if timer is not None:
                     timer.cancel()
+            if self._framer is None:
+                self._closing_for("refused")  # its stages failed, or did not finish in time
+            self._read_bytes()
             if self._tls_socket is not None:
                 with self._lock:  # no other SSL call at once
                     self._close_tls(self._tls_socket)
@@ -748,8 +760,21 @@ class FramedConnection:
             first = not self.closed
             self.closed = True
         if first:
+            self._read_bytes()
             self.sock.close()
         self._count_out()
+
+    def _closing_for(self, why: str) -> None:
+        """Why the connection ends, for its release (the first reason stays)."""
+        ticket = self.job.ticket
+        if ticket is not None and ticket.closed_by is None:
+            ticket.closed_by = why
+
+    def _read_bytes(self) -> None:
+        """Its bytes, from TCP_INFO, onto its ticket, just before it closes."""
+        ticket = self.job.ticket
+        if self._tcp_bytes and ticket is not None:
+            tcp_bytes(self.sock, ticket)
 
     def _count_out(self) -> None:
         with self._lock:
@@ -800,6 +825,7 @@ class FramedConnection:
         # methods looked up once) because each Python call here is a
         # measurable share of a request's cost (docs/benchmarks.md).
         previous = set_current_job(self.job)
+        handled = 0
         try:
             lock = self._lock
             requests = self._requests
@@ -810,7 +836,6 @@ class FramedConnection:
             if self._read_first:
                 self._read_first = False
                 self._read(buffer)
-            handled = 0
             while True:
                 with lock:  # _request_due(), inline
                     due = requests and self.aborted is None and not self.closed and self._outbox_size <= write_limit
@@ -822,7 +847,7 @@ class FramedConnection:
                         try:
                             handle_request(request)
                         except Exception:
-                            self.host.handle_error(self.sock, self.job.client_address)
+                            self.host.handle_error(self.sock, self.job.client_address, self.job.ticket)
                             self._stop_and_discard()  # the end of this turn tells the reactor
                     handled += 1
                     if handled >= TURN_REQUESTS and others_waiting():
@@ -839,7 +864,19 @@ class FramedConnection:
                 self._run_hook(self.handler.finish)
         finally:
             set_current_job(previous)
+            if handled:
+                self._count_requests(handled)
             self._end_turn()
+
+    def _count_requests(self, handled: int) -> None:
+        """A turn handled ``handled`` requests: in the metrics now (once per
+        turn, not per request: a turn takes the metrics' lock once), and on
+        the ticket for the access log."""
+        ticket, admission = self.job.ticket, self.job.admission
+        if ticket is not None and admission is not None:
+            ticket.requests += handled
+            ticket.counted += handled
+            admission.metrics.add(REQUESTS, handled)
 
     def _end_turn(self) -> None:
         if not self._registered:
@@ -922,7 +959,7 @@ class FramedConnection:
         try:
             hook(*args)
         except Exception:
-            self.host.handle_error(self.sock, self.job.client_address)
+            self.host.handle_error(self.sock, self.job.client_address, self.job.ticket)
             self._stop_and_discard()  # the end of this turn tells the reactor
             return False
         return True

@@ -44,6 +44,7 @@ class GracefulStop:
         def server_close(self) -> None: ...
         def get_request(self) -> tuple[Any, Any]: ...
         def _admit_and_dispatch(self, request: Any, client_address: Any) -> None: ...
+        def _count_drain(self, seconds: float) -> None: ...
 
     def _start_graceful_stop(self) -> None:
         self._stop_lock = threading.Lock()
@@ -105,6 +106,7 @@ class GracefulStop:
             lambda: self._force_requested,
             unit="datagram" if datagram else "connection",
         )
+        self._count_drain(report.seconds)
         # A sequential server's loop ends once the handler it runs has ended.
         self._handshake.wait_stopped()
         return report

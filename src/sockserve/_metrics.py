@@ -166,6 +166,13 @@ class Metrics:
         # server's children's, each written by its own process).
         self._parts: list[memoryview] = []
 
+    def add_part(self, buffer: Any) -> None:
+        """Add another buffer's values (``SIZE`` bytes, written by another
+        process: a forked child's row) to this one's snapshots, except its
+        ``connections_active`` and ``last_drain_seconds``, which the process
+        that owns this buffer keeps."""
+        self._parts.append(memoryview(buffer).cast("B").cast("q"))
+
     def add(self, slot: int, n: int = 1) -> None:
         """Add ``n`` to one slot (thread-safe)."""
         with self._lock:
@@ -177,19 +184,30 @@ class Metrics:
         with self._lock:
             self.slots[slot] += 1
 
-    def admitted(self) -> None:
-        """A connection (or datagram) was admitted: accepted and active."""
+    def admitted(self, accepted: int = 1) -> None:
+        """A connection (or datagram) was admitted: accepted (``accepted=0``:
+        counted already, on receipt) and active."""
+        slots = self.slots
+        with self._lock:
+            slots[ACCEPTED] += accepted
+            slots[ACTIVE] += 1
+
+    def received_datagram(self, size: int) -> None:
+        """A datagram of ``size`` bytes reached a server that counts them on
+        receipt (the async ones, some of whose datagrams skip admission)."""
         slots = self.slots
         with self._lock:
             slots[ACCEPTED] += 1
-            slots[ACTIVE] += 1
+            slots[REQUESTS] += 1
+            slots[BYTES_RECEIVED] += size
 
-    def released(self, requests: int, received: int | None, sent: int | None) -> None:
+    def released(self, requests: int, received: int | None, sent: int | None, active: int = 1) -> None:
         """An admitted connection ended after ``requests`` requests and these
-        many bytes (None: not known)."""
+        many bytes (None: not known); ``active``: 0 where another process
+        counts it out (a forked child's parent)."""
         slots = self.slots
         with self._lock:
-            slots[ACTIVE] -= 1
+            slots[ACTIVE] -= active
             slots[REQUESTS] += requests
             if received:
                 slots[BYTES_RECEIVED] += received
@@ -208,7 +226,7 @@ class Metrics:
         values = self.slots.tolist()
         for part in list(self._parts):
             for i, value in enumerate(part.tolist()):
-                if i != LAST_DRAIN_NS:
+                if i != LAST_DRAIN_NS and i != ACTIVE:
                     values[i] += value
         return _from_slots(values)
 

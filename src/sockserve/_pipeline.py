@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from ._access_log import hold, let_go
 from ._admission import Admission, Ticket
 from ._errors import ConnectionDeadlineExceeded
 from ._log import format_address, log_limit, log_stage_failed
@@ -101,7 +102,11 @@ class CutRequest:
 
 class JobHost(Protocol):
     """What a job needs of its server: the stdlib hook that closes a request,
-    and the registry of the PROXY headers its stages read."""
+    the registry of the PROXY headers its stages read, and whether its
+    connections' bytes are read from TCP_INFO (``ServerCore._know_edge``)."""
+
+    _tcp_bytes: bool
+    _stream_end: bool
 
     def shutdown_request(self, request: Any) -> None: ...
     def _proxied_connections(self) -> ProxiedConnections: ...
@@ -137,13 +142,25 @@ class Job:
             ticket.abort = CutRequest(request)
 
     def run(self, target: Callable[[Any, Any], object]) -> None:
-        """Run the stages, then ``target(request, client_address)``; release the ticket at the end."""
+        """Run the stages, then ``target(request, client_address)``; release the ticket at the end.
+
+        ``target`` is one request (a connection, or a datagram) for the
+        metrics; a TCP connection's socket is held open through the close
+        ``target`` makes, for its bytes (``_access_log.hold``)."""
         previous = set_current_job(self)
+        held = None
         try:
             if not self.stages or self.prepare():
+                ticket = self.ticket
+                if ticket is not None:
+                    ticket.requests = 1
+                    if self.host._stream_end and isinstance(self.request, socket.socket):
+                        held = hold(self.request)
                 target(self.request, self.client_address)
         finally:
             set_current_job(previous)
+            if held is not None:
+                let_go(held, self.ticket, self.host._tcp_bytes)  # type: ignore[arg-type]  # held only with a ticket
             self.release()
 
     def prepare(self) -> bool:
@@ -169,6 +186,7 @@ class Job:
                 prepared = run_blocking(self.request, byte_stages, self.client_address, deadline)
             except (StageFailed, OSError) as exc:
                 log_stage_failed(exc, self.client_address)
+                self.stages_failed(exc)
                 self.host.shutdown_request(self.request)
                 return False
             self.client_address = prepared.client_address
@@ -179,7 +197,8 @@ class Job:
         if tls is not None:
             try:
                 tls_socket = tls.run_blocking(self.request, deadline, self.client_address)
-            except (StageFailed, OSError):  # logged by the handshake
+            except (StageFailed, OSError) as exc:  # logged by the handshake
+                self.stages_failed(exc)
                 self.host.shutdown_request(self.request)  # detached: closes nothing, as a user's hook may expect
                 return False
             self.replace_request(tls_socket)
@@ -205,6 +224,7 @@ class Job:
             prepared = run_available(self.request, byte_stages, self.client_address)
         except (StageFailed, OSError) as exc:
             log_stage_failed(exc, self.client_address)
+            self.stages_failed(exc)
             self.host.shutdown_request(self.request)
             return False
         if prepared is None:
@@ -212,6 +232,13 @@ class Job:
         self.stages = () if tls is None else (tls,)
         self._prepared(prepared)
         return True
+
+    def stages_failed(self, exc: BaseException) -> None:
+        """The stages closed the connection: why, for its release (the
+        client went away, or a stage refused it)."""
+        ticket = self.ticket
+        if ticket is not None and ticket.closed_by is None:
+            ticket.closed_by = "client" if isinstance(exc, ConnectionError) else "refused"
 
     def _prepared(self, prepared: Prepared) -> None:
         """The byte stages are done: the client they named, and their PROXY header for the handler."""

@@ -287,8 +287,8 @@ class PoolModel(TicketModel):
     def others_waiting(self) -> bool:
         return self.pool.any_waiting()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        self.server.handle_error(request, client_address)
+    def handle_error(self, request: Any, client_address: Any, ticket: Ticket | None = None) -> None:
+        self.server._handler_error(request, client_address, ticket)  # handle_error(), counted
 
     def connection_ended(self, connection: FramedConnection) -> None:
         self._connections.discard(connection)  # (a set: safe from a worker after the reactor closed)
@@ -465,6 +465,9 @@ class PoolModel(TicketModel):
         if self.reactor is not None and sock.fileno() >= 0:
             self.reactor.unregister(sock.fileno())
         self._waiting.pop(sock, None)
+        ticket = job.ticket
+        if ticket is not None and ticket.closed_by is None:
+            ticket.closed_by = "refused"  # its stages failed, or did not finish in time
         self.server.shutdown_request(sock)
         job.release()
 

@@ -8,12 +8,15 @@ loop that runs on them.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from collections.abc import Sequence
 
+from ._access_log import TCP_INFO_AVAILABLE, count_error
 from ._admission import Admission, Refusal, Ticket
-from ._limits import NO_LIMITS, Limits
+from ._limits import NO_LIMITS, Limits, limits_of
 from ._log import format_address, log_refused, logger
+from ._metrics import Metrics
 from ._shutdown import ShutdownHandshake
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
@@ -62,6 +65,17 @@ class ServerCore:
     # TLS: an ssl.SSLContext, or a TLSConfig from which one is built (and
     # rebuilt when its files change, on SIGHUP, or on reload_tls()):
     tls: ssl.SSLContext | TLSConfig | None = None
+    # One INFO line per connection (per datagram) on the ``sockserve.access``
+    # logger when it ends: client, duration, bytes, why it closed. Read when
+    # serving starts.
+    access_log: bool = False
+    # The server counts each datagram as it comes (accepted, a request, its
+    # bytes), not at admission: the async datagram servers, whose fastest
+    # paths admit nothing.
+    _counts_datagrams_on_receipt = False
+    # The server's counters and gauges (``_metrics``): made with the server;
+    # another may be set before serving (a prefork worker's shared slot).
+    metrics: Metrics
     server_address: Any
 
     if TYPE_CHECKING:  # the stdlib hooks, supplied by the servers
@@ -78,6 +92,10 @@ class ServerCore:
         self._proxied: ProxiedConnections | None = None  # made when a first PROXY header is read
         self._tls_source_made: tuple[object, TLSContextSource] | None = None  # (self.tls, its source)
         self._edge_known = False  # see _know_edge()
+        self._tcp_bytes = False  # see _know_edge()
+        self._stream_end = False  # see _know_edge()
+        self._datagram = False  # see _know_edge()
+        self.metrics = Metrics()
 
     def _admission(self) -> Admission:
         """The connections admitted; made on first use, with the limits then in force."""
@@ -85,7 +103,10 @@ class ServerCore:
         if admission is None:
             with self._admission_lock:
                 if self._admission_book is None:
-                    self._admission_book = Admission(self.limits, on_free=self._capacity_freed)
+                    admission = Admission(self.limits, on_free=self._capacity_freed, metrics=self.metrics)
+                    admission.access_log = bool(self.access_log)
+                    admission.accepted_unit = 0 if self._counts_datagrams_on_receipt else 1
+                    self._admission_book = admission
                 admission = self._admission_book
         return admission
 
@@ -102,6 +123,24 @@ class ServerCore:
         self._vets_peers = proxy is not None or access is not None
         self._edge_stages_on = not datagrams and (proxy is not None or tls is not None)
         self._datagram_proxy = datagrams and proxy is not None
+        self._datagram = datagrams
+        # The metrics and the access log as they are now, for the admission
+        # that counts with them.
+        admission = self._admission_book
+        if admission is not None:
+            admission.metrics = self.metrics
+            admission.access_log = bool(self.access_log)
+        # A TCP connection's bytes: one getsockopt(TCP_INFO) before it
+        # closes, on every connection (it costs ~1% of a connection: see
+        # docs, "Metrics"), so the metrics count them whether or not the
+        # access log is on.
+        family = getattr(self, "address_family", None)
+        self._tcp_bytes = (
+            TCP_INFO_AVAILABLE and not datagrams and family in (socket.AF_INET, getattr(socket, "AF_INET6", None))
+        )
+        # How a classic handler's stream connection ended is read once it
+        # closed it (Job.run: _access_log.hold): TCP_INFO, or a peek.
+        self._stream_end = not datagrams
         self._edge_known = True
 
     def _capacity_freed(self) -> None:
@@ -135,12 +174,13 @@ class ServerCore:
         try:
             verified = self.verify_request(request, client_address)
         except Exception:
-            self.handle_error(request, client_address)
+            self._handler_error(request, client_address, verdict)
             verified = False
         except BaseException:
             admission.release(verdict)
             raise
         if not verified:
+            verdict.closed_by = "verify_request"
             admission.release(verdict)
             return None
         # The ticket's own number: exact even while other threads admit (a datagram pool's workers).
@@ -166,7 +206,7 @@ class ServerCore:
             return True
         from ._errors import AccessDenied
 
-        admission.refused["access_list"] += 1
+        admission.metrics.refuse("access_list")
         log_refused(AccessDenied(peer))
         return False
 
@@ -176,7 +216,7 @@ class ServerCore:
         admission = self._admission()
         access = self.access_list
         if access is not None and not access.permits(client_address):
-            admission.refused["access_list"] += 1
+            admission.metrics.refuse("access_list")
             return f"its PROXY header names {format_address(client_address)}, denied by the access list"
         if ticket is not None:
             refusal = admission.readdress(ticket, client_address)
@@ -230,15 +270,44 @@ class ServerCore:
         return proxied
 
     def _count_refused(self, reason: str) -> None:
-        self._admission().refused[reason] += 1
+        self._admission().metrics.refuse(reason)
 
     @property
     def refused(self) -> Mapping[str, int]:
         """How many connections were refused before their handler, by reason
         (``max_connections``, ``max_connections_per_ip``, ``access_list``,
-        ``proxy_header``, ``tls_handshake``...). A copy."""
+        ``proxy_header``, ``tls_handshake``, ``emfile``, ``timeout``): those
+        that happened. A copy, read from ``metrics``, which has them all."""
         admission = self._admission_book
-        return {} if admission is None else dict(admission.refused)
+        metrics = self.metrics if admission is None else admission.metrics
+        return {reason: n for reason, n in metrics.snapshot().refused.items() if n}
+
+    def _count_drain(self, seconds: float) -> None:
+        """A graceful stop ended after ``seconds``: in the metrics."""
+        admission = self._admission_book
+        (self.metrics if admission is None else admission.metrics).drained(seconds)
+
+    def _current_ticket(self) -> Ticket | None:
+        """The ticket of the request whose handler runs on this thread (the
+        synchronous servers know it)."""
+        return None
+
+    def _handler_error(self, request: Any, client_address: Any, ticket: Ticket | None = None) -> None:
+        """Give the exception being handled to ``handle_error()``, counted
+        first (``_access_log.count_error``): every model reports its
+        handlers' errors through here, so one that ``handle_error()``
+        overrides without calling ``super()`` is counted all the same."""
+        if ticket is None:
+            ticket = self._current_ticket()
+        admission = self._admission_book
+        count_error(
+            self.metrics if admission is None else admission.metrics,
+            ticket,
+            sys.exc_info()[1],
+            limits_of(self).idle_timeout,
+            getattr(self, "socket_type", None) == socket.SOCK_DGRAM,
+        )
+        self.handle_error(request, client_address)
 
     @property
     def max_requests_reached(self) -> bool:

@@ -34,7 +34,7 @@ def run_request(server: Any, request: Any, client_address: Any) -> None:
     try:
         server.finish_request(request, client_address)
     except Exception:
-        server.handle_error(request, client_address)
+        server._handler_error(request, client_address)  # handle_error(), counted
     finally:
         server.shutdown_request(request)
 
