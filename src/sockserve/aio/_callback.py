@@ -25,6 +25,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._access_log import tcp_bytes
 from .._errors import IdleTimeoutExpired
 from .._log import log_limit, log_stage_failed
 from .._stages import SocketStage, StageFactory, StageFailed
@@ -79,6 +80,9 @@ class CallbackConnection(InFlight, asyncio.Protocol):
         self.data_received = handler.data_received
 
     def eof_received(self) -> bool | None:
+        ticket = self.ticket
+        if ticket is not None and ticket.closed_by is None:
+            ticket.closed_by = "client"
         return self.handler.eof_received()
 
     def pause_writing(self) -> None:
@@ -95,6 +99,9 @@ class CallbackConnection(InFlight, asyncio.Protocol):
         handler = self.handler
         handler.transport = transport
         handler.write = transport.write  # type: ignore[method-assign]  # one call per write
+        ticket = self.ticket
+        if ticket is not None:
+            ticket.requests = 1  # a connection is one request to a callback handler
         try:
             handler.connection_made()
         except Exception as exc:
@@ -102,6 +109,14 @@ class CallbackConnection(InFlight, asyncio.Protocol):
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        ticket = self.ticket
+        if ticket is not None:
+            if exc is not None and ticket.closed_by is None:
+                ticket.closed_by = "client"  # reset (or an error the router reported first)
+            transport = self.transport
+            if self.server._tcp_bytes and transport is not None:
+                # The loops call this before they close the socket.
+                tcp_bytes(transport.get_extra_info("socket"), ticket)
         self.finish()
         if not self._connected:
             return  # refused: no handler was made
@@ -139,7 +154,7 @@ class CallbackConnection(InFlight, asyncio.Protocol):
         try:
             raise exc
         except Exception:
-            self.server.handle_error(self.sock, self.client_address)
+            self.server._handler_error(self.sock, self.client_address, self.ticket)
 
 
 class IdleCallbackConnection(CallbackConnection):
@@ -193,6 +208,9 @@ class IdleCallbackConnection(CallbackConnection):
             return
         exc = IdleTimeoutExpired(self._idle_timeout, self.client_address)
         log_limit(exc)
+        # abort() directly, not through the ticket: its closed_by says why.
+        if self.ticket is not None and self.ticket.closed_by is None:
+            self.ticket.closed_by = "idle_timeout"
         self.abort(exc)
 
 
@@ -276,7 +294,7 @@ def admit_on_connect(
     try:
         conn.attach(conn.handler_class)
     except Exception:
-        server.handle_error(sock, conn.client_address)  # the handler's constructor raised
+        server._handler_error(sock, conn.client_address, conn.ticket)  # the handler's constructor raised
         transport.abort()
         conn.finish()
         conn._refused()
@@ -317,7 +335,7 @@ async def connect_callback(
             _never_connected(conn)
             return
         except Exception:
-            conn.server.handle_error(conn.sock, conn.client_address)  # the handler's constructor raised
+            conn.server._handler_error(conn.sock, conn.client_address, conn.ticket)  # the constructor raised
             _never_connected(conn)
             return
     try:
@@ -339,6 +357,9 @@ async def connect_callback(
 
 def _never_connected(conn: CallbackConnection) -> None:
     """The handler's protocol never got the connection: close it, count it out."""
+    ticket = conn.ticket
+    if ticket is not None and ticket.closed_by is None:
+        ticket.closed_by = "refused"  # its stages failed (or did not finish in time)
     conn.finish()
     conn.sock.close()  # no transport took the socket (a no-op if one did and closed it)
     if isinstance(conn, IdleCallbackConnection):

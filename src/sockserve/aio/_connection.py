@@ -135,6 +135,8 @@ async def run_stream(
                 prepared, tls = await run_stages(loop, conn.sock, stages, conn.client_address, delay)
             except (StageFailed, OSError) as exc:
                 log_stage_failed(exc, conn.client_address)
+                if conn.ticket is not None and conn.ticket.closed_by is None:
+                    conn.ticket.closed_by = "client" if isinstance(exc, ConnectionError) else "refused"
                 return
             conn.client_address = prepared.client_address
         reader = conn.reader = new_reader(
@@ -152,6 +154,8 @@ async def run_stream(
             reader.half_close = False
             transport = await connect_tls(loop, conn.sock, lambda: reader, tls, deadline, conn.client_address)
             if transport is None:
+                if conn.ticket is not None and conn.ticket.closed_by is None:
+                    conn.ticket.closed_by = "refused"
                 return  # the handshake failed, and said so
         connected = True
     except asyncio.CancelledError:
@@ -159,7 +163,7 @@ async def run_stream(
             raise  # not ours (the loop is being torn down): pass it on
     except Exception as exc:
         if exc is not conn.aborted:  # a limit that fired was logged where it fired
-            server.handle_error(conn.sock, conn.client_address)
+            server._handler_error(conn.sock, conn.client_address, conn.ticket)
     finally:
         if not connected:
             if transport is None:
@@ -183,6 +187,11 @@ async def serve_stream(
     """Set the handler up, run its hooks, close, count the connection out."""
     server = conn.server
     writer = AsyncStreamWriter(transport, reader)
+    ticket = conn.ticket
+    if ticket is not None:
+        ticket.requests = 1  # a connection is one request to a stream handler
+        if server._tcp_bytes:
+            reader._ticket = ticket  # its bytes are read when the connection is lost, before its socket closes
     try:
         try:
             transport.set_write_buffer_limits(high=handler_class.write_limit)
@@ -207,7 +216,9 @@ async def serve_stream(
                 raise  # not ours (the loop is being torn down): pass it on
         except Exception as exc:
             if exc is not conn.aborted:  # a limit that fired was logged where it fired
-                server.handle_error(conn.sock, conn.client_address)
+                server._handler_error(conn.sock, conn.client_address, ticket)
+        if reader._eof and ticket is not None and ticket.closed_by is None:
+            ticket.closed_by = "client"  # it had finished sending when the handler returned
         writer.close()
         try:
             await reader.closed

@@ -45,8 +45,10 @@ class Pausable(Protocol):
 
 class DatagramReceiver(asyncio.DatagramProtocol):
     """The protocol of one endpoint transport: drops oversized datagrams,
-    gives the others to the target, and reports what the target raised to
-    the server's ``handle_error()`` (uvloop would close the transport).
+    counts the others in the server's metrics (every datagram passes here,
+    admitted or not: ``received_datagram``), gives them to the target, and
+    reports what the target raised to the server's ``handle_error()``
+    (uvloop would close the transport).
 
     Without an endpoint, the server's own read loop calls it the same way."""
 
@@ -54,7 +56,8 @@ class DatagramReceiver(asyncio.DatagramProtocol):
         self.endpoint = endpoint
         self.target = target
         self.max_packet_size: int = server.max_packet_size
-        self.handle_error = server.handle_error
+        self.handle_error = server._handler_error  # handle_error(), counted
+        self.count: Callable[[int], None] = server._admission().metrics.received_datagram
         self.sock: socket.socket = server.socket
         self.transport: asyncio.DatagramTransport | None = None
         # Bound once (until connection_lost): the transport then finds it in
@@ -66,6 +69,7 @@ class DatagramReceiver(asyncio.DatagramProtocol):
         if len(data) > self.max_packet_size:
             log_dropped(DatagramTooLarge(self.max_packet_size, addr))
             return
+        self.count(len(data))
         try:
             self.target.datagram_received(data, addr)
         except Exception:
@@ -206,6 +210,7 @@ class DatagramServer(Protocol):
     _reply_sendto: Callable[[Any, Any], object]
 
     def handle_error(self, request: Any, client_address: Any) -> None: ...
+    def _handler_error(self, request: Any, client_address: Any, ticket: Any = None) -> None: ...
     def _send_now(self, data: bytes | bytearray | memoryview, client_address: Any) -> None: ...
     def _log_send_error(self, exc: Exception) -> None: ...
     def _start_handler_task(

@@ -80,6 +80,7 @@ class TaskReceiver(DatagramReceiver):
         if len(data) > self.max_packet_size:
             super().datagram_received(data, addr)  # dropped there, with its line
             return
+        self.count(len(data))
         if self.plain_init:
             # The constructor only stores these: store them here, one frame less.
             handler = new(self.handler_class)
@@ -110,6 +111,7 @@ class TaskReceiver(DatagramReceiver):
         if len(data) > self.max_packet_size:
             super().datagram_received(data, addr)
             return
+        self.count(len(data))
         handler = self.make_handler(data, addr)
         if handler is None:
             return
@@ -146,7 +148,7 @@ async def serve_datagram(starter: TaskStarter, handler: AsyncDatagramRequestHand
         if starter.aborted is None:
             raise
     except Exception:
-        starter.server.handle_error((handler.packet, handler.socket), handler.client_address)
+        starter.server._handler_error((handler.packet, handler.socket), handler.client_address)
     finally:
         tasks = starter.tasks
         tasks.discard(current_task())

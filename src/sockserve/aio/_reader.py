@@ -30,11 +30,15 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .._access_log import tcp_bytes
 from ..protocol.lines import DEFAULT_MAX_LINE, LineSplitter
 from ._fastpaths import WaiterMaker, cap_reads, enabled_for, new_waiter
 from ._idle import IdleTimeout
+
+if TYPE_CHECKING:
+    from .._admission import Ticket
 
 DEFAULT_READ_LIMIT = 64 * 1024
 
@@ -137,6 +141,11 @@ class AsyncStreamReader(asyncio.Protocol):
             self._reading_paused = True
             self._transport.pause_reading()
 
+    # The connection's ticket, when its bytes are to be read from TCP_INFO
+    # as it is lost (the loops call connection_lost() before closing the
+    # socket): set by the server.
+    _ticket: Ticket | None = None
+
     # Keep the connection half-open when the client finishes sending, so the
     # handler may still reply. False over TLS, which cannot half-close (the
     # loops then warn that True has no effect, once per connection).
@@ -148,6 +157,10 @@ class AsyncStreamReader(asyncio.Protocol):
         return self.half_close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        ticket = self._ticket
+        if ticket is not None and self._transport is not None:
+            self._ticket = None
+            tcp_bytes(self._transport.get_extra_info("socket"), ticket)
         self._end_of_input()
         self._lost = True
         if exc is not None and self._error is None:

@@ -68,7 +68,7 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         self._listener_watched = False  # the listening socket is registered with the loop
         self._listener_closed = False
         self._backoff_timer: asyncio.TimerHandle | None = None
-        self._accept_backoff = AcceptBackoff()
+        self._accept_backoff = AcceptBackoff(self._count_refused)
         # Failures of the loop's own accept, reported by the loop (see AsyncTCPServer._loop_accept_error).
         self._loop_accept_failures = 0
         self._loop_accept_failing_since = 0.0

@@ -131,7 +131,7 @@ class AsyncTCPServer(_BoundServer):
                 try:
                     conn.attach(handler_class)
                 except Exception:
-                    self.handle_error(sock, client_address)  # the handler's constructor raised
+                    self._handler_error(sock, client_address)  # the handler's constructor raised
                     sock.close()
                     if isinstance(conn, IdleCallbackConnection):
                         conn.cancel_idle_timer()
@@ -200,6 +200,7 @@ class AsyncTCPServer(_BoundServer):
         else:
             logger.debug("accept on %s still failing: %s", address, exc)
         self._loop_accept_failures += 1
+        self._count_refused("emfile")
         return True
 
     def _loop_accepts(self, loop: asyncio.AbstractEventLoop) -> bool:
@@ -278,6 +279,7 @@ class AsyncUDPServer(_BoundServer):
     max_packet_size: int = 8192
     handler_bases = (AsyncDatagramRequestHandler, AsyncDatagramProtocolHandler)
     _counts_datagrams = True
+    _counts_datagrams_on_receipt = True  # by the receivers (_datagram.py), which every datagram passes
     _own_receiver: DatagramReceiver  # without the loop's endpoint: what the server's own read loop calls
 
     def __init__(
@@ -462,7 +464,7 @@ class AsyncUDPServer(_BoundServer):
             try:
                 handler.error_received(exc)
             except Exception:
-                self.handle_error(None, None)
+                self._handler_error(None, None)
             return
         self._log_send_error(exc)
 
@@ -602,7 +604,7 @@ class Datagram(_TaskInFlight):
             if self.aborted is None:
                 raise
         except Exception:
-            server.handle_error((self.packet, server.socket), self.client_address)
+            server._handler_error((self.packet, server.socket), self.client_address, self.ticket)
         finally:
             self.finish()
 
@@ -641,7 +643,7 @@ class ProxiedDatagram(Datagram):
             if self.aborted is None:
                 raise
         except Exception:
-            server.handle_error((self.packet, self.socket), self.client_address)
+            server._handler_error((self.packet, self.socket), self.client_address, self.ticket)
         finally:
             self.finish()
 
@@ -665,7 +667,7 @@ class HandlerTask(_TaskInFlight):
             if self.aborted is None:
                 raise
         except Exception:
-            self.server.handle_error(None, self.client_address)
+            self.server._handler_error(None, self.client_address, self.ticket)
         finally:
             self.finish()
 

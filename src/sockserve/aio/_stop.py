@@ -48,6 +48,7 @@ class AsyncGracefulStop:
         def _close_listener(self) -> None: ...
         def _close_listener_here(self, *, keep_datagram_socket: bool = False) -> None: ...
         def _in_flight_count(self) -> int: ...
+        def _count_drain(self, seconds: float) -> None: ...
 
     def _abort_all(self, exc: BaseException) -> int:
         """Abort every connection in flight; how many there were."""
@@ -113,6 +114,7 @@ class AsyncGracefulStop:
                 forced_early=self._force_requested,
                 unit=unit,
             )
+            self._count_drain(report.seconds)
         finally:
             self._drain_done = None
             done.set_result(None)
@@ -142,6 +144,7 @@ class AsyncGracefulStop:
             self._handshake.request()
             started = _drain.begin(self.server_address, 0, grace)
             self._stop_report = _drain.end(self.server_address, 0, 0, grace, started)
+            self._count_drain(self._stop_report.seconds)
         self.server_close()
         return self._stop_report
 
