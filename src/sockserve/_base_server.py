@@ -377,6 +377,7 @@ class BaseServer(ServerCore, GracefulStop):
         try:
             if on_loop:
                 if job.stages and not job.prepare():
+                    job.release()  # nobody took it over: it ends here (its slot was leaked before)
                     return
                 ticket.requests = 1
                 if self._stream_end and isinstance(job.request, socket.socket):

@@ -171,6 +171,21 @@ def test_refusals_are_counted_by_reason(server_kind: Kind, short_tmp: str) -> No
         assert len(access_lines(log_path, 1)) == 1  # a refused connection has no access line: it was never served
 
 
+def test_a_bad_proxy_header_is_counted_and_its_slot_freed(server_kind: Kind, short_tmp: str) -> None:
+    options = Options(proxy_trusted=("127.0.0.0/8",), proxy_timeout=2.0)
+    with serving(server_kind, short_tmp, options) as (server, log_path):
+        with connect(server.server_address) as client:
+            client.sendall(b"not a proxy header\r\n")
+            assert closed_by_server(client) == b""
+        snap = settled(server, proxy_header=1)
+        assert snap.refused["proxy_header"] == 1
+        assert snap.counters["connections_accepted"] == 1  # admitted, then refused by its header
+        assert snap.counters["requests"] == 0
+        assert snap.gauges["connections_active"] == 0  # its slot is free again
+        (line,) = access_lines(log_path, 1)
+        assert "closed_by=refused" in line, line
+
+
 def test_an_idle_timeout_is_counted_and_said(server_kind: Kind, short_tmp: str) -> None:
     options = Options(limits=sockserve.Limits(idle_timeout=0.3))
     with serving(server_kind, short_tmp, options) as (server, log_path):
