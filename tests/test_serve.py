@@ -49,18 +49,21 @@ SERVER = textwrap.dedent(
 
     server = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), TwoLines)
     print(json.dumps({"address": server.server_address}), flush=True)
-    report = sockserve.serve(server, grace=float(sys.argv[1]))
+    report = sockserve.serve(server, grace=float(sys.argv[1]), drain_delay=float(sys.argv[2]))
     print(json.dumps({"in_flight": report.in_flight, "forced": report.forced}), flush=True)
     """
 )
 
 
 class Child:
-    def __init__(self, tmp_path: Any, grace: float) -> None:
+    def __init__(self, tmp_path: Any, grace: float, drain_delay: float = 0.0) -> None:
         script = tmp_path / "serve_child.py"
         script.write_text(SERVER)
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(grace)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, str(script), str(grace), str(drain_delay)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.address = tuple(self.next("address"))
 
@@ -535,3 +538,34 @@ def test_serve_with_health_on_the_main_thread(server_class: Any) -> None:
     assert report.forced == 0
     assert health.state == "stopped"
     assert refuses(server.server_address)
+
+
+@pytest.mark.parametrize(
+    ("after_the_first", "forced"),
+    [
+        ([signal.SIGQUIT], 1),  # at once, delay or not
+        ([signal.SIGTERM], 0),  # ends the delay: the graceful stop lets the request finish
+        ([signal.SIGTERM, signal.SIGTERM], 1),  # and one more forces it, as always
+    ],
+)
+def test_signals_during_the_drain_delay(tmp_path: Any, after_the_first: list[signal.Signals], forced: int) -> None:
+    child = Child(tmp_path, grace=3600, drain_delay=3600)
+    try:
+        with connect(child.address) as client:
+            client.sendall(b"slow\n")
+            assert child.next("entered") == "slow\n"
+            child.proc.send_signal(signal.SIGTERM)
+            child.next_log("received SIGTERM: not ready any more")
+            for i, sig in enumerate(after_the_first):
+                child.proc.send_signal(sig)
+                if sig == signal.SIGTERM and i == 0:
+                    # Handled before the next is sent: two pending SIGTERMs would be one.
+                    assert "1 connection(s) in flight" in child.next_log("draining")
+            if forced:
+                assert recv_all(client) == b""  # cut off
+            else:
+                client.sendall(b"request\n")
+                assert recv_line(client) == b"full reply: slow request\n"
+        assert child.next("forced") == forced
+    finally:
+        assert child.close() == 0
