@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import connect, recv_all, recv_line
+from .helpers import connect, recv_all, recv_line, wait_until
 from .tls_certs import Pki, client_context, install
 
 if sys.version_info >= (3, 11):
@@ -40,11 +40,18 @@ class Serving:
     """A ``sockserve serve`` subprocess and the lines of its stderr, read by a
     thread into a queue so that every wait can time out."""
 
-    def __init__(self, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, **popen: Any) -> None:
+    def __init__(
+        self,
+        *args: str,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+        argv0: list[str] | None = None,
+        **popen: Any,
+    ) -> None:
         if env is None and cwd != ROOT:
             env = {**os.environ, "PYTHONPATH": str(ROOT)}  # sockserve's tests stay importable
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sockserve", "serve", *args],
+            [*(argv0 or [sys.executable, "-m", "sockserve", "serve"]), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -361,6 +368,8 @@ def http_get(address: Any, path: str) -> tuple[int, bytes]:
 
 
 def test_the_admin_listener_says_ready_then_draining() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
     args = ["--bind", "tcp://127.0.0.1:0", "--admin", "127.0.0.1:0", "--drain-delay", "30"]
     with Serving("tests.cli_app:Echo", *args) as server:
         (address,) = server.addresses()
@@ -368,6 +377,15 @@ def test_the_admin_listener_says_ready_then_draining() -> None:
         server.wait_for(r"ready: serving 1 listener")
         assert http_get(admin, "/healthz")[0] == 200
         assert http_get(admin, "/readyz")[0] == 200
+        assert stream_round_trip(address, b"counted\n") == b"counted\n"
+        status, body = http_get(admin, "/metrics")
+        assert status == 200
+        url = f"tcp://{address[0]}:{address[1]}"
+        families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+        accepted = families["sockserve_connections_accepted"].samples
+        assert [(sample.labels, sample.value) for sample in accepted if sample.name.endswith("_total")] == [
+            ({"listener": url}, 1.0)
+        ]
         server.proc.send_signal(signal.SIGTERM)
         server.wait_for(r"not ready any more")
         assert http_get(admin, "/readyz")[0] == 503  # the balancer stops sending...
@@ -606,3 +624,18 @@ def test_json_log_format() -> None:
         assert server.stop() == 0
     for text in server.seen:
         json.loads(text)  # every line is JSON
+
+
+def test_the_access_log_in_json_whatever_the_log_level(short_tmp: str) -> None:
+    import json
+
+    path = os.path.join(short_tmp, "access.sock")
+    args = ["--bind", f"unix:{path}", "--access-log", "--log-format", "json", "--log-level", "warning"]
+    with Serving("tests.cli_app:Echo", *args) as server:
+        # --log-level warning: no start-up line to wait for; the socket file says it listens.
+        assert wait_until(lambda: os.path.exists(path) or server.proc.poll() is not None)
+        assert stream_round_trip(path, b"logged\n") == b"logged\n"
+        line = json.loads(server.wait_for(r'"logger": "sockserve.access"').string)
+        assert line["closed_by"] == "client"
+        assert server.stop() == 0, server.text
+        assert "serving" not in server.text  # the INFO lines of the other loggers stay hidden

@@ -245,9 +245,11 @@ def build_serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str, log_format: str) -> None:
+def _configure_logging(level: str, log_format: str, access_log: bool) -> None:
     """``sockserve serve``'s logging: every line on stderr (where systemd's
-    journal and container runtimes collect it), as text or one JSON object per line."""
+    journal and container runtimes collect it), as text or one JSON object per
+    line. The access log's INFO lines are written whatever ``--log-level``
+    says: asking for them is asking to see them."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         from ._log_format import JsonFormatter
@@ -258,6 +260,8 @@ def _configure_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    if access_log:
+        logging.getLogger("sockserve.access").setLevel(logging.INFO)
 
 
 def _run_serve(argv: Sequence[str]) -> int:
@@ -267,7 +271,7 @@ def _run_serve(argv: Sequence[str]) -> int:
     args = build_serve_parser().parse_args(argv)
     try:
         settings = load_settings(flag_values(args), args.config)
-        _configure_logging(settings.log_level, settings.log_format)
+        _configure_logging(settings.log_level, settings.log_format, settings.access_log)
         return serve_command(settings, argv, check_only=args.check)
     except ConfigError as exc:
         print(f"sockserve serve: {exc}", file=sys.stderr)
