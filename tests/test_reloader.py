@@ -255,12 +255,13 @@ def test_a_server_whose_reloader_is_killed_is_stopped(tmp_path: Path, app: Path)
             os.close(pidfd)
 
 
-def test_a_command_that_cannot_run_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_a_command_that_cannot_run_is_one_line(tmp_path: Path, stop: signal.Signals) -> None:
     with reloader(tmp_path, [str(tmp_path / "no-such-command")], [tmp_path]) as running:
         running.expect(
             r"ERROR cannot run .*no-such-command: \[Errno 2\] No such file or directory.*; waiting for a change"
         )
-        running.proc.send_signal(signal.SIGTERM)
+        running.proc.send_signal(stop)
         assert running.proc.wait(WAIT) == 127
         assert not [line for line in running.lines_so_far() if "Traceback" in line]
 
