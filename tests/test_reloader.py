@@ -349,3 +349,22 @@ def test_a_second_signal_is_passed_on_once(tmp_path: Path) -> None:
         running.expect(rf"server \(pid {server}\) exited with status 3")
         assert running.proc.wait(WAIT) == 3
         assert not [line for line in running.lines_so_far() if "SIGTERM number 3" in line or "killing" in line]
+
+
+def test_in_process_the_signal_handlers_are_put_back(tmp_path: Path) -> None:
+    """The child stops its own reloader (this process) with SIGTERM; afterwards the
+    handlers and the wake-up descriptor are what they were, and nothing leaked
+    (the no_leaks fixture checks the descriptors and the child)."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    stop_me = (
+        "import os, signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+        "os.kill(os.getppid(), signal.SIGTERM); signal.pause()"
+    )
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        status = run_with_reload([sys.executable, "-c", stop_me], [tmp_path], sockets=[listener], interval=0.05)
+    finally:
+        listener.close()
+    assert status == 0
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+    assert signal.set_wakeup_fd(-1) == -1

@@ -172,7 +172,8 @@ class _Signals:
 
     def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]  # what signal.signal() gave back
+            # None: a handler installed outside Python, which cannot be put back; the default is the nearest.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # type: ignore[arg-type]
         signal.set_wakeup_fd(self._previous_wakeup)
         self._reader.close()
         self._writer.close()
