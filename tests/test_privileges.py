@@ -181,10 +181,12 @@ def test_a_bad_umask_is_refused(value: object) -> None:
         drop_privileges(None, None, value)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("value", [-3, True])
+@pytest.mark.parametrize("value", [-3, True, 2**32 - 1, "99999999999"])
 def test_a_bad_id_is_refused(value: object) -> None:
-    with pytest.raises(PrivilegeError):
+    with pytest.raises(PrivilegeError, match="a user or group"):
         resolve_identity(value, None)  # type: ignore[arg-type]
+    with pytest.raises(PrivilegeError, match="a user or group"):
+        resolve_identity(0, value)  # type: ignore[arg-type]
 
 
 def test_the_umask_alone_needs_no_root(tmp_path: Path) -> None:

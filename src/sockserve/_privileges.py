@@ -67,12 +67,15 @@ def _as_id(value: str | int) -> int | None:
     if isinstance(value, bool):
         raise PrivilegeError(f"a user or group is a name or a number, not {value!r}")
     if isinstance(value, int):
-        if value < 0:
-            raise PrivilegeError(f"user and group ids are not negative (got {value})")
-        return value
-    if value.isascii() and value.isdigit():
-        return int(value)
-    return None
+        number = value
+    elif value.isascii() and value.isdigit():
+        number = int(value)
+    else:
+        return None
+    # 2**32 - 1 is (uid_t)-1, which setuid() takes as "leave unchanged".
+    if not 0 <= number < 2**32 - 1:
+        raise PrivilegeError(f"a user or group id is a number from 0 to {2**32 - 2} (got {value!r})")
+    return number
 
 
 def resolve_identity(user: str | int | None, group: str | int | None) -> Identity | None:

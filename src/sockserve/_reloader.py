@@ -37,7 +37,6 @@ import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
-    from pathlib import Path
     from types import FrameType
 
     from typing_extensions import Self
@@ -109,7 +108,7 @@ class SourceWatcher:
 
 def run_with_reload(
     argv: Sequence[str],
-    watch: Sequence[str | os.PathLike[str] | Path],
+    watch: Sequence[str | os.PathLike[str]],
     *,
     sockets: Sequence[socket.socket] = (),
     names: Sequence[str] | None = None,
