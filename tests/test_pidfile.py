@@ -163,3 +163,11 @@ def test_a_removal_that_fails_is_one_warning(
     monkeypatch.undo()
     assert [r.getMessage() for r in caplog.records] == [f"could not remove pid file {str(path)!r}: Permission denied"]
     assert path.exists()
+
+
+def test_a_relative_path_survives_a_change_of_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with PidFile("app.pid"):
+        os.chdir("elsewhere")
+    assert not (tmp_path / "app.pid").exists()

@@ -49,7 +49,8 @@ class PidFile:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
+        # Absolute now: a server that changes directory later still removes the right file.
+        self.path = os.path.abspath(os.fspath(path))
         self.pid: int | None = None
 
     def __repr__(self) -> str:
