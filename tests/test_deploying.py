@@ -585,23 +585,24 @@ def test_kubernetes_manifest_holds_together(app_dir: str) -> None:
 
 
 def container_process(
-    container: dict[str, Any], pod: dict[str, Any], app_dir: str, log: Path, *extra: str
+    container: dict[str, Any], pod: dict[str, Any], log: Path, *extra: str, stdout: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """The container's command and args, run as its securityContext's user in its workingDir."""
+    """The container's command and args, run as its securityContext's user in
+    its workingDir; stderr (and stdout, unless ``stdout``) into ``log``."""
     context = pod["spec"]["securityContext"]
     assert context["runAsNonRoot"] is True
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/", "HOSTNAME": "myapp-0"}
     user: dict[str, Any] = {}
     if can_run_python_as(context["runAsUser"], context["runAsGroup"]):
         user = {"user": context["runAsUser"], "group": context["runAsGroup"], "extra_groups": []}
-    with open(log, "ab") as out:
+    with open(log, "ab") as err, open(stdout or log, "ab") as out:
         return subprocess.Popen(
             [*container["command"], *container["args"], *extra],
             cwd=container["workingDir"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
-            stderr=subprocess.STDOUT,
+            stderr=err,
             start_new_session=True,
             **user,
         )
@@ -626,16 +627,15 @@ def can_run_python_as(uid: int, gid: int) -> bool:
 def test_kubernetes_args_pass_check(app_dir: str, tmp_path: Path) -> None:
     deployment = manifest(app_dir)["Deployment"]
     container = the_container(deployment)
-    out = tmp_path / "check.log"
-    proc = container_process(container, deployment["spec"]["template"], app_dir, out, "--check")
+    log, out = tmp_path / "check.log", tmp_path / "check.toml"
+    proc = container_process(container, deployment["spec"]["template"], log, "--check", stdout=out)
     try:
-        assert proc.wait(WAIT) == 0, out.read_text()
+        assert proc.wait(WAIT) == 0, log.read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(WAIT)
-    printed = out.read_text()
-    checked = tomllib.loads(printed[printed.index("handler = ") :])
+    checked = tomllib.loads(out.read_text())  # the effective settings, as TOML
     assert checked["drain_delay"] == float(option(container["args"], "--drain-delay"))
     assert checked["admin"] == option(container["args"], "--admin")
 
@@ -682,14 +682,15 @@ def test_kubernetes_pod_starts_probes_and_drains(app_dir: str, tmp_path: Path) -
     ready_port, live_port = named_port(container, readiness["port"]), named_port(container, liveness["port"])
     service_address = ("127.0.0.1", named_port(container, "service"))
     drain_delay = float(option(container["args"], "--drain-delay"))
-    budget = pod["spec"]["terminationGracePeriodSeconds"] - pod_pre_stop(container)
+    # The kubelet's budget counts from the preStop hook, whose sleep is the kubelet's, not run here.
+    budget = pod["spec"]["terminationGracePeriodSeconds"] - container["lifecycle"]["preStop"]["sleep"]["seconds"]
     log = tmp_path / "container.log"
-    proc = container_process(container, pod, app_dir, log)
+    proc = container_process(container, pod, log)
     try:
         wait_until_status(ready_port, readiness["path"], succeeds, proc, log)
         assert succeeds(probe(live_port, liveness["path"]))
         assert echo(service_address) == b"hello\n"
-        # The kubelet: preStop (its sleep is the kubelet's), then SIGTERM.
+        # The kubelet: the preStop hook, then SIGTERM.
         stopped_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert wait_until_status(ready_port, readiness["path"], lambda status: not succeeds(status), proc, log) == 503
@@ -701,11 +702,6 @@ def test_kubernetes_pod_starts_probes_and_drains(app_dir: str, tmp_path: Path) -
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(WAIT)
-
-
-def pod_pre_stop(container: dict[str, Any]) -> int:
-    seconds_: int = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    return seconds_
 
 
 # --- HAProxy -----------------------------------------------------------------------
