@@ -210,12 +210,12 @@ def test_a_server_that_fails_at_start_waits_for_the_next_change(tmp_path: Path, 
     with reloader(tmp_path, [sys.executable, str(app / "server.py")], [app]) as running:
         first = int(running.expect(STARTED)[1])
         running.expect(rf"WARNING server \(pid {first}\) exited with status 1; waiting for a change to restart it")
-        # Twenty scans' time in which a restart loop would start it again; a correct reloader never does.
-        time.sleep(1.0)
-        assert not [line for line in running.lines_so_far() if re.search(STARTED, line)]
+        failed_at = len(running.seen)
 
         (app / "handler.py").write_text('VERSION = "fixed"\n')
         running.expect(r"handler\.py changed: restarting the server")
+        # A restart loop would have started it again before the change was seen.
+        assert not [line for line in running.seen[failed_at:] if re.search(STARTED, line)]
         second = int(running.expect(STARTED)[1])
         assert running.ask() == ["fixed", str(second), "web", "3"]
 
