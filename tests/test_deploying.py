@@ -471,7 +471,9 @@ def test_systemd_service_runs_as_systemd_runs_it(app_dir: str) -> None:
 
         ready = manager.wait_for("READY=1", service=service)
         assert manager.messages[ready].pid == service.pid, "READY=1 must come from the main process (NotifyAccess=main)"
-        assert "STATUS" in manager.messages[ready].fields
+        # The STATUS= line that the page shows `systemctl status` printing.
+        (shown,) = re.findall(r'^ +Status: "(.*)"$', PAGE.read_text(encoding="utf-8"), flags=re.M)
+        assert manager.messages[ready].fields.get("STATUS") == shown
         nobody = pwd.getpwnam(SERVICE_USER)
         ids = proc_ids(service.pid)  # real, effective, saved and file system ids
         assert (ids["Uid"], ids["Gid"]) == ([nobody.pw_uid] * 4, [nobody.pw_gid] * 4)
