@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -18,6 +20,7 @@ from sockserve._adopt import adopt
 from sockserve._socket_activation import SocketActivationError
 from sockserve.testing import running_server
 
+from .fake_systemd import ServiceManager
 from .helpers import TIMEOUT, connect, recv_all, recv_line
 from .matrix import handlers
 
@@ -229,3 +232,58 @@ def test_a_closed_socket_is_refused() -> None:
     closed.close()
     with pytest.raises(SocketActivationError, match="closed socket"):
         adopt(sockserve.TCPServer, closed, handlers.SyncEcho)
+
+
+# --- under a (fake) service manager, in a process of its own ----------------------
+
+# A service as the CLI builds one: the inherited sockets, each adopted by a
+# server, READY=1 once they serve, STOPPING=1 on SIGTERM.
+SERVICE = r"""
+import signal, sys, threading
+import sockserve
+from sockserve._adopt import adopt
+from sockserve._sd_notify import Notifier
+from sockserve._socket_activation import inherited_sockets
+
+class Echo(sockserve.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+
+notifier = Notifier.from_environment()
+classes = {"web": sockserve.ThreadPoolTCPServer, "local": sockserve.ThreadPoolUnixStreamServer}
+servers = [adopt(classes[s.name], s.socket, Echo) for s in inherited_sockets()]
+threads = [threading.Thread(target=server.serve_forever) for server in servers]
+for thread in threads:
+    thread.start()
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+notifier.ready("serving %d socket(s)" % len(servers))
+stop.wait()
+notifier.stopping()
+for server in servers:
+    server.shutdown()
+for thread in threads:
+    thread.join()
+for server in servers:
+    server.server_close()
+"""
+
+
+def test_a_service_under_the_fake_manager_serves_its_inherited_sockets(short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "app.sock")
+    with ServiceManager(short_tmp) as manager:
+        tcp = manager.listen(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 0))
+        manager.listen(socket.AF_UNIX, socket.SOCK_STREAM, path)
+        proc = manager.start([sys.executable, "-c", SERVICE], names=["web", "local"], stderr=subprocess.PIPE)
+        assert manager.notify.wait_for("READY=1") == "READY=1\nSTATUS=serving 2 socket(s)"
+        for address in (tcp.getsockname(), path):
+            with connect(address) as client:
+                client.sendall(b"through the manager\n")
+                assert recv_line(client) == b"through the manager\n"
+        assert manager.stop(proc) == 0
+        manager.notify.wait_for("STOPPING=1")
+        assert manager.notify.lines() == ["READY=1", "STATUS=serving 2 socket(s)", "STOPPING=1"]
+        assert os.path.exists(path), "the manager's socket file outlives the service"
+        with connect(path):  # and the manager's socket still listens, for the next start
+            pass

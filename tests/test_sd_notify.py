@@ -15,27 +15,9 @@ import pytest
 
 from sockserve._sd_notify import MAX_MESSAGE, Notifier, Watchdog
 
+from .fake_systemd import FakeManager
+
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="the protocol needs Unix sockets")
-
-
-class FakeManager:
-    """The manager's end: a bound datagram socket, read with a timeout."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address  # as NOTIFY_SOCKET says it
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.sock.settimeout(10)
-
-    def receive(self) -> str:
-        data = self.sock.recv(65536)
-        return data.decode()
-
-    def fields(self) -> dict[str, str]:
-        return dict(line.split("=", 1) for line in self.receive().split("\n"))
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(params=["path", "abstract"])

@@ -29,27 +29,10 @@ from sockserve._socket_activation import (
 )
 
 from .conftest import requires_ipv6
+from .fake_systemd import spawn
+from .helpers import connect, wait_until
 
 TIMEOUT = 20.0
-
-# What systemd does between fork() and exec(): move the sockets to 3, 4, 5...
-# in order, leave nothing else open (subprocess closes every descriptor but
-# pass_fds), set LISTEN_PID to the pid that will run the service, then exec.
-# The sockets first go to descriptors above 100, so that moving one onto 3
-# cannot overwrite another that the parent happened to pass as 3.
-LAUNCHER = r"""
-import fcntl, json, os, sys
-config = json.loads(sys.argv[1])
-staged = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in config["fds"]]
-for fd in config["fds"]:
-    os.close(fd)
-for index, fd in enumerate(staged):
-    os.dup2(fd, 3 + index)  # inheritable: it must survive the exec
-    os.close(fd)
-env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-env.update({k: v.replace("{self}", str(os.getpid())) for k, v in config["env"].items()})
-os.execve(sys.executable, [sys.executable, "-c", config["service"], config["mode"]], env)
-"""
 
 # The service: reads its sockets with inherited_sockets(), reports them as one
 # JSON line, then (mode "serve") answers one client on each, in descriptor order.
@@ -94,18 +77,11 @@ if sys.argv[1] == "serve":
 
 @contextmanager
 def launched(passed: list[int], env: dict[str, str], mode: str = "report") -> Iterator[subprocess.Popen[str]]:
-    """Start the service with ``passed`` on descriptors 3... and ``env``
-    ("{self}" is replaced by the service's own pid); kill and reap it at the end."""
-    config = {"fds": passed, "env": env, "mode": mode, "service": SERVICE}
-    parent_env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, json.dumps(config)],
-        pass_fds=passed,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=parent_env,
-    )
+    """Start the service as systemd would (fake_systemd.spawn), with ``passed``
+    on descriptors 3... and ``env`` ("{self}" is the service's own pid); kill
+    and reap it at the end."""
+    argv = [sys.executable, "-c", SERVICE, mode]
+    proc = spawn(argv, passed, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         yield proc
     finally:
@@ -125,6 +101,11 @@ def read_report(proc: subprocess.Popen[str]) -> dict[str, Any]:
         pytest.fail(f"the service died without a report: {err}")
     report: dict[str, Any] = json.loads(line)
     return report
+
+
+def _kill_if_running(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
 
 
 def finish(proc: subprocess.Popen[str]) -> None:
@@ -233,6 +214,38 @@ def test_a_descriptor_that_is_not_a_socket_is_an_error() -> None:
         os.close(write_end)
     assert report["error"] == "descriptor 3 'fifo' is not a socket"
     assert report["after"] == {"3": False}, "the descriptor is left open, close-on-exec, as sd_listen_fds leaves it"
+
+
+SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"
+
+
+def test_the_real_systemd_socket_activate_passes_sockets_we_accept(short_tmp: str) -> None:
+    """systemd's own tool (package systemd) makes the sockets, waits for a
+    first connection, then execs the service with the variables set by
+    systemd's code rather than ours."""
+    if not os.access(SOCKET_ACTIVATE, os.X_OK):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{SOCKET_ACTIVATE} is missing: the CI image needs the systemd package")
+        pytest.skip(f"{SOCKET_ACTIVATE} is not installed (package systemd)")
+    web, admin = os.path.join(short_tmp, "web"), os.path.join(short_tmp, "admin")
+    argv = [SOCKET_ACTIVATE, "-l", web, "-l", admin, "--fdname=web:admin", sys.executable, "-c", SERVICE, "serve"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with ExitStack() as stack:
+        stack.callback(proc.communicate, timeout=TIMEOUT)
+        stack.callback(_kill_if_running, proc)
+        # The tool binds both paths before it waits: then the first connection makes it exec the service.
+        assert wait_until(lambda: os.path.exists(admin) or proc.poll() is not None, TIMEOUT)
+        clients = [stack.enter_context(connect(path, TIMEOUT)) for path in (web, admin)]
+        report = read_report(proc)
+        assert "error" not in report, report
+        described = [(s["fd"], s["name"], s["type"], s["address"], s["listening"]) for s in report["sockets"]]
+        assert described == [(3, "web", "SOCK_STREAM", web, True), (4, "admin", "SOCK_STREAM", admin, True)]
+        assert report["env"] == []
+        for client, name in zip(clients, ("web", "admin"), strict=True):
+            assert client.makefile("rb").readline() == f"{name} {proc.pid}\n".encode()
+        finish(proc)
+    assert os.path.exists(web), "the tool owns the socket files"
 
 
 # --- the environment rules, without descriptors ----------------------------------
