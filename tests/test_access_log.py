@@ -20,7 +20,8 @@ from sockserve._access_log import (
     error_closed_by,
     hold,
     let_go,
-    settle,
+    read_tcp_info,
+    settle_here,
     tcp_bytes,
 )
 from sockserve._admission import Admission, Ticket
@@ -69,6 +70,7 @@ def test_tcp_info_counts_a_known_transfer(pair: tuple[socket.socket, socket.sock
     assert recv_exactly(client, 70_000)
     t = ticket()
     tcp_bytes(server, t)
+    read_tcp_info(t)
     assert (t.received, t.sent, t.closed_by) == (1000, 70_000, None)
 
 
@@ -83,6 +85,7 @@ def test_the_client_s_fin_is_not_a_byte_and_says_who_closed(pair: tuple[socket.s
     server.shutdown(socket.SHUT_WR)
     t = ticket()
     tcp_bytes(server, t)
+    read_tcp_info(t)
     assert (t.received, t.sent, t.closed_by) == (3, 2, "client")
 
 
@@ -93,6 +96,7 @@ def test_a_server_that_closes_first_is_not_the_client(pair: tuple[socket.socket,
     server.shutdown(socket.SHUT_WR)
     t = ticket()
     tcp_bytes(server, t)
+    read_tcp_info(t)
     assert (t.received, t.sent, t.closed_by) == (0, 3, None)
 
 
@@ -106,6 +110,7 @@ def test_a_held_socket_is_read_after_its_close_and_closed_then(pair: tuple[socke
     assert server.fileno() != -1  # still open: held
     t = ticket()
     let_go(held, t, tcp=True)
+    read_tcp_info(t)
     assert t.received == 5
     assert server.fileno() == -1  # closed for real by let_go()
 
@@ -170,7 +175,7 @@ def test_settle_counts_once_and_a_forked_child_s_parent_only_counts_out() -> Non
     assert metrics.snapshot().counters["requests"] == 1
     row = Metrics()
     child.report = True
-    settle(child, row, access_log=False, active=0)
+    settle_here(child, row, access_log=False)  # in the child: its own row
     assert row.snapshot().counters["requests"] == 1
     assert row.snapshot().gauges["connections_active"] == 0
 
@@ -256,3 +261,17 @@ def test_set_before_serving_it_is_read_when_serving_starts(caplog: pytest.LogCap
     with running_server(server, poll_interval=0.05):
         exchange(server.server_address, b"late\n")
         assert wait_until(lambda: any(r.name == "sockserve.access" for r in caplog.records))
+
+
+@needs_tcp_info
+@pytest.mark.parametrize("count_bytes", [False, True])
+def test_bytes_are_counted_when_asked_for(count_bytes: bool) -> None:
+    server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), Echo)
+    server.daemon_threads = True
+    server.count_bytes = count_bytes  # without the access log
+    with running_server(server, poll_interval=0.05):
+        exchange(server.server_address, b"counted\n")
+        assert wait_until(lambda: server.metrics.snapshot().counters["requests"] == 1)
+    counters = server.metrics.snapshot().counters
+    expected = 8 if count_bytes else 0  # off by default: reading them costs a share of each connection
+    assert (counters["bytes_received"], counters["bytes_sent"]) == (expected, expected)

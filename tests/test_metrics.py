@@ -34,8 +34,7 @@ def test_a_new_snapshot_has_every_name_at_zero() -> None:
 
 def test_updates_show_in_the_snapshot() -> None:
     metrics = Metrics()
-    metrics.admitted()
-    metrics.admitted()
+    metrics.add_many(accepted=2, active=2)
     metrics.refuse("emfile")
     metrics.add(REQUESTS, 3)
     snap = metrics.snapshot()
@@ -43,8 +42,7 @@ def test_updates_show_in_the_snapshot() -> None:
     assert snap.gauges["connections_active"] == 2
     assert snap.counters["requests"] == 3
     assert snap.refused["emfile"] == 1
-    metrics.released(requests=1, received=10, sent=20)
-    metrics.released(requests=1, received=None, sent=None)  # bytes unknown: nothing added
+    metrics.add_many(active=-2, requests=2, received=10, sent=20)
     metrics.drained(1.5)
     snap = metrics.snapshot()
     assert snap.gauges["connections_active"] == 0
@@ -65,19 +63,19 @@ def test_the_buffer_must_be_writable_and_the_right_size() -> None:
     with pytest.raises(ValueError, match="bytes"):
         Metrics(bytearray(Metrics.SIZE + 8))
     buffer = bytearray(Metrics.SIZE)
-    Metrics(buffer).admitted()
+    Metrics(buffer).add(ACCEPTED)
     assert Metrics(buffer).snapshot().counters["connections_accepted"] == 1  # the values live in the buffer
 
 
 def test_the_snapshot_is_frozen_picklable_and_comparable() -> None:
     metrics = Metrics()
-    metrics.admitted()
+    metrics.add(ACCEPTED)
     snap = metrics.snapshot()
     with pytest.raises(AttributeError):
         snap.counters = {}
     with pytest.raises(TypeError):
         snap.counters["requests"] = 1  # type: ignore[index]
-    metrics.admitted()  # a snapshot is a copy: later updates do not show in it
+    metrics.add(ACCEPTED)  # a snapshot is a copy: later updates do not show in it
     assert snap.counters["connections_accepted"] == 1
     copy = pickle.loads(pickle.dumps(snap))
     assert copy == snap
@@ -88,9 +86,8 @@ def test_the_snapshot_is_frozen_picklable_and_comparable() -> None:
 
 def test_merge_sums_all_but_the_last_drain_which_is_the_longest() -> None:
     a, b = Metrics(), Metrics()
-    a.admitted()
-    b.admitted()
-    b.admitted()
+    a.add_many(accepted=1, active=1)
+    b.add_many(accepted=2, active=2)
     a.refuse("timeout")
     b.refuse("timeout")
     a.drained(1.0)
@@ -114,8 +111,8 @@ def test_concurrent_updates_are_not_lost() -> None:
     def work() -> None:
         start.wait(timeout=10)
         for _ in range(5000):
-            metrics.admitted()
-            metrics.released(requests=1, received=1, sent=2)
+            metrics.add_many(accepted=1, active=1)
+            metrics.add_many(active=-1, requests=1, received=1, sent=2)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for thread in threads:
@@ -140,17 +137,44 @@ def test_a_shared_buffer_shows_a_child_s_updates_in_the_parent() -> None:
             try:
                 child = Metrics(child_slot)
                 for _ in range(7):
-                    child.admitted()
+                    child.add_many(accepted=1, active=1)
                 child.add(ACCEPTED, 3)
             finally:
                 os._exit(0)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         parent = Metrics(parent_slot)
-        parent.admitted()
+        parent.add_many(accepted=1, active=1)
         total = merge([parent.snapshot(), Metrics(child_slot).snapshot()])
         assert total.counters["connections_accepted"] == 11
         assert total.gauges["connections_active"] == 8
         del parent, parent_slot, child_slot, view
     finally:
         shared.close()
+
+
+def test_an_admission_counts_in_batches_and_exactly_when_read() -> None:
+    from sockserve._admission import FOLD_BATCH, Admission, Ticket
+
+    metrics = Metrics()
+    admission = Admission(metrics=metrics)
+    tickets = [admission.admit(("127.0.0.1", 1)) for _ in range(FOLD_BATCH + 5)]
+    assert all(isinstance(t, Ticket) for t in tickets)
+    assert metrics.slots[ACCEPTED] == 0  # nothing counted per admission...
+    snap = metrics.snapshot()  # ... until it is read
+    assert snap.counters["connections_accepted"] == FOLD_BATCH + 5
+    assert snap.gauges["connections_active"] == FOLD_BATCH + 5
+    for t in tickets:
+        assert isinstance(t, Ticket)
+        t.requests = 1
+        admission.release(t)
+    assert metrics.slots[REQUESTS] == FOLD_BATCH  # a full batch is counted as it completes
+    snap = metrics.snapshot()
+    assert snap.counters["requests"] == FOLD_BATCH + 5
+    assert snap.counters["connections_accepted"] == FOLD_BATCH + 5
+    assert snap.gauges["connections_active"] == 0
+    other = Metrics()
+    admission.use_metrics(other)  # another buffer from now on (a prefork worker's slot)
+    admission.admit(("127.0.0.1", 1))
+    assert other.snapshot().counters["connections_accepted"] == 1
+    assert metrics.snapshot().counters["connections_accepted"] == FOLD_BATCH + 5

@@ -35,9 +35,9 @@ ACCESS_LOGGER = "sockserve.access"
 # transfer in tests/test_access_log.py.
 _TCP_INFO = struct.Struct("=B119xQQ8xI52xQQ")
 _TCP_INFO_OLD = struct.Struct("=B119xQQ")  # before 4.19: no bytes_sent
-_TCP_INFO_SIZE = _TCP_INFO.size
+_TCP_INFO_SIZE = TCP_INFO_SIZE = _TCP_INFO.size
 _IPPROTO_TCP = getattr(socket, "IPPROTO_TCP", 6)
-_TCP_INFO_OPT = getattr(socket, "TCP_INFO", None)  # Linux only
+_TCP_INFO_OPT = TCP_INFO_OPT = getattr(socket, "TCP_INFO", 11)  # Linux only (TCP_INFO_AVAILABLE)
 # TCP states (include/net/tcp_states.h) in which the client's FIN has come:
 # CLOSE_WAIT, LAST_ACK, CLOSING, and CLOSE after LAST_ACK (or after a reset,
 # when the FIN may not have come: see tcp_bytes()). The FIN takes one
@@ -45,23 +45,32 @@ _TCP_INFO_OPT = getattr(socket, "TCP_INFO", None)  # Linux only
 _TCP_CLOSE = 7
 _CLIENT_CLOSED = frozenset({_TCP_CLOSE, 8, 9, 11})
 
-TCP_INFO_AVAILABLE = _TCP_INFO_OPT is not None
+TCP_INFO_AVAILABLE = hasattr(socket, "TCP_INFO")
 
 
 def tcp_bytes(sock: Any, ticket: Ticket) -> None:
-    """Read a TCP connection's byte counts (and, from its state, whether the
-    client closed first) onto ``ticket``, before its socket closes.
+    """Take a TCP connection's ``TCP_INFO`` onto ``ticket`` before its socket
+    closes; ``read_tcp_info()`` makes its counts of it later, off the
+    connection's way out. Nothing is taken if the socket cannot say (closed,
+    not TCP, None: uvloop's TLS transports)."""
+    try:
+        ticket.tcp_info = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO_OPT, _TCP_INFO_SIZE)
+    except (OSError, TypeError, ValueError, AttributeError):
+        pass
+
+
+def read_tcp_info(ticket: Ticket) -> None:
+    """A connection's bytes (and, from its state, whether the client closed
+    first), from the ``TCP_INFO`` that ``tcp_bytes()`` took.
 
     ``bytes_received`` is what the kernel received in order (read by the
     handler or not), less the FIN; ``bytes_sent`` what the server wrote that
     TCP has sent or still holds (sent, less retransmissions, plus not yet
     sent). Both count what is on the wire: with TLS, its records. A
     connection reset before the client's FIN may be counted one byte short.
-    Nothing is written if the socket cannot say (closed, not TCP, an old kernel).
     """
-    try:
-        info = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO_OPT, _TCP_INFO_SIZE)
-    except (OSError, TypeError, ValueError, AttributeError):  # AttributeError: None (uvloop's TLS transports)
+    info, ticket.tcp_info = ticket.tcp_info, None
+    if info is None:
         return
     if len(info) >= _TCP_INFO_SIZE:
         state, _acked, received, notsent, sent, retrans = _TCP_INFO.unpack_from(info)
@@ -89,15 +98,21 @@ def hold(sock: socket.socket) -> socket.socket:
 
 
 def let_go(sock: socket.socket, ticket: Ticket, tcp: bool) -> None:
-    """Read how ``sock``'s connection ended onto ``ticket`` (``tcp``: its
-    bytes and its TCP state; else whether the client had finished sending),
-    then drop the reference ``hold()`` took: the descriptor closes now if
-    the handler closed it."""
+    """Take how ``sock``'s connection ended onto ``ticket`` (``tcp``: its
+    TCP_INFO; else whether the client had finished sending), then drop the
+    reference ``hold()`` took: the descriptor closes now if the handler
+    closed it. (``Job.run`` does the same inline: it is the pool's and the
+    threads' path, where a call is a share of a connection's cost.)"""
     if tcp:
-        tcp_bytes(sock, ticket)
+        try:
+            ticket.tcp_info = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO_OPT, _TCP_INFO_SIZE)
+        except OSError:
+            pass
     elif ticket.closed_by is None and client_finished(sock):
         ticket.closed_by = "client"
-    sock._decref_socketios()  # type: ignore[attr-defined]
+    sock._io_refs -= 1  # type: ignore[attr-defined]  # socket._decref_socketios(), inline
+    if sock._closed:  # type: ignore[attr-defined]
+        sock._real_close()  # type: ignore[attr-defined]
 
 
 def client_finished(sock: socket.socket) -> bool:
@@ -173,25 +188,28 @@ def count_error(
         ticket.closed_by = why
 
 
-def settle(ticket: Ticket, metrics: Metrics, access_log: bool, active: int = 1) -> None:
-    """Count a released connection into ``metrics`` (and log its line).
-
-    A ticket whose ``report`` is False is settled by another process (a
-    forked child, which calls this with ``active=0``: its parent counts the
-    connection out): here it is only counted out. Requests a model counted
-    as they came (``ticket.counted``: the framed pool's) are not counted again.
-    """
+def settle(ticket: Ticket, metrics: Metrics, access_log: bool) -> None:
+    """Why a released connection ended: its timeout counted, its access log
+    line written. (Its requests and bytes are counted with the others'
+    by ``Admission.fold``.) Called only for a connection with something to
+    say (a reason, a cut) or while the access log is on."""
     if not ticket.report:
-        metrics.released(0, None, None, active)
-        return
-    why = None
-    if ticket.aborted is not None or ticket.closed_by is not None:
-        why = closed_by(ticket)
-        if why == "idle_timeout" or why == "connection_timeout":
-            metrics.refuse("timeout")
-    metrics.released(ticket.requests - ticket.counted, ticket.received, ticket.sent, active)
+        return  # settled by the process that served it (a forked child)
+    if ticket.tcp_info is not None:
+        read_tcp_info(ticket)
+    why = closed_by(ticket)
+    if why == "idle_timeout" or why == "connection_timeout":
+        metrics.refuse("timeout")
     if access_log:
-        log_access(ticket, why or "server")
+        log_access(ticket, why)
+
+
+def settle_here(ticket: Ticket, metrics: Metrics, access_log: bool) -> None:
+    """``settle`` and the counting that ``fold`` does, at once, in a process
+    whose admission does not release the connection (a forked child: its
+    parent counts it in and out)."""
+    settle(ticket, metrics, access_log)
+    metrics.add_many(requests=ticket.requests - ticket.counted, received=ticket.received or 0, sent=ticket.sent or 0)
 
 
 _logger: logging.Logger | None = None

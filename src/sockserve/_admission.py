@@ -24,11 +24,15 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
-from ._access_log import settle
+from ._access_log import read_tcp_info, settle
 from ._errors import ConnectionLimitReached, LimitExceeded
 from ._limits import NO_LIMITS, Limits
 from ._metrics import Metrics
 from ._wakeup import Waker
+
+# Ended connections are added to the metrics this many at a time (and
+# before every snapshot, and on an idle turn of the serve loop): see fold().
+FOLD_BATCH = 64
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
@@ -80,6 +84,9 @@ class Ticket:
             that counts them as they come).
         report: False where another process settles the connection (a
             forked child does its own): the release then only counts it out.
+        tcp_info: the raw TCP_INFO read as its socket closed, for
+            ``received``, ``sent`` and ``closed_by``: parsed when it is
+            counted (``_access_log.read_tcp_info``), not on the way out.
     """
 
     __slots__ = (
@@ -97,6 +104,7 @@ class Ticket:
         "report",
         "requests",
         "sent",
+        "tcp_info",
     )
 
     def __init__(self, peer: Any, key: Hashable, admitted_at: float, deadline: float | None, number: int = 0) -> None:
@@ -114,6 +122,7 @@ class Ticket:
         self.sent: int | None = None
         self.closed_by: str | None = None
         self.report = True
+        self.tcp_info: bytes | None = None  # getsockopt(TCP_INFO) as the connection closed, read later
 
     def cut(self, reason: BaseException) -> bool:
         """Cut the connection for ``reason`` (once); False if nothing can cut it now."""
@@ -152,8 +161,17 @@ class Admission:
     be woken.
 
     ``metrics``: where admissions, refusals and releases are counted (the
-    server's; a private one if None). ``access_log``: a line per release on
-    the ``sockserve.access`` logger. The server sets both when serving starts.
+    server's; a private one if None; another with ``use_metrics()``).
+    ``access_log``: a line per release on the ``sockserve.access`` logger.
+    The server sets both when serving starts.
+
+    Counting costs no lock per connection: a refusal is rare and counted at
+    once, but an admission only adds the ticket to ``_open``, which the
+    admission keeps anyway, and a release only appends it to ``_ended``
+    (``deque.append``, one atomic C call); ``fold()`` then counts what ended
+    and what was admitted meanwhile (admitted = ended + the change in open)
+    in one turn of the metrics' lock, every ``FOLD_BATCH`` releases and
+    before every snapshot.
     """
 
     def __init__(
@@ -161,11 +179,20 @@ class Admission:
     ) -> None:
         self.limits = limits
         self._on_free = on_free
-        self.metrics = Metrics() if metrics is None else metrics
         self.access_log = False
         # 0 where the server counts its datagrams as they come (the async
         # datagram servers): admitting one then only makes it active.
         self.accepted_unit = 1
+        # Those datagrams, counted by the server's receivers (on the loop's
+        # thread, the only writer: no lock), and how many of them fold() has
+        # counted in the metrics.
+        self.datagrams = 0
+        self.datagram_bytes = 0
+        self._ended: collections.deque[Ticket] = collections.deque()  # released, not counted yet
+        self._fold_lock = threading.Lock()
+        self._folded_open = 0  # len(_open) when fold() last counted
+        self._folded_datagrams = 0
+        self._folded_datagram_bytes = 0
         # Reentrant: interrupt() may run in a signal handler on a thread that
         # holds the lock at that moment.
         self._lock = threading.RLock()
@@ -174,6 +201,8 @@ class Admission:
         self._open: dict[int, Ticket] = {}  # id(ticket) -> ticket
         self._per_client: dict[Hashable, int] = {}
         self._numbers = itertools.count(1)  # next() is atomic: the tickets' numbers
+        self.metrics = Metrics() if metrics is None else metrics
+        self.metrics.add_source(self.fold)
 
     def admit(self, peer: Any, now: float | None = None, *, per_client: bool = True) -> Ticket | Refusal:
         """A ticket for a new connection from ``peer``, or the limit that refuses it.
@@ -198,7 +227,6 @@ class Admission:
             # (see release()).
             ticket = Ticket(peer, UNCOUNTED, now, deadline, next(self._numbers))
             self._open[id(ticket)] = ticket
-            self.metrics.admitted(self.accepted_unit)
             return ticket
         key = UNCOUNTED if per_ip is None else client_key(peer) if per_client else DEFERRED
         with self._lock:
@@ -212,7 +240,6 @@ class Admission:
                         self._per_client[key] = count + 1
                     ticket = Ticket(peer, key, now, deadline, next(self._numbers))
                     self._open[id(ticket)] = ticket
-                    self.metrics.admitted(self.accepted_unit)
                     return ticket
                 refusal = Refusal(ConnectionLimitReached(per_ip, peer, per_ip=True))
             self.metrics.refuse(refusal.reason)
@@ -254,7 +281,12 @@ class Admission:
             if self._open.pop(id(ticket), None) is None:
                 return
             ticket.released = True
-            settle(ticket, self.metrics, self.access_log)
+            ended = self._ended
+            ended.append(ticket)
+            if ticket.closed_by is not None or ticket.aborted is not None or self.access_log:
+                settle(ticket, self.metrics, self.access_log)  # why it ended: timeouts, the access line
+            if len(ended) >= FOLD_BATCH:
+                self.fold()
             if self._idle_wakers and len(self._open) <= 1:
                 for waker in list(self._idle_wakers):
                     waker.wake()
@@ -278,11 +310,64 @@ class Admission:
             wakers = list(self._idle_wakers) if still_open <= 1 and self._idle_wakers else ()
         # Counted before a drain waiting for idleness wakes: what it then
         # reads of the metrics includes this connection.
-        settle(ticket, self.metrics, self.access_log)
+        ended = self._ended
+        ended.append(ticket)
+        if ticket.closed_by is not None or ticket.aborted is not None or self.access_log:
+            settle(ticket, self.metrics, self.access_log)
+        if len(ended) >= FOLD_BATCH:
+            self.fold()
         for waker in wakers:
             waker.wake()
         if freed and self._on_free is not None:
             self._on_free()
+
+    def use_metrics(self, metrics: Metrics) -> None:
+        """Count in ``metrics`` from now on (what was counted stays where it was)."""
+        if metrics is self.metrics:
+            return
+        self.fold()
+        self.metrics = metrics
+        metrics.add_source(self.fold)
+
+    def fold(self) -> None:
+        """Count the connections released since the last fold, and those
+        admitted meanwhile, in the metrics (thread-safe; any thread)."""
+        ended = self._ended
+        count = requests = received = sent = 0
+        while ended:
+            try:
+                ticket = ended.popleft()
+            except IndexError:
+                break  # another fold took the last one
+            count += 1
+            if not ticket.report:
+                continue  # counted by the process that served it (a forked child)
+            requests += ticket.requests - ticket.counted
+            if ticket.tcp_info is not None:
+                read_tcp_info(ticket)
+            if ticket.received:
+                received += ticket.received
+            if ticket.sent:
+                sent += ticket.sent
+        with self._fold_lock:
+            # Admitted since the last fold: those released since, plus the
+            # change in those open. (One released but not yet in _ended is
+            # in neither for a moment, and counted at the next fold.)
+            open_now = len(self._open)
+            opened = open_now - self._folded_open
+            self._folded_open = open_now
+            datagrams, datagram_bytes = self.datagrams, self.datagram_bytes
+            new_datagrams = datagrams - self._folded_datagrams
+            new_datagram_bytes = datagram_bytes - self._folded_datagram_bytes
+            self._folded_datagrams, self._folded_datagram_bytes = datagrams, datagram_bytes
+            if count or opened or new_datagrams:
+                self.metrics.add_many(
+                    accepted=(count + opened) * self.accepted_unit + new_datagrams,
+                    active=opened,
+                    requests=requests + new_datagrams,
+                    received=received + new_datagram_bytes,
+                    sent=sent,
+                )
 
     @property
     def refused(self) -> collections.Counter[str]:

@@ -224,6 +224,8 @@ class BaseServer(ServerCore, GracefulStop):
                 ready = poller.poll(timeout_ms)
                 if handshake.requested:
                     break
+                if not ready:
+                    self._idle_turn()
                 for fd, _ in ready:
                     if fd == listener:
                         self._serve_pending(pending)
@@ -241,6 +243,14 @@ class BaseServer(ServerCore, GracefulStop):
             self._serve_waker = None
             handshake.end()
             waker.close()
+
+    def _idle_turn(self) -> None:
+        """Nothing happened for ``poll_interval``: count the connections that
+        ended meanwhile in the metrics, where another process (a prefork
+        supervisor) reads them (``Admission.fold``)."""
+        admission = self._admission_book
+        if admission is not None and admission._ended:
+            admission.fold()
 
     def shutdown(self) -> None:
         """Stop the serve_forever() loop and wait until it has stopped.

@@ -29,7 +29,7 @@ import select
 import socket
 import time
 
-from ._access_log import hold, let_go, settle
+from ._access_log import hold, let_go, settle_here
 from ._metrics import Metrics
 from ._wakeup import Waker
 
@@ -483,7 +483,7 @@ class ForkingMixIn(_ServerBase):
                 status = _refusal_status(refused_before, self.refused)
             if ticket is not None and admission is not None:
                 ticket.report = True
-                settle(ticket, metrics, admission.access_log, active=0)
+                settle_here(ticket, metrics, admission.access_log)
         finally:
             os._exit(status)
 

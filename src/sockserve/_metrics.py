@@ -29,7 +29,7 @@ What is counted, and when:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
@@ -142,15 +142,18 @@ class Metrics:
     write (the accept loop admits, the pool's workers release), and
     ``slots[i] += n`` is a read then a write, which a thread switch between
     the two (a finaliser run by the allocator can release the GIL there)
-    would make lose an increment; so each update takes a lock, and a caller
-    that changes several values at once (a release) takes it once for all.
-    Writers in other processes each own their buffer: no lock is shared
-    across a fork.
+    would make lose an increment; so each update takes a lock. The
+    pipeline does not take it per connection: the admission gathers its
+    ended connections and adds them up in batches (``Admission.fold``), and
+    ``snapshot()`` has every such source fold first, so what it returns is
+    exact; another process reading the buffer sees them at the next fold
+    (64 connections, or an idle turn of the serve loop). Writers in other
+    processes each own their buffer: no lock is shared across a fork.
     """
 
     SIZE: ClassVar[int] = 8 * _NSLOTS
 
-    __slots__ = ("_lock", "_parts", "slots")
+    __slots__ = ("_lock", "_parts", "_sources", "slots")
 
     def __init__(self, buffer: Any = None) -> None:
         if buffer is None:
@@ -165,6 +168,8 @@ class Metrics:
         # Other buffers whose values this one's snapshot includes (a forking
         # server's children's, each written by its own process).
         self._parts: list[memoryview] = []
+        # What folds counts gathered elsewhere in before a snapshot (the admissions').
+        self._sources: list[Callable[[], None]] = []
 
     def add_part(self, buffer: Any) -> None:
         """Add another buffer's values (``SIZE`` bytes, written by another
@@ -184,31 +189,22 @@ class Metrics:
         with self._lock:
             self.slots[slot] += 1
 
-    def admitted(self, accepted: int = 1) -> None:
-        """A connection (or datagram) was admitted: accepted (``accepted=0``:
-        counted already, on receipt) and active."""
-        slots = self.slots
-        with self._lock:
-            slots[ACCEPTED] += accepted
-            slots[ACTIVE] += 1
+    def add_source(self, fold: Callable[[], None]) -> None:
+        """``fold()`` adds counts gathered elsewhere into these metrics: called
+        before each snapshot (an admission's ended connections)."""
+        self._sources.append(fold)
 
-    def received_datagram(self, size: int) -> None:
-        """A datagram of ``size`` bytes reached a server that counts them on
-        receipt (the async ones, some of whose datagrams skip admission)."""
+    def add_many(self, accepted: int = 0, active: int = 0, requests: int = 0, received: int = 0, sent: int = 0) -> None:
+        """Add to several values under one turn of the lock (a batch of
+        connections: ``active`` may be negative)."""
         slots = self.slots
         with self._lock:
-            slots[ACCEPTED] += 1
-            slots[REQUESTS] += 1
-            slots[BYTES_RECEIVED] += size
-
-    def released(self, requests: int, received: int | None, sent: int | None, active: int = 1) -> None:
-        """An admitted connection ended after ``requests`` requests and these
-        many bytes (None: not known); ``active``: 0 where another process
-        counts it out (a forked child's parent)."""
-        slots = self.slots
-        with self._lock:
-            slots[ACTIVE] -= active
-            slots[REQUESTS] += requests
+            if accepted:
+                slots[ACCEPTED] += accepted
+            if active:
+                slots[ACTIVE] += active
+            if requests:
+                slots[REQUESTS] += requests
             if received:
                 slots[BYTES_RECEIVED] += received
             if sent:
@@ -223,6 +219,8 @@ class Metrics:
 
     def snapshot(self) -> MetricsSnapshot:
         """The values now (the sum of this buffer and its parts)."""
+        for fold in list(self._sources):
+            fold()
         values = self.slots.tolist()
         for part in list(self._parts):
             for i, value in enumerate(part.tolist()):

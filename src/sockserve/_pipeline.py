@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from ._access_log import hold, let_go
+from ._access_log import TCP_INFO_OPT, TCP_INFO_SIZE, let_go
 from ._admission import Admission, Ticket
 from ._errors import ConnectionDeadlineExceeded
 from ._log import format_address, log_limit, log_stage_failed
@@ -145,22 +145,35 @@ class Job:
         """Run the stages, then ``target(request, client_address)``; release the ticket at the end.
 
         ``target`` is one request (a connection, or a datagram) for the
-        metrics; a TCP connection's socket is held open through the close
-        ``target`` makes, for its bytes (``_access_log.hold``)."""
+        metrics; a stream connection's socket is held open through the
+        close ``target`` makes, to read how it ended (``_access_log.hold``
+        and ``let_go``, inline here: this is the threads' and the pool's
+        path, where each Python call is a share of a connection's cost)."""
         previous = set_current_job(self)
         held = None
+        ticket = self.ticket
         try:
             if not self.stages or self.prepare():
-                ticket = self.ticket
                 if ticket is not None:
                     ticket.requests = 1
-                    if self.host._stream_end and isinstance(self.request, socket.socket):
-                        held = hold(self.request)
+                    request = self.request
+                    if self.host._stream_end and isinstance(request, socket.socket):
+                        request._io_refs += 1  # type: ignore[attr-defined]  # hold(), inline
+                        held = request
                 target(self.request, self.client_address)
         finally:
             set_current_job(previous)
             if held is not None:
-                let_go(held, self.ticket, self.host._tcp_bytes)  # type: ignore[arg-type]  # held only with a ticket
+                if self.host._tcp_bytes:  # let_go(), inline
+                    try:
+                        ticket.tcp_info = held.getsockopt(socket.IPPROTO_TCP, TCP_INFO_OPT, TCP_INFO_SIZE)  # type: ignore[union-attr]
+                    except OSError:
+                        pass
+                    held._io_refs -= 1  # type: ignore[attr-defined]
+                    if held._closed:  # type: ignore[attr-defined]
+                        held._real_close()  # type: ignore[attr-defined]
+                else:
+                    let_go(held, ticket, False)  # type: ignore[arg-type]  # held only with a ticket
             self.release()
 
     def prepare(self) -> bool:

@@ -69,6 +69,12 @@ class ServerCore:
     # logger when it ends: client, duration, bytes, why it closed. Read when
     # serving starts.
     access_log: bool = False
+    # Count each TCP connection's bytes in the metrics (bytes_received,
+    # bytes_sent), from one getsockopt(TCP_INFO) as it closes; on with the
+    # access log, which prints them. Off by default: reading them cost 6-9%
+    # of a connect-per-request connection (docs, "Metrics"). Read when
+    # serving starts.
+    count_bytes: bool = False
     # The server counts each datagram as it comes (accepted, a request, its
     # bytes), not at admission: the async datagram servers, whose fastest
     # paths admit nothing.
@@ -128,19 +134,23 @@ class ServerCore:
         # that counts with them.
         admission = self._admission_book
         if admission is not None:
-            admission.metrics = self.metrics
+            admission.use_metrics(self.metrics)
             admission.access_log = bool(self.access_log)
-        # A TCP connection's bytes: one getsockopt(TCP_INFO) before it
-        # closes, on every connection (it costs ~1% of a connection: see
-        # docs, "Metrics"), so the metrics count them whether or not the
-        # access log is on.
+        # How a stream connection ended (its bytes, who closed first) is
+        # read as it closes, only where something wants it: the access log,
+        # or count_bytes (it costs 6-9% of a connection: see docs, "Metrics").
+        # A TCP connection's from one getsockopt(TCP_INFO); a classic
+        # handler's socket is held open through its own close for that
+        # (Job.run: _access_log.hold), and a Unix one's is peeked.
+        wanted = bool(self.access_log) or bool(self.count_bytes)
         family = getattr(self, "address_family", None)
         self._tcp_bytes = (
-            TCP_INFO_AVAILABLE and not datagrams and family in (socket.AF_INET, getattr(socket, "AF_INET6", None))
+            wanted
+            and TCP_INFO_AVAILABLE
+            and not datagrams
+            and family in (socket.AF_INET, getattr(socket, "AF_INET6", None))
         )
-        # How a classic handler's stream connection ended is read once it
-        # closed it (Job.run: _access_log.hold): TCP_INFO, or a peek.
-        self._stream_end = not datagrams
+        self._stream_end = wanted and not datagrams
         self._edge_known = True
 
     def _capacity_freed(self) -> None:
@@ -283,9 +293,15 @@ class ServerCore:
         return {reason: n for reason, n in metrics.snapshot().refused.items() if n}
 
     def _count_drain(self, seconds: float) -> None:
-        """A graceful stop ended after ``seconds``: in the metrics."""
+        """A graceful stop ended after ``seconds``: in the metrics, with every
+        connection that ended (another process reading them, a prefork
+        supervisor, sees them all now)."""
         admission = self._admission_book
-        (self.metrics if admission is None else admission.metrics).drained(seconds)
+        if admission is None:
+            self.metrics.drained(seconds)
+        else:
+            admission.fold()
+            admission.metrics.drained(seconds)
 
     def _current_ticket(self) -> Ticket | None:
         """The ticket of the request whose handler runs on this thread (the

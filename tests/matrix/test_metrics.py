@@ -67,7 +67,9 @@ def snapshot(server: Any) -> MetricsSnapshot:
 
 def settled(server: Any, **expected: int) -> MetricsSnapshot:
     """The snapshot once nothing is active and the counters say ``expected``
-    (a connection is counted out a moment after its client saw the close)."""
+    (a connection is counted out a moment after its client saw the close;
+    ask for ``connections_accepted`` too: while one is being released it is
+    neither active nor accepted yet, for a moment)."""
 
     def done() -> bool:
         snap = snapshot(server)
@@ -146,7 +148,7 @@ def test_a_handler_error_is_counted(server_kind: Kind, short_tmp: str) -> None:
             client.sendall(b"boom\n")
             client.shutdown(socket.SHUT_WR)
             assert closed_by_server(client) == b""
-        snap = settled(server, handler_errors=1)
+        snap = settled(server, handler_errors=1, connections_accepted=1)
         assert snap.counters["handler_errors"] == 1
         assert snap.counters["connections_accepted"] == 1
         (line,) = access_lines(log_path, 1)
@@ -177,7 +179,7 @@ def test_a_bad_proxy_header_is_counted_and_its_slot_freed(server_kind: Kind, sho
         with connect(server.server_address) as client:
             client.sendall(b"not a proxy header\r\n")
             assert closed_by_server(client) == b""
-        snap = settled(server, proxy_header=1)
+        snap = settled(server, proxy_header=1, connections_accepted=1)
         assert snap.refused["proxy_header"] == 1
         assert snap.counters["connections_accepted"] == 1  # admitted, then refused by its header
         assert snap.counters["requests"] == 0
@@ -192,7 +194,7 @@ def test_an_idle_timeout_is_counted_and_said(server_kind: Kind, short_tmp: str) 
         with connect(server.server_address) as silent:
             assert talk(silent, b"then nothing\n") == b"then nothing\n"
             assert closed_by_server(silent) == b""
-        snap = settled(server, timeout=1)
+        snap = settled(server, timeout=1, connections_accepted=1)
         assert snap.refused["timeout"] == 1
         assert snap.counters["handler_errors"] == 0  # a limit is not a handler's error
         (line,) = access_lines(log_path, 1)
@@ -224,3 +226,18 @@ def test_datagrams_are_counted(datagram_kind: Kind, short_tmp: str) -> None:
         assert snap.gauges["connections_active"] == 0
         if not datagram_kind.is_async:  # the async servers count datagrams as they come: no ticket, no line
             assert len(access_lines(log_path, 3)) == 3
+
+
+def test_a_long_framed_connection_s_requests_show_while_it_lasts(server_kind: Kind, short_tmp: str) -> None:
+    if not server_kind.framed:
+        pytest.skip("a classic handler's connection is one request, counted when it ends")
+    with serving(server_kind, short_tmp) as (server, _):
+        with connect(server.server_address) as client:
+            for i in range(70):
+                assert talk(client, b"%d\n" % i) == b"%d\n" % i
+            # In batches of 64 while it lasts (not a lock per request).
+            assert wait_until(lambda: snapshot(server).counters["requests"] >= 64)
+            client.shutdown(socket.SHUT_WR)
+            assert closed_by_server(client) == b""
+        snap = settled(server, requests=70, connections_accepted=1)
+        assert snap.counters["requests"] == 70

@@ -45,8 +45,9 @@ class Pausable(Protocol):
 
 class DatagramReceiver(asyncio.DatagramProtocol):
     """The protocol of one endpoint transport: drops oversized datagrams,
-    counts the others in the server's metrics (every datagram passes here,
-    admitted or not: ``received_datagram``), gives them to the target, and
+    counts the others for the server's metrics (every datagram passes here,
+    admitted or not: the admission's ``datagrams``, which its ``fold()``
+    counts in), gives them to the target, and
     reports what the target raised to the server's ``handle_error()``
     (uvloop would close the transport).
 
@@ -57,7 +58,7 @@ class DatagramReceiver(asyncio.DatagramProtocol):
         self.target = target
         self.max_packet_size: int = server.max_packet_size
         self.handle_error = server._handler_error  # handle_error(), counted
-        self.count: Callable[[int], None] = server._admission().metrics.received_datagram
+        self.admission = server._admission()
         self.sock: socket.socket = server.socket
         self.transport: asyncio.DatagramTransport | None = None
         # Bound once (until connection_lost): the transport then finds it in
@@ -69,7 +70,10 @@ class DatagramReceiver(asyncio.DatagramProtocol):
         if len(data) > self.max_packet_size:
             log_dropped(DatagramTooLarge(self.max_packet_size, addr))
             return
-        self.count(len(data))
+        # On the loop's thread, the only writer of these: no lock.
+        admission = self.admission
+        admission.datagrams += 1
+        admission.datagram_bytes += len(data)
         try:
             self.target.datagram_received(data, addr)
         except Exception:

@@ -80,7 +80,9 @@ class TaskReceiver(DatagramReceiver):
         if len(data) > self.max_packet_size:
             super().datagram_received(data, addr)  # dropped there, with its line
             return
-        self.count(len(data))
+        admission = self.admission  # (see DatagramReceiver.datagram_received)
+        admission.datagrams += 1
+        admission.datagram_bytes += len(data)
         if self.plain_init:
             # The constructor only stores these: store them here, one frame less.
             handler = new(self.handler_class)
@@ -111,7 +113,9 @@ class TaskReceiver(DatagramReceiver):
         if len(data) > self.max_packet_size:
             super().datagram_received(data, addr)
             return
-        self.count(len(data))
+        admission = self.admission  # (see DatagramReceiver.datagram_received)
+        admission.datagrams += 1
+        admission.datagram_bytes += len(data)
         handler = self.make_handler(data, addr)
         if handler is None:
             return
