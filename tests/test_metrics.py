@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+import sockserve
 from sockserve import Metrics, MetricsSnapshot
 from sockserve._metrics import ACCEPTED, COUNTERS, GAUGES, REFUSED, REQUESTS, merge
 
@@ -178,3 +179,13 @@ def test_an_admission_counts_in_batches_and_exactly_when_read() -> None:
     admission.admit(("127.0.0.1", 1))
     assert other.snapshot().counters["connections_accepted"] == 1
     assert metrics.snapshot().counters["connections_accepted"] == FOLD_BATCH + 5
+
+
+def test_an_accept_out_of_descriptors_is_counted() -> None:
+    import errno
+
+    with sockserve.TCPServer(("127.0.0.1", 0), sockserve.BaseRequestHandler) as server:
+        assert server._accept_backoff.failed(OSError(errno.EMFILE, "Too many open files"), server.server_address)
+        assert not server._accept_backoff.failed(OSError(errno.ECONNABORTED, "aborted"), server.server_address)
+        assert server.refused == {"emfile": 1}
+        assert server.metrics.snapshot().refused["emfile"] == 1

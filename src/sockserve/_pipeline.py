@@ -288,7 +288,9 @@ class Job:
         def cut_at_deadline() -> None:
             # The line first: once the socket is cut, the handler ends and
             # the child exits at once, this thread with it.
-            log_limit(ConnectionDeadlineExceeded(limit, peer))
+            exc = ConnectionDeadlineExceeded(limit, peer)
+            log_limit(exc)
+            ticket.aborted = exc  # why it ended, for the child's metrics and access line
             abort_request(request)
 
         timer = threading.Timer(max(0.0, ticket.deadline - time.monotonic()), cut_at_deadline)

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,6 +200,25 @@ def test_an_idle_timeout_is_counted_and_said(server_kind: Kind, short_tmp: str) 
         assert snap.counters["handler_errors"] == 0  # a limit is not a handler's error
         (line,) = access_lines(log_path, 1)
         assert "closed_by=idle_timeout" in line, line
+
+
+def test_a_connection_timeout_is_counted_and_said(server_kind: Kind, short_tmp: str) -> None:
+    options = Options(limits=sockserve.Limits(connection_timeout=0.5, idle_timeout=5.0))
+    with serving(server_kind, short_tmp, options) as (server, log_path):
+        with connect(server.server_address) as busy:
+            for _ in range(200):  # a line every 25 ms, each answered: never idle; bounded at ~5 s
+                try:
+                    if talk(busy, b"more\n") != b"more\n":
+                        break
+                except OSError:
+                    break
+                threading.Event().wait(0.025)
+            else:
+                raise AssertionError("the connection outlived connection_timeout=0.5")
+        snap = settled(server, timeout=1, connections_accepted=1)
+        assert snap.refused["timeout"] == 1
+        (line,) = access_lines(log_path, 1)
+        assert "closed_by=connection_timeout" in line, line
 
 
 def test_a_drain_is_counted(server_kind: Kind, short_tmp: str) -> None:
