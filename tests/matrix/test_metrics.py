@@ -131,12 +131,15 @@ def test_connections_are_counted_in_and_out(server_kind: Kind, short_tmp: str) -
             assert snap.counters["bytes_received"] == snap.counters["bytes_sent"] == 0
         lines = access_lines(log_path, 4)
         assert len(lines) == 4, lines
-        for line in lines[1:]:
+        # In the order the connections were released, which threads may swap.
+        conversations = [line for line in lines if f"requests={per} " in line]
+        if server_kind.family == "tcp":
+            conversations = [line for line in lines if f" bytes_received={SENT} bytes_sent={SENT} " in line]
+        assert len(conversations) >= 3, lines
+        for line in lines:
             assert line.startswith("INFO "), line
-            assert f"requests={per} " in line, line
             assert "closed_by=client" in line, line
             if server_kind.family == "tcp":
-                assert f" bytes_received={SENT} bytes_sent={SENT} " in line, line
                 assert re.match(r"INFO 127\.0\.0\.1:\d+ ", line), line
             else:
                 assert " bytes_received=- bytes_sent=- " in line, line
