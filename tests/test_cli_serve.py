@@ -19,11 +19,13 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .fake_systemd import FakeManager, ServiceManager, listen_environment, spawn
 from .helpers import connect, recv_all, recv_line, wait_until
 from .tls_certs import Pki, client_context, install
 
@@ -45,18 +47,19 @@ class Serving:
         *args: str,
         cwd: Path = ROOT,
         env: dict[str, str] | None = None,
-        argv0: list[str] | None = None,
+        spawn: Callable[..., subprocess.Popen[str]] = subprocess.Popen,
         **popen: Any,
     ) -> None:
         if env is None and cwd != ROOT:
             env = {**os.environ, "PYTHONPATH": str(ROOT)}  # sockserve's tests stay importable
-        self.proc = subprocess.Popen(
-            [*(argv0 or [sys.executable, "-m", "sockserve", "serve"]), *args],
+        if env is not None:
+            popen["env"] = env
+        self.proc = spawn(
+            [sys.executable, "-m", "sockserve", "serve", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             cwd=cwd,
-            env=env,
             start_new_session=True,  # its own process group: kill() reaches prefork workers too
             **popen,
         )
@@ -394,45 +397,94 @@ def test_the_admin_listener_says_ready_then_draining() -> None:
         assert server.stop() == 0, server.text
 
 
-class NotifySocket:
-    """The service manager's end of sd_notify: a Unix datagram socket whose messages a test reads."""
+def test_reload_restarts_the_server_when_a_source_file_changes(tmp_path: Path) -> None:
+    app = tmp_path / "reload_app.py"
+    app.write_text(VERSIONED_APP.format(version=1))
+    with Serving("reload_app:Version", "--bind", "tcp://127.0.0.1:0", "--reload", cwd=tmp_path) as server:
+        held = address_of(server.wait_for(r"reload: holding (\S+) ")[1])
+        first = server.wait_for(r"serving (\S+) \(model pool, 1 process, pid (\d+); inherited fd 3")
+        assert address_of(first[1]) == held  # the child serves the parent's socket, never binds its own
+        assert stream_round_trip(held, b"which\n") == b"version 1\n"
+        app.write_text(VERSIONED_APP.format(version=2) + "# a longer file: a new size, whatever the clock\n")
+        second = server.wait_for(r"serving (\S+) \(model pool, 1 process, pid (\d+); inherited fd 3")
+        assert second[2] != first[2]  # a new process
+        assert stream_round_trip(held, b"which\n") == b"version 2\n"
+        assert server.stop() == 0, server.text
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(WAIT)
 
-    def next(self) -> dict[str, str]:
-        fields = self.sock.recv(4096).decode().splitlines()
-        return dict(field.split("=", 1) for field in fields)
+VERSIONED_APP = """
+import sockserve
 
-    def wait_for(self, key: str) -> dict[str, str]:
-        """The next message that holds ``key`` (watchdog pings may come between)."""
-        while key not in (message := self.next()):
+
+class Version(sockserve.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write(b"version {version}\\n")
+"""
+
+
+def activated(args: list[str], manager: ServiceManager, names: list[str], env: dict[str, str] | None = None) -> Serving:
+    """``sockserve serve`` started as systemd starts a socket-activated
+    service (tests/fake_systemd.py): the manager's sockets on descriptors 3,
+    4, ..., ``LISTEN_PID``, ``LISTEN_FDS``, ``LISTEN_FDNAMES``, ``NOTIFY_SOCKET``."""
+    fds = [sock.fileno() for sock in manager.sockets]
+    variables = {"NOTIFY_SOCKET": manager.notify.address, **listen_environment(len(fds), names), **(env or {})}
+    return Serving(*args, spawn=lambda argv, **popen: spawn(argv, fds, variables, **popen))
+
+
+def test_socket_activation_serves_the_inherited_sockets(short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "activated.sock")
+    with ServiceManager(short_tmp) as manager:
+        tcp = manager.listen(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 0))
+        manager.listen(socket.AF_UNIX, socket.SOCK_STREAM, path)
+        port = tcp.getsockname()[1]
+        args = ["tests.cli_app:Echo", "--bind", f"unix:{path}?name=app-unix", "--bind", f"tcp://127.0.0.1:{port}"]
+        with activated(args, manager, ["app-tcp", "app-unix"]) as server:
+            first = server.wait_for(r"serving (\S+) .*inherited fd (\d)")
+            second = server.wait_for(r"serving (\S+) .*inherited fd (\d)")
+            assert (first[1], first[2]) == (f"unix:{path}", "4")  # by its name
+            assert (second[1], second[2]) == (f"tcp://127.0.0.1:{port}", "3")  # by its address
+            assert manager.notify.wait_for("READY=1")
+            assert stream_round_trip(("127.0.0.1", port), b"tcp\n") == b"tcp\n"
+            assert stream_round_trip(path, b"unix\n") == b"unix\n"
+            assert server.stop() == 0, server.text
+            assert manager.notify.wait_for("STOPPING=1")
+        assert os.path.exists(path)  # the manager's socket file: never unlinked
+        # The manager's sockets still listen: the next start would find its connections queued.
+        with connect(("127.0.0.1", port)):
             pass
-        return message
+
+
+def test_socket_activation_that_does_not_fit_the_binds_is_one_line(short_tmp: str) -> None:
+    with ServiceManager(short_tmp) as manager:
+        manager.listen(socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", 0))
+        with activated(["tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0"], manager, ["dns"]) as server:
+            assert server.wait() == 2
+        assert len(server.seen) == 1, server.text
+        assert server.seen[0].startswith(
+            "sockserve serve: socket activation: bind tcp://127.0.0.1:0: no inherited TCP socket"
+        )
 
 
 def test_systemd_notifications(short_tmp: str) -> None:
-    manager = NotifySocket(os.path.join(short_tmp, "notify"))
-    env = {**os.environ, "NOTIFY_SOCKET": manager.path, "WATCHDOG_USEC": "200000"}
+    manager = FakeManager.unique(short_tmp)
+    env = {**os.environ, "NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "200000"}
     try:
         with Serving("tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", env=env) as server:
             (address,) = server.addresses()
-            ready = manager.wait_for("READY")
-            assert ready == {"READY": "1", "STATUS": "serving 1 listener(s), model pool"}
-            assert manager.wait_for("WATCHDOG") == {"WATCHDOG": "1"}  # every 0.1 s, half of WATCHDOG_USEC
+            ready = manager.wait_for("READY=1")
+            assert ready.split("\n") == ["READY=1", "STATUS=serving 1 listener(s), model pool"]
+            assert manager.wait_for("WATCHDOG=1")  # every 0.1 s, half of WATCHDOG_USEC
             server.proc.send_signal(signal.SIGHUP)
-            reloading = manager.wait_for("RELOADING")
+            reloading = dict(line.split("=", 1) for line in manager.wait_for("RELOADING=1").split("\n"))
             assert int(reloading["MONOTONIC_USEC"]) > 0  # what Type=notify-reload checks
-            assert manager.wait_for("READY")["READY"] == "1"  # reloaded
+            assert manager.wait_for("READY=1")  # reloaded
             assert stream_round_trip(address, b"after reload\n") == b"after reload\n"
             server.proc.send_signal(signal.SIGTERM)
-            assert manager.wait_for("STOPPING") == {"STOPPING": "1"}
+            assert manager.wait_for("STOPPING=1")
             assert server.wait() == 0, server.text
     finally:
-        manager.sock.close()
+        manager.close()
 
 
 # -- the config file and the flags -------------------------------------------------------------------------
@@ -556,6 +608,10 @@ BAD = [
     (
         ["tests.cli_app:Echo", "--workers", "2", "--bind", "tcp://127.0.0.1:0", "--bind", "tcp://127.0.0.1:0"],
         "--workers: prefork (workers > 1) serves one bind",
+    ),
+    (
+        ["tests.cli_app:Echo", "--workers", "2", "--drain-delay", "5"],
+        "--drain-delay: prefork (workers > 1) has no drain delay yet",
     ),
 ]
 

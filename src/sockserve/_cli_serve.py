@@ -192,6 +192,8 @@ def make_plan(settings: ServeSettings) -> Plan:
         raise settings.error("model", "fork needs os.fork(), which this platform lacks")
     if settings.workers > 1 and settings.admin is not None:
         raise settings.error("admin", "the admin listener does not serve prefork (workers > 1) yet")
+    if settings.workers > 1 and settings.drain_delay:
+        raise settings.error("drain_delay", "prefork (workers > 1) has no drain delay yet")
     if settings.workers > 1 and len(listeners) > 1:
         raise settings.error("workers", "prefork (workers > 1) serves one bind; give one --bind or run one per bind")
     tls_binds = [bind for bind in settings.bind if bind.scheme == "udp"]
@@ -311,7 +313,7 @@ def check_principals(settings: ServeSettings) -> None:
 
 # Settings whose part is not built yet: refusing them is better than starting
 # without a privilege drop or a health endpoint the user asked for.
-NOT_YET: dict[str, str] = {"reload": "--reload"}
+NOT_YET: dict[str, str] = {}
 
 
 def check_available(settings: ServeSettings) -> None:
@@ -371,12 +373,16 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
         for bind, server_class in plan.listeners:
             passed = inherited.get(bind)
             if passed is not None:
-                raise settings.error("bind", "inherited sockets (socket activation, --reload) are not served yet")
-            try:
-                server = server_class(bind.address, plan.handler)
-            except OSError as exc:
-                _cannot_listen(bind, exc)
-                return 1
+                from ._adopt import adopt
+
+                # Never bound nor listened on again; a Unix path stays the manager's.
+                server = adopt(server_class, passed.socket, plan.handler)
+            else:
+                try:
+                    server = server_class(bind.address, plan.handler)
+                except OSError as exc:
+                    _cannot_listen(bind, exc)
+                    return 1
             servers.append(server)
             _configure(server, options)
         with contextlib.ExitStack() as stack:
