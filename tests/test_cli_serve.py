@@ -613,6 +613,10 @@ BAD = [
         ["tests.cli_app:Echo", "--workers", "2", "--drain-delay", "5"],
         "--drain-delay: prefork (workers > 1) has no drain delay yet",
     ),
+    (
+        ["tests.cli_app:Echo", "--workers", "2", "--reload"],
+        "--reload: --reload runs one server process; prefork (workers > 1) cannot take its sockets yet",
+    ),
 ]
 
 

@@ -192,6 +192,10 @@ def make_plan(settings: ServeSettings) -> Plan:
         raise settings.error("model", "fork needs os.fork(), which this platform lacks")
     if settings.workers > 1 and settings.admin is not None:
         raise settings.error("admin", "the admin listener does not serve prefork (workers > 1) yet")
+    if settings.workers > 1 and settings.reload:
+        raise settings.error(
+            "reload", "--reload runs one server process; prefork (workers > 1) cannot take its sockets yet"
+        )
     if settings.workers > 1 and settings.drain_delay:
         raise settings.error("drain_delay", "prefork (workers > 1) has no drain delay yet")
     if settings.workers > 1 and len(listeners) > 1:
