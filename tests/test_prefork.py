@@ -15,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -115,11 +115,23 @@ SUPERVISOR = textwrap.dedent(
         max_requests=config.get("max_requests", 0),
         configure=report_socket,
         restart_policy=RestartPolicy(initial=0.1, maximum=2.0, stable_after=1.0),
+        metrics=config.get("metrics", True),
     )
     supervisor.bind()
     say(address=supervisor.server_address, supervisor=os.getpid())
     if config.get("hold"):
         sys.stdin.readline()  # the test looks at the bound port before any worker starts
+    if config.get("commands"):
+        import threading
+
+        def commands():
+            # The test asks for the supervisor's aggregated metrics, as an admin listener's thread would.
+            for command in sys.stdin:
+                if command.strip() == "metrics":
+                    snap = supervisor.metrics_snapshot()
+                    say(metrics={"counters": dict(snap.counters), "gauges": dict(snap.gauges)})
+
+        threading.Thread(target=commands, daemon=True).start()
     code = supervisor.run()
     if config.get("own_child") is not None:
         try:
@@ -134,11 +146,15 @@ SUPERVISOR = textwrap.dedent(
 class Supervisor:
     """A supervisor in a subprocess, and its event stream on stdout."""
 
-    def __init__(self, tmp_path: Any, **config: Any) -> None:
-        script = tmp_path / "supervisor.py"
-        script.write_text(SUPERVISOR)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), json.dumps(config)],
+    def __init__(
+        self, tmp_path: Any, script: str = SUPERVISOR, launch: Callable[..., Any] = subprocess.Popen, **config: Any
+    ) -> None:
+        """Start ``script`` with ``config``; ``launch`` starts the process
+        (``subprocess.Popen``, or a fake service manager's ``start``)."""
+        path = tmp_path / "supervisor.py"
+        path.write_text(script)
+        self.proc: subprocess.Popen[str] = launch(
+            [sys.executable, str(path), json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -151,7 +167,7 @@ class Supervisor:
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
         first = self.next("address")
-        self.address = first["address"] if isinstance(first["address"], str) else tuple(first["address"])
+        self.address: Any = first["address"] if isinstance(first["address"], str) else tuple(first["address"])
         self.pid = first["supervisor"]
         self.spawned: list[tuple[int, float]] = []
 
@@ -196,6 +212,13 @@ class Supervisor:
 
     def signal(self, sig: signal.Signals) -> None:
         os.kill(self.pid, sig)
+
+    def metrics(self) -> dict[str, Any]:
+        """The supervisor's metrics_snapshot() now (started with ``commands=True``)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("metrics\n")
+        self.proc.stdin.flush()
+        return self.next("metrics")["metrics"]  # type: ignore[no-any-return]
 
     def release(self) -> None:
         """Let a supervisor started with ``hold=True`` run its workers."""

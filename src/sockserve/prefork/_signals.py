@@ -8,6 +8,7 @@ import collections
 import os
 import select
 import signal
+from collections.abc import Sequence
 from types import FrameType
 
 SUPERVISOR_SIGNALS = (
@@ -49,9 +50,13 @@ class SignalQueue:
         self._previous.clear()
 
     def close(self) -> None:
+        """Restore the handlers and close the pipe; a second call does nothing
+        (the descriptors' numbers may belong to someone else by then)."""
         self.restore()
-        os.close(self._reader)
-        os.close(self._writer)
+        if self._reader >= 0:
+            os.close(self._reader)
+            os.close(self._writer)
+            self._reader = self._writer = -1
 
     def _enqueue(self, signum: int, frame: FrameType | None) -> None:
         self._pending.append(signal.Signals(signum))
@@ -64,11 +69,14 @@ class SignalQueue:
         """Inject a signal as if it had arrived (for embedding and tests)."""
         self._enqueue(sig, None)
 
-    def wait(self, timeout: float | None) -> list[signal.Signals]:
-        """Wait up to ``timeout`` seconds for signals; return those that arrived."""
+    def wait(self, timeout: float | None, also: Sequence[int] = ()) -> list[signal.Signals]:
+        """Wait up to ``timeout`` seconds for signals, or for one of the
+        descriptors ``also`` to become readable; return the signals that arrived."""
         if not self._pending:
             poller = select.poll()
             poller.register(self._reader, select.POLLIN)
+            for fd in also:
+                poller.register(fd, select.POLLIN)
             poller.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
         try:
             while os.read(self._reader, 512):

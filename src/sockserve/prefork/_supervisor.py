@@ -16,6 +16,14 @@ A worker that dies is replaced; one that dies soon after it started is
 replaced after an exponential back-off, so a crash loop does not spin.
 Workers are reaped by pid, from the worker table: a child the embedding
 program forked itself keeps its exit status for the program to collect.
+
+For a service manager (``sockserve serve`` under systemd): the listeners may
+be sockets the supervisor inherited (``sockets=``, ``listeners=``), served
+as they are (``_listeners``); ``on_ready`` is called once every worker of the
+current generation serves (each says so with its pid on a pipe), again
+after a reload; ``on_reloading`` on SIGHUP before the new generation starts;
+``on_stopping`` when a stop begins. The workers' metrics are added up from a
+shared map (``_metric_slots``): ``metrics_snapshot()``.
 """
 
 from __future__ import annotations
@@ -25,13 +33,17 @@ import os
 import random
 import signal
 import socket
+import struct
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .._drain import DEFAULT_GRACE
 from .._log import format_address
-from ._reserve import Endpoint, check_reuse_port, reserve
+from .._metrics import MetricsSnapshot, merge
+from ._listeners import Listener, ListenerSpec, plan_listeners
+from ._metric_slots import MetricSlots
 from ._signals import SUPERVISOR_SIGNALS, SignalQueue
 from ._table import RestartPolicy, Worker, WorkerTable
 from ._worker import WORKER_BOOT_ERROR, WORKER_OK, WORKER_RECYCLED, run_worker
@@ -73,17 +85,37 @@ class Prefork:
             plus a random ``0..max_requests_jitter`` so they do not all restart at once.
         configure: called with each new server object (e.g. to set ``limits``).
         restart_policy: back-off for crashing workers.
+        sockets: listening sockets the process inherited (systemd's socket
+            activation): served instead of binding ``server_address`` (which
+            may be None), one listener each, with ``server_class`` and
+            ``handler_class``. Each is used as it is: never bound or listened
+            on again, its Unix path never unlinked (``sockserve._adopt``);
+            the workers inherit it. Not with ``reuse_port``.
+        listeners: instead of the first three arguments, several listeners,
+            each ``(server_class, address or inherited socket,
+            handler_class)``: every worker serves them all, one thread each,
+            and stops them together.
+        on_ready: called (in the supervisor) once every worker of the first
+            generation serves, and again when a reload's new generation
+            does: for ``READY=1``. on_reloading: on SIGHUP, before the new
+            generation starts (``RELOADING=1``). on_stopping: when a stop
+            begins (``STOPPING=1``; readiness fails from then on). A callback
+            that raises is logged; supervision goes on.
+        metrics: the workers count into a map the supervisor shares with
+            them, so ``metrics_snapshot()`` adds up every worker (False: each
+            worker keeps its own counts, and the snapshot has only
+            ``worker_restarts``).
 
     Resource handling:
         ``run()`` reaps every worker it started and closes the listening
-        socket (removing a Unix socket file) on every way out.
+        sockets (removing a Unix socket file it bound) on every way out.
     """
 
     def __init__(
         self,
-        server_class: type[Any],
-        server_address: Any,
-        handler_class: Any,
+        server_class: type[Any] | None = None,
+        server_address: Any = None,
+        handler_class: Any = None,
         *,
         workers: int | None = None,
         reuse_port: bool = False,
@@ -92,16 +124,23 @@ class Prefork:
         max_requests_jitter: int = 0,
         configure: Callable[[Any], None] | None = None,
         restart_policy: RestartPolicy | None = None,
+        sockets: Sequence[socket.socket] | None = None,
+        listeners: Sequence[ListenerSpec] | None = None,
+        on_ready: Callable[[], object] | None = None,
+        on_stopping: Callable[[], object] | None = None,
+        on_reloading: Callable[[], object] | None = None,
+        metrics: bool = True,
     ) -> None:
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
-        self._endpoint = Endpoint.of(server_class, server_address)
-        if reuse_port:
-            check_reuse_port(self._endpoint)
-        self.server_class = server_class
-        self.server_address = server_address
-        self.handler_class = handler_class
+        self._listeners: list[Listener] = plan_listeners(
+            server_class, server_address, handler_class, listeners, sockets, reuse_port
+        )
+        first = self._listeners[0]
+        self.server_class = first.server_class
+        self.server_address = first.address  # the real address once bound (the first listener's)
+        self.handler_class = first.handler_class
         self.reuse_port = reuse_port
         self.grace = grace
         self.max_requests = max_requests
@@ -109,32 +148,57 @@ class Prefork:
         self.configure = configure
         self.policy = restart_policy or RestartPolicy()
         self.signals = SignalQueue()
+        self.on_ready = on_ready
+        self.on_stopping = on_stopping
+        self.on_reloading = on_reloading
         self._table = WorkerTable()
         self._generation = 0
-        self._server: Any = None  # the bound server (inherited mode)
-        self._reserved: socket.socket | None = None  # holds the port (SO_REUSEPORT mode)
-        self._worker_class = _worker_server_class(server_class, self._endpoint, reuse_port)
+        self._announced = -1  # the last generation on_ready was called for
         self._stopping: str | None = None  # None, "graceful" or "immediate"
         self._deadline = float("inf")
+        self._ready_reader = -1  # the readiness pipe, made by run()
+        self._ready_writer = -1
+        self._slots: MetricSlots | None = MetricSlots(2 * self.workers) if metrics else None
+        self._restarts = 0
+        self._restarts_lock = threading.Lock()
+
+    @property
+    def server_addresses(self) -> list[Any]:
+        """Every listener's address, in order (the real ones once bound)."""
+        return [listener.address for listener in self._listeners]
 
     # -- binding ---------------------------------------------------------------
 
     def bind(self) -> None:
-        """Bind the listening socket now (``run()`` does it if needed)."""
-        if self._server is not None or self._reserved is not None:
-            return
-        if not self.reuse_port:
-            self._server = self._new_server(self.server_address)
-            self.server_address = self._server.server_address
-            return
-        # Each worker binds its own socket; the supervisor only holds the port.
-        self._reserved, self.server_address = reserve(Endpoint.of(self.server_class, self.server_address))
+        """Bind (or adopt) the listening sockets now (``run()`` does it if needed).
+        In SO_REUSEPORT mode each worker binds its own; the supervisor only holds the ports."""
+        for listener in self._listeners:
+            listener.bind(self.configure)
+        self.server_address = self._listeners[0].address
 
-    def _new_server(self, address: Any) -> Any:
-        server = self._worker_class(address, self.handler_class)
-        if self.configure is not None:
-            self.configure(server)
-        return server
+    def close(self) -> None:
+        """Release what the constructor and ``bind()`` took (the signal pipe,
+        the listening sockets, removing a Unix socket file it bound), for a
+        program that stops before ``run()``; ``run()`` does it on its way out."""
+        self.signals.close()
+        for listener in self._listeners:
+            listener.close()
+
+    # -- metrics -----------------------------------------------------------------
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """Every worker's counters and gauges added up (the live ones' slots,
+        plus what the workers that have exited counted), and the
+        supervisor's own ``worker_restarts``: workers that died unexpectedly
+        and were replaced. Safe from any thread of the supervisor's process
+        (an admin listener's). A worker's counts reach its slot in batches
+        (``sockserve._metrics``): the last moments of a worker killed with
+        SIGKILL may be missing."""
+        with self._restarts_lock:
+            own = MetricsSnapshot({"worker_restarts": self._restarts})
+        if self._slots is None:
+            return own
+        return merge([self._slots.snapshot(), own])
 
     # -- the loop --------------------------------------------------------------
 
@@ -145,11 +209,14 @@ class Prefork:
         log.info(
             "supervisor %d: serving %s with %d worker(s)%s",
             os.getpid(),
-            format_address(self.server_address),
+            ", ".join(format_address(address) for address in self.server_addresses),
             self.workers,
             " (SO_REUSEPORT)" if self.reuse_port else "",
         )
         try:
+            # Each worker writes its pid here once it serves (see run_worker).
+            self._ready_reader, self._ready_writer = os.pipe()
+            os.set_blocking(self._ready_reader, False)
             while True:
                 now = time.monotonic()
                 if self._stopping is None:
@@ -161,8 +228,9 @@ class Prefork:
                         self._kill_all(signal.SIGKILL, "did not exit in time")
                         self._deadline = float("inf")
                     timeout = None if self._deadline == float("inf") else self._deadline - now
-                for sig in self.signals.wait(timeout):
+                for sig in self.signals.wait(timeout, (self._ready_reader,)):
                     self._on_signal(sig)
+                self._read_ready()
                 self._reap()
         finally:
             self._cleanup()
@@ -187,34 +255,73 @@ class Prefork:
         # reach the supervisor's handlers, which the child no longer serves, and
         # be lost: the child starts with them blocked, and unblocks them once
         # its handlers are in place (run_worker).
+        slot = self._slots.take() if self._slots is not None else None
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(max_requests)
+                self._become_worker(max_requests, slot)
+        except BaseException:
+            if slot is not None and self._slots is not None:
+                self._slots.retire(slot)  # the fork failed: nobody writes it
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        self._table.add(pid, self._generation)
+        self._table.add(pid, self._generation, slot)
         log.info("spawned worker %d (generation %d)", pid, self._generation)
 
-    def _become_worker(self, max_requests: int) -> NoReturn:
+    def _become_worker(self, max_requests: int, slot: int | None) -> NoReturn:
         """The child's side of _spawn(): never returns into the supervisor's loop."""
         try:
             mark_worker_records(os.getpid())
             self.signals.close()
-            if self.reuse_port:
-                address = self.server_address
-                if self._reserved is not None:
-                    self._reserved.close()
-                make = lambda: self._new_server(address)  # noqa: E731
-            else:
-                server = self._server
-                make = lambda: server  # noqa: E731
-            run_worker(make, grace=self.grace, max_requests=max_requests, shared=not self.reuse_port)
+            os.close(self._ready_reader)
+            listeners, configure = self._listeners, self.configure
+
+            def make() -> list[tuple[Any, bool]]:
+                return [(listener.server_in_worker(configure), listener.shared) for listener in listeners]
+
+            buffer = None if slot is None or self._slots is None else self._slots.view(slot)
+            run_worker(
+                make,
+                grace=self.grace,
+                max_requests=max_requests,
+                ready_fd=self._ready_writer,
+                metrics_buffer=buffer,
+            )
         except BaseException:
             log.exception("could not become a worker")
         finally:
             os._exit(WORKER_BOOT_ERROR)  # only reached if the lines before run_worker() raised
+
+    def _read_ready(self) -> None:
+        """Take the pids the workers wrote once serving; call on_ready when
+        every worker of the current generation serves."""
+        data = b""
+        try:
+            while chunk := os.read(self._ready_reader, 4096):
+                data += chunk
+        except BlockingIOError:
+            pass  # nothing (more) to read
+        for (pid,) in struct.iter_unpack("=i", data[: len(data) - len(data) % 4]):
+            worker = self._table.get(pid)
+            if worker is not None:
+                worker.ready = True
+        if self._stopping is not None or self._announced == self._generation:
+            return
+        serving = [w for w in self._table.active() if w.generation == self._generation and w.ready]
+        if len(serving) >= self.workers:
+            self._announced = self._generation
+            log.info("generation %d: %d worker(s) serving", self._generation, len(serving))
+            self._call(self.on_ready, "on_ready")
+
+    def _call(self, callback: Callable[[], object] | None, name: str) -> None:
+        if callback is None:
+            return
+        try:
+            callback()
+        except Exception:
+            log.exception("%s failed (supervision goes on)", name)
 
     def _reap(self) -> None:
         """Collect the workers that have exited, asking for each by pid: a
@@ -234,7 +341,9 @@ class Prefork:
                 self._worker_exited(worker, os.waitstatus_to_exitcode(status))
 
     def _worker_exited(self, worker: Worker, code: int | None) -> None:
-        """Log a worker's end and tell the restart policy; ``code`` None: unknown."""
+        """Log a worker's end, keep its counts, tell the restart policy; ``code`` None: unknown."""
+        if worker.slot is not None and self._slots is not None:
+            self._slots.retire(worker.slot)  # it is gone: nothing writes the slot any more
         pid = worker.pid
         now = time.monotonic()
         expected = worker.retiring or self._stopping is not None
@@ -244,6 +353,8 @@ class Prefork:
             log.info("worker %d exited (%s)", pid, _describe(code))
         else:
             log.error("worker %d died unexpectedly (%s): replacing it", pid, _describe(code))
+            with self._restarts_lock:
+                self._restarts += 1
         if not expected:
             crashed = code not in (WORKER_OK, WORKER_RECYCLED)
             self.policy.worker_died(now - worker.started, now, crashed)
@@ -274,7 +385,10 @@ class Prefork:
         if self._stopping == "immediate":
             return
         log.info("supervisor %d: %s, %s stop", os.getpid(), sig.name, how)
+        first = self._stopping is None
         self._stopping = how
+        if first:
+            self._call(self.on_stopping, "on_stopping")
         self._close_listener()  # new connections are refused from now on
         if how == "graceful":
             self._deadline = time.monotonic() + (self.grace if self.grace is not None else float("inf")) + EXIT_MARGIN
@@ -287,6 +401,7 @@ class Prefork:
         old = self._table.active()
         self._generation += 1
         log.info("SIGHUP: starting generation %d, draining %d old worker(s)", self._generation, len(old))
+        self._call(self.on_reloading, "on_reloading")
         for worker in old:
             worker.retiring = True
         for _ in range(self.workers):
@@ -314,10 +429,8 @@ class Prefork:
             _signal(worker.pid, sig)
 
     def _close_listener(self) -> None:
-        if self._server is not None:
-            self._server.socket.close()
-        if self._reserved is not None:
-            self._reserved.close()
+        for listener in self._listeners:
+            listener.stop_listening()
 
     def _cleanup(self) -> None:
         try:
@@ -331,10 +444,12 @@ class Prefork:
                     self._table.remove(worker.pid)
         finally:
             self.signals.close()
-            if self._server is not None:
-                self._server.server_close()  # closes the socket, removes a Unix socket file
-            if self._reserved is not None:
-                self._reserved.close()
+            for fd in (self._ready_reader, self._ready_writer):
+                if fd >= 0:
+                    os.close(fd)
+            self._ready_reader = self._ready_writer = -1
+            for listener in self._listeners:
+                listener.close()  # closes the socket, removes a Unix socket file it bound
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
@@ -342,25 +457,6 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass  # it has exited already; the reaper will see it
-
-
-def _worker_server_class(server_class: type[Any], endpoint: Endpoint, reuse_port: bool) -> type[Any]:
-    """The class the supervisor makes its servers with: ``server_class`` with
-    ``allow_reuse_address`` for a stream server (a restarted supervisor binds
-    again at once while connections of the previous one are in TIME_WAIT) and
-    ``allow_reuse_port`` in SO_REUSEPORT mode. Datagram servers keep the
-    class's ``allow_reuse_address``: with SO_REUSEADDR two UDP servers can
-    bind the same port and silently split its datagrams. The user's class is
-    left as it is."""
-    overrides: dict[str, Any] = {}
-    if endpoint.is_stream and not getattr(server_class, "allow_reuse_address", False):
-        overrides["allow_reuse_address"] = True
-    if reuse_port and not getattr(server_class, "allow_reuse_port", False):
-        overrides["allow_reuse_port"] = True
-    if not overrides:
-        return server_class
-    names = {"__module__": server_class.__module__, "__qualname__": server_class.__qualname__}
-    return type(server_class.__name__, (server_class,), {**names, **overrides})
 
 
 def _describe(code: int | None) -> str:

@@ -13,6 +13,8 @@ class Worker:
     generation: int
     started: float
     retiring: bool = False  # told to stop (reload, scale down, recycle): not counted as capacity
+    slot: int | None = None  # its metrics slot (_metric_slots), None without shared metrics
+    ready: bool = False  # said it serves (its byte on the readiness pipe arrived)
 
 
 class WorkerTable:
@@ -21,9 +23,12 @@ class WorkerTable:
     def __init__(self) -> None:
         self._workers: dict[int, Worker] = {}
 
-    def add(self, pid: int, generation: int) -> Worker:
-        worker = self._workers[pid] = Worker(pid, generation, time.monotonic())
+    def add(self, pid: int, generation: int, slot: int | None = None) -> Worker:
+        worker = self._workers[pid] = Worker(pid, generation, time.monotonic(), slot=slot)
         return worker
+
+    def get(self, pid: int) -> Worker | None:
+        return self._workers.get(pid)
 
     def remove(self, pid: int) -> Worker | None:
         return self._workers.pop(pid, None)

@@ -1,10 +1,11 @@
 """What a worker process runs, from just after fork() to its exit.
 
-It serves the listening socket it inherited (or, in SO_REUSEPORT mode, one it
-binds itself) with the server's own in-process model, sync, thread or pool,
-through ``sockserve.serve()``: SIGTERM drains, SIGQUIT stops at once. SIGINT
-is ignored: Ctrl-C reaches the whole process group, and it is the
-supervisor's decision what a worker does about it. The exit code says why
+It serves the listening sockets it inherited (or, in SO_REUSEPORT mode, ones it
+binds itself) with the servers' own in-process model, sync, thread, pool or
+async, through ``sockserve.serve()`` (``serve_all()`` for several):
+SIGTERM drains, SIGQUIT stops at once. SIGINT is ignored: Ctrl-C reaches the
+whole process group, and it is the supervisor's decision what a worker does
+about it. The exit code says why
 the worker ended. Every sockserve log line it emits starts with
 ``worker <pid>: `` (see ``_worker_log``).
 """
@@ -15,11 +16,13 @@ import logging
 import os
 import signal
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .._log import format_address
-from .._serve import serve
+from .._metrics import Metrics
+from .._serve import serve, serve_all
 from ._signals import SUPERVISOR_SIGNALS
 
 # Exit codes: the supervisor's restart policy reads them.
@@ -31,15 +34,29 @@ WORKER_RECYCLED = 4  # served max_requests and retired, to be replaced at once
 log = logging.getLogger("sockserve.prefork")
 
 
-def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_requests: int, shared: bool) -> NoReturn:
+def run_worker(
+    make_servers: Callable[[], list[tuple[Any, bool]]],
+    *,
+    grace: float | None,
+    max_requests: int,
+    ready_fd: int | None = None,
+    metrics_buffer: memoryview | None = None,
+) -> NoReturn:
     """Serve until told to stop, then exit the process. Never returns.
 
     The supervisor's signals arrive blocked (see ``Prefork._spawn``); they are
     unblocked once ``serve()``'s handlers are in place, so a SIGTERM sent
     while the worker starts is handled, not lost.
 
-    ``shared``: the server's socket is the supervisor's, inherited by every
-    worker (False: this worker bound a socket of its own, SO_REUSEPORT mode).
+    ``make_servers`` gives each server to serve and whether its socket is
+    shared: the supervisor's, inherited by every worker (False: this worker
+    bound a socket of its own, SO_REUSEPORT mode). Several servers are served
+    one thread each (``serve_all()``), and stopped together.
+
+    ``metrics_buffer``: this worker's slot in the supervisor's shared map;
+    every server of the worker counts into it. ``ready_fd``: once the servers
+    exist and are about to serve, the worker writes its pid there (4 bytes,
+    one atomic write), which is how the supervisor knows it serves.
     """
     code = WORKER_CRASHED
     try:
@@ -47,32 +64,47 @@ def run_worker(make_server: Callable[[], Any], *, grace: float | None, max_reque
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            server = make_server()
+            made = make_servers()
         except Exception:
             log.exception("could not start its server")
             code = WORKER_BOOT_ERROR
             _exit(code)
-        listener = getattr(server, "socket", None)
-        if listener is not None and (shared or listener.type == socket.SOCK_STREAM):
-            # Every worker waits on the same socket, and every one wakes for
-            # each connection or datagram; only one gets it. The others must
-            # find nothing (EAGAIN, which the serve loop ignores), not block in
-            # accept() or recvfrom() until the next one. A listening socket of
-            # our own is non-blocking too, as it always was; a datagram socket
-            # of our own is left blocking, so replies sent through it wait for
-            # buffer space instead of failing with EAGAIN.
-            listener.setblocking(False)
-        log.info("serving %s", format_address(getattr(server, "server_address", "?")))
-        if max_requests > 0:
-            server.max_requests = max_requests  # the core stops accepting after that many
-        serve(
-            server,
-            grace=grace,
-            graceful_signals=(signal.SIGTERM,),
-            immediate_signals=(signal.SIGQUIT,),
-            unblock=SUPERVISOR_SIGNALS,
-        )
-        code = WORKER_RECYCLED if getattr(server, "max_requests_reached", False) else WORKER_OK
+        servers = [server for server, _ in made]
+        metrics = None if metrics_buffer is None else Metrics(metrics_buffer)
+        for server, shared in made:
+            listener = getattr(server, "socket", None)
+            if listener is not None and (shared or listener.type == socket.SOCK_STREAM):
+                # Every worker waits on the same socket, and every one wakes for
+                # each connection or datagram; only one gets it. The others must
+                # find nothing (EAGAIN, which the serve loop ignores), not block in
+                # accept() or recvfrom() until the next one. A listening socket of
+                # our own is non-blocking too, as it always was; a datagram socket
+                # of our own is left blocking, so replies sent through it wait for
+                # buffer space instead of failing with EAGAIN.
+                listener.setblocking(False)
+            if metrics is not None:
+                server.metrics = metrics  # read by the admission when serving starts
+            log.info("serving %s", format_address(getattr(server, "server_address", "?")))
+            if max_requests > 0:
+                server.max_requests = max_requests  # the core stops accepting after that many
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, struct.pack("=i", os.getpid()))
+            except OSError as exc:  # the supervisor is gone: serve anyway, its stop will come as a signal
+                log.warning("could not tell the supervisor it serves: %s", exc.strerror)
+            os.close(ready_fd)
+        options: dict[str, Any] = {
+            "grace": grace,
+            "graceful_signals": (signal.SIGTERM,),
+            "immediate_signals": (signal.SIGQUIT,),
+            "unblock": SUPERVISOR_SIGNALS,
+        }
+        if len(servers) == 1:
+            serve(servers[0], **options)
+        else:
+            serve_all(servers, **options)
+        recycled = any(getattr(server, "max_requests_reached", False) for server in servers)
+        code = WORKER_RECYCLED if recycled else WORKER_OK
     except BaseException:
         log.exception("crashed")
     _exit(code)
