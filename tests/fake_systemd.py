@@ -207,7 +207,10 @@ class ServiceManager:
         for proc in self.processes:
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate(timeout=TIMEOUT)
+            proc.wait(timeout=TIMEOUT)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()  # (a test may have read and closed them already)
         self.processes.clear()
         for sock in self.sockets:
             sock.close()
