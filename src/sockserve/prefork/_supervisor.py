@@ -33,7 +33,6 @@ import os
 import random
 import signal
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from .._log import format_address
 from .._metrics import MetricsSnapshot, merge
 from ._listeners import Listener, ListenerSpec, plan_listeners
 from ._metric_slots import MetricSlots
+from ._readiness import ReadinessPipe
 from ._signals import SUPERVISOR_SIGNALS, SignalQueue
 from ._table import RestartPolicy, Worker, WorkerTable
 from ._worker import WORKER_BOOT_ERROR, WORKER_OK, WORKER_RECYCLED, run_worker
@@ -153,11 +153,9 @@ class Prefork:
         self.on_reloading = on_reloading
         self._table = WorkerTable()
         self._generation = 0
-        self._announced = -1  # the last generation on_ready was called for
         self._stopping: str | None = None  # None, "graceful" or "immediate"
         self._deadline = float("inf")
-        self._ready_reader = -1  # the readiness pipe, made by run()
-        self._ready_writer = -1
+        self._readiness: ReadinessPipe | None = None  # made by run()
         self._slots: MetricSlots | None = MetricSlots(2 * self.workers) if metrics else None
         self._restarts = 0
         self._restarts_lock = threading.Lock()
@@ -214,9 +212,7 @@ class Prefork:
             " (SO_REUSEPORT)" if self.reuse_port else "",
         )
         try:
-            # Each worker writes its pid here once it serves (see run_worker).
-            self._ready_reader, self._ready_writer = os.pipe()
-            os.set_blocking(self._ready_reader, False)
+            readiness = self._readiness = ReadinessPipe()
             while True:
                 now = time.monotonic()
                 if self._stopping is None:
@@ -228,9 +224,9 @@ class Prefork:
                         self._kill_all(signal.SIGKILL, "did not exit in time")
                         self._deadline = float("inf")
                     timeout = None if self._deadline == float("inf") else self._deadline - now
-                for sig in self.signals.wait(timeout, (self._ready_reader,)):
+                for sig in self.signals.wait(timeout, (readiness.reader,)):
                     self._on_signal(sig)
-                self._read_ready()
+                self._read_ready(readiness)
                 self._reap()
         finally:
             self._cleanup()
@@ -275,7 +271,8 @@ class Prefork:
         try:
             mark_worker_records(os.getpid())
             self.signals.close()
-            os.close(self._ready_reader)
+            assert self._readiness is not None
+            ready_fd = self._readiness.worker_side()
             listeners, configure = self._listeners, self.configure
 
             def make() -> list[tuple[Any, bool]]:
@@ -286,7 +283,7 @@ class Prefork:
                 make,
                 grace=self.grace,
                 max_requests=max_requests,
-                ready_fd=self._ready_writer,
+                ready_fd=ready_fd,
                 metrics_buffer=buffer,
             )
         except BaseException:
@@ -294,25 +291,12 @@ class Prefork:
         finally:
             os._exit(WORKER_BOOT_ERROR)  # only reached if the lines before run_worker() raised
 
-    def _read_ready(self) -> None:
-        """Take the pids the workers wrote once serving; call on_ready when
-        every worker of the current generation serves."""
-        data = b""
-        try:
-            while chunk := os.read(self._ready_reader, 4096):
-                data += chunk
-        except BlockingIOError:
-            pass  # nothing (more) to read
-        for (pid,) in struct.iter_unpack("=i", data[: len(data) - len(data) % 4]):
-            worker = self._table.get(pid)
-            if worker is not None:
-                worker.ready = True
-        if self._stopping is not None or self._announced == self._generation:
-            return
-        serving = [w for w in self._table.active() if w.generation == self._generation and w.ready]
-        if len(serving) >= self.workers:
-            self._announced = self._generation
-            log.info("generation %d: %d worker(s) serving", self._generation, len(serving))
+    def _read_ready(self, readiness: ReadinessPipe) -> None:
+        """Take the workers' word that they serve; call on_ready when every
+        worker of the current generation does."""
+        readiness.read(self._table)
+        if self._stopping is None and readiness.newly_ready(self._table, self._generation, self.workers):
+            log.info("generation %d: %d worker(s) serving", self._generation, self.workers)
             self._call(self.on_ready, "on_ready")
 
     def _call(self, callback: Callable[[], object] | None, name: str) -> None:
@@ -444,10 +428,9 @@ class Prefork:
                     self._table.remove(worker.pid)
         finally:
             self.signals.close()
-            for fd in (self._ready_reader, self._ready_writer):
-                if fd >= 0:
-                    os.close(fd)
-            self._ready_reader = self._ready_writer = -1
+            if self._readiness is not None:
+                self._readiness.close()
+                self._readiness = None
             for listener in self._listeners:
                 listener.close()  # closes the socket, removes a Unix socket file it bound
 

@@ -16,13 +16,13 @@ import logging
 import os
 import signal
 import socket
-import struct
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .._log import format_address
 from .._metrics import Metrics
 from .._serve import serve, serve_all
+from ._readiness import tell_ready
 from ._signals import SUPERVISOR_SIGNALS
 
 # Exit codes: the supervisor's restart policy reads them.
@@ -89,7 +89,7 @@ def run_worker(
                 server.max_requests = max_requests  # the core stops accepting after that many
         if ready_fd is not None:
             try:
-                os.write(ready_fd, struct.pack("=i", os.getpid()))
+                tell_ready(ready_fd)
             except OSError as exc:  # the supervisor is gone: serve anyway, its stop will come as a signal
                 log.warning("could not tell the supervisor it serves: %s", exc.strerror)
             os.close(ready_fd)
