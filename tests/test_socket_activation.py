@@ -334,6 +334,8 @@ def test_the_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch)
         ("unix:@abstract", Bind("unix", path="@abstract")),
         ("tcp://0.0.0.0:9000?name=web", Bind("tcp", host="0.0.0.0", port=9000, name="web")),
         ("unix:/run/app.sock?name=app.socket", Bind("unix", path="/run/app.sock", name="app.socket")),
+        ("unixgram:/run/log.sock", Bind("unixgram", path="/run/log.sock")),
+        ("unixgram:@log?name=log", Bind("unixgram", path="@log", name="log")),
     ],
 )
 def test_parse_bind(text: str, expected: Bind) -> None:
@@ -347,6 +349,10 @@ def test_bind_kind_and_address() -> None:
     assert parse_bind("unix:@name").address == "\0name"
     assert parse_bind("unix:/a").families == (socket.AF_UNIX,)
     assert parse_bind("tcp://127.0.0.1:1").families == (socket.AF_INET, socket.AF_INET6)
+    assert parse_bind("unixgram:/a").type == socket.SOCK_DGRAM
+    assert parse_bind("unixgram:/a").families == (socket.AF_UNIX,)
+    assert parse_bind("unixgram:@log").address == "\0log"
+    assert parse_bind("unix:/a").type == socket.SOCK_STREAM
 
 
 @pytest.mark.parametrize(
@@ -370,6 +376,8 @@ def test_bind_kind_and_address() -> None:
         ("unix:", "the Unix socket path is empty"),
         ("unix:@", "the Unix socket path is empty"),
         ("unix:/a\0b", "holds a NUL"),
+        ("unixgram:", "the Unix socket path is empty"),
+        ("unixgrams:/a", "unknown scheme 'unixgrams'"),
         ("tcp://0.0.0.0:1?name=", "a name is 1 to 255 printable ASCII characters"),
         ("tcp://0.0.0.0:1?name=a:b", "a name is 1 to 255 printable ASCII characters"),
         ("tcp://0.0.0.0:1?name=" + "x" * 256, "a name is 1 to 255 printable ASCII characters"),
@@ -389,7 +397,12 @@ hosts = st.one_of(
 names = st.none() | st.from_regex(r"[\x20-\x39\x3b-\x7e]{1,30}", fullmatch=True)
 binds = st.one_of(
     st.builds(Bind, st.sampled_from(["tcp", "udp"]), host=hosts, port=st.integers(0, 65535), name=names),
-    st.builds(Bind, st.just("unix"), path=st.from_regex(r"@?[^\0?@][^\0?]{0,40}", fullmatch=True), name=names),
+    st.builds(
+        Bind,
+        st.sampled_from(["unix", "unixgram"]),
+        path=st.from_regex(r"@?[^\0?@][^\0?]{0,40}", fullmatch=True),
+        name=names,
+    ),
 )
 
 
@@ -398,7 +411,7 @@ def test_parse_bind_round_trips(bind: Bind) -> None:
     assert parse_bind(str(bind)) == bind
 
 
-@given(st.text(max_size=60) | st.from_regex(r"(tcp|udp|unix):.{0,40}", fullmatch=True))
+@given(st.text(max_size=60) | st.from_regex(r"(tcp|udp|unix|unixgram):.{0,40}", fullmatch=True))
 def test_parse_bind_gives_a_bind_or_a_value_error(text: str) -> None:
     try:
         bind = parse_bind(text)
@@ -472,6 +485,18 @@ def test_match_by_order_within_each_kind(stack: ExitStack, unix_path: str) -> No
     first, local, second = tcp_listener(stack), unix_listener(stack, unix_path), tcp_listener(stack)
     wanted = [parse_bind("unix:/run/app.sock"), parse_bind("tcp://0.0.0.0:80"), parse_bind("tcp://0.0.0.0:443")]
     assert match_binds(wanted, [first, local, second]) == {wanted[0]: local, wanted[1]: first, wanted[2]: second}
+
+
+def test_unix_stream_and_datagram_binds_take_their_own_kind(stack: ExitStack, short_tmp: str) -> None:
+    # ListenDatagram=/run/log.sock before ListenStream=/run/app.sock: each bind its kind, whatever the order.
+    datagram = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+    datagram.bind(os.path.join(short_tmp, "log"))
+    log = InheritedSocket.from_socket(datagram)
+    app = unix_listener(stack, os.path.join(short_tmp, "app"))
+    wanted = [parse_bind("unix:/run/app.sock"), parse_bind("unixgram:/run/log.sock")]
+    assert match_binds(wanted, [log, app]) == {wanted[0]: app, wanted[1]: log}
+    with pytest.raises(SocketActivationError, match=r"^bind unixgram:/x: no inherited Unix datagram socket is left"):
+        match_binds([parse_bind("unixgram:/x")], [app])
 
 
 def test_an_exact_address_wins_over_the_order(stack: ExitStack) -> None:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from socket import socket as Socket  # noqa: N812  (InheritedSocket's field "socket" hides the module)
     from typing import Literal
 
-    Scheme = Literal["tcp", "udp", "unix"]
+    Scheme = Literal["tcp", "udp", "unix", "unixgram"]
 
 __all__ = [
     "SD_LISTEN_FDS_START",
@@ -236,9 +236,11 @@ def _is_socket(fd: int) -> bool:
 
 class Bind(FrozenValue):
     """A parsed ``--bind``: ``tcp://HOST:PORT``, ``udp://HOST:PORT`` (an IPv6
-    host in brackets), or ``unix:PATH`` (``unix:@NAME`` for Linux's abstract
-    namespace), each optionally followed by ``?name=NAME`` to match the
-    socket's ``FileDescriptorName=``. ``str(bind)`` gives the text back."""
+    host in brackets), ``unix:PATH`` (a Unix stream socket; ``unix:@NAME``
+    for Linux's abstract namespace) or ``unixgram:PATH`` (a Unix datagram
+    socket, ``ListenDatagram=/path``), each optionally followed by
+    ``?name=NAME`` to match the socket's ``FileDescriptorName=``.
+    ``str(bind)`` gives the text back."""
 
     __slots__ = ("host", "name", "path", "port", "scheme")
     _fields = ("scheme", "host", "port", "path", "name")
@@ -261,22 +263,27 @@ class Bind(FrozenValue):
 
     @property
     def type(self) -> socket.SocketKind:
-        """``SOCK_STREAM`` for tcp and unix, ``SOCK_DGRAM`` for udp."""
-        return socket.SOCK_DGRAM if self.scheme == "udp" else socket.SOCK_STREAM
+        """``SOCK_STREAM`` for tcp and unix, ``SOCK_DGRAM`` for udp and unixgram."""
+        return socket.SOCK_DGRAM if self.scheme in ("udp", "unixgram") else socket.SOCK_STREAM
 
     @property
     def families(self) -> tuple[socket.AddressFamily, ...]:
         """The families a socket serving this bind may have. Both IP families
         for tcp and udp, whatever the host: ``ListenStream=9000`` gives an IPv6
         socket that takes IPv4 too, and it serves ``tcp://0.0.0.0:9000``."""
-        if self.scheme == "unix":
+        if self.is_unix:
             return (socket.AF_UNIX,)
         return (socket.AF_INET, socket.AF_INET6)
 
     @property
+    def is_unix(self) -> bool:
+        """A Unix socket (unix or unixgram): an address that is a path."""
+        return self.scheme in ("unix", "unixgram")
+
+    @property
     def address(self) -> tuple[str, int] | str:
         """What ``bind()`` takes: ``(host, port)``, or the path (abstract: a leading NUL)."""
-        if self.scheme == "unix":
+        if self.is_unix:
             assert self.path is not None
             return "\0" + self.path[1:] if self.path.startswith("@") else self.path
         assert self.host is not None
@@ -284,8 +291,8 @@ class Bind(FrozenValue):
         return (self.host, self.port)
 
     def __str__(self) -> str:
-        if self.scheme == "unix":
-            text = f"unix:{self.path}"
+        if self.is_unix:
+            text = f"{self.scheme}:{self.path}"
         else:
             host = f"[{self.host}]" if self.host is not None and ":" in self.host else self.host
             text = f"{self.scheme}://{host}:{self.port}"
@@ -299,13 +306,14 @@ def parse_bind(text: str) -> Bind:
         raise ValueError(f"bad bind {text!r}: a name is 1 to 255 printable ASCII characters without ':' (got {name!r})")
     scheme, colon, target = rest.partition(":")
     if not colon:
+        # (unixgram:PATH stays out of the messages until the CLI serves it.)
         raise ValueError(f"bad bind {text!r}: expected tcp://HOST:PORT, udp://HOST:PORT or unix:PATH")
-    if scheme == "unix":
+    if scheme in ("unix", "unixgram"):
         if not target or target == "@":
             raise ValueError(f"bad bind {text!r}: the Unix socket path is empty")
         if "\0" in target:
             raise ValueError(f"bad bind {text!r}: the Unix socket path holds a NUL (write an abstract name as @NAME)")
-        return Bind("unix", path=target, name=name if separator else None)
+        return Bind("unix" if scheme == "unix" else "unixgram", path=target, name=name if separator else None)
     if scheme not in ("tcp", "udp"):
         raise ValueError(f"bad bind {text!r}: unknown scheme {scheme!r} (expected tcp, udp or unix)")
     if not target.startswith("//"):
@@ -348,8 +356,8 @@ def match_binds(binds: Iterable[Bind], inherited: Iterable[InheritedSocket]) -> 
     """Pair each bind with the inherited socket that serves it.
 
     In three passes, each taking only sockets of the bind's kind (tcp: an IP
-    stream socket, udp: an IP datagram socket, unix: a Unix stream socket) that
-    no earlier pass took: a bind with a name takes a socket of that name; then a
+    stream socket, udp: an IP datagram socket, unix: a Unix stream socket,
+    unixgram: a Unix datagram socket) that no earlier pass took: a bind with a name takes a socket of that name; then a
     bind takes a socket bound to exactly its address; then each bind left takes
     the first socket left, in descriptor order (systemd passes them in the order
     of the ``Listen*=`` lines). Call it only when :func:`inherited_sockets`
@@ -423,7 +431,7 @@ def _fits(bind: Bind, candidate: InheritedSocket) -> bool:
 
 def _same_address(bind: Bind, candidate: InheritedSocket) -> bool:
     address = candidate.address
-    if bind.scheme == "unix":
+    if bind.is_unix:
         if isinstance(address, bytes):  # an abstract name comes back as bytes
             address = address.decode("utf-8", "surrogateescape")
         return address == bind.address
@@ -446,7 +454,7 @@ def _kind_label(family: int, kind: int) -> str:
 
 
 def _bind_label(bind: Bind) -> str:
-    return {"tcp": "TCP", "udp": "UDP", "unix": "Unix stream"}[bind.scheme]
+    return {"tcp": "TCP", "udp": "UDP", "unix": "Unix stream", "unixgram": "Unix datagram"}[bind.scheme]
 
 
 def _listing(inherited: Iterable[InheritedSocket]) -> str:
