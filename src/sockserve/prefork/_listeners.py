@@ -18,7 +18,6 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._adopt import adopt
 from ._reserve import Endpoint, check_reuse_port, reserve
 
 Configure = Callable[[Any], None]
@@ -59,6 +58,8 @@ class Listener:
         if self.server is not None or self.reserved is not None:
             return
         if self.inherited is not None:
+            from .._adopt import adopt  # here: a supervisor that binds its own sockets never loads it
+
             self.server = adopt(self.worker_class, self.inherited, self.handler_class)
             self.address = self.server.server_address
             if configure is not None:
