@@ -348,6 +348,46 @@ def test_prefork_under_other_models(handler: str, model: str, scheme: str, bind_
         assert "did not exit in time" not in server.text
 
 
+def test_prefork_serves_several_binds_and_tells_systemd(short_tmp: str) -> None:
+    path = os.path.join(short_tmp, "prefork.sock")
+    manager = FakeManager.unique(short_tmp)
+    env = {**os.environ, "NOTIFY_SOCKET": manager.address}
+    args = ["--bind", "tcp://127.0.0.1:0", "--bind", f"unix:{path}", "--workers", "2"]
+    try:
+        with Serving("tests.cli_app:Echo", *args, env=env) as server:
+            tcp, unix = server.addresses(2)
+            assert manager.wait_for("READY=1").split("\n") == [
+                "READY=1",
+                "STATUS=serving 2 listener(s), model pool, 2 workers",
+            ]
+            assert stream_round_trip(tcp, b"tcp\n") == b"tcp\n"
+            assert stream_round_trip(unix, b"unix\n") == b"unix\n"
+            server.proc.send_signal(signal.SIGHUP)
+            assert manager.wait_for("RELOADING=1")
+            assert manager.wait_for("READY=1")  # the new generation serves
+            assert stream_round_trip(unix, b"reloaded\n") == b"reloaded\n"
+            server.proc.send_signal(signal.SIGTERM)
+            assert manager.wait_for("STOPPING=1")
+            assert server.wait() == 0, server.text
+        assert not os.path.exists(path)
+    finally:
+        manager.close()
+
+
+def test_prefork_serves_inherited_sockets(short_tmp: str) -> None:
+    with ServiceManager(short_tmp) as manager:
+        tcp = manager.listen(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 0))
+        port = tcp.getsockname()[1]
+        args = ["tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:9?name=web", "--workers", "2"]
+        with activated(args, manager, ["web"]) as server:
+            line = server.wait_for(r"serving (\S+) \(model pool, 2 workers, supervisor pid \d+; inherited fd 3 'web'\)")
+            assert line[1] == f"tcp://127.0.0.1:{port}"  # the inherited socket's address, not the bind's
+            assert manager.notify.wait_for("READY=1")
+            for _ in range(3):
+                assert stream_round_trip(("127.0.0.1", port), b"worker\n") == b"worker\n"
+            assert server.stop() == 0, server.text
+
+
 def test_prefork_writes_the_pid_file_of_its_supervisor(tmp_path: Path) -> None:
     pid_file = tmp_path / "app.pid"
     args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--pid-file", str(pid_file)]
@@ -397,17 +437,21 @@ def test_the_admin_listener_says_ready_then_draining() -> None:
         assert server.stop() == 0, server.text
 
 
-def test_reload_restarts_the_server_when_a_source_file_changes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "prefork"])
+def test_reload_restarts_the_server_when_a_source_file_changes(tmp_path: Path, workers: list[str]) -> None:
     app = tmp_path / "reload_app.py"
     app.write_text(VERSIONED_APP.format(version=1))
-    with Serving("reload_app:Version", "--bind", "tcp://127.0.0.1:0", "--reload", cwd=tmp_path) as server:
+    started = r"serving (\S+) \(model pool, [^;]*pid (\d+); inherited fd 3"
+    with Serving("reload_app:Version", "--bind", "tcp://127.0.0.1:0", "--reload", *workers, cwd=tmp_path) as server:
         held = address_of(server.wait_for(r"reload: holding (\S+) ")[1])
-        first = server.wait_for(r"serving (\S+) \(model pool, 1 process, pid (\d+); inherited fd 3")
+        first = server.wait_for(started)
         assert address_of(first[1]) == held  # the child serves the parent's socket, never binds its own
+        server.wait_for(r"ready: ")
         assert stream_round_trip(held, b"which\n") == b"version 1\n"
         app.write_text(VERSIONED_APP.format(version=2) + "# a longer file: a new size, whatever the clock\n")
-        second = server.wait_for(r"serving (\S+) \(model pool, 1 process, pid (\d+); inherited fd 3")
+        second = server.wait_for(started)
         assert second[2] != first[2]  # a new process
+        server.wait_for(r"ready: ")
         assert stream_round_trip(held, b"which\n") == b"version 2\n"
         assert server.stop() == 0, server.text
 
@@ -606,16 +650,8 @@ BAD = [
     (["tests.cli_app:Echo", "--group", "no-such-group-here"], "--group: "),
     (["tests.cli_app:Echo", "--tls-key", "key.pem"], "--tls-key: needs tls_cert (TLS is on only with a certificate)"),
     (
-        ["tests.cli_app:Echo", "--workers", "2", "--bind", "tcp://127.0.0.1:0", "--bind", "tcp://127.0.0.1:0"],
-        "--workers: prefork (workers > 1) serves one bind",
-    ),
-    (
         ["tests.cli_app:Echo", "--workers", "2", "--drain-delay", "5"],
         "--drain-delay: prefork (workers > 1) has no drain delay yet",
-    ),
-    (
-        ["tests.cli_app:Echo", "--workers", "2", "--reload"],
-        "--reload: --reload runs one server process; prefork (workers > 1) cannot take its sockets yet",
     ),
 ]
 

@@ -192,14 +192,8 @@ def make_plan(settings: ServeSettings) -> Plan:
         raise settings.error("model", "fork needs os.fork(), which this platform lacks")
     if settings.workers > 1 and settings.admin is not None:
         raise settings.error("admin", "the admin listener does not serve prefork (workers > 1) yet")
-    if settings.workers > 1 and settings.reload:
-        raise settings.error(
-            "reload", "--reload runs one server process; prefork (workers > 1) cannot take its sockets yet"
-        )
     if settings.workers > 1 and settings.drain_delay:
         raise settings.error("drain_delay", "prefork (workers > 1) has no drain delay yet")
-    if settings.workers > 1 and len(listeners) > 1:
-        raise settings.error("workers", "prefork (workers > 1) serves one bind; give one --bind or run one per bind")
     tls_binds = [bind for bind in settings.bind if bind.scheme == "udp"]
     if settings.tls_cert is not None and tls_binds:
         raise settings.error("tls_cert", f"TLS needs streams: {tls_binds[0]} is UDP (DTLS is not supported)")
@@ -532,37 +526,70 @@ def _configure(server: Any, options: dict[str, Any]) -> None:
 
 
 def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
+    """``--workers N``: a prefork supervisor serving every bind (or the sockets
+    it inherited) in each worker, telling systemd when the workers serve."""
+    from ._sd_notify import Notifier, Watchdog
     from .prefork import Prefork
 
     settings = plan.settings
-    ((bind, server_class),) = plan.listeners
-    if inherited_for(settings):
-        raise settings.error("workers", "prefork (workers > 1) cannot serve inherited sockets yet")
-    supervisor = Prefork(
-        server_class,
-        bind.address,
-        plan.handler,
-        workers=settings.workers,
-        grace=settings.grace,
-        configure=lambda server: _configure(server, options),
-    )
-    try:
-        supervisor.bind()
-    except OSError as exc:
-        _cannot_listen(bind, exc)
-        return 1
+    inherited = inherited_for(settings)
+    listeners = [
+        (server_class, inherited[bind].socket if bind in inherited else bind.address, plan.handler)
+        for bind, server_class in plan.listeners
+    ]
+    status = f"serving {len(listeners)} listener(s), model {plan.model}, {settings.workers} workers"
     with contextlib.ExitStack() as stack:
-        if not _after_binding(settings, stack):
-            # The process exits now; a Unix socket file left behind is stale, and
-            # the next start replaces it (Prefork has no public close() before run()).
-            return 1
-        log.info(
-            "serving %s (model %s, %d workers, supervisor pid %d)",
-            url_of(bind.scheme, supervisor.server_address),
-            plan.model,
-            settings.workers,
-            os.getpid(),
+        notifier = stack.enter_context(Notifier.from_environment())
+        health = Health()
+        # The supervisor is live while its loop turns; the workers have their own checks.
+        stack.enter_context(Watchdog(notifier, healthy=lambda: health.live))
+
+        def ready() -> None:  # the first generation serves, or a reload's new one does
+            log.info("ready: %s", status)
+            health.set_ready()
+            notifier.ready(status)
+
+        def reloading() -> None:
+            log.info("SIGHUP: starting a new generation of workers")
+            notifier.reloading()
+
+        def stopping() -> None:
+            health.start_drain()
+            notifier.stopping()
+
+        supervisor = Prefork(
+            listeners=listeners,
+            workers=settings.workers,
+            grace=settings.grace,
+            configure=lambda server: _configure(server, options),
+            on_ready=ready,
+            on_reloading=reloading,
+            on_stopping=stopping,
         )
+        stack.callback(health.set_stopped)
+        try:
+            supervisor.bind()
+        except OSError as exc:
+            supervisor.close()
+            if len(plan.listeners) == 1:
+                _cannot_listen(plan.listeners[0][0], exc)
+            else:  # Prefork.bind() does not say which listener failed
+                binds = ", ".join(str(bind) for bind, _ in plan.listeners)
+                log.error("cannot listen on one of %s: %s", binds, exc.strerror or exc)
+            return 1
+        if not _after_binding(settings, stack):
+            supervisor.close()
+            return 1
+        for (bind, _), address in zip(plan.listeners, supervisor.server_addresses, strict=True):
+            passed = inherited.get(bind)
+            log.info(
+                "serving %s (model %s, %d workers, supervisor pid %d%s)",
+                url_of(bind.scheme, address),
+                plan.model,
+                settings.workers,
+                os.getpid(),
+                "" if passed is None else f"; inherited fd {passed.fd} {passed.name!r}",
+            )
         return supervisor.run()
 
 
