@@ -130,8 +130,8 @@ class Serving:
 
 
 def address_of(url: str) -> Any:
-    if url.startswith("unix:"):
-        return url[5:]
+    if url.startswith(("unix:", "unixgram:")):
+        return url.split(":", 1)[1]
     host, _, port = url.split("://", 1)[1].rpartition(":")
     return (host.strip("[]"), int(port))
 
@@ -156,6 +156,17 @@ def udp_round_trip(address: Any, payload: bytes) -> bytes:
         return client.recvfrom(65536)[0]
 
 
+def unix_datagram_round_trip(path: str, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.bind(path + ".client")  # a reply needs an address to go to
+        try:
+            client.settimeout(10)
+            client.sendto(payload, path)
+            return client.recv(65536)
+        finally:
+            os.unlink(path + ".client")
+
+
 def stream_round_trip(address: Any, payload: bytes) -> bytes:
     with connect(address) as client:
         client.sendall(payload)
@@ -169,6 +180,7 @@ def bind_for(short_tmp: str) -> Any:
             "tcp": "tcp://127.0.0.1:0",
             "udp": "udp://127.0.0.1:0",
             "unix": f"unix:{os.path.join(short_tmp, 'app.sock')}",
+            "unixgram": f"unixgram:{os.path.join(short_tmp, 'app.dgram')}",
         }[scheme]
 
     return make
@@ -179,11 +191,14 @@ def bind_for(short_tmp: str) -> Any:
 COMBINATIONS = [
     *[("Echo", model, scheme) for model in ("sequential", "thread", "pool", "fork") for scheme in ("tcp", "unix")],
     *[("DatagramEcho", model, "udp") for model in ("sequential", "thread", "pool", "fork")],
+    ("DatagramEcho", "pool", "unixgram"),
+    ("DatagramEcho", "fork", "unixgram"),
     ("FramedEcho", "framed", "tcp"),
     ("FramedEcho", "framed", "unix"),
     ("AsyncEcho", "async", "tcp"),
     ("AsyncEcho", "async", "unix"),
     ("AsyncDatagramEcho", "async", "udp"),
+    ("AsyncDatagramEcho", "async", "unixgram"),
 ]
 
 
@@ -195,12 +210,14 @@ def test_serves_every_model_on_every_bind_that_fits(handler: str, model: str, sc
         payload = f"{handler} under {model}\n".encode()
         if scheme == "udp":
             assert udp_round_trip(address, payload) == payload
+        elif scheme == "unixgram":
+            assert unix_datagram_round_trip(address, payload) == payload
         else:
             assert stream_round_trip(address, payload) == payload
         assert server.stop(signal.SIGTERM) == 0, server.text
         assert "stopped (" in server.text
         assert "Traceback" not in server.text
-        if scheme == "unix":
+        if scheme in ("unix", "unixgram"):
             assert not os.path.exists(address)  # the server removed its socket file
 
 
@@ -643,7 +660,8 @@ BAD = [
     ),
     (
         ["tests.cli_app:AsyncDatagramEcho", "--bind", "tcp://127.0.0.1:0"],
-        "--bind: tcp://127.0.0.1:0: AsyncDatagramEcho is an async datagram handler, which serves datagrams (udp://)",
+        "--bind: tcp://127.0.0.1:0: AsyncDatagramEcho is an async datagram handler, which serves datagrams "
+        "(udp:// and unixgram:)",
     ),
     (["tests.cli_app:Echo", "--tls-cert", "/nonexistent.pem"], "--tls-cert: /nonexistent.pem: cannot read it"),
     (["tests.cli_app:Echo", "--user", "no-such-user-here"], "--user: "),

@@ -55,12 +55,12 @@ _BLOCKING = ("pool", "thread", "fork", "sequential")
 # - an async handler runs only on the event loop.
 KINDS = {
     "stream": Kind("a StreamRequestHandler", _BLOCKING, ("tcp", "unix")),
-    "datagram": Kind("a DatagramRequestHandler", _BLOCKING, ("udp",)),
-    "base": Kind("a BaseRequestHandler", _BLOCKING, ("tcp", "unix", "udp")),
+    "datagram": Kind("a DatagramRequestHandler", _BLOCKING, ("udp", "unixgram")),
+    "base": Kind("a BaseRequestHandler", _BLOCKING, ("tcp", "unix", "udp", "unixgram")),
     "framed": Kind("a FramedRequestHandler", ("framed", "pool"), ("tcp", "unix")),
     "async_stream": Kind("an AsyncStreamRequestHandler", ("async",), ("tcp", "unix")),
     "async_callback": Kind("an AsyncProtocolHandler", ("async",), ("tcp", "unix")),
-    "async_datagram": Kind("an async datagram handler", ("async",), ("udp",)),
+    "async_datagram": Kind("an async datagram handler", ("async",), ("udp", "unixgram")),
 }
 
 # (model, the bind's scheme) -> the server class, by name in sockserve or sockserve.aio.
@@ -69,20 +69,25 @@ SERVER_CLASSES = {
     ("sequential", "tcp"): "TCPServer",
     ("sequential", "unix"): "UnixStreamServer",
     ("sequential", "udp"): "UDPServer",
+    ("sequential", "unixgram"): "UnixDatagramServer",
     ("thread", "tcp"): "ThreadingTCPServer",
     ("thread", "unix"): "ThreadingUnixStreamServer",
     ("thread", "udp"): "ThreadingUDPServer",
+    ("thread", "unixgram"): "ThreadingUnixDatagramServer",
     ("pool", "tcp"): "ThreadPoolTCPServer",
     ("pool", "unix"): "ThreadPoolUnixStreamServer",
     ("pool", "udp"): "ThreadPoolUDPServer",
+    ("pool", "unixgram"): "ThreadPoolUnixDatagramServer",
     ("framed", "tcp"): "ThreadPoolTCPServer",
     ("framed", "unix"): "ThreadPoolUnixStreamServer",
     ("fork", "tcp"): "ForkingTCPServer",
     ("fork", "unix"): "ForkingUnixStreamServer",
     ("fork", "udp"): "ForkingUDPServer",
+    ("fork", "unixgram"): "ForkingUnixDatagramServer",
     ("async", "tcp"): "aio.AsyncTCPServer",
     ("async", "unix"): "aio.AsyncUnixStreamServer",
     ("async", "udp"): "aio.AsyncUDPServer",
+    ("async", "unixgram"): "aio.AsyncUnixDatagramServer",
 }
 
 # A stream listener's accept queue: the stdlib's 5 (which the drop-in classes
@@ -183,9 +188,10 @@ def make_plan(settings: ServeSettings) -> Plan:
     listeners = []
     for bind in settings.bind:
         if bind.scheme not in kind.schemes:
-            serves = "datagrams (udp://)" if kind.schemes == ("udp",) else "streams (tcp:// and unix:)"
+            serves = "datagrams (udp:// and unixgram:)" if "tcp" not in kind.schemes else "streams (tcp:// and unix:)"
             raise settings.error("bind", f"{bind}: {name} is {kind.name}, which serves {serves}")
-        if bind.scheme == "unix" and bind.path is not None and bind.path.startswith("@") and sys.platform != "linux":
+        abstract = bind.path is not None and bind.path.startswith("@")
+        if abstract and sys.platform != "linux":
             raise settings.error("bind", f"{bind}: abstract Unix socket names exist only on Linux")
         listeners.append((bind, _server_class(model, bind.scheme)))
     if model == "fork" and not hasattr(os, "fork"):
@@ -194,9 +200,9 @@ def make_plan(settings: ServeSettings) -> Plan:
         raise settings.error("admin", "the admin listener does not serve prefork (workers > 1) yet")
     if settings.workers > 1 and settings.drain_delay:
         raise settings.error("drain_delay", "prefork (workers > 1) has no drain delay yet")
-    tls_binds = [bind for bind in settings.bind if bind.scheme == "udp"]
-    if settings.tls_cert is not None and tls_binds:
-        raise settings.error("tls_cert", f"TLS needs streams: {tls_binds[0]} is UDP (DTLS is not supported)")
+    datagram_binds = [bind for bind in settings.bind if bind.scheme in ("udp", "unixgram")]
+    if settings.tls_cert is not None and datagram_binds:
+        raise settings.error("tls_cert", f"TLS needs streams: {datagram_binds[0]} is datagrams (DTLS is not supported)")
     return Plan(settings, handler, kind_key, model, tuple(listeners))
 
 
@@ -223,7 +229,7 @@ def _server_class(model: str, scheme: str) -> type[Any]:
         import sockserve
 
         base = getattr(sockserve, name)
-    if scheme == "udp":
+    if scheme in ("udp", "unixgram"):
         return base  # type: ignore[no-any-return]
     overrides = {
         "request_queue_size": max(BACKLOG, getattr(base, "request_queue_size", 0)),
@@ -347,10 +353,10 @@ def check_notes(plan: Plan) -> dict[str, str]:
 
 def url_of(scheme: str, address: Any) -> str:
     """A listener's address as the URL a --bind would give: tcp://[::1]:9000, unix:/run/app.sock, unix:@name."""
-    if scheme == "unix":
+    if scheme in ("unix", "unixgram"):
         if isinstance(address, bytes):
             address = address.decode("utf-8", "surrogateescape")
-        return "unix:@" + address[1:] if address.startswith("\0") else f"unix:{address}"
+        return f"{scheme}:@{address[1:]}" if address.startswith("\0") else f"{scheme}:{address}"
     host, port = address[0], address[1]
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
@@ -596,7 +602,7 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
 def _cannot_listen(bind: Bind, exc: OSError, what: str = "") -> None:
     from .cli import _why
 
-    kind = "unix" if bind.scheme == "unix" else "tcp"
+    kind = "unix" if bind.scheme in ("unix", "unixgram") else "tcp"
     log.error("cannot listen on %s%s: %s", bind, f" ({what})" if what else "", _why(kind, bind.address, exc))
 
 

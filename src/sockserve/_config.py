@@ -209,7 +209,8 @@ def _table() -> tuple[Setting, ...]:
         s(
             "bind",
             _binds,
-            "where to listen: tcp://HOST:PORT, udp://HOST:PORT, unix:PATH or unix:@ABSTRACT, "
+            "where to listen: tcp://HOST:PORT, udp://HOST:PORT, unix:PATH, unixgram:PATH (Unix datagrams), "
+            "@ABSTRACT for a path in Linux's abstract namespace, "
             "each optionally ?name=NAME (a systemd FileDescriptorName); repeat for several "
             f"(default {DEFAULT_BIND})",
             "URL",
