@@ -167,6 +167,7 @@ def test_settle_counts_once_and_a_forked_child_s_parent_only_counts_out() -> Non
     assert (snap.counters["requests"], snap.counters["bytes_received"], snap.counters["bytes_sent"]) == (1, 10, 20)
     assert snap.refused["timeout"] == 1
     assert snap.gauges["connections_active"] == 0
+    admission.request_unit = 0  # a forking server's: each child counts its request
     child = admission.admit(("127.0.0.1", 1))
     assert isinstance(child, Ticket)
     child.report = False  # a forked child settles it in its own row

@@ -188,26 +188,31 @@ def count_error(
         ticket.closed_by = why
 
 
-def settle(ticket: Ticket, metrics: Metrics, access_log: bool) -> None:
-    """Why a released connection ended: its timeout counted, its access log
-    line written. (Its requests and bytes are counted with the others'
-    by ``Admission.fold``.) Called only for a connection with something to
-    say (a reason, a cut) or while the access log is on."""
+def settle(ticket: Ticket, metrics: Metrics, access_log: bool, request_unit: int = 1) -> str:
+    """Why a released connection ended (returned): its timeout counted, its
+    access line written (with ``request_unit`` requests unless the model
+    counted them, or it ended before its handler). Its other counts are
+    the admission's (``Admission._settle``, ``fold``). A ticket another
+    process settles (a forked child's, in its parent) says nothing here."""
     if not ticket.report:
-        return  # settled by the process that served it (a forked child)
+        return ""
     if ticket.tcp_info is not None:
         read_tcp_info(ticket)
     why = closed_by(ticket)
     if why == "idle_timeout" or why == "connection_timeout":
         metrics.refuse("timeout")
     if access_log:
-        log_access(ticket, why)
+        requests = ticket.requests
+        if not requests and why != "refused" and why != "verify_request":
+            requests = request_unit
+        log_access(ticket, why, requests)
+    return why
 
 
 def settle_here(ticket: Ticket, metrics: Metrics, access_log: bool) -> None:
-    """``settle`` and the counting that ``fold`` does, at once, in a process
-    whose admission does not release the connection (a forked child: its
-    parent counts it in and out)."""
+    """``settle`` and what ``Admission.fold`` would count, at once, in a
+    process whose admission does not release the connection (a forked
+    child: its parent counts it in and out)."""
     settle(ticket, metrics, access_log)
     metrics.add_many(requests=ticket.requests - ticket.counted, received=ticket.received or 0, sent=ticket.sent or 0)
 
@@ -215,7 +220,7 @@ def settle_here(ticket: Ticket, metrics: Metrics, access_log: bool) -> None:
 _logger: logging.Logger | None = None
 
 
-def log_access(ticket: Ticket, why: str, now: float | None = None) -> None:
+def log_access(ticket: Ticket, why: str, requests: int, now: float | None = None) -> None:
     """One INFO line for a connection that ended, with its fields also as
     the record's extras (for a JSON formatter). Not rate-limited: it is the
     access log, which the program turned on."""
@@ -233,14 +238,14 @@ def log_access(ticket: Ticket, why: str, now: float | None = None) -> None:
     logger.info(
         "%s requests=%d bytes_received=%s bytes_sent=%s duration=%.6fs closed_by=%s",
         client,
-        ticket.requests,
+        requests,
         "-" if received is None else received,
         "-" if sent is None else sent,
         duration,
         why,
         extra={
             "client": client,
-            "requests": ticket.requests,
+            "requests": requests,
             "duration": duration,
             "bytes_received": received,
             "bytes_sent": sent,

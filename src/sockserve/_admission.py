@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
-from ._access_log import read_tcp_info, settle
+from ._access_log import settle
 from ._errors import ConnectionLimitReached, LimitExceeded
 from ._limits import NO_LIMITS, Limits
 from ._metrics import Metrics
@@ -33,6 +33,24 @@ from ._wakeup import Waker
 # Ended connections are added to the metrics this many at a time (and
 # before every snapshot, and on an idle turn of the serve loop): see fold().
 FOLD_BATCH = 64
+
+
+def _take_sum(values: collections.deque[int]) -> int:
+    """Take every value out of ``values`` (appended by any thread) and add them up."""
+    total = 0
+    while values:
+        try:
+            total += values.popleft()
+        except IndexError:
+            break  # another fold took the last one
+    return total
+
+
+def _consumed(counter: itertools.count[int]) -> int:
+    """The next value an ``itertools.count`` will give, without taking it
+    (its repr is ``count(N)``; pickling it is deprecated since 3.12)."""
+    return int(repr(counter)[6:-1])
+
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
@@ -76,36 +94,39 @@ class Ticket:
         aborted: why the server cut it, once it did (so that the error the
             handler then sees is not reported as the client's doing).
         number: 1 for the first ticket its admission gave, 2 for the next...
-        requests, received, sent, closed_by: what the model learnt of the
-            connection, counted at its release (``_access_log.settle``):
-            requests handled, bytes (None: not known), and why it ended
-            (None: the release works it out).
-        counted: of ``requests``, those already in the metrics (a model
-            that counts them as they come).
-        report: False where another process settles the connection (a
-            forked child does its own): the release then only counts it out.
-        tcp_info: the raw TCP_INFO read as its socket closed, for
-            ``received``, ``sent`` and ``closed_by``: parsed when it is
-            counted (``_access_log.read_tcp_info``), not on the way out.
+        closed_by: why it ended, where the model knows (the client closed,
+            an idle timeout, a handler's error...); None: the release works
+            it out (``_access_log.closed_by``).
+        requests: requests a model counts itself (the framed pool's); the
+            others' connection is one request (``Admission.request_unit``).
+
+    Set only where a model has them (class defaults otherwise: a ticket
+    pays for no store it does not need): ``counted`` (of ``requests``,
+    those already in the metrics), ``received`` and ``sent`` (bytes, None:
+    not known), ``tcp_info`` (the raw TCP_INFO read as its socket closed,
+    parsed when it is counted: ``_access_log.read_tcp_info``), ``report``
+    (False where another process settles it: a forked child's parent).
     """
 
     __slots__ = (
+        "__dict__",  # the rarely set fields below; made on first use only
         "abort",
         "aborted",
         "admitted_at",
         "closed_by",
-        "counted",
         "deadline",
         "key",
         "number",
         "peer",
-        "received",
         "released",
-        "report",
         "requests",
-        "sent",
-        "tcp_info",
     )
+
+    counted = 0
+    received: int | None = None
+    sent: int | None = None
+    tcp_info: bytes | None = None
+    report = True
 
     def __init__(self, peer: Any, key: Hashable, admitted_at: float, deadline: float | None, number: int = 0) -> None:
         self.number = number
@@ -116,13 +137,8 @@ class Ticket:
         self.abort: Callable[[BaseException], object] | None = None
         self.aborted: BaseException | None = None
         self.released = False
-        self.requests = 0
-        self.counted = 0
-        self.received: int | None = None
-        self.sent: int | None = None
         self.closed_by: str | None = None
-        self.report = True
-        self.tcp_info: bytes | None = None  # getsockopt(TCP_INFO) as the connection closed, read later
+        self.requests = 0
 
     def cut(self, reason: BaseException) -> bool:
         """Cut the connection for ``reason`` (once); False if nothing can cut it now."""
@@ -165,13 +181,17 @@ class Admission:
     ``access_log``: a line per release on the ``sockserve.access`` logger.
     The server sets both when serving starts.
 
-    Counting costs no lock per connection: a refusal is rare and counted at
-    once, but an admission only adds the ticket to ``_open``, which the
-    admission keeps anyway, and a release only appends it to ``_ended``
-    (``deque.append``, one atomic C call); ``fold()`` then counts what ended
-    and what was admitted meanwhile (admitted = ended + the change in open)
-    in one turn of the metrics' lock, every ``FOLD_BATCH`` releases and
-    before every snapshot.
+    Counting costs no lock, and next to no work, per connection: an
+    admission is counted by the ticket numbers it gives anyway
+    (``itertools.count``, whose ``next()`` is atomic), a release by one
+    more such count; a connection is one request (``request_unit``: 0
+    where the model counts them itself: the framed pool, a forking server's
+    children) unless it ended before its handler (``_not_requests``).
+    ``fold()`` turns the counts into the metrics' values, in one turn of
+    their lock: every ``FOLD_BATCH`` releases, before every snapshot, at
+    a drain's end, on an idle turn of the serve loop. Only a connection
+    with something to say (a reason it ended, bytes, an access line) takes
+    the slower path (``_settle``).
     """
 
     def __init__(
@@ -180,19 +200,26 @@ class Admission:
         self.limits = limits
         self._on_free = on_free
         self.access_log = False
+        # Every release takes the slower path (_settle): the access log, or
+        # bytes to count (the server's count_bytes).
+        self.settle_all = False
         # 0 where the server counts its datagrams as they come (the async
         # datagram servers): admitting one then only makes it active.
         self.accepted_unit = 1
-        # Those datagrams, counted by the server's receivers (on the loop's
-        # thread, the only writer: no lock), and how many of them fold() has
-        # counted in the metrics.
+        # Requests per released connection (see the class's docstring).
+        self.request_unit = 1
+        # Datagrams counted as they come by an async server's receivers (on
+        # the loop's thread, the only writer: no lock), and the payload
+        # sizes of a synchronous server's (appended by any thread).
         self.datagrams = 0
         self.datagram_bytes = 0
-        self._ended: collections.deque[Ticket] = collections.deque()  # released, not counted yet
+        self.datagram_sizes: collections.deque[int] = collections.deque()
+        # Requests counted by a model itself (the framed pool's), appended by any thread.
+        self.request_counts: collections.deque[int] = collections.deque()
+        self._released_count = itertools.count(1)  # next() is atomic
+        self._not_requests = itertools.count()  # released before their handler
         self._fold_lock = threading.Lock()
-        self._folded_open = 0  # len(_open) when fold() last counted
-        self._folded_datagrams = 0
-        self._folded_datagram_bytes = 0
+        self._folded = (0, 0, 0, 0, 0)  # admitted, released, not requests, datagrams, their bytes
         # Reentrant: interrupt() may run in a signal handler on a thread that
         # holds the lock at that moment.
         self._lock = threading.RLock()
@@ -281,11 +308,9 @@ class Admission:
             if self._open.pop(id(ticket), None) is None:
                 return
             ticket.released = True
-            ended = self._ended
-            ended.append(ticket)
-            if ticket.closed_by is not None or ticket.aborted is not None or self.access_log:
-                settle(ticket, self.metrics, self.access_log)  # why it ended: timeouts, the access line
-            if len(ended) >= FOLD_BATCH:
+            if ticket.closed_by is not None or ticket.aborted is not None or self.settle_all:
+                self._settle(ticket)
+            if not next(self._released_count) % FOLD_BATCH:
                 self.fold()
             if self._idle_wakers and len(self._open) <= 1:
                 for waker in list(self._idle_wakers):
@@ -310,11 +335,9 @@ class Admission:
             wakers = list(self._idle_wakers) if still_open <= 1 and self._idle_wakers else ()
         # Counted before a drain waiting for idleness wakes: what it then
         # reads of the metrics includes this connection.
-        ended = self._ended
-        ended.append(ticket)
-        if ticket.closed_by is not None or ticket.aborted is not None or self.access_log:
-            settle(ticket, self.metrics, self.access_log)
-        if len(ended) >= FOLD_BATCH:
+        if ticket.closed_by is not None or ticket.aborted is not None or self.settle_all:
+            self._settle(ticket)
+        if not next(self._released_count) % FOLD_BATCH:
             self.fold()
         for waker in wakers:
             waker.wake()
@@ -329,44 +352,38 @@ class Admission:
         self.metrics = metrics
         metrics.add_source(self.fold)
 
+    def _settle(self, ticket: Ticket) -> None:
+        """The slower path of a release: why it ended (a timeout counted, the
+        access line), whether it was a request at all, and its bytes."""
+        why = settle(ticket, self.metrics, self.access_log, self.request_unit)
+        if (why == "refused" or why == "verify_request") and self.request_unit:
+            next(self._not_requests)  # it ended before its handler
+        if ticket.received or ticket.sent:
+            self.metrics.add_many(received=ticket.received or 0, sent=ticket.sent or 0)
+
     def fold(self) -> None:
-        """Count the connections released since the last fold, and those
-        admitted meanwhile, in the metrics (thread-safe; any thread)."""
-        ended = self._ended
-        count = requests = received = sent = 0
-        while ended:
-            try:
-                ticket = ended.popleft()
-            except IndexError:
-                break  # another fold took the last one
-            count += 1
-            if not ticket.report:
-                continue  # counted by the process that served it (a forked child)
-            requests += ticket.requests - ticket.counted
-            if ticket.tcp_info is not None:
-                read_tcp_info(ticket)
-            if ticket.received:
-                received += ticket.received
-            if ticket.sent:
-                sent += ticket.sent
+        """Count the connections admitted and released since the last fold
+        in the metrics (thread-safe; any thread)."""
+        size_sum = _take_sum(self.datagram_sizes)
+        counted_requests = _take_sum(self.request_counts)
         with self._fold_lock:
-            # Admitted since the last fold: those released since, plus the
-            # change in those open. (One released but not yet in _ended is
-            # in neither for a moment, and counted at the next fold.)
-            open_now = len(self._open)
-            opened = open_now - self._folded_open
-            self._folded_open = open_now
+            admitted = _consumed(self._numbers) - 1
+            released = _consumed(self._released_count) - 1
+            not_requests = _consumed(self._not_requests)
             datagrams, datagram_bytes = self.datagrams, self.datagram_bytes
-            new_datagrams = datagrams - self._folded_datagrams
-            new_datagram_bytes = datagram_bytes - self._folded_datagram_bytes
-            self._folded_datagrams, self._folded_datagram_bytes = datagrams, datagram_bytes
-            if count or opened or new_datagrams:
+            was = self._folded
+            self._folded = (admitted, released, not_requests, datagrams, datagram_bytes)
+            new_admitted, new_released = admitted - was[0], released - was[1]
+            new_datagrams = datagrams - was[3]
+            if new_admitted or new_released or new_datagrams or size_sum or counted_requests:
                 self.metrics.add_many(
-                    accepted=(count + opened) * self.accepted_unit + new_datagrams,
-                    active=opened,
-                    requests=requests + new_datagrams,
-                    received=received + new_datagram_bytes,
-                    sent=sent,
+                    accepted=new_admitted * self.accepted_unit + new_datagrams,
+                    active=new_admitted - new_released,
+                    requests=new_released * self.request_unit
+                    - (not_requests - was[2])
+                    + new_datagrams
+                    + counted_requests,
+                    received=size_sum + datagram_bytes - was[4],
                 )
 
     @property

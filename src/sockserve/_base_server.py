@@ -249,7 +249,7 @@ class BaseServer(ServerCore, GracefulStop):
         ended meanwhile in the metrics, where another process (a prefork
         supervisor) reads them (``Admission.fold``)."""
         admission = self._admission_book
-        if admission is not None and admission._ended:
+        if admission is not None:
             admission.fold()
 
     def shutdown(self) -> None:
@@ -378,7 +378,7 @@ class BaseServer(ServerCore, GracefulStop):
             if proxied[1] is not None:  # discarded by the job's release
                 self._proxied_connections().add(request, proxied[0], proxied[1])
         if self._datagram:
-            ticket.received = len(request[0])
+            self._admission_book.datagram_sizes.append(len(request[0]))  # type: ignore[union-attr]
         on_loop = model.runs_on_loop
         previous = self._job_on_loop
         held = None
@@ -389,7 +389,6 @@ class BaseServer(ServerCore, GracefulStop):
                 if job.stages and not job.prepare():
                     job.release()  # nobody took it over: it ends here (its slot was leaked before)
                     return
-                ticket.requests = 1
                 if self._stream_end and isinstance(job.request, socket.socket):
                     held = hold(job.request)  # how it ended is read after the handler closed it
             self._dispatching = job
@@ -410,7 +409,6 @@ class BaseServer(ServerCore, GracefulStop):
                 let_go(held, ticket, self._tcp_bytes)
             if self._dispatching is job:
                 self._dispatching = None
-                ticket.requests = 1  # a process_request() of the user's own ran it
                 job.release()
 
     def _admit_proxied_datagram(self, request: Any, peer: Any) -> None:

@@ -160,6 +160,7 @@ class ForkModel:
 
     def __init__(self, admission: Admission, host: ForkingHost) -> None:
         self.admission = admission
+        admission.request_unit = 0  # each child counts its request, in its row
         self.host = host
         self.pids: set[int] = set()  # the stdlib's ``active_children``, the same set object
         self._tickets: dict[int, Ticket] = {}

@@ -32,7 +32,6 @@ from ._errors import ConnectionDeadlineExceeded, IdleTimeoutExpired, LimitExceed
 from ._framed import FramedRequestHandler
 from ._limits import limits_of
 from ._log import log_limit, log_stage_failed
-from ._metrics import REQUESTS
 from ._pipeline import set_current_job
 from ._reactor import READABLE, WRITABLE
 from ._stages import StageFailed, StageRunner, consume, peek, split_tls, stages_timeout
@@ -122,6 +121,7 @@ class FramedConnection:
         "_last_read",
         "_last_request",
         "_lock",
+        "_notes",
         "_outbox",
         "_outbox_size",
         "_paused",
@@ -164,7 +164,10 @@ class FramedConnection:
         self.sock: socket.socket = job.request
         self._fd = self.sock.fileno()
         self.limits = limits_of(server)
-        self._tcp_bytes: bool = getattr(server, "_tcp_bytes", False)  # read at close (_access_log.tcp_bytes)
+        # Read as it ends, where something wants them (the access log, or
+        # count_bytes): why it closed, and its TCP_INFO.
+        self._tcp_bytes: bool = getattr(server, "_tcp_bytes", False)
+        self._notes: bool = job.admission is not None and job.admission.settle_all
         self.handler = handler_class(job.client_address, server, self)
         byte_stages, self._tls = split_tls(stages) if stages else ((), None)
         self._stages = StageRunner(byte_stages, job.client_address) if byte_stages else None
@@ -382,7 +385,8 @@ class FramedConnection:
         assert framer is not None
         framer.feed(b"" if end_of_input else data)
         if end_of_input:
-            self._closing_for("client")
+            if self._notes:
+                self._closing_for("client")
             with self._lock:
                 self._ending = True  # what the client sent is handled, then the connection ends
         self._take_requests()
@@ -512,7 +516,8 @@ class FramedConnection:
                 taken.append(request)
         except LimitExceeded as exc:
             log_limit(exc, self.job.client_address)
-            self._closing_for("idle_timeout" if isinstance(exc, IdleTimeoutExpired) else "limit")
+            if self._notes or isinstance(exc, IdleTimeoutExpired):
+                self._closing_for("idle_timeout" if isinstance(exc, IdleTimeoutExpired) else "limit")
             self._stop_and_discard()
         except Exception:
             self.host.handle_error(self.sock, self.job.client_address, self.job.ticket)  # a framer's bug
@@ -679,7 +684,8 @@ class FramedConnection:
         complete that request (within the grace period): accepting the
         connection promised its client that much, and a client that sent its
         request just as the drain began must not lose it."""
-        self._closing_for("drain")
+        if self._notes:
+            self._closing_for("drain")
         with self._lock:
             framer = self._framer
             if self._framed_any and (framer is None or framer.buffered == 0):
@@ -710,7 +716,8 @@ class FramedConnection:
 
     def _vanished(self) -> None:
         """The client reset the connection: nothing more can be read or written."""
-        self._closing_for("client")
+        if self._notes:
+            self._closing_for("client")
         with self._lock:
             self._discard_locked(replies=True)
 
@@ -726,9 +733,10 @@ class FramedConnection:
             for timer in (self._idle_timer, self._deadline_timer, self._stages_timer):
                 if timer is not None:
                     timer.cancel()
-            if self._framer is None:
+            if self._framer is None and self._notes:
                 self._closing_for("refused")  # its stages failed, or did not finish in time
-            self._read_bytes()
+            if self._tcp_bytes:
+                self._read_bytes()
             if self._tls_socket is not None:
                 with self._lock:  # no other SSL call at once
                     self._close_tls(self._tls_socket)
@@ -765,12 +773,16 @@ class FramedConnection:
             first = not self.closed
             self.closed = True
         if first:
-            self._read_bytes()
+            if self._tcp_bytes:
+                self._read_bytes()
             self.sock.close()
         self._count_out()
 
     def _closing_for(self, why: str) -> None:
-        """Why the connection ends, for its release (the first reason stays)."""
+        """Why the connection ends, for its release (the first reason stays).
+        Only a timeout counts; the other reasons are for the access log, and
+        are noted only while it is on (``_notes``): a reason sends the
+        release down its slower path."""
         ticket = self.job.ticket
         if ticket is not None and ticket.closed_by is None:
             ticket.closed_by = why
@@ -786,6 +798,9 @@ class FramedConnection:
             if self._released:
                 return
             self._released = True
+        ticket = self.job.ticket
+        if ticket is not None and ticket.requests > ticket.counted:
+            self._count_requests(ticket)  # the rest of its requests
         if self.job.ticket is not None:
             self.job.ticket.abort = None
         self._ticket_abort = None
@@ -881,15 +896,15 @@ class FramedConnection:
             self._end_turn()
 
     def _count_requests(self, ticket: Ticket) -> None:
-        """Put the requests counted on the ticket so far in the metrics: every
+        """Count the requests on the ticket so far for the metrics: every
         ``REQUESTS_BATCH`` requests, so that a long-lived connection's show
-        while it lasts, without taking the metrics' lock per request (one
-        turn is often one request: a lock per turn cost 2% of a request on
-        pingpong_1x64). Its release counts the rest."""
+        while it lasts, without a lock (one turn is often one request: a
+        lock per turn cost 2% of a request on pingpong_1x64), and the rest
+        as it ends."""
         admission = self.job.admission
         if admission is not None:
             requests = ticket.requests
-            admission.metrics.add(REQUESTS, requests - ticket.counted)
+            admission.request_counts.append(requests - ticket.counted)  # atomic; its fold() adds them up
             ticket.counted = requests
 
     def _end_turn(self) -> None:

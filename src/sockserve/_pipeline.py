@@ -154,10 +154,9 @@ class Job:
         ticket = self.ticket
         try:
             if not self.stages or self.prepare():
-                if ticket is not None:
-                    ticket.requests = 1
+                if ticket is not None and self.host._stream_end:
                     request = self.request
-                    if self.host._stream_end and isinstance(request, socket.socket):
+                    if isinstance(request, socket.socket):
                         request._io_refs += 1  # type: ignore[attr-defined]  # hold(), inline
                         held = request
                 target(self.request, self.client_address)

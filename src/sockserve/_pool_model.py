@@ -241,6 +241,8 @@ class PoolModel(TicketModel):
         self.reactor = reactor
         self.server = server
         self.framed = is_framed_handler(server.RequestHandlerClass)
+        if self.framed:
+            admission.request_unit = 0  # a framed connection counts its requests (FramedConnection)
         # The reactor's thread cuts a framed connection at its deadline itself.
         self.cuts_own_deadlines = self.framed
         # Framed connections: added by the reactor's thread (or by the serve

@@ -99,9 +99,6 @@ class CallbackConnection(InFlight, asyncio.Protocol):
         handler = self.handler
         handler.transport = transport
         handler.write = transport.write  # type: ignore[method-assign]  # one call per write
-        ticket = self.ticket
-        if ticket is not None:
-            ticket.requests = 1  # a connection is one request to a callback handler
         try:
             handler.connection_made()
         except Exception as exc:

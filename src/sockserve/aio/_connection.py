@@ -188,10 +188,8 @@ async def serve_stream(
     server = conn.server
     writer = AsyncStreamWriter(transport, reader)
     ticket = conn.ticket
-    if ticket is not None:
-        ticket.requests = 1  # a connection is one request to a stream handler
-        if server._tcp_bytes:
-            reader._ticket = ticket  # its bytes are read when the connection is lost, before its socket closes
+    if ticket is not None and server._tcp_bytes:
+        reader._ticket = ticket  # its bytes are read when the connection is lost, before its socket closes
     try:
         try:
             transport.set_write_buffer_limits(high=handler_class.write_limit)
