@@ -405,6 +405,35 @@ def test_prefork_serves_inherited_sockets(short_tmp: str) -> None:
             assert server.stop() == 0, server.text
 
 
+def test_prefork_admin_listener_adds_up_the_workers() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def accepted(admin: Any) -> float:
+        status, body = http_get(admin, "/metrics")
+        assert status == 200
+        families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+        return sum(s.value for s in families["sockserve_connections_accepted"].samples if s.name.endswith("_total"))
+
+    args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--admin", "127.0.0.1:0"]
+    with Serving("tests.cli_app:Echo", *args) as server:
+        (address,) = server.addresses()
+        admin = address_of("tcp://" + server.wait_for(r"admin listener on http://(\S+):")[1])
+        server.wait_for(r"ready: serving 1 listener\(s\), model pool, 2 workers")
+        assert http_get(admin, "/readyz")[0] == 200
+        for _ in range(4):
+            assert stream_round_trip(address, b"count me\n") == b"count me\n"
+        assert wait_until(lambda: accepted(admin) == 4)  # the workers' counts reach the supervisor in batches
+        with connect(address) as held:
+            held.sendall(b"held\n")
+            assert recv_line(held) == b"held\n"
+            server.proc.send_signal(signal.SIGTERM)
+            server.wait_for(r"SIGTERM, graceful stop")  # logged just before readiness fails
+            # Draining (the held connection keeps a worker busy): /readyz says so.
+            assert wait_until(lambda: http_get(admin, "/readyz")[0] == 503)
+            assert http_get(admin, "/healthz")[0] == 200
+        assert server.wait() == 0, server.text
+
+
 def test_prefork_writes_the_pid_file_of_its_supervisor(tmp_path: Path) -> None:
     pid_file = tmp_path / "app.pid"
     args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--pid-file", str(pid_file)]

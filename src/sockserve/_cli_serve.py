@@ -26,6 +26,7 @@ from ._socket_activation import Bind, parse_bind
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
     from ._admin import AdminServer
+    from ._prometheus import MetricsSource
     from ._socket_activation import InheritedSocket
 
 log = logging.getLogger("sockserve.serve")
@@ -196,8 +197,6 @@ def make_plan(settings: ServeSettings) -> Plan:
         listeners.append((bind, _server_class(model, bind.scheme)))
     if model == "fork" and not hasattr(os, "fork"):
         raise settings.error("model", "fork needs os.fork(), which this platform lacks")
-    if settings.workers > 1 and settings.admin is not None:
-        raise settings.error("admin", "the admin listener does not serve prefork (workers > 1) yet")
     if settings.workers > 1 and settings.drain_delay:
         raise settings.error("drain_delay", "prefork (workers > 1) has no drain delay yet")
     datagram_binds = [bind for bind in settings.bind if bind.scheme in ("udp", "unixgram")]
@@ -393,7 +392,7 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
             health = Health()
             admin = None
             if settings.admin is not None:
-                admin = _admin_listener(settings.admin, health, plan, servers)
+                admin = _admin_listener(settings.admin, health, _listener_metrics(plan, servers))
                 if admin is None:
                     return 1
                 stack.callback(admin.close)
@@ -424,25 +423,25 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
     return 0
 
 
-def _admin_listener(address: str, health: Health, plan: Plan, servers: list[Any]) -> AdminServer | None:
+def _admin_listener(address: str, health: Health, metrics: MetricsSource | None) -> AdminServer | None:
     """The admin listener, bound (before the privilege drop, as the servers
     are); None if it cannot listen, said in one line."""
     from ._admin import AdminServer
 
     bind = parse_bind(address if address.startswith("unix:") else f"tcp://{address}")
-    # /metrics: each listener's snapshot under its URL, read at each scrape
-    # (servers without metrics, /metrics is off: a 404).
-    urls = [
-        url_of(bind.scheme, server.server_address) for (bind, _), server in zip(plan.listeners, servers, strict=True)
-    ]
-    metrics = None
-    if all(hasattr(server, "metrics") for server in servers):
-        metrics = lambda: {url: server.metrics.snapshot() for url, server in zip(urls, servers, strict=True)}  # noqa: E731
     try:
         return AdminServer(bind.address, health, metrics)
     except OSError as exc:
         _cannot_listen(bind, exc, what="the admin listener")
         return None
+
+
+def _listener_metrics(plan: Plan, servers: list[Any]) -> MetricsSource:
+    """/metrics in one process: each listener's snapshot under its URL, read at each scrape."""
+    urls = [
+        url_of(bind.scheme, server.server_address) for (bind, _), server in zip(plan.listeners, servers, strict=True)
+    ]
+    return lambda: {url: server.metrics.snapshot() for url, server in zip(urls, servers, strict=True)}
 
 
 def _admin_url(address: Any) -> str:
@@ -583,6 +582,15 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
                 binds = ", ".join(str(bind) for bind, _ in plan.listeners)
                 log.error("cannot listen on one of %s: %s", binds, exc.strerror or exc)
             return 1
+        admin = None
+        if settings.admin is not None:
+            # In the supervisor, with every worker's counts added up. Its thread
+            # runs while the supervisor forks; the workers never touch it.
+            admin = _admin_listener(settings.admin, health, supervisor.metrics_snapshot)
+            if admin is None:
+                supervisor.close()
+                return 1
+            stack.callback(admin.close)
         if not _after_binding(settings, stack):
             supervisor.close()
             return 1
@@ -596,6 +604,9 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
                 os.getpid(),
                 "" if passed is None else f"; inherited fd {passed.fd} {passed.name!r}",
             )
+        if admin is not None:
+            admin.start()
+            log.info("admin listener on %s: /healthz /readyz /metrics", _admin_url(admin.server_address))
         return supervisor.run()
 
 
