@@ -519,7 +519,10 @@ def _read_toml(path: str, label: str) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # the same parser, backported (a dependency on 3.10 only)
-        import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+        try:
+            import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:  # a dependency on 3.10: only a broken install lacks it
+            raise ConfigError("--config needs tomli on Python 3.10: pip install tomli") from None
     try:
         with open(path, "rb") as file:
             data: dict[str, Any] = tomllib.load(file)
