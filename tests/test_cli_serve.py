@@ -272,8 +272,8 @@ def test_prefork_workers_serve_reload_on_sighup_and_stop_on_sigterm() -> None:
     with Serving("tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", "--workers", "2") as server:
         (address,) = server.addresses()
         assert re.search(r"\(model pool, 2 workers, supervisor pid \d+\)", server.text)
-        for _ in range(2):
-            server.wait_for(r"worker \d+: serving ")
+        # The start-up line comes once the supervisor handles signals and both workers serve.
+        assert len(re.findall(r"worker \d+: serving ", server.text)) == 2
         assert stream_round_trip(address, b"prefork\n") == b"prefork\n"
         server.proc.send_signal(signal.SIGHUP)
         server.wait_for("SIGHUP: starting generation 1")
@@ -356,8 +356,7 @@ def test_prefork_under_other_models(handler: str, model: str, scheme: str, bind_
     with Serving(f"tests.cli_app:{handler}", "--bind", bind_for(scheme), "--workers", "2") as server:
         (address,) = server.addresses()
         assert f"(model {model}, 2 workers, " in server.text
-        for _ in range(2):
-            server.wait_for(r"worker \d+: serving ")
+        assert len(re.findall(r"worker \d+: serving ", server.text)) == 2
         payload = b"prefork %s\n" % model.encode()
         round_trip = udp_round_trip if scheme == "udp" else stream_round_trip
         assert round_trip(address, payload) == payload
@@ -416,8 +415,8 @@ def test_prefork_admin_listener_adds_up_the_workers() -> None:
 
     args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--admin", "127.0.0.1:0"]
     with Serving("tests.cli_app:Echo", *args) as server:
-        (address,) = server.addresses()
         admin = address_of("tcp://" + server.wait_for(r"admin listener on http://(\S+):")[1])
+        (address,) = server.addresses()  # logged once the workers serve, after the admin listener's line
         server.wait_for(r"ready: serving 1 listener\(s\), model pool, 2 workers")
         assert http_get(admin, "/readyz")[0] == 200
         for _ in range(4):
@@ -439,8 +438,6 @@ def test_prefork_writes_the_pid_file_of_its_supervisor(tmp_path: Path) -> None:
     args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--pid-file", str(pid_file)]
     with Serving("tests.cli_app:Echo", *args) as server:
         (address,) = server.addresses()
-        for _ in range(2):
-            server.wait_for(r"worker \d+: serving ")
         assert pid_file.read_text().strip() == str(server.proc.pid)
         assert stream_round_trip(address, b"prefork\n") == b"prefork\n"
         assert server.stop() == 0, server.text

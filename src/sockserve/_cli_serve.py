@@ -549,7 +549,24 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
         # The supervisor is live while its loop turns; the workers have their own checks.
         stack.enter_context(Watchdog(notifier, healthy=lambda: health.live))
 
+        started: list[bool] = []
+
         def ready() -> None:  # the first generation serves, or a reload's new one does
+            if not started:
+                # The start-up lines once the supervisor handles signals (run()
+                # installs its handlers): a SIGTERM sent on seeing them stops it
+                # gracefully, never with the default action.
+                started.append(True)
+                for (bind, _), address in zip(plan.listeners, supervisor.server_addresses, strict=True):
+                    passed = inherited.get(bind)
+                    log.info(
+                        "serving %s (model %s, %d workers, supervisor pid %d%s)",
+                        url_of(bind.scheme, address),
+                        plan.model,
+                        settings.workers,
+                        os.getpid(),
+                        "" if passed is None else f"; inherited fd {passed.fd} {passed.name!r}",
+                    )
             log.info("ready: %s", status)
             health.set_ready()
             notifier.ready(status)
@@ -594,16 +611,6 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
         if not _after_binding(settings, stack):
             supervisor.close()
             return 1
-        for (bind, _), address in zip(plan.listeners, supervisor.server_addresses, strict=True):
-            passed = inherited.get(bind)
-            log.info(
-                "serving %s (model %s, %d workers, supervisor pid %d%s)",
-                url_of(bind.scheme, address),
-                plan.model,
-                settings.workers,
-                os.getpid(),
-                "" if passed is None else f"; inherited fd {passed.fd} {passed.name!r}",
-            )
         if admin is not None:
             admin.start()
             log.info("admin listener on %s: /healthz /readyz /metrics", _admin_url(admin.server_address))
