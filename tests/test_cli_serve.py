@@ -453,6 +453,22 @@ def http_get(address: Any, path: str) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), body
 
 
+def test_prefork_names_the_bind_that_failed() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run(
+            "tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", "--bind", f"tcp://127.0.0.1:{port}", "--workers", "2"
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.endswith(f"cannot listen on tcp://127.0.0.1:{port}: the address is already in use\n"), (
+        proc.stderr
+    )
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "tcp://127.0.0.1:0" not in proc.stderr  # only the bind that failed is named
+
+
 def test_the_admin_listener_says_ready_then_draining() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -534,7 +534,7 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
     """``--workers N``: a prefork supervisor serving every bind (or the sockets
     it inherited) in each worker, telling systemd when the workers serve."""
     from ._sd_notify import Notifier, Watchdog
-    from .prefork import Prefork
+    from .prefork import ListenerBindError, Prefork
 
     settings = plan.settings
     inherited = inherited_for(settings)
@@ -591,13 +591,10 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
         stack.callback(health.set_stopped)
         try:
             supervisor.bind()
-        except OSError as exc:
+        except ListenerBindError as exc:
             supervisor.close()
-            if len(plan.listeners) == 1:
-                _cannot_listen(plan.listeners[0][0], exc)
-            else:  # Prefork.bind() does not say which listener failed
-                binds = ", ".join(str(bind) for bind, _ in plan.listeners)
-                log.error("cannot listen on one of %s: %s", binds, exc.strerror or exc)
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            _cannot_listen(plan.listeners[exc.index][0], cause)
             return 1
         admin = None
         if settings.admin is not None:

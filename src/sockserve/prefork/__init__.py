@@ -6,6 +6,7 @@ Prefork(sockserve.ThreadPoolTCPServer, ("0.0.0.0", 8000), Handler, workers=4).ru
 
 from __future__ import annotations
 
+from ._listeners import ListenerBindError as ListenerBindError
 from ._supervisor import Prefork as Prefork
 from ._table import RestartPolicy as RestartPolicy
 from ._worker import WORKER_BOOT_ERROR as WORKER_BOOT_ERROR
@@ -13,4 +14,12 @@ from ._worker import WORKER_CRASHED as WORKER_CRASHED
 from ._worker import WORKER_OK as WORKER_OK
 from ._worker import WORKER_RECYCLED as WORKER_RECYCLED
 
-__all__ = ["WORKER_BOOT_ERROR", "WORKER_CRASHED", "WORKER_OK", "WORKER_RECYCLED", "Prefork", "RestartPolicy"]
+__all__ = [
+    "WORKER_BOOT_ERROR",
+    "WORKER_CRASHED",
+    "WORKER_OK",
+    "WORKER_RECYCLED",
+    "ListenerBindError",
+    "Prefork",
+    "RestartPolicy",
+]

@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 from .._drain import DEFAULT_GRACE
 from .._log import format_address
 from .._metrics import MetricsSnapshot, merge
-from ._listeners import Listener, ListenerSpec, plan_listeners
+from ._listeners import Listener, ListenerBindError, ListenerSpec, plan_listeners
 from ._metric_slots import MetricSlots
 from ._readiness import ReadinessPipe
 from ._signals import SUPERVISOR_SIGNALS, SignalQueue
@@ -169,9 +169,17 @@ class Prefork:
 
     def bind(self) -> None:
         """Bind (or adopt) the listening sockets now (``run()`` does it if needed).
-        In SO_REUSEPORT mode each worker binds its own; the supervisor only holds the ports."""
-        for listener in self._listeners:
-            listener.bind(self.configure)
+        In SO_REUSEPORT mode each worker binds its own; the supervisor only holds the ports.
+
+        Raises:
+            ListenerBindError: an ``OSError`` that says which listener failed
+                (``index``, ``address``); the ones bound before it stay bound
+                until ``close()``."""
+        for index, listener in enumerate(self._listeners):
+            try:
+                listener.bind(self.configure)
+            except OSError as exc:
+                raise ListenerBindError(index, listener.address, exc) from exc
         self.server_address = self._listeners[0].address
 
     def close(self) -> None:
