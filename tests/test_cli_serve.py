@@ -453,6 +453,66 @@ def http_get(address: Any, path: str) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), body
 
 
+def test_prefork_drain_delay_fails_readiness_at_once_and_keeps_serving() -> None:
+    args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--admin", "127.0.0.1:0", "--drain-delay", "30"]
+    with Serving("tests.cli_app:Echo", *args) as server:
+        admin = address_of("tcp://" + server.wait_for(r"admin listener on http://(\S+):")[1])
+        (address,) = server.addresses()
+        server.wait_for(r"ready: serving 1 listener\(s\), model pool, 2 workers")
+        assert http_get(admin, "/readyz")[0] == 200
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for(r"SIGTERM, not ready any more, serving 30s more before stopping \(drain_delay\)")
+        assert http_get(admin, "/readyz") == (503, b"draining\n")  # at once: failed before the line
+        assert http_get(admin, "/healthz")[0] == 200
+        for _ in range(3):  # new connections are still accepted and served by the workers
+            assert stream_round_trip(address, b"during the delay\n") == b"during the delay\n"
+        assert "graceful stop" not in server.text
+        with connect(address) as held:
+            held.sendall(b"held\n")
+            assert recv_line(held) == b"held\n"
+            server.proc.send_signal(signal.SIGTERM)  # a second one ends the delay: the drain begins
+            server.wait_for(r"SIGTERM, drain_delay cut short")
+            server.wait_for(r"SIGTERM, graceful stop")
+            held.sendall(b"still served\n")
+            assert recv_line(held) == b"still served\n"  # the connection in flight finishes
+        assert server.wait() == 0, server.text
+        assert "did not exit in time" not in server.text
+        assert "Traceback" not in server.text
+
+
+def test_prefork_drain_delay_runs_out_then_the_workers_drain() -> None:
+    args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--drain-delay", "0.5"]
+    with Serving("tests.cli_app:Echo", *args) as server:
+        (address,) = server.addresses()
+        server.wait_for(r"ready: ")
+        with connect(address) as held:
+            held.sendall(b"held\n")
+            assert recv_line(held) == b"held\n"
+            server.proc.send_signal(signal.SIGTERM)  # only one: the delay ends by itself
+            server.wait_for(r"SIGTERM, not ready any more, serving 0.5s more")
+            server.wait_for(r"drain_delay over, graceful stop")
+            server.wait_for(r"received SIGTERM, stopping gracefully")
+            held.sendall(b"finishing\n")
+            assert recv_line(held) == b"finishing\n"
+        assert server.wait() == 0, server.text
+        assert "Traceback" not in server.text
+
+
+def test_prefork_sigquit_during_the_drain_delay_stops_at_once() -> None:
+    args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--drain-delay", "30", "--grace", "60"]
+    with Serving("tests.cli_app:Echo", *args) as server:
+        (address,) = server.addresses()
+        server.wait_for(r"ready: ")
+        with connect(address) as held:
+            held.sendall(b"held\n")
+            assert recv_line(held) == b"held\n"
+            server.proc.send_signal(signal.SIGTERM)
+            server.wait_for(r"not ready any more")
+            assert server.stop(signal.SIGQUIT) == 0, server.text  # long before the delay or the grace
+            assert recv_line(held) == b""  # cut
+        assert "SIGQUIT, immediate stop" in server.text
+
+
 def test_prefork_names_the_bind_that_failed() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -709,10 +769,6 @@ BAD = [
     (["tests.cli_app:Echo", "--user", "no-such-user-here"], "--user: "),
     (["tests.cli_app:Echo", "--group", "no-such-group-here"], "--group: "),
     (["tests.cli_app:Echo", "--tls-key", "key.pem"], "--tls-key: needs tls_cert (TLS is on only with a certificate)"),
-    (
-        ["tests.cli_app:Echo", "--workers", "2", "--drain-delay", "5"],
-        "--drain-delay: prefork (workers > 1) has no drain delay yet",
-    ),
 ]
 
 

@@ -197,8 +197,6 @@ def make_plan(settings: ServeSettings) -> Plan:
         listeners.append((bind, _server_class(model, bind.scheme)))
     if model == "fork" and not hasattr(os, "fork"):
         raise settings.error("model", "fork needs os.fork(), which this platform lacks")
-    if settings.workers > 1 and settings.drain_delay:
-        raise settings.error("drain_delay", "prefork (workers > 1) has no drain delay yet")
     datagram_binds = [bind for bind in settings.bind if bind.scheme in ("udp", "unixgram")]
     if settings.tls_cert is not None and datagram_binds:
         raise settings.error("tls_cert", f"TLS needs streams: {datagram_binds[0]} is datagrams (DTLS is not supported)")
@@ -583,6 +581,7 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
             listeners=listeners,
             workers=settings.workers,
             grace=settings.grace,
+            drain_delay=settings.drain_delay,
             configure=lambda server: _configure(server, options),
             on_ready=ready,
             on_reloading=reloading,

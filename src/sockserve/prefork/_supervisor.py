@@ -6,7 +6,10 @@ The vocabulary is gunicorn's and nginx's:
 
 * SIGTERM, SIGINT: graceful stop. Workers stop accepting and finish their
   requests (up to ``grace`` seconds); the supervisor then exits. A second
-  one makes it immediate.
+  one makes it immediate. With ``drain_delay``, the first one only fails
+  readiness (``on_stopping``) and the workers keep serving that long; a
+  second one ends the delay and the graceful stop begins; a third one makes
+  it immediate.
 * SIGQUIT: immediate stop.
 * SIGHUP: graceful reload. A new generation of workers starts, then the old
   one drains and exits.
@@ -105,6 +108,12 @@ class Prefork:
             them, so ``metrics_snapshot()`` adds up every worker (False: each
             worker keeps its own counts, and the snapshot has only
             ``worker_restarts``).
+        drain_delay: seconds the workers keep serving after the first
+            SIGTERM/SIGINT, ``on_stopping`` called at once (readiness fails),
+            before the graceful stop: so that a load balancer polling
+            ``/readyz`` stops sending before the listeners close. A second
+            SIGTERM/SIGINT ends the delay early; SIGQUIT stops at once. A
+            worker that dies meanwhile is still replaced.
 
     Resource handling:
         ``run()`` reaps every worker it started and closes the listening
@@ -130,10 +139,13 @@ class Prefork:
         on_stopping: Callable[[], object] | None = None,
         on_reloading: Callable[[], object] | None = None,
         metrics: bool = True,
+        drain_delay: float = 0.0,
     ) -> None:
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if drain_delay < 0:
+            raise ValueError(f"drain_delay must be 0 or more, got {drain_delay!r}")
         self._listeners: list[Listener] = plan_listeners(
             server_class, server_address, handler_class, listeners, sockets, reuse_port
         )
@@ -151,9 +163,14 @@ class Prefork:
         self.on_ready = on_ready
         self.on_stopping = on_stopping
         self.on_reloading = on_reloading
+        self.drain_delay = drain_delay
         self._table = WorkerTable()
         self._generation = 0
         self._stopping: str | None = None  # None, "graceful" or "immediate"
+        # While the drain delay runs: when it ends (readiness already fails,
+        # the workers still serve, nothing is reloaded or scaled).
+        self._delay_until: float | None = None
+        self._announced_stop = False  # on_stopping was called
         self._deadline = float("inf")
         self._readiness: ReadinessPipe | None = None  # made by run()
         self._slots: MetricSlots | None = MetricSlots(2 * self.workers) if metrics else None
@@ -225,6 +242,12 @@ class Prefork:
                 now = time.monotonic()
                 if self._stopping is None:
                     timeout = self._spawn_missing(now)
+                    if self._delay_until is not None:
+                        if now >= self._delay_until:
+                            self._stop("graceful", None)
+                            continue
+                        left = self._delay_until - now
+                        timeout = left if timeout is None else min(timeout, left)
                 else:
                     if not len(self._table):
                         break
@@ -303,7 +326,11 @@ class Prefork:
         """Take the workers' word that they serve; call on_ready when every
         worker of the current generation does."""
         readiness.read(self._table)
-        if self._stopping is None and readiness.newly_ready(self._table, self._generation, self.workers):
+        if (
+            self._stopping is None
+            and self._delay_until is None
+            and readiness.newly_ready(self._table, self._generation, self.workers)
+        ):
             log.info("generation %d: %d worker(s) serving", self._generation, self.workers)
             self._call(self.on_ready, "on_ready")
 
@@ -357,13 +384,18 @@ class Prefork:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
-            if self._stopping is None:
-                self._stop("graceful", sig)
-            else:
+            if self._stopping is not None:
                 self._stop("immediate", sig)
+            elif self._delay_until is not None:
+                log.info("supervisor %d: %s, drain_delay cut short", os.getpid(), sig.name)
+                self._stop("graceful", sig)
+            elif self.drain_delay > 0:
+                self._start_delay(sig)
+            else:
+                self._stop("graceful", sig)
         elif sig == signal.SIGQUIT:
             self._stop("immediate", sig)
-        elif self._stopping is not None:
+        elif self._stopping is not None or self._delay_until is not None:
             return  # no reloads or scaling while stopping
         elif sig == signal.SIGHUP:
             self._reload()
@@ -373,14 +405,34 @@ class Prefork:
         elif sig == signal.SIGTTOU:
             self._scale_down()
 
-    def _stop(self, how: str, sig: signal.Signals) -> None:
+    def _start_delay(self, sig: signal.Signals) -> None:
+        """The first stop signal with a drain delay: readiness fails now, the
+        workers keep serving until the delay is over (or a second signal).
+        Readiness fails before the line says so."""
+        self._delay_until = time.monotonic() + self.drain_delay
+        self._announce_stop()
+        log.info(
+            "supervisor %d: %s, not ready any more, serving %gs more before stopping (drain_delay)",
+            os.getpid(),
+            sig.name,
+            self.drain_delay,
+        )
+
+    def _announce_stop(self) -> None:
+        if not self._announced_stop:
+            self._announced_stop = True
+            self._call(self.on_stopping, "on_stopping")
+
+    def _stop(self, how: str, sig: signal.Signals | None) -> None:
         if self._stopping == "immediate":
             return
-        log.info("supervisor %d: %s, %s stop", os.getpid(), sig.name, how)
-        first = self._stopping is None
+        if sig is not None:
+            log.info("supervisor %d: %s, %s stop", os.getpid(), sig.name, how)
+        else:
+            log.info("supervisor %d: drain_delay over, %s stop", os.getpid(), how)
         self._stopping = how
-        if first:
-            self._call(self.on_stopping, "on_stopping")
+        self._delay_until = None
+        self._announce_stop()
         self._close_listener()  # new connections are refused from now on
         if how == "graceful":
             self._deadline = time.monotonic() + (self.grace if self.grace is not None else float("inf")) + EXIT_MARGIN
