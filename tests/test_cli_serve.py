@@ -11,6 +11,7 @@ whole process group (prefork workers included)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -511,6 +512,89 @@ def test_prefork_sigquit_during_the_drain_delay_stops_at_once() -> None:
             assert server.stop(signal.SIGQUIT) == 0, server.text  # long before the delay or the grace
             assert recv_line(held) == b""  # cut
         assert "SIGQUIT, immediate stop" in server.text
+
+
+def _listening_inode(port: int) -> str:
+    """The inode of the TCP socket listening on 127.0.0.1:``port`` (/proc/net/tcp)."""
+    with open("/proc/net/tcp") as table:
+        for row in table.read().splitlines()[1:]:
+            fields = row.split()
+            if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # 0A: LISTEN
+                return fields[9]
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _connection_inode(local_port: int, remote_port: int) -> str:
+    """The inode of the server's side of the loopback connection between those ports."""
+    with open("/proc/net/tcp") as table:
+        for row in table.read().splitlines()[1:]:
+            fields = row.split()
+            if fields[1] == f"0100007F:{local_port:04X}" and fields[2] == f"0100007F:{remote_port:04X}":
+                return fields[9]
+    raise AssertionError(f"no connection from port {remote_port} to port {local_port}")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaps counts: it holds no descriptor)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_prefork_workers_hold_no_admin_socket_and_the_admin_port_dies_with_the_supervisor() -> None:
+    args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--admin", "127.0.0.1:0"]
+    with Serving("tests.cli_app:Echo", *args) as server:
+        admin = address_of("tcp://" + server.wait_for(r"admin listener on http://(\S+):")[1])
+        server.wait_for(r"ready: ")
+        supervisor = server.proc.pid
+        listening = _listening_inode(admin[1])
+        assert listening in _socket_inodes(supervisor)
+        workers = [int(pid) for pid in re.findall(r"spawned worker (\d+)", server.text)]
+        assert len(workers) == 2
+        for worker in workers:
+            assert listening not in _socket_inodes(worker), server.text
+        # A scrape in flight while the supervisor forks a new generation (SIGHUP):
+        # the new workers must not hold its connection either.
+        with connect(admin) as scrape:
+            scrape.sendall(b"GET /readyz HTTP/1.1\r\n")  # the head is not finished: the admin holds it
+            port = scrape.getsockname()[1]
+            # Accepted by the admin listener (the inode is 0 while in the accept queue).
+            assert wait_until(lambda: _connection_inode(admin[1], port) in _socket_inodes(supervisor))
+            connection = _connection_inode(admin[1], port)
+            server.proc.send_signal(signal.SIGHUP)
+            server.wait_for(r"generation 1: 2 worker\(s\) serving")
+            new = [int(pid) for pid in re.findall(r"spawned worker (\d+) \(generation 1\)", server.text)]
+            assert len(new) == 2
+            for worker in new:
+                held = _socket_inodes(worker)
+                assert listening not in held
+                assert connection not in held
+            scrape.sendall(b"Host: test\r\n\r\n")
+            assert recv_all(scrape).startswith(b"HTTP/1.1 200 OK\r\n")  # answered, and closed: the FIN came
+        os.kill(supervisor, signal.SIGKILL)
+        server.proc.wait(timeout=WAIT)
+        try:
+            alive = [worker for worker in new if not _gone(worker)]
+            assert alive  # orphaned workers still run (they serve until told to stop)...
+            with pytest.raises(ConnectionRefusedError):  # ...and none of them keeps the admin port open
+                socket.create_connection(admin, timeout=WAIT).close()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(supervisor, signal.SIGKILL)  # the workers, in the supervisor's process group
+            assert wait_until(lambda: all(_gone(worker) for worker in workers + new))
 
 
 def test_prefork_names_the_bind_that_failed() -> None:

@@ -13,7 +13,10 @@ to loopback or a private network.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import stat
 import threading
 from collections.abc import Callable
 
@@ -316,9 +319,73 @@ class AdminServer:
         if self._thread is not None:
             self._thread.join()
 
+    def close_in_child(self) -> None:
+        """In a process forked from this one (a prefork worker, right after
+        ``fork()``): let go of this process's copies of the admin listener's
+        sockets, stopping nothing (its threads do not exist in the child).
+
+        The listening socket is closed: a child that kept it would keep the
+        admin port accepting (connections queued, never answered) once this
+        process is gone. A connection the listener had accepted at the moment
+        of the fork (found on Linux by its local address, in
+        ``/proc/self/fd``) is replaced by ``/dev/null``: the child's copy
+        would hold the connection open after this process closes it, and the
+        client would wait for the end of the response until the child exits.
+        The descriptor's number stays taken, so a socket object the child
+        inherited for it can never close someone else's descriptor.
+
+        Takes no lock (one may have been held by a thread of this process at
+        the fork, and would be held for ever in the child).
+        """
+        listening = self._server.socket
+        try:
+            family, local = listening.family, listening.getsockname()
+        except OSError:  # closed already
+            return
+        listening.close()
+        try:
+            names = os.listdir("/proc/self/fd")
+        except OSError:  # not Linux: the accepted connections cannot be found
+            return
+        devnull = -1
+        try:
+            for name in names:
+                fd = int(name)
+                if _is_connection_on(fd, family, local):
+                    if devnull < 0:
+                        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                    os.dup2(devnull, fd)
+        finally:
+            if devnull >= 0:
+                os.close(devnull)
+
     def __enter__(self) -> Self:
         self.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _is_connection_on(fd: int, family: int, local: Any) -> bool:
+    """Whether ``fd`` is a stream socket of ``family`` whose local address is
+    ``local`` (a TCP listener's port, on any address if it listens on all of
+    them; a Unix listener's path): a connection that listener accepted."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return False
+        sock = socket.socket(fileno=fd)
+    except OSError:  # closed meanwhile (the listdir's own descriptor), or not a socket we can look at
+        return False
+    try:
+        if sock.family != family or sock.type != socket.SOCK_STREAM:
+            return False
+        name = sock.getsockname()
+    except OSError:
+        return False
+    finally:
+        sock.detach()  # only looked at: the descriptor stays open
+    if family == socket.AF_UNIX:
+        return bool(name) and name == local
+    host, port = local[0], local[1]
+    return bool(name[1] == port and (host in ("0.0.0.0", "::") or name[0] == host))

@@ -577,6 +577,15 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
             health.start_drain()
             notifier.stopping()
 
+        admin: AdminServer | None = None
+
+        def after_fork() -> None:
+            # In each worker: the supervisor's admin sockets are not the
+            # worker's to keep (one held by a worker would keep the admin
+            # port accepting after the supervisor is gone).
+            if admin is not None:
+                admin.close_in_child()
+
         supervisor = Prefork(
             listeners=listeners,
             workers=settings.workers,
@@ -586,6 +595,7 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
             on_ready=ready,
             on_reloading=reloading,
             on_stopping=stopping,
+            after_fork=after_fork,
         )
         stack.callback(health.set_stopped)
         try:
@@ -595,10 +605,10 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
             cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
             _cannot_listen(plan.listeners[exc.index][0], cause)
             return 1
-        admin = None
         if settings.admin is not None:
-            # In the supervisor, with every worker's counts added up. Its thread
-            # runs while the supervisor forks; the workers never touch it.
+            # In the supervisor, with every worker's counts added up. Its
+            # threads run while the supervisor forks: each worker closes its
+            # copies of the listener's sockets at once (after_fork above).
             admin = _admin_listener(settings.admin, health, supervisor.metrics_snapshot)
             if admin is None:
                 supervisor.close()

@@ -114,6 +114,13 @@ class Prefork:
             ``/readyz`` stops sending before the listeners close. A second
             SIGTERM/SIGINT ends the delay early; SIGQUIT stops at once. A
             worker that dies meanwhile is still replaced.
+        after_fork: called in each worker right after ``fork()``, before
+            it serves: to close what the supervisor holds that a worker must
+            not keep open (an admin listener's sockets: a worker holding one
+            would keep its port accepting after the supervisor is gone). It
+            runs in a child forked from a process that may have other
+            threads: it must take no lock those threads could hold. An
+            exception from it stops the worker from starting (logged).
 
     Resource handling:
         ``run()`` reaps every worker it started and closes the listening
@@ -140,6 +147,7 @@ class Prefork:
         on_reloading: Callable[[], object] | None = None,
         metrics: bool = True,
         drain_delay: float = 0.0,
+        after_fork: Callable[[], object] | None = None,
     ) -> None:
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
@@ -164,6 +172,7 @@ class Prefork:
         self.on_stopping = on_stopping
         self.on_reloading = on_reloading
         self.drain_delay = drain_delay
+        self.after_fork = after_fork
         self._table = WorkerTable()
         self._generation = 0
         self._stopping: str | None = None  # None, "graceful" or "immediate"
@@ -302,6 +311,8 @@ class Prefork:
         try:
             mark_worker_records(os.getpid())
             self.signals.close()
+            if self.after_fork is not None:
+                self.after_fork()
             assert self._readiness is not None
             ready_fd = self._readiness.worker_side()
             listeners, configure = self._listeners, self.configure
