@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import sys
 import threading
@@ -16,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import sockserve
-from sockserve._admin import MAX_HEAD, AdminServer, HeadFramer, Rejected, Request, parse_head, respond
+from sockserve._admin import MAX_HEAD, AdminLoop, AdminServer, HeadFramer, Rejected, Request, parse_head, respond
 from sockserve._health import Health
 from sockserve._metrics import MetricsSnapshot
 from sockserve.testing import running_server
@@ -56,10 +57,56 @@ def health() -> Health:
     return Health()
 
 
-@pytest.fixture
-def admin(health: Health) -> Iterator[AdminServer]:
-    with AdminServer(("127.0.0.1", 0), health, MetricsSnapshot) as server:
-        yield server
+class LoopDriver:
+    """Turns an ``AdminLoop`` as the prefork supervisor's loop does (poll its
+    descriptors for at most its timeout, then ``serve()``), on a thread of the
+    test, with a pipe to end it."""
+
+    def __init__(self, loop: AdminLoop) -> None:
+        self.loop = loop
+        self.server_address = loop.server_address
+        self.turns = 0
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="admin loop driver")
+
+    def _run(self) -> None:
+        import time
+
+        while True:
+            poller = select.poll()
+            poller.register(self._stop_r, select.POLLIN)
+            for fd, events in self.loop.poll_fds():
+                poller.register(fd, events)
+            timeout = self.loop.timeout(time.monotonic())
+            if any(fd == self._stop_r for fd, _ in poller.poll(None if timeout is None else timeout * 1000)):
+                return
+            self.loop.serve(time.monotonic())
+            self.turns += 1
+
+    def __enter__(self) -> LoopDriver:  # noqa: PYI034 - a final class of the tests
+        self.loop.start()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+        self.loop.close()
+
+
+@pytest.fixture(params=["threads", "loop"])
+def admin(request: pytest.FixtureRequest, health: Health) -> Iterator[Any]:
+    """The admin listener on threads of its own (AdminServer) and served by
+    an owner's loop (AdminLoop, the prefork supervisor's): the same answers."""
+    if request.param == "threads":
+        with AdminServer(("127.0.0.1", 0), health, MetricsSnapshot) as server:
+            yield server
+    else:
+        with LoopDriver(AdminLoop(("127.0.0.1", 0), health, MetricsSnapshot)) as driver:
+            yield driver
 
 
 # -- over a socket ------------------------------------------------------------------
@@ -442,3 +489,55 @@ def test_a_failing_metrics_source_is_a_500_and_one_logged_traceback(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == ["admin listener: /metrics failed"]
     assert errors[0].exc_info is not None
+
+
+# -- AdminLoop: what only the loop has -------------------------------------------------
+
+
+def test_loop_on_a_unix_socket_and_close_removes_the_file(health: Health, unix_path: str) -> None:
+    with LoopDriver(AdminLoop(unix_path, health, MetricsSnapshot)) as driver:
+        health.set_ready()
+        assert get(driver.server_address, "/readyz")[::2] == (200, b"ready\n")
+    assert not os.path.exists(unix_path)
+
+
+def test_loop_drops_a_silent_client_at_its_deadline(health: Health) -> None:
+    loop = AdminLoop(("127.0.0.1", 0), health)
+    loop.timeout_seconds = 0.2
+    with LoopDriver(loop) as driver, connect(driver.server_address) as silent:
+        silent.sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished
+        assert recv_all(silent) == b""  # closed by the loop, unanswered
+        assert get(driver.server_address, "/healthz")[0] == 200
+
+
+def test_loop_over_its_connection_limit_leaves_clients_in_the_backlog(health: Health) -> None:
+    loop = AdminLoop(("127.0.0.1", 0), health)
+    loop.max_connections = 2
+    with LoopDriver(loop) as driver:
+        held = [connect(driver.server_address) for _ in range(2)]
+        try:
+            for sock in held:
+                sock.sendall(b"GET /heal")
+            assert wait_until(lambda: len(loop._connections) == 2)  # both accepted: the listener is not polled now
+            with connect(driver.server_address) as waiting:
+                waiting.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+                held[0].close()  # a place frees: the waiting one is accepted and answered
+                assert split_response(recv_all(waiting))[::2] == (200, b"ok\n")
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_loop_close_in_child_closes_its_sockets_but_leaves_the_unix_file(health: Health, unix_path: str) -> None:
+    loop = AdminLoop(unix_path, health)
+    client = connect(unix_path)
+    try:
+        assert wait_until(lambda: (loop.serve(0.0), len(loop.poll_fds()) == 2)[1])  # accepted
+        loop.close_in_child()
+        assert loop.poll_fds() == []
+        assert recv_all(client) == b""  # its connection closed (the only copy here)
+        assert os.path.exists(unix_path)  # the owner's to remove
+    finally:
+        client.close()
+        loop.close()
+    assert not os.path.exists(unix_path)

@@ -560,6 +560,8 @@ def test_prefork_workers_hold_no_admin_socket_and_the_admin_port_dies_with_the_s
         admin = address_of("tcp://" + server.wait_for(r"admin listener on http://(\S+):")[1])
         server.wait_for(r"ready: ")
         supervisor = server.proc.pid
+        with open(f"/proc/{supervisor}/status") as status:  # no thread that a fork could catch holding a lock
+            assert "\nThreads:\t1\n" in status.read()
         listening = _listening_inode(admin[1])
         assert listening in _socket_inodes(supervisor)
         workers = [int(pid) for pid in re.findall(r"spawned worker (\d+)", server.text)]

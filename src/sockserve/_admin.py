@@ -9,23 +9,28 @@ a probe needs: a request head in, one response out, the connection closed.
 Reading the head is sans-IO (``HeadFramer``, ``parse_head``, ``respond``),
 so it is fuzzed without a socket. It answers anyone who reaches it: bind it
 to loopback or a private network.
+
+``AdminLoop`` gives the same answers with no thread at all, served by its
+owner's loop: the prefork supervisor's, which forks workers and must not
+have threads when it does.
 """
 
 from __future__ import annotations
 
-import os
 import re
+import select
 import socket
-import stat
 import threading
 from collections.abc import Callable
 
 from ._framed import FramedRequestHandler
 from ._health import Health
+from ._inet_servers import TCPServer
 from ._limits import Limits
 from ._log import budget, format_address, logger
 from ._pool_servers import ThreadPoolTCPServer, ThreadPoolUnixStreamServer
 from ._thread_signals import leave_signals_to_the_main_thread
+from ._unix_servers import UnixStreamServer
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
@@ -125,6 +130,11 @@ class HeadFramer:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def ended(self) -> bool:
+        """The client stopped sending (an empty ``feed()``)."""
+        return self._eof
+
 
 # The empty line that ends a head. A bare LF is taken for CRLF, as RFC 9112 allows.
 _HEAD_END = re.compile(rb"\n\r?\n")
@@ -220,26 +230,48 @@ class _AdminHandler(FramedRequestHandler):
 
     def handle_request(self, request: bytes) -> None:
         admin: AdminServer = self.server.admin
-        parsed = parse_head(request)
-        if isinstance(parsed, Rejected):
-            # Anyone may send garbage: one line, rate-limited with the server's other client lines.
-            held = budget.take("admin")
-            if held is not None:
-                logger.warning(
-                    "admin listener: %s from %s: answered %d%s",
-                    parsed.reason,
-                    format_address(self.client_address),
-                    parsed.status,
-                    f" ({held} more like it held back)" if held else "",
-                )
-        try:
-            response = respond(parsed, admin.health, admin._render_metrics, admin.metrics_missing)
-        except Exception:  # the metrics source failed: its bug, told once, and the scraper gets a 500
-            if budget.take("admin-metrics") is not None:
-                logger.exception("admin listener: /metrics failed")
-            response = _response(500, "metrics failed\n", head_only=False)
-        self.send(response)
+        self.send(_answer(request, self.client_address, admin.health, admin._render_metrics, admin.metrics_missing))
         self.close()
+
+
+def _answer(
+    head: bytes,
+    client: Any,
+    health: Health,
+    render_metrics: Callable[[], tuple[str, bytes]] | None,
+    metrics_missing: bool,
+) -> bytes:
+    """The response to one framed request head, with its log line if it is bad."""
+    parsed = parse_head(head)
+    if isinstance(parsed, Rejected):
+        # Anyone may send garbage: one line, rate-limited with the server's other client lines.
+        held = budget.take("admin")
+        if held is not None:
+            logger.warning(
+                "admin listener: %s from %s: answered %d%s",
+                parsed.reason,
+                format_address(client),
+                parsed.status,
+                f" ({held} more like it held back)" if held else "",
+            )
+    try:
+        return respond(parsed, health, render_metrics, metrics_missing)
+    except Exception:  # the metrics source failed: its bug, told once, and the scraper gets a 500
+        if budget.take("admin-metrics") is not None:
+            logger.exception("admin listener: /metrics failed")
+        return _response(500, "metrics failed\n", head_only=False)
+
+
+def _metrics_renderer(metrics: MetricsSource | None) -> tuple[Callable[[], tuple[str, bytes]] | None, bool]:
+    """What renders ``/metrics`` (None: off, or prometheus-client missing) and whether it is missing."""
+    if metrics is None:
+        return None, False
+    try:
+        from ._prometheus import Exposition  # prometheus_client: only when /metrics is on
+    except ImportError:
+        return None, True
+    exposition = Exposition(metrics)
+    return (lambda: (exposition.content_type, exposition())), False
 
 
 class _AdminLimits:
@@ -281,16 +313,7 @@ class AdminServer:
 
     def __init__(self, address: tuple[str, int] | str, health: Health, metrics: MetricsSource | None = None) -> None:
         self.health = health
-        self.metrics_missing = False
-        self._render_metrics: Callable[[], tuple[str, bytes]] | None = None
-        if metrics is not None:
-            try:
-                from ._prometheus import Exposition  # prometheus_client: only when /metrics is on
-            except ImportError:
-                self.metrics_missing = True
-            else:
-                exposition = Exposition(metrics)
-                self._render_metrics = lambda: (exposition.content_type, exposition())
+        self._render_metrics, self.metrics_missing = _metrics_renderer(metrics)
         server_class = _AdminUnixServer if isinstance(address, str) else _AdminTCPServer
         self._server: _AdminTCPServer | _AdminUnixServer = server_class(address, _AdminHandler)
         self._server.admin = self
@@ -319,46 +342,6 @@ class AdminServer:
         if self._thread is not None:
             self._thread.join()
 
-    def close_in_child(self) -> None:
-        """In a process forked from this one (a prefork worker, right after
-        ``fork()``): let go of this process's copies of the admin listener's
-        sockets, stopping nothing (its threads do not exist in the child).
-
-        The listening socket is closed: a child that kept it would keep the
-        admin port accepting (connections queued, never answered) once this
-        process is gone. A connection the listener had accepted at the moment
-        of the fork (found on Linux by its local address, in
-        ``/proc/self/fd``) is replaced by ``/dev/null``: the child's copy
-        would hold the connection open after this process closes it, and the
-        client would wait for the end of the response until the child exits.
-        The descriptor's number stays taken, so a socket object the child
-        inherited for it can never close someone else's descriptor.
-
-        Takes no lock (one may have been held by a thread of this process at
-        the fork, and would be held for ever in the child).
-        """
-        listening = self._server.socket
-        try:
-            family, local = listening.family, listening.getsockname()
-        except OSError:  # closed already
-            return
-        listening.close()
-        try:
-            names = os.listdir("/proc/self/fd")
-        except OSError:  # not Linux: the accepted connections cannot be found
-            return
-        devnull = -1
-        try:
-            for name in names:
-                fd = int(name)
-                if _is_connection_on(fd, family, local):
-                    if devnull < 0:
-                        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-                    os.dup2(devnull, fd)
-        finally:
-            if devnull >= 0:
-                os.close(devnull)
-
     def __enter__(self) -> Self:
         self.start()
         return self
@@ -367,25 +350,158 @@ class AdminServer:
         self.close()
 
 
-def _is_connection_on(fd: int, family: int, local: Any) -> bool:
-    """Whether ``fd`` is a stream socket of ``family`` whose local address is
-    ``local`` (a TCP listener's port, on any address if it listens on all of
-    them; a Unix listener's path): a connection that listener accepted."""
-    try:
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            return False
-        sock = socket.socket(fileno=fd)
-    except OSError:  # closed meanwhile (the listdir's own descriptor), or not a socket we can look at
-        return False
-    try:
-        if sock.family != family or sock.type != socket.SOCK_STREAM:
-            return False
-        name = sock.getsockname()
-    except OSError:
-        return False
-    finally:
-        sock.detach()  # only looked at: the descriptor stays open
-    if family == socket.AF_UNIX:
-        return bool(name) and name == local
-    host, port = local[0], local[1]
-    return bool(name[1] == port and (host in ("0.0.0.0", "::") or name[0] == host))
+# -- the same listener without a thread, for a loop that forks -----------------------
+
+
+class _AdminBindLimits:
+    request_queue_size = 64
+
+
+class _AdminTCPBind(_AdminBindLimits, TCPServer):
+    allow_reuse_address = True  # as the pool's admin server: a restart binds again at once
+
+
+class _AdminUnixBind(_AdminBindLimits, UnixStreamServer):
+    pass
+
+
+class _LoopConnection:
+    """One client of an ``AdminLoop``: its head so far, then its response."""
+
+    __slots__ = ("client", "deadline", "framer", "out", "sock")
+
+    def __init__(self, sock: socket.socket, client: Any, deadline: float) -> None:
+        self.sock = sock
+        self.client = client
+        self.deadline = deadline
+        self.framer = HeadFramer()
+        self.out: memoryview | None = None  # the response, once the head is in: what is left to send
+
+
+class AdminLoop:
+    """The admin listener of ``AdminServer`` (same answers, same limits), but
+    with no thread: a loop that owns it waits on ``poll_fds()`` for at most
+    ``timeout()`` and calls ``serve()`` after each wait; every socket is
+    non-blocking, so a slow or silent client never holds that loop.
+
+    For the prefork supervisor, which forks its workers from that loop: a
+    thread running at a fork may hold a lock (the logging budget's, a
+    stream's) that then stays held for ever in the worker, and Python 3.12
+    warns about forking a process with threads. ``close_in_child()`` lets a
+    forked worker drop its copies of the sockets (no lock taken).
+
+    Binds in the constructor (``server_address`` read back, port 0 ok);
+    ``close()`` closes every socket and removes a Unix socket file it bound.
+    """
+
+    max_connections = 64
+    timeout_seconds = 10.0  # a whole exchange, from accept to the last byte of the response
+
+    def __init__(self, address: tuple[str, int] | str, health: Health, metrics: MetricsSource | None = None) -> None:
+        self.health = health
+        self._render_metrics, self.metrics_missing = _metrics_renderer(metrics)
+        bind_class = _AdminUnixBind if isinstance(address, str) else _AdminTCPBind
+        self._bound: _AdminTCPBind | _AdminUnixBind = bind_class(address, _serves_nothing)
+        self._listener = self._bound.socket
+        self._listener.setblocking(False)
+        self.server_address: Any = self._bound.server_address
+        self._connections: dict[int, _LoopConnection] = {}
+
+    def start(self) -> None:
+        """Say what is missing (prometheus-client); serving is ``serve()``'s, in the owner's loop."""
+        if self.metrics_missing:
+            logger.warning("admin listener %s: %s", format_address(self.server_address), METRICS_HINT)
+
+    def poll_fds(self) -> list[tuple[int, int]]:
+        """The descriptors to wait on, each with its ``select.poll`` events."""
+        fds = [(fd, select.POLLOUT if c.out is not None else select.POLLIN) for fd, c in self._connections.items()]
+        if len(self._connections) < self.max_connections and self._listener.fileno() >= 0:
+            fds.append((self._listener.fileno(), select.POLLIN))  # over the limit, clients wait in the backlog
+        return fds
+
+    def timeout(self, now: float) -> float | None:
+        """Seconds until a connection's deadline (None: nothing to time out)."""
+        if not self._connections:
+            return None
+        return max(0.0, min(c.deadline for c in self._connections.values()) - now)
+
+    def serve(self, now: float) -> None:
+        """Do what can be done without blocking: accept, read, answer, close, expire."""
+        self._accept(now)
+        for fd, connection in list(self._connections.items()):
+            try:
+                if connection.out is None:
+                    self._read(connection)
+                if connection.out is not None:
+                    self._write(connection)
+            except OSError:  # reset by the client: nothing to answer
+                self._drop(fd)
+                continue
+            if connection.out is not None and not connection.out:
+                self._drop(fd)  # answered: Connection: close
+            elif now >= connection.deadline:
+                self._drop(fd)
+
+    def _accept(self, now: float) -> None:
+        while len(self._connections) < self.max_connections:
+            try:
+                sock, client = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ECONNABORTED: the next turn tries again
+                if budget.take("admin-accept") is not None:
+                    logger.warning("admin listener: accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            self._connections[sock.fileno()] = _LoopConnection(sock, client, now + self.timeout_seconds)
+
+    def _read(self, connection: _LoopConnection) -> None:
+        framer = connection.framer
+        while True:
+            try:
+                data = connection.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                break
+            framer.feed(data)
+            if not data or framer.buffered > MAX_HEAD:
+                break
+        head = framer.next_request()
+        if head is not None:
+            response = _answer(head, connection.client, self.health, self._render_metrics, self.metrics_missing)
+            connection.out = memoryview(response)
+        elif framer.ended:  # the client stopped sending before a head: nothing to answer
+            connection.out = memoryview(b"")
+
+    def _write(self, connection: _LoopConnection) -> None:
+        out = connection.out
+        assert out is not None
+        while out:
+            try:
+                sent = connection.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                break
+            out = out[sent:]
+        connection.out = out
+
+    def _drop(self, fd: int) -> None:
+        connection = self._connections.pop(fd)
+        connection.sock.close()
+
+    def close_in_child(self) -> None:
+        """In a process forked from the owner's: close this process's copies
+        of the sockets (never the Unix socket file: it is the owner's)."""
+        self._listener.close()
+        for connection in self._connections.values():
+            connection.sock.close()
+        self._connections.clear()
+
+    def close(self) -> None:
+        """Close every socket (a response not yet sent is dropped) and remove a
+        Unix socket file this listener bound. Idempotent."""
+        for fd in list(self._connections):
+            self._drop(fd)
+        self._bound.server_close()
+
+
+def _serves_nothing(request: Any, client_address: Any, server: Any) -> None:
+    raise AssertionError("AdminLoop serves its connections itself")  # the bind server only binds

@@ -25,9 +25,13 @@ from ._socket_activation import Bind, parse_bind
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
-    from ._admin import AdminServer
+    from typing import TypeVar
+
+    from ._admin import AdminLoop, AdminServer
     from ._prometheus import MetricsSource
     from ._socket_activation import InheritedSocket
+
+    _Admin = TypeVar("_Admin", AdminServer, AdminLoop)
 
 log = logging.getLogger("sockserve.serve")
 
@@ -390,7 +394,9 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
             health = Health()
             admin = None
             if settings.admin is not None:
-                admin = _admin_listener(settings.admin, health, _listener_metrics(plan, servers))
+                from ._admin import AdminServer
+
+                admin = _admin_listener(settings.admin, health, _listener_metrics(plan, servers), AdminServer)
                 if admin is None:
                     return 1
                 stack.callback(admin.close)
@@ -421,14 +427,16 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
     return 0
 
 
-def _admin_listener(address: str, health: Health, metrics: MetricsSource | None) -> AdminServer | None:
+def _admin_listener(
+    address: str, health: Health, metrics: MetricsSource | None, listener_class: type[_Admin]
+) -> _Admin | None:
     """The admin listener, bound (before the privilege drop, as the servers
-    are); None if it cannot listen, said in one line."""
-    from ._admin import AdminServer
-
+    are); None if it cannot listen, said in one line. ``listener_class``:
+    ``AdminServer`` (threads of its own) or ``AdminLoop`` (served by the
+    prefork supervisor's loop)."""
     bind = parse_bind(address if address.startswith("unix:") else f"tcp://{address}")
     try:
-        return AdminServer(bind.address, health, metrics)
+        return listener_class(bind.address, health, metrics)
     except OSError as exc:
         _cannot_listen(bind, exc, what="the admin listener")
         return None
@@ -577,15 +585,6 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
             health.start_drain()
             notifier.stopping()
 
-        admin: AdminServer | None = None
-
-        def after_fork() -> None:
-            # In each worker: the supervisor's admin sockets are not the
-            # worker's to keep (one held by a worker would keep the admin
-            # port accepting after the supervisor is gone).
-            if admin is not None:
-                admin.close_in_child()
-
         supervisor = Prefork(
             listeners=listeners,
             workers=settings.workers,
@@ -595,7 +594,6 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
             on_ready=ready,
             on_reloading=reloading,
             on_stopping=stopping,
-            after_fork=after_fork,
         )
         stack.callback(health.set_stopped)
         try:
@@ -605,15 +603,20 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
             cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
             _cannot_listen(plan.listeners[exc.index][0], cause)
             return 1
+        admin = None
         if settings.admin is not None:
-            # In the supervisor, with every worker's counts added up. Its
-            # threads run while the supervisor forks: each worker closes its
-            # copies of the listener's sockets at once (after_fork above).
-            admin = _admin_listener(settings.admin, health, supervisor.metrics_snapshot)
+            # In the supervisor, with every worker's counts added up, served
+            # by its own loop: no thread runs while it forks the workers (a
+            # lock a thread held at a fork would stay held in the worker),
+            # and each worker closes its copies of the admin sockets at once.
+            from ._admin import AdminLoop
+
+            admin = _admin_listener(settings.admin, health, supervisor.metrics_snapshot, AdminLoop)
             if admin is None:
                 supervisor.close()
                 return 1
             stack.callback(admin.close)
+            supervisor.services.append(admin)
         if not _after_binding(settings, stack):
             supervisor.close()
             return 1

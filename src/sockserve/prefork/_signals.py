@@ -69,14 +69,16 @@ class SignalQueue:
         """Inject a signal as if it had arrived (for embedding and tests)."""
         self._enqueue(sig, None)
 
-    def wait(self, timeout: float | None, also: Sequence[int] = ()) -> list[signal.Signals]:
+    def wait(self, timeout: float | None, also: Sequence[int | tuple[int, int]] = ()) -> list[signal.Signals]:
         """Wait up to ``timeout`` seconds for signals, or for one of the
-        descriptors ``also`` to become readable; return the signals that arrived."""
+        descriptors ``also`` to become readable (or ready for the events
+        given with it, ``(fd, select.POLLOUT)``); return the signals that arrived."""
         if not self._pending:
             poller = select.poll()
             poller.register(self._reader, select.POLLIN)
-            for fd in also:
-                poller.register(fd, select.POLLIN)
+            for item in also:
+                fd, events = item if isinstance(item, tuple) else (item, select.POLLIN)
+                poller.register(fd, events)
             poller.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
         try:
             while os.read(self._reader, 512):

@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from .._drain import DEFAULT_GRACE
 from .._log import format_address
@@ -59,6 +59,23 @@ log = logging.getLogger("sockserve.prefork")
 EXIT_MARGIN = 5.0
 # How long an immediate stop waits before SIGKILL.
 IMMEDIATE_TIMEOUT = 5.0
+
+
+class LoopService(Protocol):
+    """Something the supervisor serves in its own loop, with no thread (an
+    admin listener: ``sockserve._admin.AdminLoop``)."""
+
+    def poll_fds(self) -> list[tuple[int, int]]:
+        """Descriptors to wait on, with their ``select.poll`` events."""
+
+    def timeout(self, now: float) -> float | None:
+        """Seconds until it next needs ``serve()`` without an event (None: never)."""
+
+    def serve(self, now: float) -> None:
+        """Called after every wait: do what can be done without blocking."""
+
+    def close_in_child(self) -> None:
+        """In a worker just forked: close its copies of the descriptors (no lock taken)."""
 
 
 class Prefork:
@@ -121,6 +138,12 @@ class Prefork:
             runs in a child forked from a process that may have other
             threads: it must take no lock those threads could hold. An
             exception from it stops the worker from starting (logged).
+        services: served by the supervisor's own loop, no thread needed
+            (``LoopService``: an admin listener, ``sockserve._admin.AdminLoop``),
+            from ``run()`` until it returns, the stop included; each worker
+            closes its copies right after fork (``close_in_child()``). More
+            may be appended to ``services`` before ``run()``. The caller
+            closes them after ``run()``.
 
     Resource handling:
         ``run()`` reaps every worker it started and closes the listening
@@ -148,6 +171,7 @@ class Prefork:
         metrics: bool = True,
         drain_delay: float = 0.0,
         after_fork: Callable[[], object] | None = None,
+        services: Sequence[LoopService] = (),
     ) -> None:
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
@@ -173,6 +197,7 @@ class Prefork:
         self.on_reloading = on_reloading
         self.drain_delay = drain_delay
         self.after_fork = after_fork
+        self.services: list[LoopService] = list(services)
         self._table = WorkerTable()
         self._generation = 0
         self._stopping: str | None = None  # None, "graceful" or "immediate"
@@ -264,14 +289,29 @@ class Prefork:
                         self._kill_all(signal.SIGKILL, "did not exit in time")
                         self._deadline = float("inf")
                     timeout = None if self._deadline == float("inf") else self._deadline - now
-                for sig in self.signals.wait(timeout, (readiness.reader,)):
+                also: list[int | tuple[int, int]] = [readiness.reader]
+                for service in self.services:
+                    also += service.poll_fds()
+                    wake = service.timeout(now)
+                    if wake is not None:
+                        timeout = wake if timeout is None else min(timeout, wake)
+                for sig in self.signals.wait(timeout, also):
                     self._on_signal(sig)
                 self._read_ready(readiness)
                 self._reap()
+                self._serve_services()
         finally:
             self._cleanup()
         log.info("supervisor %d: stopped", os.getpid())
         return 0
+
+    def _serve_services(self) -> None:
+        now = time.monotonic()
+        for service in self.services:
+            try:
+                service.serve(now)
+            except Exception:
+                log.exception("%r failed (supervision goes on)", service)
 
     def _spawn_missing(self, now: float) -> float | None:
         missing = self.workers - len(self._table.active())
@@ -311,6 +351,8 @@ class Prefork:
         try:
             mark_worker_records(os.getpid())
             self.signals.close()
+            for service in self.services:
+                service.close_in_child()
             if self.after_fork is not None:
                 self.after_fork()
             assert self._readiness is not None
