@@ -391,6 +391,23 @@ def test_prefork_serves_several_binds_and_tells_systemd(short_tmp: str) -> None:
         manager.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_prefork_pings_the_watchdog_from_the_supervisors_loop(short_tmp: str) -> None:
+    manager = FakeManager.unique(short_tmp)
+    env = {**os.environ, "NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "200000"}
+    try:
+        args = ["--bind", "tcp://127.0.0.1:0", "--workers", "2", "--admin", "127.0.0.1:0"]
+        with Serving("tests.cli_app:Echo", *args, env=env) as server:
+            assert manager.wait_for("READY=1")
+            for _ in range(3):
+                assert manager.wait_for("WATCHDOG=1")  # every 0.1 s, half of WATCHDOG_USEC
+            with open(f"/proc/{server.proc.pid}/status") as status:  # pinged without a thread
+                assert "\nThreads:\t1\n" in status.read()
+            assert server.stop() == 0, server.text
+    finally:
+        manager.close()
+
+
 def test_prefork_serves_inherited_sockets(short_tmp: str) -> None:
     with ServiceManager(short_tmp) as manager:
         tcp = manager.listen(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 0))

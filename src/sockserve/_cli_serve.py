@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from ._admin import AdminLoop, AdminServer
     from ._prometheus import MetricsSource
+    from ._sd_notify import Notifier
     from ._socket_activation import InheritedSocket
 
     _Admin = TypeVar("_Admin", AdminServer, AdminLoop)
@@ -539,7 +540,7 @@ def _configure(server: Any, options: dict[str, Any]) -> None:
 def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
     """``--workers N``: a prefork supervisor serving every bind (or the sockets
     it inherited) in each worker, telling systemd when the workers serve."""
-    from ._sd_notify import Notifier, Watchdog
+    from ._sd_notify import Notifier
     from .prefork import ListenerBindError, Prefork
 
     settings = plan.settings
@@ -552,8 +553,6 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
     with contextlib.ExitStack() as stack:
         notifier = stack.enter_context(Notifier.from_environment())
         health = Health()
-        # The supervisor is live while its loop turns; the workers have their own checks.
-        stack.enter_context(Watchdog(notifier, healthy=lambda: health.live))
 
         started: list[bool] = []
 
@@ -595,6 +594,12 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
             on_reloading=reloading,
             on_stopping=stopping,
         )
+        interval = notifier.watchdog_interval()
+        if interval is not None:
+            # Pinged by the supervisor's loop, not by the Watchdog thread: no
+            # thread runs while it forks, and a loop that stops turning stops
+            # the pings (the workers have their own checks).
+            supervisor.services.append(_WatchdogPings(notifier, interval))
         stack.callback(health.set_stopped)
         try:
             supervisor.bind()
@@ -624,6 +629,32 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
             admin.start()
             log.info("admin listener on %s: /healthz /readyz /metrics", _admin_url(admin.server_address))
         return supervisor.run()
+
+
+class _WatchdogPings:
+    """``WATCHDOG=1`` every ``interval`` seconds, from the prefork supervisor's
+    loop (a ``LoopService`` with no descriptor): the first at once."""
+
+    def __init__(self, notifier: Notifier, interval: float) -> None:
+        self._notifier = notifier
+        self._interval = interval
+        self._next = 0.0
+
+    def poll_fds(self) -> list[tuple[int, int]]:
+        return []
+
+    def timeout(self, now: float) -> float | None:
+        return max(0.0, self._next - now)
+
+    def serve(self, now: float) -> None:
+        if now >= self._next:
+            self._notifier.watchdog_ping()
+            # The next one an interval after this one: a late ping is followed by
+            # a normal spacing, not by a burst.
+            self._next = now + self._interval
+
+    def close_in_child(self) -> None:
+        pass  # the notifier is the supervisor's; a worker never sends through it
 
 
 def _cannot_listen(bind: Bind, exc: OSError, what: str = "") -> None:
