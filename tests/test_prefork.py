@@ -116,6 +116,9 @@ SUPERVISOR = textwrap.dedent(
         configure=report_socket,
         restart_policy=RestartPolicy(initial=0.1, maximum=2.0, stable_after=1.0),
         metrics=config.get("metrics", True),
+        drain_delay=config.get("drain_delay", 0.0),
+        on_stopping=lambda: say(stopping=os.getpid()),
+        after_fork=(lambda: say(after_fork=os.getpid())) if config.get("after_fork") else None,
     )
     supervisor.bind()
     say(address=supervisor.server_address, supervisor=os.getpid())
@@ -714,3 +717,44 @@ def test_every_log_line_from_a_worker_names_the_worker(tmp_path: Any) -> None:
             assert not event["log"].startswith(f"worker {sup.pid}: "), event
     serving = next(event["log"] for event in logs if event["pid"] == sup.pid and "serving" in event["log"])
     assert f"serving 127.0.0.1:{sup.address[1]} with 2 worker(s)" in serving  # one address format
+
+
+def test_after_fork_runs_in_each_worker_before_it_serves(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=2, after_fork=True)
+    try:
+        called = {sup.next("after_fork")["after_fork"] for _ in range(2)}
+        sup.wait_workers(2)
+        assert called == {pid for pid, _ in sup.spawned}  # in the workers, not in the supervisor
+        order = [event.get("after_fork") or event.get("log") for event in sup.events]
+        for pid in called:  # before the worker served
+            assert order.index(pid) < order.index(f"worker {pid}: serving 127.0.0.1:{sup.address[1]}")
+    finally:
+        sup.signal(signal.SIGTERM)
+        assert sup.finish() == 0
+
+
+def test_drain_delay_keeps_the_workers_serving_and_replaced(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=1, drain_delay=30)
+    try:
+        sup.wait_workers(1)
+        sup.signal(signal.SIGTERM)
+        assert sup.next("stopping")["stopping"] == sup.pid  # on_stopping at once
+        sup.saw("SIGTERM, not ready any more, serving 30s more before stopping (drain_delay)")
+        victim, rest = ask(sup.address)  # still served
+        assert rest == b"hello\n"
+        os.kill(victim, signal.SIGKILL)  # a worker that dies during the delay is replaced
+        sup.saw(f"worker {victim} died unexpectedly")
+        sup.wait_workers(2)
+        pid, rest = ask(sup.address)
+        assert (pid != victim, rest) == (True, b"hello\n")
+        sup.signal(signal.SIGTERM)
+        sup.saw("SIGTERM, drain_delay cut short")
+        sup.saw("SIGTERM, graceful stop")
+    finally:
+        assert sup.finish() == 0
+    assert [event for event in sup.events if "stopping" in event] == [{"stopping": sup.pid}]  # called once
+
+
+def test_drain_delay_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="drain_delay must be 0 or more"):
+        Prefork(sockserve.TCPServer, ("127.0.0.1", 0), sockserve.StreamRequestHandler, drain_delay=-1)
