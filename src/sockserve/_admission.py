@@ -99,10 +99,11 @@ class Ticket:
             it out (``_access_log.closed_by``).
         requests: requests a model counts itself (the framed pool's); the
             others' connection is one request (``Admission.request_unit``).
+        counted: of ``requests``, those already counted (a slot: the framed
+            pool reads it after every turn).
 
     Set only where a model has them (class defaults otherwise: a ticket
-    pays for no store it does not need): ``counted`` (of ``requests``,
-    those already in the metrics), ``received`` and ``sent`` (bytes, None:
+    pays for no store it does not need): ``received`` and ``sent`` (bytes, None:
     not known), ``tcp_info`` (the raw TCP_INFO read as its socket closed,
     parsed when it is counted: ``_access_log.read_tcp_info``), ``report``
     (False where another process settles it: a forked child's parent).
@@ -114,6 +115,7 @@ class Ticket:
         "aborted",
         "admitted_at",
         "closed_by",
+        "counted",
         "deadline",
         "key",
         "number",
@@ -122,7 +124,6 @@ class Ticket:
         "requests",
     )
 
-    counted = 0
     received: int | None = None
     sent: int | None = None
     tcp_info: bytes | None = None
@@ -139,12 +140,17 @@ class Ticket:
         self.released = False
         self.closed_by: str | None = None
         self.requests = 0
+        self.counted = 0
 
     def cut(self, reason: BaseException) -> bool:
         """Cut the connection for ``reason`` (once); False if nothing can cut it now."""
         if self.aborted is not None or self.abort is None:
             return False
         self.aborted = reason
+        if self.closed_by is None:
+            # Something to say: its release takes the slower path, which
+            # reads why from ``aborted`` (_access_log.closed_by).
+            self.closed_by = "server"
         self.abort(reason)
         return True
 
@@ -308,7 +314,7 @@ class Admission:
             if self._open.pop(id(ticket), None) is None:
                 return
             ticket.released = True
-            if ticket.closed_by is not None or ticket.aborted is not None or self.settle_all:
+            if ticket.closed_by is not None or self.settle_all:  # (a cut sets closed_by too)
                 self._settle(ticket)
             if not next(self._released_count) % FOLD_BATCH:
                 self.fold()
@@ -335,7 +341,7 @@ class Admission:
             wakers = list(self._idle_wakers) if still_open <= 1 and self._idle_wakers else ()
         # Counted before a drain waiting for idleness wakes: what it then
         # reads of the metrics includes this connection.
-        if ticket.closed_by is not None or ticket.aborted is not None or self.settle_all:
+        if ticket.closed_by is not None or self.settle_all:
             self._settle(ticket)
         if not next(self._released_count) % FOLD_BATCH:
             self.fold()

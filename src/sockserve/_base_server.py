@@ -377,7 +377,7 @@ class BaseServer(ServerCore, GracefulStop):
             job = Job(self, self._admission_book, ticket, request, client_address)
             if proxied[1] is not None:  # discarded by the job's release
                 self._proxied_connections().add(request, proxied[0], proxied[1])
-        if self._datagram:
+        if self._datagram_bytes:
             self._admission_book.datagram_sizes.append(len(request[0]))  # type: ignore[union-attr]
         on_loop = model.runs_on_loop
         previous = self._job_on_loop

@@ -290,6 +290,7 @@ class Job:
             exc = ConnectionDeadlineExceeded(limit, peer)
             log_limit(exc)
             ticket.aborted = exc  # why it ended, for the child's metrics and access line
+            ticket.closed_by = "server"
             abort_request(request)
 
         timer = threading.Timer(max(0.0, ticket.deadline - time.monotonic()), cut_at_deadline)

@@ -100,7 +100,7 @@ class ServerCore:
         self._edge_known = False  # see _know_edge()
         self._tcp_bytes = False  # see _know_edge()
         self._stream_end = False  # see _know_edge()
-        self._datagram = False  # see _know_edge()
+        self._datagram_bytes = False  # see _know_edge()
         self.metrics = Metrics()
 
     def _admission(self) -> Admission:
@@ -131,7 +131,6 @@ class ServerCore:
         self._vets_peers = proxy is not None or access is not None
         self._edge_stages_on = not datagrams and (proxy is not None or tls is not None)
         self._datagram_proxy = datagrams and proxy is not None
-        self._datagram = datagrams
         # The metrics and the access log as they are now, for the admission
         # that counts with them.
         admission = self._admission_book
@@ -154,6 +153,8 @@ class ServerCore:
             and family in (socket.AF_INET, getattr(socket, "AF_INET6", None))
         )
         self._stream_end = wanted and not datagrams
+        # A synchronous datagram server's payload bytes, likewise.
+        self._datagram_bytes = wanted and datagrams
         self._edge_known = True
 
     def _capacity_freed(self) -> None:
