@@ -8,7 +8,8 @@ without systemd.
   ``LISTEN_FDS`` and ``LISTEN_FDNAMES``.
 * :class:`FakeManager` is the manager's end of ``NOTIFY_SOCKET``: a Unix
   datagram socket that collects what the service sends (``READY=1``...), with
-  :meth:`FakeManager.wait_for`.
+  :meth:`FakeManager.wait_for`, and each message's sender (its pid, from the
+  kernel's credentials, as systemd checks ``NotifyAccess=main``) and arrival time.
 * :class:`ServiceManager` puts the two together, as a ``.socket`` and a
   ``Type=notify`` ``.service`` unit would.
 
@@ -22,6 +23,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 TIMEOUT = 20.0
+_UCRED = struct.Struct("iII")  # struct ucred: the sender's pid, uid, gid (SO_PASSCRED)
 
 # What systemd does between fork() and exec(): move the sockets to 3, 4, 5...
 # in order, leave nothing else open (subprocess closes every descriptor but
@@ -40,6 +43,8 @@ TIMEOUT = 20.0
 # The sockets first go to descriptors above 100, so that moving one onto 3
 # cannot overwrite another that the parent happened to pass as 3. Every
 # "{self}" in the environment's values becomes the shim's pid, which exec keeps.
+# config["base"]: the environment to start from (None: the shim's own), so a
+# test can give the service a clean one, as systemd does.
 LAUNCHER = r"""
 import fcntl, json, os, sys
 config = json.loads(sys.argv[1])
@@ -49,7 +54,8 @@ for fd in config["fds"]:
 for index, fd in enumerate(staged):
     os.dup2(fd, 3 + index)  # inheritable: it must survive the exec
     os.close(fd)
-env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+base = os.environ if config["base"] is None else config["base"]
+env = {k: v for k, v in base.items() if not k.startswith("LISTEN_")}
 env.update({k: v.replace("{self}", str(os.getpid())) for k, v in config["env"].items()})
 os.execve(config["argv"][0], config["argv"], env)
 """
@@ -67,14 +73,18 @@ def spawn(
     argv: Sequence[str],
     fds: Sequence[int] = (),
     env: Mapping[str, str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
     **popen: Any,
 ) -> subprocess.Popen[Any]:
     """Start ``argv`` (``argv[0]`` a path) with ``fds`` on descriptors 3, 4...
-    and ``env`` added to this process's environment (without its ``LISTEN_*``);
+    and ``env`` added to ``environ`` (default: this process's environment),
+    without its ``LISTEN_*``;
     "{self}" in a value is the started process's pid. Give ``env`` the
     variables (:func:`listen_environment`), or craft broken ones. ``popen``
     goes to ``subprocess.Popen`` (``stdout=``, ``text=``...)."""
-    config = {"fds": list(fds), "env": dict(env or {}), "argv": list(argv)}
+    base = None if environ is None else dict(environ)
+    config = {"fds": list(fds), "env": dict(env or {}), "argv": list(argv), "base": base}
     parent_env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
     return subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, json.dumps(config)], pass_fds=list(fds), env=parent_env, **popen
@@ -84,14 +94,28 @@ def spawn(
 class FakeManager:
     """The manager's end of ``NOTIFY_SOCKET``: a bound datagram socket, read
     with a timeout. ``address`` is as ``NOTIFY_SOCKET`` says it (``@name``
-    for the abstract namespace). Every message read is kept in ``received``."""
+    for the abstract namespace). Every message read is kept in ``received``;
+    its sender's pid in ``senders`` and its ``time.monotonic()`` on arrival in
+    ``arrived``, at the same index; ``found`` is the index of the message
+    :meth:`wait_for` returned last."""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        try:
+            self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+            if not address.startswith("@"):
+                # As systemd's: a service that dropped root to any user may still notify.
+                os.chmod(address, 0o777)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        except BaseException:
+            self.sock.close()
+            raise
         self.sock.settimeout(10)
         self.received: list[str] = []
+        self.senders: list[int] = []
+        self.arrived: list[float] = []
+        self.found = -1
         self._seen = 0  # how many of received wait_for() has looked at
 
     @classmethod
@@ -106,11 +130,18 @@ class FakeManager:
         if timeout is not None:
             self.sock.settimeout(timeout)
         try:
-            message = self.sock.recv(65536).decode()
+            data, ancillary, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(_UCRED.size))
         finally:
             if timeout is not None:
                 self.sock.settimeout(10)
+        pid = -1
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid = _UCRED.unpack(payload[: _UCRED.size])[0]
+        message = data.decode()
         self.received.append(message)
+        self.senders.append(pid)
+        self.arrived.append(time.monotonic())
         return message
 
     def fields(self) -> dict[str, str]:
@@ -126,6 +157,7 @@ class FakeManager:
                 message = self.received[self._seen]
                 self._seen += 1
                 if line in message.split("\n"):
+                    self.found = self._seen - 1
                     return message
             left = deadline - time.monotonic()
             if left <= 0:
@@ -178,15 +210,18 @@ class ServiceManager:
         sockets: Sequence[socket.socket] | None = None,
         names: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
         **popen: Any,
     ) -> subprocess.Popen[Any]:
-        """Start the service with ``sockets`` (default: all of ours, in order) and ``NOTIFY_SOCKET``."""
+        """Start the service with ``sockets`` (default: all of ours, in order) and
+        ``NOTIFY_SOCKET``, ``env`` added to ``environ`` (default: this process's)."""
         passed = self.sockets if sockets is None else sockets
         variables = {"NOTIFY_SOCKET": self.notify.address}
         if passed:
             variables.update(listen_environment(len(passed), names))
         variables.update(env or {})
-        proc = spawn(argv, [s.fileno() for s in passed], variables, **popen)
+        proc = spawn(argv, [s.fileno() for s in passed], variables, environ=environ, **popen)
         self.processes.append(proc)
         return proc
 

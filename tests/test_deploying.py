@@ -8,9 +8,10 @@ real machine, as the page's last section lists: the paths under /opt/myapp
 the page's handler module), the ports 9000 and 9100 (free ones), the backend
 addresses (127.0.0.1) and the user ``myapp`` (``nobody``).
 
-systemd is played by ``ServiceManager``: it binds the socket unit's socket and
-starts the service unit's ``ExecStart=`` the way systemd does (as ``User=``,
-in ``WorkingDirectory=``, the socket on descriptor 3 with ``LISTEN_FDS``,
+systemd is played by the tests' shared fake service manager
+(tests/fake_systemd.py): the test binds the socket unit's socket, and the
+manager starts the service unit's ``ExecStart=`` the way systemd does (in
+``WorkingDirectory=``, the socket on descriptor 3 with ``LISTEN_FDS``,
 ``LISTEN_PID``, ``LISTEN_FDNAMES``, a notification socket in
 ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` from ``WatchdogSec=``, a clean
 environment), and collects the notifications with the sender's pid
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import os
 import pwd
 import re
@@ -34,20 +34,19 @@ import shlex
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import HAS_IPV6
+from .fake_systemd import ServiceManager
 from .helpers import connect, recv_line
 from .peers.peers import HAProxy, free_port, require_program
 
@@ -186,37 +185,8 @@ def seconds(value: str) -> float:
     return float(found[1])
 
 
-@dataclass
-class Notification:
-    pid: int  # the sender's, from its credentials
-    fields: dict[str, str]
-    at: float  # time.monotonic() when it arrived
-
-
-# What systemd does between fork() and exec(), for the settings the page uses:
-# the sockets to 3, 4... in order (nothing else open: subprocess closes every
-# descriptor but pass_fds), the working directory, a clean environment with
-# LISTEN_PID and WATCHDOG_PID set to the pid that will run the service, exec.
-# The sockets first go above 100, so that moving one onto 3 cannot overwrite
-# another. No User= in the page's unit: the service starts as root, as the test runs.
-LAUNCHER = r"""
-import fcntl, json, os, sys
-c = json.loads(sys.argv[1])
-staged = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in c["fds"]]
-for fd in c["fds"]:
-    os.close(fd)
-for index, fd in enumerate(staged):
-    os.dup2(fd, 3 + index)
-    os.close(fd)
-os.chdir(c["cwd"])
-pid = str(os.getpid())
-env = {k: v.replace("{pid}", pid) for k, v in c["env"].items()}
-os.execve(c["argv"][0], c["argv"], env)
-"""
-
-
 class Service:
-    """A service's main process, started by ``ServiceManager.start``; its
+    """A service's main process, started by :func:`start_service`; its
     output (the journal's) in a file."""
 
     def __init__(self, proc: subprocess.Popen[bytes], log: Path, unit: dict[str, dict[str, list[str]]]) -> None:
@@ -248,134 +218,91 @@ class Service:
         self.proc.wait(WAIT)
 
 
-class ServiceManager:
-    """What systemd does for the page's units, on one "host": binds a socket
-    unit's socket, starts a service with it, and collects the service's
-    notifications (the datagrams on ``NOTIFY_SOCKET``, each with its sender's pid)."""
+def unit_socket(socket_unit: dict[str, dict[str, list[str]]]) -> tuple[str, socket.socket]:
+    """The socket unit's socket, bound to a free port, and its name. The page's
+    ``ListenStream=PORT``: as systemd, IPv6 taking IPv4 too (IPv4 without IPv6).
+    The caller closes it (systemd's own copy, open while the service restarts)."""
+    listen = setting(socket_unit, "Socket", "ListenStream")
+    assert listen.isdigit(), f"ListenStream={listen}: the test binds a port alone"
+    name = setting(socket_unit, "Socket", "FileDescriptorName")
+    if HAS_IPV6:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        host = "::"
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        host = "0.0.0.0"
+    try:
+        sock.bind((host, 0))
+        sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        sock.close()
+        raise
+    return name, sock
 
-    def __init__(self, directory: str) -> None:
-        self.notify_socket = os.path.join(directory, "notify")
-        self.messages: list[Notification] = []
-        self.changed = threading.Condition()
-        self._closing = False
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+def start_service(
+    manager: ServiceManager,
+    service_unit: dict[str, dict[str, list[str]]],
+    sockets: list[tuple[str, socket.socket]],
+    log: Path,
+) -> Service:
+    """Run the unit's ``ExecStart=`` as systemd would, with ``sockets`` passed
+    (on 3, 4... with ``LISTEN_*`` naming them), ``NOTIFY_SOCKET``, ``WATCHDOG_USEC``
+    from ``WatchdogSec=``, in ``WorkingDirectory=``, in a clean environment and
+    a session of its own, as root (no ``User=`` in the page's unit)."""
+    section = service_unit["Service"]
+    assert "User" not in section, "the service is started as the test runs: root"
+    assert "Group" not in section, "the service is started as the test runs: root"
+    assert os.geteuid() == 0, "a service without User= runs as root"
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "INVOCATION_ID": os.urandom(16).hex(),
+    }
+    if "WatchdogSec" in section:
+        env["WATCHDOG_USEC"] = str(int(seconds(setting(service_unit, "Service", "WatchdogSec")) * 1_000_000))
+        env["WATCHDOG_PID"] = "{self}"
+    with open(log, "ab") as out:
+        proc = manager.start(
+            command_line(setting(service_unit, "Service", "ExecStart")),
+            [sock for _, sock in sockets],
+            names=[name for name, _ in sockets],
+            env=env,
+            environ={},
+            cwd=setting(service_unit, "Service", "WorkingDirectory"),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Service(proc, log, service_unit)
+
+
+def wait_for(manager: ServiceManager, line: str, service: Service, timeout: float = WAIT) -> int:
+    """The index (in ``manager.notify.received``, ``.senders``, ``.arrived``)
+    of the next notification from ``service`` on that holds ``line``
+    (``READY=1``), waiting up to ``timeout``; failing at once, with its
+    output, if the service ends first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # In short slices, so a service that exited is seen at once.
         try:
-            self._sock.bind(self.notify_socket)
-            os.chmod(self.notify_socket, 0o777)  # as systemd's: a service of any user may notify
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        except BaseException:
-            self._sock.close()
-            raise
-        self._reader = threading.Thread(target=self._read, name="fake systemd: notifications")
-        self._reader.start()
+            manager.notify.wait_for(line, timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+        except AssertionError:
+            ended = service.proc.poll() is not None
+            if ended or time.monotonic() >= deadline:
+                why = "the service ended" if ended else f"nothing within {timeout}s"
+                raise AssertionError(
+                    f"no {line} ({why}); received {manager.notify.received}\nthe service's output:\n{service.output()}"
+                ) from None
+            continue
+        return manager.notify.found
 
-    def _read(self) -> None:
-        credentials = struct.calcsize("iII")  # struct ucred: pid, uid, gid
-        while True:
-            data, ancillary, _, _ = self._sock.recvmsg(4096, socket.CMSG_SPACE(credentials))
-            if self._closing:
-                return
-            pid = -1
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    pid = struct.unpack("iII", payload[:credentials])[0]
-            fields = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
-            with self.changed:
-                self.messages.append(Notification(pid, fields, time.monotonic()))
-                self.changed.notify_all()
 
-    def close(self) -> None:
-        self._closing = True
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker:
-            waker.sendto(b"", self.notify_socket)
-        self._reader.join(WAIT)
-        self._sock.close()
-
-    def __enter__(self) -> ServiceManager:  # noqa: PYI034 - a final class of the tests
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def wait_for(self, what: str, start: int = 0, timeout: float = WAIT, service: Service | None = None) -> int:
-        """The index of the first notification from ``start`` on that says
-        ``what`` (``READY=1``), waiting for it up to ``timeout``."""
-        key, _, value = what.partition("=")
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                for index in range(start, len(self.messages)):
-                    if self.messages[index].fields.get(key) == value:
-                        return index
-                remaining = deadline - time.monotonic()
-                ended = service is not None and service.proc.poll() is not None
-                if remaining <= 0 or ended:
-                    output = f"\nthe service's output:\n{service.output()}" if service is not None else ""
-                    why = "the service ended" if ended else f"nothing within {timeout}s"
-                    raise AssertionError(f"no {what} ({why}); received {self.messages[start:]}{output}")
-                # A notification wakes this at once; the service's exit, at the next look.
-                self.changed.wait(min(remaining, 0.1) if service is not None else remaining)
-
-    @staticmethod
-    def listen(socket_unit: dict[str, dict[str, list[str]]]) -> tuple[str, socket.socket]:
-        """The socket unit's socket, bound to a free port, and its name. The page's
-        ``ListenStream=PORT``: as systemd, IPv6 taking IPv4 too (IPv4 without IPv6)."""
-        listen = setting(socket_unit, "Socket", "ListenStream")
-        assert listen.isdigit(), f"ListenStream={listen}: the test binds a port alone"
-        name = setting(socket_unit, "Socket", "FileDescriptorName")
-        if HAS_IPV6:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            host = "::"
-        else:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            host = "0.0.0.0"
-        try:
-            sock.bind((host, 0))
-            sock.listen(socket.SOMAXCONN)
-        except BaseException:
-            sock.close()
-            raise
-        return name, sock
-
-    def start(
-        self, service_unit: dict[str, dict[str, list[str]]], sockets: list[tuple[str, socket.socket]], log: Path
-    ) -> Service:
-        """Run the unit's ``ExecStart=`` as systemd would, with ``sockets`` passed."""
-        section = service_unit["Service"]
-        assert "User" not in section, "the launcher runs the service as root"
-        assert "Group" not in section, "the launcher runs the service as root"
-        assert os.geteuid() == 0, "a service without User= runs as root"
-        env = {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8",
-            "INVOCATION_ID": os.urandom(16).hex(),
-            "NOTIFY_SOCKET": self.notify_socket,
-            "LISTEN_PID": "{pid}",
-            "LISTEN_FDS": str(len(sockets)),
-            "LISTEN_FDNAMES": ":".join(name for name, _ in sockets),
-        }
-        if "WatchdogSec" in section:
-            env["WATCHDOG_USEC"] = str(int(seconds(setting(service_unit, "Service", "WatchdogSec")) * 1_000_000))
-            env["WATCHDOG_PID"] = "{pid}"
-        fds = [sock.fileno() for _, sock in sockets]
-        config = {
-            "fds": fds,
-            "env": env,
-            "cwd": setting(service_unit, "Service", "WorkingDirectory"),
-            "argv": command_line(setting(service_unit, "Service", "ExecStart")),
-        }
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", LAUNCHER, json.dumps(config)],
-                pass_fds=fds,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={},
-                start_new_session=True,
-            )
-        return Service(proc, log, service_unit)
+def fields(message: str) -> dict[str, str]:
+    """A notification's ``KEY=value`` lines."""
+    return dict(line.split("=", 1) for line in message.split("\n") if "=" in line)
 
 
 def units(app_dir: str, ports: Mapping[int, int] | None = None) -> tuple[str, str]:
@@ -459,21 +386,23 @@ def test_systemd_service_runs_as_systemd_runs_it(app_dir: str) -> None:
         run_dir = Path(app_dir, "run")
         run_dir.mkdir(mode=0o755)
         manager = stack.enter_context(ServiceManager(str(run_dir)))
-        name, listener = ServiceManager.listen(page_socket_unit)
+        name, listener = unit_socket(page_socket_unit)
         stack.callback(listener.close)  # systemd's own copy: open while the service restarts
         port = listener.getsockname()[1]
         socket_text, service_text = units(app_dir, {SERVICE_PORT: port, ADMIN_PORT: free_port()})
         assert name == setting(parse_unit(socket_text), "Socket", "FileDescriptorName")
         unit = parse_unit(service_text)
         assert setting(unit, "Service", "Type") == "notify"
-        service = manager.start(unit, [(name, listener)], run_dir / "journal.log")
+        service = start_service(manager, unit, [(name, listener)], run_dir / "journal.log")
         stack.callback(service.close)
 
-        ready = manager.wait_for("READY=1", service=service)
-        assert manager.messages[ready].pid == service.pid, "READY=1 must come from the main process (NotifyAccess=main)"
+        ready = wait_for(manager, "READY=1", service)
+        assert manager.notify.senders[ready] == service.pid, (
+            "READY=1 must come from the main process (NotifyAccess=main)"
+        )
         # The STATUS= line that the page shows `systemctl status` printing.
         (shown,) = re.findall(r'^ +Status: "(.*)"$', PAGE.read_text(encoding="utf-8"), flags=re.M)
-        assert manager.messages[ready].fields.get("STATUS") == shown
+        assert fields(manager.notify.received[ready]).get("STATUS") == shown
         nobody = pwd.getpwnam(SERVICE_USER)
         ids = proc_ids(service.pid)  # real, effective, saved and file system ids
         assert (ids["Uid"], ids["Gid"]) == ([nobody.pw_uid] * 4, [nobody.pw_gid] * 4)
@@ -486,26 +415,28 @@ def test_systemd_service_runs_as_systemd_runs_it(app_dir: str) -> None:
         before = time.monotonic()
         reload = command_line(setting(unit, "Service", "ExecReload"), mainpid=service.pid)
         subprocess.run(reload, check=True, timeout=WAIT)
-        reloading = manager.wait_for("RELOADING=1", ready + 1, service=service)
-        monotonic_usec = int(manager.messages[reloading].fields["MONOTONIC_USEC"])
-        assert before * 1e6 <= monotonic_usec <= manager.messages[reloading].at * 1e6
-        manager.wait_for("READY=1", reloading + 1, service=service)
+        reloading = wait_for(manager, "RELOADING=1", service)
+        monotonic_usec = int(fields(manager.notify.received[reloading])["MONOTONIC_USEC"])
+        assert before * 1e6 <= monotonic_usec <= manager.notify.arrived[reloading] * 1e6
+        wait_for(manager, "READY=1", service)
         assert echo(("127.0.0.1", port), b"after the reload\n") == b"after the reload\n"
 
         # Pings at least once per WatchdogSec= (systemd kills the service when one is late).
         watchdog = seconds(setting(unit, "Service", "WatchdogSec"))
-        first = manager.wait_for("WATCHDOG=1", service=service)
-        second = manager.wait_for("WATCHDOG=1", first + 1, timeout=watchdog, service=service)
-        assert manager.messages[second].at - manager.messages[first].at < watchdog
-        assert {manager.messages[n].pid for n in (first, second)} == {service.pid}
+        # The last ping already read, if any (read as it came: the test was waiting for notifications
+        # then), else the next; then the one after it.
+        pings = [n for n, message in enumerate(manager.notify.received) if "WATCHDOG=1" in message.split("\n")]
+        first = pings[-1] if pings else wait_for(manager, "WATCHDOG=1", service)
+        second = wait_for(manager, "WATCHDOG=1", service, timeout=watchdog)
+        assert manager.notify.arrived[second] - manager.notify.arrived[first] < watchdog
+        assert {manager.notify.senders[n] for n in (first, second)} == {service.pid}
 
         # KillSignal=: STOPPING=1; a connection open before it is still served; a clean exit in time.
         with connect(("127.0.0.1", port)) as client:
             client.sendall(b"before the stop\n")
             assert recv_line(client) == b"before the stop\n"
-            stopping_from = len(manager.messages)
             os.kill(service.pid, service.kill_signal())
-            manager.wait_for("STOPPING=1", stopping_from, service=service)
+            wait_for(manager, "STOPPING=1", service)
             client.sendall(b"while stopping\n")
             assert recv_line(client) == b"while stopping\n"
         assert service.wait(seconds(setting(unit, "Service", "TimeoutStopSec"))) == 0, service.output()
@@ -513,14 +444,13 @@ def test_systemd_service_runs_as_systemd_runs_it(app_dir: str) -> None:
         # While no service runs, a connection waits in the socket's queue; the next start serves it.
         with connect(("127.0.0.1", port)) as late:
             late.sendall(b"queued\n")
-            started_from = len(manager.messages)
-            again = manager.start(unit, [(name, listener)], run_dir / "journal.log")
+            again = start_service(manager, unit, [(name, listener)], run_dir / "journal.log")
             stack.callback(again.close)
-            manager.wait_for("READY=1", started_from, service=again)
+            wait_for(manager, "READY=1", again)
             assert recv_line(late) == b"queued\n"
         # A second SIGTERM ends the drain delay: the graceful stop at once.
         os.kill(again.pid, again.kill_signal())
-        manager.wait_for("STOPPING=1", started_from, service=again)
+        wait_for(manager, "STOPPING=1", again)
         os.kill(again.pid, again.kill_signal())
         assert again.wait(WAIT) == 0, again.output()
 
@@ -813,15 +743,15 @@ def test_haproxy_takes_a_draining_instance_out_before_it_stops_listening(app_dir
             host_dir = Path(app_dir, f"host{index}")
             host_dir.mkdir(mode=0o755)
             manager = stack.enter_context(ServiceManager(str(host_dir)))
-            name, listener = ServiceManager.listen(page_socket_unit)
+            name, listener = unit_socket(page_socket_unit)
             stack.callback(listener.close)
             ports = (listener.getsockname()[1], free_port())
             unit = parse_unit(units(app_dir, {SERVICE_PORT: ports[0], ADMIN_PORT: ports[1]})[1])
-            service = manager.start(unit, [(name, listener)], host_dir / "journal.log")
+            service = start_service(manager, unit, [(name, listener)], host_dir / "journal.log")
             stack.callback(service.close)
             instances.append((manager, service, ports))
         for manager, service, _ in instances:
-            manager.wait_for("READY=1", service=service)
+            wait_for(manager, "READY=1", service)
         haproxy = stack.enter_context(HAProxy(haproxy_body([ports for _, _, ports in instances])))
         for name in names:
             haproxy.wait_for_status(name, "UP", backend)
@@ -853,8 +783,7 @@ def test_haproxy_takes_a_draining_instance_out_before_it_stops_listening(app_dir
         # No request needed a second try: HAProxy never sent one to a closed listener.
         assert (row["econ"] or "0", row["wretr"] or "0", row["wredis"] or "0") == ("0", "0", "0"), row
         for manager, service, _ in instances[1:]:
-            from_here = len(manager.messages)
             os.kill(service.pid, service.kill_signal())
-            manager.wait_for("STOPPING=1", from_here, service=service)
+            wait_for(manager, "STOPPING=1", service)
             os.kill(service.pid, service.kill_signal())  # ends the drain delay
             assert service.wait(WAIT) == 0, service.output()
