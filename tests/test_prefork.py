@@ -758,3 +758,25 @@ def test_drain_delay_keeps_the_workers_serving_and_replaced(tmp_path: Any) -> No
 def test_drain_delay_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="drain_delay must be 0 or more"):
         Prefork(sockserve.TCPServer, ("127.0.0.1", 0), sockserve.StreamRequestHandler, drain_delay=-1)
+
+
+def test_a_failed_bind_raises_the_servers_own_error_and_says_which_listener() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        handler = sockserve.StreamRequestHandler
+        supervisor = Prefork(
+            listeners=[
+                (sockserve.TCPServer, ("127.0.0.1", 0), handler),
+                (sockserve.TCPServer, taken.getsockname(), handler),
+            ],
+            workers=1,
+        )
+        try:
+            with pytest.raises(OSError, match="in use") as failed:
+                supervisor.bind()
+            assert failed.type is OSError  # the server's own error, not a wrapper (callers explain its type)
+            assert failed.value.errno == errno.EADDRINUSE
+            assert supervisor.bind_failed == 1
+        finally:
+            supervisor.close()

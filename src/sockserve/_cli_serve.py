@@ -541,7 +541,7 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
     """``--workers N``: a prefork supervisor serving every bind (or the sockets
     it inherited) in each worker, telling systemd when the workers serve."""
     from ._sd_notify import Notifier
-    from .prefork import ListenerBindError, Prefork
+    from .prefork import Prefork
 
     settings = plan.settings
     inherited = inherited_for(settings)
@@ -603,10 +603,9 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
         stack.callback(health.set_stopped)
         try:
             supervisor.bind()
-        except ListenerBindError as exc:
+        except OSError as exc:
             supervisor.close()
-            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-            _cannot_listen(plan.listeners[exc.index][0], cause)
+            _cannot_listen(plan.listeners[supervisor.bind_failed or 0][0], exc)
             return 1
         admin = None
         if settings.admin is not None:

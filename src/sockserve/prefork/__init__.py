@@ -6,7 +6,6 @@ Prefork(sockserve.ThreadPoolTCPServer, ("0.0.0.0", 8000), Handler, workers=4).ru
 
 from __future__ import annotations
 
-from ._listeners import ListenerBindError as ListenerBindError
 from ._supervisor import Prefork as Prefork
 from ._table import RestartPolicy as RestartPolicy
 from ._worker import WORKER_BOOT_ERROR as WORKER_BOOT_ERROR
@@ -19,7 +18,6 @@ __all__ = [
     "WORKER_CRASHED",
     "WORKER_OK",
     "WORKER_RECYCLED",
-    "ListenerBindError",
     "Prefork",
     "RestartPolicy",
 ]

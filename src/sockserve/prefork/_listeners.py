@@ -24,19 +24,6 @@ Configure = Callable[[Any], None]
 ListenerSpec = tuple[type[Any], Any, Any]  # (server class, address or socket, handler class)
 
 
-class ListenerBindError(OSError):
-    """Binding (or adopting, or reserving) one of a ``Prefork``'s listeners
-    failed: ``index`` says which (in the order given), ``address`` where it
-    was to listen; ``errno`` and ``strerror`` are the failure's, which is
-    also the ``__cause__``. An ``OSError``, so code that caught the bare
-    error still does."""
-
-    def __init__(self, index: int, address: Any, cause: OSError) -> None:
-        super().__init__(cause.errno, cause.strerror or str(cause))
-        self.index = index
-        self.address = address
-
-
 class Listener:
     """One thing every worker serves: a server class, a handler, and where."""
 

@@ -44,7 +44,7 @@ from typing import Any, NoReturn, Protocol
 from .._drain import DEFAULT_GRACE
 from .._log import format_address
 from .._metrics import MetricsSnapshot, merge
-from ._listeners import Listener, ListenerBindError, ListenerSpec, plan_listeners
+from ._listeners import Listener, ListenerSpec, plan_listeners
 from ._metric_slots import MetricSlots
 from ._readiness import ReadinessPipe
 from ._signals import SUPERVISOR_SIGNALS, SignalQueue
@@ -199,6 +199,8 @@ class Prefork:
         self.after_fork = after_fork
         self.services: list[LoopService] = list(services)
         self._table = WorkerTable()
+        # Which listener (its index, in the order given) the last bind() failed on.
+        self.bind_failed: int | None = None
         self._generation = 0
         self._stopping: str | None = None  # None, "graceful" or "immediate"
         # While the drain delay runs: when it ends (readiness already fails,
@@ -223,14 +225,17 @@ class Prefork:
         In SO_REUSEPORT mode each worker binds its own; the supervisor only holds the ports.
 
         Raises:
-            ListenerBindError: an ``OSError`` that says which listener failed
-                (``index``, ``address``); the ones bound before it stay bound
+            OSError: as the server class raised it (its type and message say
+                why, for a caller that explains them); ``bind_failed`` says
+                which listener it was. The ones bound before it stay bound
                 until ``close()``."""
+        self.bind_failed = None
         for index, listener in enumerate(self._listeners):
             try:
                 listener.bind(self.configure)
-            except OSError as exc:
-                raise ListenerBindError(index, listener.address, exc) from exc
+            except OSError:
+                self.bind_failed = index
+                raise
         self.server_address = self._listeners[0].address
 
     def close(self) -> None:
