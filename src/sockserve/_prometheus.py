@@ -35,15 +35,25 @@ COUNTERS: Mapping[str, tuple[str, str]] = {
         "Requests handled: one per connection, per framed request, or per datagram.",
     ),
     "handler_errors": ("sockserve_handler_errors", "Handler exceptions that reached handle_error()."),
-    "bytes_received": ("sockserve_received_bytes", "Payload bytes received from clients."),
-    "bytes_sent": ("sockserve_sent_bytes", "Payload bytes sent to clients."),
+    "bytes_received": (
+        "sockserve_received_bytes",
+        "Bytes received from clients on the wire (TCP: TLS records included; "
+        "counted with count_bytes or the access log on).",
+    ),
+    "bytes_sent": (
+        "sockserve_sent_bytes",
+        "Bytes sent to clients on the wire (TCP: TLS records included; counted with count_bytes or the access log on).",
+    ),
     "drains": ("sockserve_drains", "Graceful stops."),
-    "worker_restarts": ("sockserve_worker_restarts", "Prefork workers started again after one ended."),
+    "worker_restarts": (
+        "sockserve_worker_restarts",
+        "Prefork workers that died unexpectedly and were replaced (not reloads, scale-downs or max_requests recycles).",
+    ),
 }
 REFUSED = (
     "sockserve_connections_refused",
-    "Connections refused or closed before their handler, by reason (max_connections, max_connections_per_ip, "
-    "access_list, emfile, timeout, tls_handshake, proxy_header).",
+    "Connections refused, or cut by a limit, by reason: max_connections, max_connections_per_ip, access_list, "
+    "emfile, tls_handshake, proxy_header (before the handler), timeout (idle or connection timeout, also during it).",
 )
 GAUGES: Mapping[str, tuple[str, str]] = {
     "connections_active": ("sockserve_connections_active", "Connections admitted and not yet closed."),
