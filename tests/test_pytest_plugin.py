@@ -350,6 +350,114 @@ def test_leaks_and_mistakes_fail_the_test_with_what_and_why(user: pytest.Pyteste
     assert "Traceback" not in result.stdout.str()
 
 
+# Things left where the test process cannot see them by itself: a socket file at a
+# handler's own path, and what the fork model's server process and its handlers leave.
+LEFT_ELSEWHERE = """
+import subprocess
+import sys
+
+# A process the handler starts lives until every write end of this pipe is
+# closed: the test process's is closed by test_clean_up, after the check.
+hold_r, hold_w = os.pipe()
+kept = []
+
+with socket.socket(socket.AF_UNIX) as before:
+    before.bind("taken.sock")  # a file there before any test: not a test's
+
+
+class BindsAPath(Echo):
+    path = ""
+
+    def handle(self) -> None:
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind(self.path)
+        super().handle()
+
+
+class LeavesAFile(BindsAPath):
+    path = "left-by-a-handler.sock"  # in pytester's directory, relative
+
+
+@pytest.mark.sockserve_models("thread", "fork")
+def test_a_handler_leaves_a_socket_file(sockserve_serve, sockserve_model):
+    LeavesAFile.path = f"left-by-{sockserve_model}.sock"
+    assert round_trip(sockserve_serve(LeavesAFile).connect()) == b"hello\\n"
+
+
+class CleansUp(Echo):
+    def handle(self) -> None:
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind("removed.sock")
+        os.unlink("removed.sock")
+        with socket.socket(socket.AF_UNIX) as abstract:
+            abstract.bind(b"\\0sockserve-abstract-%d" % os.getpid())
+        with socket.socket(socket.AF_UNIX) as other, pytest.raises(OSError):
+            other.bind("taken.sock")
+        super().handle()
+
+
+@pytest.mark.sockserve_models("thread", "fork")
+def test_a_handler_that_cleans_up(sockserve_serve):
+    assert round_trip(sockserve_serve(CleansUp).connect()) == b"hello\\n"
+
+
+class StartsAProcess(Echo):
+    def handle(self) -> None:
+        code = "import os, sys; os.read(int(sys.argv[1]), 1)"
+        subprocess.Popen([sys.executable, "-c", code, str(hold_r)], pass_fds=[hold_r])
+        super().handle()
+
+
+def test_a_forked_handler_leaves_a_process(sockserve_serve):
+    assert round_trip(sockserve_serve(StartsAProcess, model="fork").connect()) == b"hello\\n"
+
+
+class KeepsASocketInTheServerProcess(sockserve.ForkingTCPServer):
+    def verify_request(self, request, client_address):
+        kept.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        return True
+
+
+def test_the_fork_server_process_leaks_a_descriptor(sockserve_serve):
+    server = sockserve_serve(Echo, server_class=KeepsASocketInTheServerProcess)
+    assert round_trip(server.connect()) == b"hello\\n"
+
+
+def test_clean_up():
+    os.close(hold_w)
+    os.close(hold_r)
+    for path in ("taken.sock", "left-by-thread.sock", "left-by-fork.sock"):
+        os.unlink(path)
+"""
+
+
+def test_what_is_left_outside_the_test_process_and_its_directories_is_reported(user: pytest.Pytester) -> None:
+    user.makepyfile(test_left_elsewhere=HANDLERS + LEFT_ELSEWHERE)
+    result = user.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=7, errors=4)
+    here = str(user.path)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_a_handler_leaves_a_socket_file[[]thread[]]*",
+            "sockserve_serve: the test left things behind:",
+            f"  socket file left behind: {here}/left-by-thread.sock",
+            "*ERROR at teardown of test_a_handler_leaves_a_socket_file[[]fork[]]*",
+            "sockserve_serve: the test left things behind:",
+            f"  socket file left behind: {here}/left-by-fork.sock",
+            "*ERROR at teardown of test_a_forked_handler_leaves_a_process*",
+            "sockserve_serve: the test left things behind:",
+            "  in the fork model's server process (pid *): child process left behind: pid * (python*, running)",
+            "*ERROR at teardown of test_the_fork_server_process_leaks_a_descriptor*",
+            "sockserve_serve: the test left things behind:",
+            "  in the fork model's server process (pid *): fd *: datagram socket ('0.0.0.0', 0) left open",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+    assert "removed.sock" not in result.stdout.str()
+    assert "taken.sock" not in result.stdout.str()
+    assert sorted(path.name for path in user.path.glob("*.sock")) == []
+
+
 def test_the_markers_are_registered_with_a_description(pytestconfig: pytest.Config) -> None:
     """(This very session has the plugin: sockserve is installed.)"""
     markers = pytestconfig.getini("markers")

@@ -28,6 +28,8 @@ import os
 import select
 import shutil
 import socket
+import stat
+import sys
 import tempfile
 import threading
 import time
@@ -150,7 +152,10 @@ class RunningServer:
         budget = (grace or 0.0) + _JOIN_TIMEOUT
         try:
             if self._process is not None:
-                return self._process.stop(grace, budget)
+                try:
+                    return self._process.stop(grace, budget)
+                finally:
+                    self._problems += self._process.leaks
             report: DrainReport = self.server.stop(grace)
             assert self._thread is not None
             self._thread.join(budget)
@@ -201,6 +206,7 @@ class Serve:
         self._default_family = family
         self._servers: list[RunningServer] = []
         self._directory: str | None = None
+        self._binds = _record_unix_binds()  # before the baseline: its pipe is closed before the check
         self._baseline = _Baseline()
 
     def __call__(
@@ -281,6 +287,21 @@ class Serve:
             return ("::1", 0)
         return ("127.0.0.1", 0)
 
+    def _socket_files_left(self) -> list[str]:
+        """The Unix socket files bound while the test ran (by its handlers,
+        in this process or one forked from it, or by the test) that are
+        still there; a server's own is reported by its ``_finish()``."""
+        own = {os.path.abspath(r.address) for r in self._servers if isinstance(r.address, str)}
+        problems = []
+        for path in sorted(set(_stop_recording(self._binds)) - own):
+            try:
+                left = stat.S_ISSOCK(os.lstat(path).st_mode)
+            except OSError:
+                continue  # removed: as it should be
+            if left:
+                problems.append(f"socket file left behind: {path}")
+        return problems
+
     def _teardown(self) -> None:
         problems: list[str] = []
         for running in self._servers:
@@ -290,6 +311,7 @@ class Serve:
                 problems += running._finish()
             except Exception as exc:  # the others must still be stopped
                 problems.append(f"{running!r}: stopping it failed: {exc!r}")
+        problems += self._socket_files_left()
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
         problems += self._baseline.leaks()
@@ -432,6 +454,7 @@ class _ServerProcess:
             finally:
                 os._exit(0)
         self.pid = pid
+        self.leaks: list[str] = []  # what the server process left, as it said when it stopped
         os.close(report_w)
         server.socket.close()  # the server process listens; this copy would keep the port open after it
         self._server = server
@@ -483,8 +506,7 @@ class _ServerProcess:
             raise RuntimeError(f"the fork model's server process (pid {self.pid}) ended with {answer!r}") from None
         if fields.get("error"):
             raise RuntimeError(f"the fork model's server process failed: {fields['error']}")
-        if fields["children"]:
-            raise RuntimeError(f"the fork model's server process left child processes: {fields['children']}")
+        self.leaks = [f"in the fork model's server process (pid {self.pid}): {leak}" for leak in fields["leaks"]]
         return DrainReport(fields["in_flight"], fields["forced"], fields["seconds"])
 
     def _wait(self, timeout: float) -> int | None:
@@ -509,13 +531,18 @@ class _ServerProcess:
 
 
 def _serve_here(server: Any, report_w: int, grace: float | None) -> None:  # pragma: no cover - in the server process
-    """The server process: serve on its main thread until SIGTERM, stop, report."""
+    """The server process: serve on its main thread until SIGTERM, stop, and
+    report the drain and what it left (its handlers' processes end, taking
+    their threads and descriptors with them; a process one of them started
+    and left running is reparented here, where it is seen)."""
     import signal
     import traceback
 
     from ._signal_wakeup import signals_interrupt_waits
 
     me = os.getpid()
+    _become_subreaper()
+    baseline = _Baseline()
 
     def on_sigterm(signum: int, frame: object) -> None:
         if os.getpid() != me:  # a forked handler inherited this: it dies as SIGTERM meant
@@ -533,15 +560,140 @@ def _serve_here(server: Any, report_w: int, grace: float | None) -> None:  # pra
             server.serve_forever(poll_interval=0.5)
         report = server.stop(grace)
         server.server_close()
+        _reap_zombies()
         fields = {
             "in_flight": report.in_flight,
             "forced": report.forced,
             "seconds": report.seconds,
-            "children": sorted(_children()),
+            "leaks": baseline.leaks(),
         }
     except BaseException:
         fields = {"error": traceback.format_exc()}
     os.write(report_w, json.dumps(fields).encode() + b"\n")
+
+
+def _become_subreaper() -> None:  # pragma: no cover - in the server process
+    """Have the processes that this one's descendants leave orphaned
+    reparented to it (Linux), rather than to init, where no test sees them."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0)
+    except (ImportError, OSError, AttributeError):
+        pass  # then a handler's orphan goes unseen, as it did before
+
+
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def _reap_zombies() -> None:  # pragma: no cover - in the server process
+    """Reap the orphans that have ended: a forked handler's child that it
+    did not wait for is reaped by init once the handler exits, in a server's
+    life as here; one still running is a leak."""
+    for pid in _children():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                line = f.read()
+            if line[line.rindex(")") + 2 :].startswith("Z"):
+                os.waitpid(pid, os.WNOHANG)
+        except (OSError, ValueError):
+            pass  # gone already
+
+
+# -- Unix socket files ---------------------------------------------------------------
+
+# The Unix socket paths bound while a sockserve_serve fixture is open (one
+# list per open fixture), seen by an audit hook on "socket.bind": a file a
+# handler leaves at a path of its own is found wherever it is, and another
+# process's sockets (another test run's servers) are never mistaken for it.
+# A process forked from this one (the fork model's handlers) holds copies of
+# the lists: it writes its paths to a pipe that this process reads at
+# teardown, made when the first fixture opens, closed when the last closes.
+_BINDS: list[list[str]] = []
+_bind_pid = -1  # the process that _BINDS and the pipe belong to
+_bind_pipe: tuple[int, int, tuple[int, int]] | None = None  # read end, write end, the pipe's (st_dev, st_ino)
+_audit_hooked = False
+
+
+def _record_unix_binds() -> list[str]:
+    """Start recording Unix binds for a fixture: its list of paths."""
+    global _audit_hooked, _bind_pid, _bind_pipe
+    if _bind_pid != os.getpid():  # what a process forked from a test holds belongs to the test's
+        _BINDS.clear()
+        _bind_pipe = None
+        _bind_pid = os.getpid()
+    if _bind_pipe is None:
+        read_end, write_end = os.pipe()
+        for fd in (read_end, write_end):
+            os.set_blocking(fd, False)  # a full pipe loses a path rather than block a handler
+        pipe = os.fstat(write_end)
+        _bind_pipe = (read_end, write_end, (pipe.st_dev, pipe.st_ino))
+    if not _audit_hooked:  # once per interpreter: a hook cannot be removed, and it survives a fork
+        _audit_hooked = True
+        sys.addaudithook(_on_audit)
+    binds: list[str] = []
+    _BINDS.append(binds)
+    return binds
+
+
+def _stop_recording(binds: list[str]) -> list[str]:
+    """Stop recording for a fixture: the paths bound since it started."""
+    global _bind_pipe
+    late = _read_bind_pipe()
+    for other in _BINDS:
+        other += late
+    for i, other in enumerate(_BINDS):
+        if other is binds:
+            del _BINDS[i]
+            break
+    if not _BINDS and _bind_pipe is not None:
+        read_end, write_end, _ = _bind_pipe
+        _bind_pipe = None
+        os.close(read_end)
+        os.close(write_end)
+    return binds
+
+
+def _read_bind_pipe() -> list[str]:
+    if _bind_pipe is None:
+        return []
+    data = b""
+    while True:
+        try:
+            chunk = os.read(_bind_pipe[0], 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return [os.fsdecode(path) for path in data.split(b"\0") if path]
+
+
+def _on_audit(event: str, args: tuple[Any, ...]) -> None:
+    """The audit hook: called on every audited event of the process, so it
+    returns at once unless a fixture is open and a Unix path is being bound."""
+    if event != "socket.bind" or not _BINDS:
+        return
+    try:
+        sock, address = args
+        if sock.family != socket.AF_UNIX:
+            return
+        path = os.fsdecode(bytes(address) if isinstance(address, (bytearray, memoryview)) else address)
+        if not path or path[0] == "\0" or os.path.lexists(path):
+            return  # autobind, an abstract name, or a bind that fails: the path is someone else's
+        path = os.path.abspath(path)
+        if os.getpid() == _bind_pid:
+            for binds in _BINDS:
+                binds.append(path)
+        elif _bind_pipe is not None:
+            _, write_end, identity = _bind_pipe
+            pipe = os.fstat(write_end)
+            if (pipe.st_dev, pipe.st_ino) == identity:  # not a file that took the number of a pipe closed since
+                os.write(write_end, os.fsencode(path) + b"\0")
+    except Exception:  # noqa: S110 - a hook that raises would fail the user's bind
+        pass
 
 
 # -- leaks -----------------------------------------------------------------------------
