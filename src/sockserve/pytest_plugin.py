@@ -334,7 +334,7 @@ def _server_class(handler: Any, model: str, family: str) -> type[Any]:
 
         cls: type[Any] = getattr(aio, _ASYNC_CLASSES[index])
         return cls
-    if isinstance(handler, type) and any(base.__module__.startswith("sockserve.aio") for base in handler.__mro__):
+    if isinstance(handler, type) and any(_from_aio(base) for base in handler.__mro__):
         raise TypeError(f"{name} is an async handler: serve it with model='async', not {model!r}")
     import sockserve
 
@@ -346,13 +346,20 @@ def _server_class(handler: Any, model: str, family: str) -> type[Any]:
     return cls
 
 
+def _from_aio(cls: type[Any]) -> bool:
+    """Whether ``cls`` is defined in ``sockserve.aio``, told by its module's
+    name: importing the package to ask ``issubclass`` would cost every test
+    that never serves an async handler."""
+    return cls.__module__.split(".")[:2] == ["sockserve", "aio"]
+
+
 def _read_server_class(cls: type[Any], handler: Any, model: str | None, family: str) -> tuple[str, str]:
     """The model and family a user's server class serves with, checked
     against those the call asked for."""
     import sockserve
 
     mro = cls.__mro__ if isinstance(cls, type) else ()
-    if any(base.__module__.startswith("sockserve.aio") for base in mro):
+    if any(_from_aio(base) for base in mro):
         own = "async"
     elif hasattr(sockserve, "ForkingMixIn") and issubclass(cls, sockserve.ForkingMixIn):
         own = "fork"
