@@ -19,6 +19,7 @@ import os as _os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._access import AccessList as AccessList
+    from ._admin import AdminServer as AdminServer
     from ._base_server import BaseServer as BaseServer
     from ._combos import ForkingTCPServer as ForkingTCPServer
     from ._combos import ForkingUDPServer as ForkingUDPServer
@@ -52,9 +53,11 @@ if TYPE_CHECKING:
     from ._handlers import BaseRequestHandler as BaseRequestHandler
     from ._handlers import DatagramRequestHandler as DatagramRequestHandler
     from ._handlers import StreamRequestHandler as StreamRequestHandler
+    from ._health import Health as Health
     from ._inet_servers import TCPServer as TCPServer
     from ._inet_servers import UDPServer as UDPServer
     from ._limits import Limits as Limits
+    from ._log_format import JsonFormatter as JsonFormatter
     from ._metrics import Metrics as Metrics
     from ._metrics import MetricsSnapshot as MetricsSnapshot
     from ._pool import ThreadPoolMixIn as ThreadPoolMixIn
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
     from ._pool_servers import ThreadPoolUnixStreamServer as ThreadPoolUnixStreamServer
     from ._proxy_stage import ProxyProtocol as ProxyProtocol
     from ._serve import serve as serve
+    from ._serve import serve_all as serve_all
     from ._threading import ThreadingMixIn as ThreadingMixIn
     from ._tls import TLSConfig as TLSConfig
     from ._tls import TLSConfigError as TLSConfigError
@@ -124,6 +128,10 @@ _MODULES = {
     "TLSConfig": "_tls",
     "TLSConfigError": "_tls",
     "TLSInfo": "_tls",
+    "AdminServer": "_admin",
+    "Health": "_health",
+    "JsonFormatter": "_log_format",
+    "serve_all": "_serve",
 }
 if hasattr(_os, "fork"):
     _MODULES.update(
@@ -185,6 +193,10 @@ __all__ = [
     "TLSConfig",
     "TLSConfigError",
     "TLSInfo",
+    "AdminServer",
+    "Health",
+    "JsonFormatter",
+    "serve_all",
 ]
 
 if hasattr(_os, "fork"):
