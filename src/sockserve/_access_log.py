@@ -233,8 +233,33 @@ def log_access(ticket: Ticket, why: str, requests: int, now: float | None = None
     if not logger.isEnabledFor(20):
         return
     duration = (time.monotonic() if now is None else now) - ticket.admitted_at
-    client = format_address(ticket.peer)
-    received, sent = ticket.received, ticket.sent
+    _write(logger, format_address(ticket.peer), why, requests, ticket.received, ticket.sent, duration)
+
+
+def log_refused_access(peer: Any) -> None:
+    """The access line of a connection refused at admission (a limit, the
+    access list): it has no ticket, was never served, and its line says
+    ``closed_by=refused`` like one whose stages failed, so the access log
+    has one line per connection the server accepted, refused ones included."""
+    global _logger
+    logger = _logger
+    if logger is None:
+        import logging
+
+        logger = _logger = logging.getLogger(ACCESS_LOGGER)
+    if logger.isEnabledFor(20):
+        _write(logger, format_address(peer), "refused", 0, None, None, 0.0)
+
+
+def _write(
+    logger: logging.Logger,
+    client: str,
+    why: str,
+    requests: int,
+    received: int | None,
+    sent: int | None,
+    duration: float,
+) -> None:
     logger.info(
         "%s requests=%d bytes_received=%s bytes_sent=%s duration=%.6fs closed_by=%s",
         client,

@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from ._access_log import TCP_INFO_AVAILABLE, count_error
+from ._access_log import TCP_INFO_AVAILABLE, count_error, log_refused_access
 from ._admission import Admission, Refusal, Ticket
 from ._limits import NO_LIMITS, Limits, limits_of
 from ._log import format_address, log_refused, logger
@@ -184,6 +184,8 @@ class ServerCore:
             verdict = admission.admit(client_address)
         if isinstance(verdict, Refusal):
             log_refused(verdict.error)
+            if admission.access_log:
+                log_refused_access(client_address)
             return None
         try:
             verified = self.verify_request(request, client_address)
@@ -222,6 +224,8 @@ class ServerCore:
 
         admission.metrics.refuse("access_list")
         log_refused(AccessDenied(peer))
+        if admission.access_log:
+            log_refused_access(peer)
         return False
 
     def _check_real_client(self, ticket: Ticket | None, client_address: Any) -> str | None:

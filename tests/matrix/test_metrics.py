@@ -174,7 +174,25 @@ def test_refusals_are_counted_by_reason(server_kind: Kind, short_tmp: str) -> No
         assert dict(snap.refused) == {**dict.fromkeys(snap.refused, 0), "max_connections_per_ip": 1}
         assert server.refused == {"max_connections_per_ip": 1}  # the same count, issue 9's view
         assert snap.counters["connections_accepted"] == 1
-        assert len(access_lines(log_path, 1)) == 1  # a refused connection has no access line: it was never served
+        # One line per connection, the refused one too (never served: no requests, no bytes).
+        lines = access_lines(log_path, 2)
+        assert len(lines) == 2, lines
+        (refused,) = [line for line in lines if "closed_by=refused" in line]
+        assert " requests=0 bytes_received=- bytes_sent=- " in refused, refused
+
+
+def test_a_connection_the_access_list_denies_has_its_access_line(server_kind: Kind, short_tmp: str) -> None:
+    if server_kind.family != "tcp":
+        pytest.skip("the access list judges IP addresses")
+    with serving(server_kind, short_tmp, Options(access_deny=("127.0.0.0/8",))) as (server, log_path):
+        with connect(server.server_address) as denied:
+            assert closed_by_server(denied) == b""
+        snap = settled(server, access_list=1)
+        assert snap.counters["connections_accepted"] == 0
+        (line,) = access_lines(log_path, 1)
+        assert re.match(
+            r"INFO 127\.0\.0\.1:\d+ requests=0 bytes_received=- bytes_sent=- .* closed_by=refused$", line
+        ), line
 
 
 def test_a_bad_proxy_header_is_counted_and_its_slot_freed(server_kind: Kind, short_tmp: str) -> None:
