@@ -448,6 +448,7 @@ class ForkingMixIn(_ServerBase):
             return
         # The child: handle the request, then exit without returning into the
         # parent's loop. os._exit skips atexit handlers that belong to the parent.
+        _unblock_signals()
         self._run_on_this_thread(job)  # for handle_error(); cheaper than the thread-local
         status = 1
         try:
@@ -508,3 +509,19 @@ class ForkingMixIn(_ServerBase):
             self._close_waiting(job, "the server closed before the connection's stages finished")
         super().server_close()
         self.collect_children(blocking=self.block_on_close)
+
+
+def _unblock_signals() -> None:
+    """In a forked child, let every signal through again.
+
+    A thread's signal mask is inherited by the processes it forks: a serve
+    loop on a thread that blocks SIGTERM, SIGINT and SIGHUP (``serve_all()``
+    runs each server's loop on such a thread, so that the main thread gets
+    the signals) would make every child deaf to them, and a service
+    manager's SIGTERM to the cgroup would leave the children running. The
+    child is a new single-threaded process: it takes the signals itself,
+    as a child forked by the main thread of a plain program does."""
+    import signal  # here: a program that imports the class does not pay for it
+
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
