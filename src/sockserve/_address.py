@@ -10,14 +10,16 @@ if TYPE_CHECKING:
 
 
 def format_address(address: Any) -> str:
-    """Render a socket address: ``host:port``, ``[v6]:port``, or a Unix path."""
+    """Render a socket address: ``host:port``, ``[v6]:port``, a Unix path, or ``@name`` (abstract)."""
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
         if isinstance(host, str) and ":" in host:
             return f"[{host}]:{port}"
         return f"{host}:{port}"
     if isinstance(address, bytes):
-        return address.decode("utf-8", "backslashreplace") or "<unnamed>"
+        address = address.decode("utf-8", "backslashreplace")
     if address == "" or address is None:
         return "<unnamed>"
+    if isinstance(address, str) and address[:1] == "\0":
+        return "@" + address[1:]  # an abstract Unix name, as the unix:@NAME bind syntax writes it
     return str(address)

@@ -10,6 +10,7 @@ second, and the next line that gets through says how many were held back.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -76,6 +77,18 @@ class LogBudget:
 
 
 budget = LogBudget()
+
+
+def _budget_lock_for_a_child() -> None:
+    """A forked child gets a new lock for the budget: a fork while another
+    thread of the parent held it (a serve loop logging a refusal while a
+    forking server's loop forked) would leave it held for ever in the
+    child, whose first rate-limited line would then never return."""
+    budget._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_budget_lock_for_a_child)
 
 
 def _emit(kind: str, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
