@@ -6,6 +6,8 @@ import socket
 import threading
 from typing import Any
 
+import pytest
+
 import sockserve
 from sockserve.testing import running_server
 
@@ -235,3 +237,50 @@ def test_connections_whose_bytes_are_there_at_accept_go_straight_to_the_workers(
     finally:
         for client in clients:
             client.close()
+
+
+class Greeter(sockserve.StreamRequestHandler):
+    """A protocol in which the server speaks first (an SMTP-like banner)."""
+
+    speaks_first = True
+
+    def handle(self) -> None:
+        self.wfile.write(b"220 ready\n")
+        self.wfile.write(b"250 " + self.rfile.readline())
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_a_handler_that_speaks_first_greets_a_client_that_waits_for_it(family: str, unix_path: str) -> None:
+    if family == "tcp":
+        server: Any = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), Greeter)
+    else:
+        server = sockserve.ThreadPoolUnixStreamServer(unix_path, Greeter)
+    with running_server(server), connect(server.server_address) as client:
+        assert recv_line(client) == b"220 ready\n"  # before the client said anything
+        client.sendall(b"hello\n")
+        assert recv_line(client) == b"250 hello\n"
+
+
+def test_a_default_handler_still_waits_for_the_client_s_first_byte() -> None:
+    entered = threading.Event()
+
+    class Quiet(Greeter):
+        speaks_first = False
+
+        def handle(self) -> None:
+            entered.set()
+            super().handle()
+
+    with running_server(sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), Quiet)) as server:
+        with connect(server.server_address) as client:
+            # The serve loop's model (made when it starts: not made here, which would race it).
+            assert wait_until(lambda: server._concurrency is not None)
+            model = server._concurrency
+            # Waiting in the reactor, where its handler has not been queued.
+            assert wait_until(lambda: len(model._waiting) == 1)
+            assert not entered.is_set()
+            client.sendall(b"hello\n")
+            with client.makefile("rb") as replies:
+                assert replies.readline() == b"220 ready\n"
+                assert replies.readline() == b"250 hello\n"
+        assert entered.is_set()

@@ -36,6 +36,14 @@ class BaseRequestHandler:
     request: Any
     client_address: Any
     server: BaseServer
+    # True for a protocol in which the server speaks first (an SMTP or FTP
+    # banner, a greeting): the thread pool then runs the handler as soon as
+    # the connection is admitted (and has passed its stages), instead of
+    # waiting, without a thread, for the client's first byte, which such a
+    # client never sends before the greeting. Read once per server, on its
+    # handler class; the other models run every handler at once anyway. A
+    # sockserve name: a handler built on the stdlib's classes may set it too.
+    speaks_first: ClassVar[bool] = False
 
     def __init__(self, request: Any, client_address: Any, server: BaseServer) -> None:
         self.request = request

@@ -241,6 +241,10 @@ class PoolModel(TicketModel):
         self.reactor = reactor
         self.server = server
         self.framed = is_framed_handler(server.RequestHandlerClass)
+        # A classic handler that greets its client first
+        # (BaseRequestHandler.speaks_first) goes to a worker at once: waiting
+        # for the client's first byte would wait for ever.
+        self.speaks_first = not self.framed and bool(getattr(server.RequestHandlerClass, "speaks_first", False))
         if self.framed:
             admission.request_unit = 0  # a framed connection counts its requests (FramedConnection)
         # The reactor's thread cuts a framed connection at its deadline itself.
@@ -310,8 +314,8 @@ class PoolModel(TicketModel):
             job.stages = ()
             if not reactor.call_soon(lambda: self._start_framed(connection)):
                 connection.closed_without_reactor()  # the server closed meanwhile
-        elif not job.stages and _first_byte_in(job.request):
-            # The client has sent already (98% of connect_20's connections
+        elif not job.stages and (self.speaks_first or _first_byte_in(job.request)):
+            # The handler speaks first, or the client has sent already (98% of connect_20's connections
             # at accept): straight to a worker, with no detour through the
             # reactor's thread, which has to be woken and win the GIL
             # before it passes the connection on (the waits of up to 39 ms
@@ -365,7 +369,10 @@ class PoolModel(TicketModel):
     def _wait_first_byte(self, job: Job, target: Callable[[Any, Any], object]) -> None:
         """A classic connection waits here, holding no worker, until its
         client has sent its first byte and passed its stages (PROXY header,
-        TLS handshake), all under the stages' deadline; then a worker runs it."""
+        TLS handshake), all under the stages' deadline; then a worker runs it.
+        (Stages always begin with the client's bytes, and a connection is
+        handed on as soon as they are done, bytes behind them or not: a
+        handler that speaks first greets a proxied or TLS client too.)"""
         sock: socket.socket = job.request
         stages, job.stages = job.stages, ()
         byte_stages, tls = split_tls(stages) if stages else ((), None)
