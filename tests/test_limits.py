@@ -178,6 +178,49 @@ def test_limits_are_validated() -> None:
         sockserve.Limits().replace(max_line=0)
 
 
+@pytest.mark.parametrize("name", ["idle_timeout", "connection_timeout"])
+@pytest.mark.parametrize("value", [2_592_000, 1e300, float("inf"), float("nan")])
+def test_a_timeout_longer_than_a_wait_can_be_is_refused(name: str, value: float) -> None:
+    # 30 days passed and broke every connection later ("timestamp out of range
+    # for platform time_t"); the bound is the one every duration shares.
+    arguments: dict[str, Any] = {name: value}
+    with pytest.raises(ValueError, match=name):
+        sockserve.Limits(**arguments)
+
+
+def test_check_seconds_is_the_one_bound_for_every_duration() -> None:
+    from sockserve._limits import MAX_SECONDS, check_seconds
+
+    # epoll.poll() takes at most 2**31-1 ms; two durations may share one wait
+    # (the PROXY header's timeout and the TLS handshake's), so twice the bound fits.
+    assert 2 * MAX_SECONDS * 1000 <= 2**31 - 1
+    assert check_seconds("grace", MAX_SECONDS) == MAX_SECONDS
+    assert check_seconds("grace", 0, zero=True) == 0.0
+    assert isinstance(check_seconds("grace", 3), float)
+    with pytest.raises(ValueError, match=r"^grace must be at most 1000000 seconds \(about 11.6 days\), got 1000001$"):
+        check_seconds("grace", 1_000_001)
+    with pytest.raises(ValueError, match=r"^grace must be more than 0 seconds, got 0$"):
+        check_seconds("grace", 0)
+    with pytest.raises(ValueError, match=r"^drain_delay must be 0 or more seconds, got -1$"):
+        check_seconds("drain_delay", -1, zero=True)
+    with pytest.raises(ValueError, match="more than 0"):
+        check_seconds("grace", float("nan"))
+    with pytest.raises(TypeError, match="grace must be a number of seconds, got bool"):
+        check_seconds("grace", True)
+    with pytest.raises(TypeError, match="got str"):
+        check_seconds("grace", "5")
+
+
+def test_a_proxy_timeout_longer_than_a_wait_can_be_is_refused() -> None:
+    # 30 days passed, then killed the pool's reactor thread at its first PROXY
+    # connection (epoll.poll: "OverflowError: timeout is too large").
+    with pytest.raises(ValueError, match="timeout must be at most 1000000 seconds"):
+        sockserve.ProxyProtocol(["10.0.0.0/8"], timeout=2_592_000)
+    with pytest.raises(ValueError, match="timeout must be more than 0 seconds"):
+        sockserve.ProxyProtocol(["10.0.0.0/8"], timeout=0)
+    assert sockserve.ProxyProtocol(["10.0.0.0/8"], timeout=1_000_000).timeout == 1_000_000.0
+
+
 def test_limits_are_a_frozen_value() -> None:
     limits = sockserve.Limits(max_connections=8, idle_timeout=2.5)
     assert limits == sockserve.Limits(8, None, 2.5)

@@ -8,6 +8,36 @@ from __future__ import annotations
 
 from ._frozen import FrozenValue
 
+__all__ = ["MAX_SECONDS", "NO_LIMITS", "Limits", "check_seconds", "limits_of"]
+
+# The longest timeout, grace or delay sockserve takes, in seconds (~11.6
+# days). Each ends up as a wait: epoll.poll() refuses more than 2**31-1 ms
+# (~24.8 days, "OverflowError: timeout is too large", which killed the pool's
+# reactor thread), socket.settimeout() refuses what time_t cannot hold, and a
+# deadline is a monotonic time plus the value. A round figure under half of
+# epoll's bound, because two of them may be added up into one wait: a
+# connection's stages share one deadline, the PROXY header's timeout plus the
+# TLS handshake's (_stages.stages_timeout). Whoever wants no limit says None
+# where the setting allows it, not a very large number.
+MAX_SECONDS = 1_000_000.0
+
+
+def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
+    """``value`` as seconds, checked: a number (not a bool), more than 0 (or 0
+    too with ``zero``), and at most :data:`MAX_SECONDS` (NaN and infinity are
+    refused). TypeError or ValueError naming ``name`` otherwise.
+
+    The one check for every duration the library takes, so that a value that
+    passes here cannot break a wait later."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not (value >= 0 if zero else value > 0):  # NaN fails this too
+        floor = "0 or more" if zero else "more than 0"
+        raise ValueError(f"{name} must be {floor} seconds, got {value!r}")
+    if not value <= MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} seconds (about 11.6 days), got {value!r}")
+    return float(value)
+
 
 class Limits(FrozenValue):
     """What one server allows its clients. ``None`` means no limit.
@@ -54,9 +84,12 @@ class Limits(FrozenValue):
         max_line: int | None = None,
     ) -> None:
         values = (max_connections, max_connections_per_ip, idle_timeout, connection_timeout, max_line)
-        for name, value in zip(self._fields[:4], values, strict=False):
+        for name, value in zip(self._fields[:2], values, strict=False):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None, got {value!r}")
+        for name, value in zip(self._fields[2:4], values[2:4], strict=True):
+            if value is not None:
+                check_seconds(name, value)  # kept as given: the check only refuses
         if max_line is not None and max_line < 1:
             raise ValueError(f"max_line must be at least 1, got {max_line!r}")
         self._freeze(*values)

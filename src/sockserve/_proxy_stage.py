@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from ._access import client_ip, in_networks, parse_networks
 from ._errors import NotAProxyHeader, ProxyHeaderError
 from ._frozen import FrozenValue
+from ._limits import check_seconds
 from ._stages import Done, NeedMore, Outcome, Reject
 from .protocol.proxy import DEFAULT_MAX_PROXY_HEADER, V1_PREFIX, V2_SIGNATURE, parse_proxy_header
 
@@ -82,8 +83,7 @@ class ProxyProtocol(FrozenValue):
         max_size: int = DEFAULT_MAX_PROXY_HEADER,
         trust_unix: bool = False,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        timeout = check_seconds("timeout", timeout)  # bounded: it becomes a wait (epoll's limit)
         if max_size < 16:
             raise ValueError(f"max_size must be at least 16 (a v2 header's fixed part), got {max_size!r}")
         self._freeze(

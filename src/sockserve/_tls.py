@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 
 from ._errors import SockserveError
 from ._frozen import FrozenValue
+from ._limits import check_seconds  # the bound every wait shares (epoll's)
 from ._log import logger
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
@@ -222,11 +223,7 @@ def _client_cert_mode(mode: str, client_ca: object) -> str:
 
 
 def _timeout(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"handshake_timeout must be a number, got {type(value).__name__}")
-    if not 0 < value < float("inf"):
-        raise ValueError(f"handshake_timeout must be positive and finite, got {value!r}")
-    return float(value)
+    return check_seconds("handshake_timeout", value)
 
 
 def _sni_entries(sni: Mapping[str, Any]) -> _SNIMap:
