@@ -116,6 +116,59 @@ def test_unusable_environment_is_a_clear_error(environ: dict[str, str], names: s
         Notifier.from_environment(environ)
 
 
+UNUSABLE = [
+    ({"NOTIFY_SOCKET": "relative/notify"}, "NOTIFY_SOCKET='relative/notify': not an absolute path"),
+    ({"NOTIFY_SOCKET": "vsock:2:1234"}, "NOTIFY_SOCKET='vsock:2:1234': AF_VSOCK addresses are not supported"),
+    ({"NOTIFY_SOCKET": "/" + "x" * 200}, "longer than a Unix socket address can be"),
+]
+UNUSABLE_WATCHDOG = [
+    ({"WATCHDOG_USEC": "garbage"}, "WATCHDOG_USEC='garbage': not a positive number of microseconds"),
+    ({"WATCHDOG_USEC": "0"}, "WATCHDOG_USEC='0': not a positive number of microseconds"),
+    ({"WATCHDOG_USEC": "-5"}, "WATCHDOG_USEC='-5': not a positive number of microseconds"),
+    ({"WATCHDOG_USEC": "1", "WATCHDOG_PID": "me"}, "WATCHDOG_PID='me': not a process id"),
+]
+
+
+@pytest.mark.parametrize(("environ", "message"), UNUSABLE)
+def test_not_strict_a_bad_notify_socket_is_one_warning_and_no_notifications(
+    environ: dict[str, str], message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sockserve")
+    with Notifier.from_environment({**environ, "WATCHDOG_USEC": "20000"}, strict=False) as notifier:
+        assert not notifier.enabled
+        assert notifier.ready() is False
+        assert notifier.watchdog_interval() is None
+    assert [record.levelno for record in caplog.records] == [logging.WARNING]
+    assert message in caplog.records[0].getMessage()
+    assert caplog.records[0].getMessage().endswith(": not telling the service manager anything")
+
+
+@pytest.mark.parametrize(("environ", "message"), UNUSABLE_WATCHDOG)
+def test_not_strict_a_bad_watchdog_is_one_warning_and_notifications_without_it(
+    environ: dict[str, str], message: str, manager: FakeManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sockserve")
+    with Notifier.from_environment({**environ, "NOTIFY_SOCKET": manager.address}, strict=False) as notifier:
+        assert notifier.watchdog_interval() is None
+        assert notifier.ready()
+        assert manager.receive() == "READY=1"
+    assert [record.getMessage() for record in caplog.records] == [f"{message}: running without the systemd watchdog"]
+
+
+def test_an_absurd_watchdog_interval_is_capped(manager: FakeManager) -> None:
+    # 26 digits: the watchdog thread's Event.wait() overflowed ("timestamp too
+    # large"). Pinging every MAX_SECONDS still satisfies any such watchdog.
+    from sockserve._limits import MAX_SECONDS
+
+    environ = {"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "9" * 26}
+    with Notifier.from_environment(environ) as notifier:
+        assert notifier.watchdog_interval() == MAX_SECONDS
+        with Watchdog(notifier) as watchdog:
+            assert watchdog.interval == MAX_SECONDS
+            assert manager.receive() == "WATCHDOG=1"
+        assert watchdog._thread is None
+
+
 @pytest.mark.parametrize(
     "call",
     [

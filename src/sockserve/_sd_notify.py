@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 
+from ._limits import MAX_SECONDS
 from ._log import _emit
 from ._thread_signals import leave_signals_to_the_main_thread
 
@@ -78,11 +79,11 @@ def _watchdog_usec(environ: Mapping[str, str]) -> int | None:
     usec = environ.get("WATCHDOG_USEC", "")
     if not usec:
         return None
-    if not usec.isdigit() or int(usec) == 0:
+    if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
         raise ValueError(f"WATCHDOG_USEC={usec!r}: not a positive number of microseconds")
     pid = environ.get("WATCHDOG_PID", "")
     if pid:
-        if not pid.isdigit():
+        if not (pid.isascii() and pid.isdigit()):
             raise ValueError(f"WATCHDOG_PID={pid!r}: not a process id")
         if int(pid) != os.getpid():
             return None
@@ -124,14 +125,33 @@ class Notifier:
         self._failing = False  # the last send failed: the next failures are not logged again
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Notifier:
+    def from_environment(cls, environ: Mapping[str, str] | None = None, *, strict: bool = True) -> Notifier:
         """A notifier for what ``environ`` (default ``os.environ``) says.
 
         ValueError names the variable when ``NOTIFY_SOCKET``,
-        ``WATCHDOG_USEC`` or ``WATCHDOG_PID`` holds something unusable.
+        ``WATCHDOG_USEC`` or ``WATCHDOG_PID`` holds something unusable. With
+        ``strict=False`` such a variable is one WARNING line instead, naming
+        it and why, and is left aside: a bad ``NOTIFY_SOCKET`` means no
+        notifications, a bad ``WATCHDOG_USEC`` or ``WATCHDOG_PID`` no
+        watchdog pings. For a server already serving, which a malformed
+        environment should not stop (systemd itself never passes one).
         """
         environ = os.environ if environ is None else environ
-        return cls(environ.get("NOTIFY_SOCKET") or None, watchdog_usec=_watchdog_usec(environ))
+        notify_socket = environ.get("NOTIFY_SOCKET") or None
+        try:
+            usec = _watchdog_usec(environ)
+        except ValueError as error:
+            if strict:
+                raise
+            _emit("sd_notify", _WARNING, "%s: running without the systemd watchdog", error)
+            usec = None
+        try:
+            return cls(notify_socket, watchdog_usec=usec)
+        except ValueError as error:
+            if strict:
+                raise
+            _emit("sd_notify", _WARNING, "%s: not telling the service manager anything", error)
+            return cls(None)
 
     @property
     def enabled(self) -> bool:
@@ -146,7 +166,9 @@ class Notifier:
         """
         if self._watchdog_usec is None or self._address is None:
             return None
-        return self._watchdog_usec / 2_000_000
+        # At most MAX_SECONDS: a longer wait cannot be made (epoll.poll() and
+        # Event.wait() overflow), and pinging more often than asked is harmless.
+        return min(self._watchdog_usec / 2_000_000, MAX_SECONDS)
 
     def send(self, **fields: object) -> bool:
         """Sends ``fields`` as one message, in order: ``send(READY=1, STATUS="serving")``.
