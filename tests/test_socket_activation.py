@@ -336,6 +336,8 @@ def test_the_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch)
         ("unix:/run/app.sock?name=app.socket", Bind("unix", path="/run/app.sock", name="app.socket")),
         ("unixgram:/run/log.sock", Bind("unixgram", path="/run/log.sock")),
         ("unixgram:@log?name=log", Bind("unixgram", path="@log", name="log")),
+        ("unix:/" + "x" * 106, Bind("unix", path="/" + "x" * 106)),  # 107 bytes: the most a path holds
+        ("unix:@" + "x" * 106, Bind("unix", path="@" + "x" * 106)),
     ],
 )
 def test_parse_bind(text: str, expected: Bind) -> None:
@@ -358,9 +360,11 @@ def test_bind_kind_and_address() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "expected tcp://HOST:PORT, udp://HOST:PORT or unix:PATH"),
-        ("0.0.0.0", "expected tcp://HOST:PORT, udp://HOST:PORT or unix:PATH"),
-        ("http://0.0.0.0:80", "unknown scheme 'http'"),
+        ("", "expected tcp://HOST:PORT, udp://HOST:PORT, unix:PATH, unix:@NAME or unixgram:PATH"),
+        ("0.0.0.0", "expected tcp://HOST:PORT, udp://HOST:PORT, unix:PATH, unix:@NAME or unixgram:PATH"),
+        # --help once said @ABSTRACT: the abstract namespace is unix:@NAME.
+        ("@abstract", "expected tcp://HOST:PORT, udp://HOST:PORT, unix:PATH, unix:@NAME or unixgram:PATH"),
+        ("http://0.0.0.0:80", "unknown scheme 'http' (expected tcp, udp, unix or unixgram)"),
         ("tcp:0.0.0.0:80", "expected tcp://HOST:PORT"),
         ("tcp://0.0.0.0", "no port"),
         ("tcp://:9000", "no host"),
@@ -376,6 +380,14 @@ def test_bind_kind_and_address() -> None:
         ("unix:", "the Unix socket path is empty"),
         ("unix:@", "the Unix socket path is empty"),
         ("unix:/a\0b", "holds a NUL"),
+        # A newline in a path split the start-up line in two (log injection).
+        ("unix:/tmp/new\nline.sock", "the Unix socket path holds a control character '\\n'"),
+        ("unixgram:/tmp/a\x1b[31m.sock", "holds a control character '\\x1b'"),
+        ("unix:@a\x85b", "holds a control character '\\x85'"),
+        # sun_path's 108 bytes, the NUL included: --check passed 108 and more, serving then failed.
+        ("unix:/" + "x" * 107, "the Unix socket path is 108 bytes, over the 107 a socket address holds"),
+        ("unix:@" + "x" * 107, "the Unix socket path is 108 bytes, over the 107"),
+        ("unix:/" + "\N{EURO SIGN}" * 36, "the Unix socket path is 109 bytes"),
         ("unixgram:", "the Unix socket path is empty"),
         ("unixgrams:/a", "unknown scheme 'unixgrams'"),
         ("tcp://0.0.0.0:1?name=", "a name is 1 to 255 printable ASCII characters"),
@@ -400,7 +412,8 @@ binds = st.one_of(
     st.builds(
         Bind,
         st.sampled_from(["unix", "unixgram"]),
-        path=st.from_regex(r"@?[^\0?@][^\0?]{0,40}", fullmatch=True),
+        # At most 26 characters of up to 4 bytes each, "@" included: within sun_path's 107 bytes.
+        path=st.from_regex(r"@?[^\x00-\x1f\x7f-\x9f?@][^\x00-\x1f\x7f-\x9f?]{0,24}", fullmatch=True),
         name=names,
     ),
 )

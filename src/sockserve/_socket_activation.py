@@ -69,6 +69,13 @@ _NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() would also take
 _FDNAME = re.compile(r"[\x20-\x39\x3b-\x7e]{1,255}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 _INT_MAX = 2**31 - 1
+# C0 controls, DEL and C1 controls: a path holding one splits the start-up log
+# line (or forges another), and a NUL cannot reach the kernel.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# sun_path holds 108 bytes: a path's terminating NUL included, and an
+# abstract name's leading NUL (written @) likewise (Linux's unix(7); CPython
+# refuses a 108-byte path with "AF_UNIX path too long").
+_MAX_UNIX_PATH = 107
 
 
 class SocketActivationError(SockserveError, ValueError):
@@ -306,16 +313,27 @@ def parse_bind(text: str) -> Bind:
         raise ValueError(f"bad bind {text!r}: a name is 1 to 255 printable ASCII characters without ':' (got {name!r})")
     scheme, colon, target = rest.partition(":")
     if not colon:
-        # (unixgram:PATH stays out of the messages until the CLI serves it.)
-        raise ValueError(f"bad bind {text!r}: expected tcp://HOST:PORT, udp://HOST:PORT or unix:PATH")
+        raise ValueError(
+            f"bad bind {text!r}: expected tcp://HOST:PORT, udp://HOST:PORT, unix:PATH, unix:@NAME or unixgram:PATH"
+        )
     if scheme in ("unix", "unixgram"):
         if not target or target == "@":
             raise ValueError(f"bad bind {text!r}: the Unix socket path is empty")
         if "\0" in target:
             raise ValueError(f"bad bind {text!r}: the Unix socket path holds a NUL (write an abstract name as @NAME)")
+        control = _CONTROL.search(target)
+        if control:
+            raise ValueError(f"bad bind {text!r}: the Unix socket path holds a control character {control[0]!r}")
+        size = len(os.fsencode(target))
+        if size > _MAX_UNIX_PATH:
+            # Found here, by --check, rather than when binding fails.
+            raise ValueError(
+                f"bad bind {text!r}: the Unix socket path is {size} bytes, "
+                f"over the {_MAX_UNIX_PATH} a socket address holds"
+            )
         return Bind("unix" if scheme == "unix" else "unixgram", path=target, name=name if separator else None)
     if scheme not in ("tcp", "udp"):
-        raise ValueError(f"bad bind {text!r}: unknown scheme {scheme!r} (expected tcp, udp or unix)")
+        raise ValueError(f"bad bind {text!r}: unknown scheme {scheme!r} (expected tcp, udp, unix or unixgram)")
     if not target.startswith("//"):
         raise ValueError(f"bad bind {text!r}: expected {scheme}://HOST:PORT")
     host, port = _parse_host_port(text, target[2:])
