@@ -196,6 +196,14 @@ def settle(ticket: Ticket, metrics: Metrics, access_log: bool, request_unit: int
     process settles (a forked child's, in its parent) says nothing here."""
     if not ticket.report:
         return ""
+    probe = ticket.probe
+    if probe is not None:
+        # The transport closed its socket before it told the handler (async
+        # TLS): the duplicate kept the connection open until now, to be read.
+        ticket.probe = None
+        if ticket.tcp_info is None:
+            tcp_bytes(probe, ticket)
+        probe.close()
     if ticket.tcp_info is not None:
         read_tcp_info(ticket)
     why = closed_by(ticket)

@@ -105,7 +105,9 @@ class Ticket:
     Set only where a model has them (class defaults otherwise: a ticket
     pays for no store it does not need): ``received`` and ``sent`` (bytes, None:
     not known), ``tcp_info`` (the raw TCP_INFO read as its socket closed,
-    parsed when it is counted: ``_access_log.read_tcp_info``), ``report``
+    parsed when it is counted: ``_access_log.read_tcp_info``), ``probe`` (a
+    duplicate descriptor of the socket to read it from, where the transport
+    closes its own first: an async TLS connection's), ``report``
     (False where another process settles it: a forked child's parent).
     """
 
@@ -127,6 +129,7 @@ class Ticket:
     received: int | None = None
     sent: int | None = None
     tcp_info: bytes | None = None
+    probe: Any = None  # a duplicate of a TLS connection's socket: see aio/_tls.py
     report = True
 
     def __init__(self, peer: Any, key: Hashable, admitted_at: float, deadline: float | None, number: int = 0) -> None:

@@ -341,7 +341,8 @@ async def connect_callback(
         else:
             from ._tls import connect_tls
 
-            if await connect_tls(loop, conn.sock, lambda: conn, tls, deadline, conn.client_address) is None:
+            probe = conn.ticket if conn.server._tcp_bytes else None  # see connect_tls()
+            if await connect_tls(loop, conn.sock, lambda: conn, tls, deadline, conn.client_address, probe) is None:
                 _never_connected(conn)  # the handshake failed, and said so
     except asyncio.CancelledError:
         _never_connected(conn)

@@ -152,7 +152,15 @@ async def run_stream(
             from ._tls import connect_tls
 
             reader.half_close = False
-            transport = await connect_tls(loop, conn.sock, lambda: reader, tls, deadline, conn.client_address)
+            transport = await connect_tls(
+                loop,
+                conn.sock,
+                lambda: reader,
+                tls,
+                deadline,
+                conn.client_address,
+                conn.ticket if server._tcp_bytes else None,
+            )
             if transport is None:
                 if conn.ticket is not None and conn.ticket.closed_by is None:
                     conn.ticket.closed_by = "refused"

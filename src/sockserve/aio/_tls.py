@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .._admission import Ticket
     from .._stages import SocketStage
 
 
@@ -20,11 +21,27 @@ async def connect_tls(
     tls: SocketStage,
     deadline: float,
     client_address: Any,
+    ticket: Ticket | None = None,
 ) -> asyncio.Transport | None:
     """Hand ``sock`` to the loop's TLS as a server; the transport once the
     handshake is done, or None if it failed (logged and counted, once: the
     loops themselves log nothing for a failed server handshake unless in
-    debug mode)."""
+    debug mode).
+
+    ``ticket``: the connection's bytes are wanted (the access log,
+    count_bytes). Both loops' TLS tell the handler that the connection was
+    lost a turn after their transport closed the socket (asyncio's and
+    uvloop's ``sslproto`` call it soon, and the socket is gone then), where
+    a plain transport tells it before: so the ticket keeps a duplicate of
+    the descriptor (``Ticket.probe``), which holds the connection open
+    until its release reads its TCP_INFO and closes it
+    (``_access_log.settle``). One more descriptor per TLS connection, only
+    while bytes are wanted."""
+    if ticket is not None:
+        try:
+            ticket.probe = sock.dup()
+        except OSError:
+            pass  # out of descriptors: no bytes for this one
     remaining = deadline - loop.time()
     try:
         if remaining <= 0:
