@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 
 from ._model import ConcurrencyModel, TicketModel
-from ._thread_signals import leave_signals_to_the_main_thread
+from ._thread_signals import signals_as_the_program_set_them
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class ThreadingMixIn(_ServerBase):
         target = self.process_request_thread
 
         def process_request_thread() -> None:  # named as the stdlib's thread target, so threads are named alike
-            leave_signals_to_the_main_thread()
+            signals_as_the_program_set_them()  # not blocked: the handler's programs inherit it
             job.run(target)
 
         thread = threading.Thread(target=process_request_thread)

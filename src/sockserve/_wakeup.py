@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
+import time
 
 from ._signal_wakeup import drain, signal_wakeup
+
+# Without a wake-up descriptor, the longest the main thread sleeps at once:
+# how late a signal handler may run when the signal lands on another thread.
+MAIN_THREAD_SLICE = 0.25
 
 
 class Waker:
@@ -47,10 +53,31 @@ class Waker:
         signals = signal_wakeup()  # a signal's handler may be what wakes us: see _signal_wakeup
         if signals is not None:
             poller.register(signals, select.POLLIN)
+        elif threading.current_thread() is threading.main_thread():
+            return self._wait_in_slices(poller, timeout)
         ready = poller.poll(None if timeout is None else max(timeout, 0.0) * 1000.0)
         if signals is not None and any(fd == signals.fileno() for fd, _ in ready):
             drain(signals)
         return bool(ready)
+
+    @staticmethod
+    def _wait_in_slices(poller: select.poll, timeout: float | None) -> bool:
+        """The main thread's wait when no wake-up descriptor is installed.
+
+        A signal that lands on another thread (one running handlers, which
+        does not block signals: see _thread_signals) does not interrupt the
+        main thread's poll(), and its Python handler (a ``force_stop()``)
+        would wait for the whole timeout, a grace period. Waking every
+        MAIN_THREAD_SLICE seconds lets the interpreter run it between two
+        slices; it then wakes this waker, and the next slice returns at once.
+        Costs a wake-up per slice, only while the main thread waits here.
+        """
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            step = MAIN_THREAD_SLICE if deadline is None else min(MAIN_THREAD_SLICE, deadline - time.monotonic())
+            ready = poller.poll(max(step, 0.0) * 1000.0)
+            if ready or step < MAIN_THREAD_SLICE:
+                return bool(ready)
 
     def close(self) -> None:
         self._reader.close()

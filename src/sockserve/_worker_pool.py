@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._thread_signals import leave_signals_to_the_main_thread
+from ._thread_signals import signals_as_the_program_set_them
 
 Task = tuple[Callable[..., object], tuple[Any, ...]]
 
@@ -134,7 +134,7 @@ class WorkerPool:
         worker.start()
 
     def _work(self) -> None:
-        leave_signals_to_the_main_thread()
+        signals_as_the_program_set_them()  # it runs handlers: their programs must get SIGTERM (see _thread_signals)
         me = threading.current_thread()
         try:
             while True:
