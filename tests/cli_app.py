@@ -70,3 +70,10 @@ class WhoAmI(sockserve.StreamRequestHandler):
         mask = os.umask(0)
         os.umask(mask)
         self.wfile.write(f"{os.getuid()} {os.getgid()} {mask:03o}\n".encode())
+
+
+class Kind:
+    """A class that is not a request handler: ``sockserve serve`` refuses it by name."""
+
+    def __init__(self, *args: object) -> None:
+        self.args = args

@@ -663,7 +663,8 @@ def test_the_admin_listener_says_ready_then_draining() -> None:
 def test_reload_restarts_the_server_when_a_source_file_changes(tmp_path: Path, workers: list[str]) -> None:
     app = tmp_path / "reload_app.py"
     app.write_text(VERSIONED_APP.format(version=1))
-    started = r"serving (\S+) \(model pool, [^;]*pid (\d+); inherited fd 3"
+    # "inherited fd 3)": no name after it (it said 'unknown', sd_listen_fds' word for none).
+    started = r"serving (\S+) \(model pool, [^;]*pid (\d+); inherited fd 3\)"
     with Serving("reload_app:Version", "--bind", "tcp://127.0.0.1:0", "--reload", *workers, cwd=tmp_path) as server:
         held = address_of(server.wait_for(r"reload: holding (\S+) ")[1])
         first = server.wait_for(started)
@@ -751,6 +752,84 @@ def test_systemd_notifications(short_tmp: str) -> None:
             assert server.wait() == 0, server.text
     finally:
         manager.close()
+
+
+@pytest.mark.parametrize(
+    ("variables", "warning"),
+    [
+        ({"NOTIFY_SOCKET": "relative/notify"}, "NOTIFY_SOCKET='relative/notify': not an absolute path"),
+        ({"NOTIFY_SOCKET": "vsock:2:1234"}, "NOTIFY_SOCKET='vsock:2:1234': AF_VSOCK addresses are not supported"),
+        ({"NOTIFY_SOCKET": "/" + "x" * 200}, "longer than a Unix socket address can be"),
+    ],
+    ids=["relative", "vsock", "too-long"],
+)
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "prefork"])
+def test_a_bad_notify_socket_is_one_warning_and_it_serves_on(
+    variables: dict[str, str], warning: str, workers: list[str]
+) -> None:
+    # It died with a traceback after "serving".
+    env = {**os.environ, **variables, "WATCHDOG_USEC": "200000"}
+    with Serving("tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", *workers, env=env) as server:
+        server.wait_for(r"ready: ")  # the warning comes before it, after "serving" in one process
+        (warned,) = [line for line in server.seen if "NOTIFY_SOCKET" in line]
+        assert " WARNING " in warned
+        assert warning in warned
+        assert warned.rstrip().endswith(": not telling the service manager anything")
+        address = address_of(re.findall(r"serving (\S+) \(", server.text)[0])
+        assert stream_round_trip(address, b"still here\n") == b"still here\n"
+        assert server.stop() == 0, server.text
+    assert "Traceback" not in server.text
+    assert sum("NOTIFY_SOCKET" in line for line in server.seen) == 1, server.text
+
+
+@pytest.mark.parametrize("usec", ["garbage", "0", "-5"])
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "prefork"])
+def test_a_bad_watchdog_usec_is_one_warning_and_it_notifies_without_it(
+    short_tmp: str, usec: str, workers: list[str]
+) -> None:
+    manager = FakeManager.unique(short_tmp)
+    env = {**os.environ, "NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": usec}
+    try:
+        with Serving("tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", *workers, env=env) as server:
+            server.wait_for(r"ready: ")
+            (warned,) = [line for line in server.seen if "WATCHDOG_USEC" in line]
+            assert " WARNING " in warned
+            assert (
+                f"WATCHDOG_USEC={usec!r}: not a positive number of microseconds: running without the systemd" in warned
+            )
+            address = address_of(re.findall(r"serving (\S+) \(", server.text)[0])
+            assert manager.wait_for("READY=1")
+            assert stream_round_trip(address, b"no watchdog\n") == b"no watchdog\n"
+            server.proc.send_signal(signal.SIGTERM)
+            assert manager.wait_for("STOPPING=1")
+            assert server.wait() == 0, server.text
+        assert "Traceback" not in server.text
+    finally:
+        manager.close()
+
+
+def test_admin_metrics_count_bytes_without_the_access_log() -> None:
+    # The byte counters read 0 unless --access-log was on (count_bytes was never set).
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def counted(admin: Any) -> tuple[float, float]:
+        status, body = http_get(admin, "/metrics")
+        assert status == 200
+        families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+        return tuple(  # type: ignore[return-value]
+            sum(sample.value for sample in families[name].samples if sample.name.endswith("_total"))
+            for name in ("sockserve_received_bytes", "sockserve_sent_bytes")
+        )
+
+    args = ["--bind", "tcp://127.0.0.1:0", "--admin", "127.0.0.1:0"]
+    with Serving("tests.cli_app:Echo", *args) as server:
+        (address,) = server.addresses()
+        admin = address_of("tcp://" + server.wait_for(r"admin listener on http://(\S+):")[1])
+        payload = b"x" * 1000 + b"\n"
+        assert stream_round_trip(address, payload) == payload
+        # Counted as the connection closes: the client closed, the server's close follows.
+        assert wait_until(lambda: counted(admin) == (1001.0, 1001.0)), counted(admin)
+        assert server.stop() == 0, server.text
 
 
 # -- the config file and the flags -------------------------------------------------------------------------
@@ -872,6 +951,30 @@ BAD = [
     (["tests.cli_app:Echo", "--user", "no-such-user-here"], "--user: "),
     (["tests.cli_app:Echo", "--group", "no-such-group-here"], "--group: "),
     (["tests.cli_app:Echo", "--tls-key", "key.pem"], "--tls-key: needs tls_cert (TLS is on only with a certificate)"),
+    # --check: were a check missing, the test would fail at once instead of serving.
+    # Any callable passed, and failed (or did something else) at the first connection.
+    (
+        ["os:system", "--check"],
+        "handler: os:system is the built-in function system, not a handler class (a subclass of",
+    ),
+    (
+        ["tests.cli_app:Echo.__init__", "--check"],
+        "handler: tests.cli_app:Echo.__init__ is the function BaseRequestHandler.__init__, not a handler class",
+    ),
+    (["tests.cli_app:Kind", "--check"], "handler: tests.cli_app:Kind is the class Kind, not a handler class"),
+    (["tests.cli_app:Echo", "--check", "--workers", "100000"], "--workers: expected a whole number from 1 to 1024"),
+    (["tests.cli_app:Echo", "--check", "--bind", "unix:/tmp/" + "x" * 103], "--bind: bad bind 'unix:/tmp/"),
+    (["tests.cli_app:Echo", "--check", "--bind", "unix:/tmp/new\nline.sock"], "--bind: a control character"),
+    (
+        ["tests.cli_app:Echo", "--check", "--proxy-trusted", "10.0.0.0/8", "--proxy-timeout", "2592000"],
+        "--proxy-timeout: ",
+    ),
+    (
+        ["tests.cli_app:Echo", "--check", "--tls-handshake-timeout", "2592000"],
+        "--tls-handshake-timeout: expected at most",
+    ),
+    (["tests.cli_app:Echo", "--check", "--idle-timeout", "1e300"], "--idle-timeout: expected at most 1000000 seconds"),
+    (["tests.cli_app:Echo", "--check", "--drain-delay", "1e300"], "--drain-delay: expected at most 1000000 seconds"),
 ]
 
 
@@ -892,6 +995,11 @@ def test_a_bad_setting_is_one_line_and_exit_status_2(args: list[str], message: s
         ("model = 'fork'\n", "app.toml: model: FramedEcho is a FramedRequestHandler: it runs on the pool"),
         ("bind = 'tcp://127.0.0.1'\n", "app.toml: bind: bad bind 'tcp://127.0.0.1': no port"),
         ("bind = [\n", "app.toml: not valid TOML: "),
+        # A NUL passed --check, then a traceback at serve ("embedded null byte").
+        ('pid_file = "/tmp/x\\u0000.pid"\n', "app.toml: pid_file: a control character (a newline, a NUL, ...)"),
+        ('tls_cert = "/tmp/x\\u0000.pem"\n', "app.toml: tls_cert: a control character"),
+        ('bind = ["unix:/tmp/new\\nline.sock"]\n', "app.toml: bind: a control character"),
+        ("workers = 99999999999999999999\n", "app.toml: workers: expected a whole number from 1 to 1024"),
     ],
 )
 def test_a_bad_config_file_is_one_line_naming_the_setting_and_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -900,6 +1008,33 @@ def test_a_bad_config_file_is_one_line_naming_the_setting_and_the_file(tmp_path:
     proc = run("tests.cli_app:FramedEcho", "--config", "app.toml", cwd=tmp_path, env=env)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"sockserve serve: {message}"), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("check", [[], ["--check"]], ids=["serve", "check"])
+def test_a_config_file_that_is_not_utf8(tmp_path: Path, check: list[str]) -> None:
+    (tmp_path / "app.toml").write_bytes(b"\xff\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = run("tests.cli_app:Echo", "--config", "app.toml", *check, cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "sockserve serve: app.toml: not valid TOML: not UTF-8 (byte 0xff at offset 0)\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        # It exited 3 without a word.
+        ("raise SystemExit(3)\n", "importing exits_app failed: SystemExit: 3 ("),
+        ("import sys\nsys.exit('no config')\n", "importing exits_app failed: SystemExit: no config ("),
+        # A traceback.
+        ("raise KeyboardInterrupt\n", "importing exits_app failed: KeyboardInterrupt ("),
+    ],
+)
+def test_a_handler_module_that_exits_when_imported(tmp_path: Path, source: str, message: str) -> None:
+    (tmp_path / "exits_app.py").write_text(source)
+    proc = run("exits_app:Handler", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"sockserve serve: handler: {message}{tmp_path / 'exits_app.py'}, line "), proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr
 
 
@@ -941,14 +1076,24 @@ def test_json_log_format() -> None:
         json.loads(text)  # every line is JSON
 
 
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:  # not there yet, or bound but not listening yet
+            return False
+    return True
+
+
 def test_the_access_log_in_json_whatever_the_log_level(short_tmp: str) -> None:
     import json
 
     path = os.path.join(short_tmp, "access.sock")
     args = ["--bind", f"unix:{path}", "--access-log", "--log-format", "json", "--log-level", "warning"]
     with Serving("tests.cli_app:Echo", *args) as server:
-        # --log-level warning: no start-up line to wait for; the socket file says it listens.
-        assert wait_until(lambda: os.path.exists(path) or server.proc.poll() is not None)
+        # --log-level warning: no start-up line to wait for. The socket file is
+        # there from bind(), a moment before listen(): a connection says it listens.
+        assert wait_until(lambda: _accepts(path) or server.proc.poll() is not None)
         assert stream_round_trip(path, b"logged\n") == b"logged\n"
         line = json.loads(server.wait_for(r'"logger": "sockserve.access"').string)
         assert line["closed_by"] == "client"

@@ -107,7 +107,37 @@ def test_none_in_a_flag_unsets_the_files_limit(tmp_path: Path) -> None:
             "--model: expected one of sequential, thread, pool, framed, fork, async, got 'threads'",
         ),
         (["--bind", "tcp://127.0.0.1"], "--bind: bad bind 'tcp://127.0.0.1': no port (expected HOST:PORT)"),
-        (["--bind", "http://x:1"], "--bind: bad bind 'http://x:1': unknown scheme 'http' (expected tcp, udp or unix)"),
+        (
+            ["--bind", "http://x:1"],
+            "--bind: bad bind 'http://x:1': unknown scheme 'http' (expected tcp, udp, unix or unixgram)",
+        ),
+        (
+            ["--bind", "@abstract"],
+            "--bind: bad bind '@abstract': expected tcp://HOST:PORT, udp://HOST:PORT, unix:PATH, unix:@NAME "
+            "or unixgram:PATH",
+        ),
+        # Longer than a wait can be (epoll: 2**31-1 ms); they passed, then broke the server.
+        (["--grace", "1e300"], "--grace: expected at most 1000000 seconds (about 11.6 days), got '1e300'"),
+        (["--drain-delay", "1e300"], "--drain-delay: expected at most 1000000 seconds"),
+        (["--idle-timeout", "1e300"], "--idle-timeout: expected at most 1000000 seconds"),
+        (["--connection-timeout", "1e300"], "--connection-timeout: expected at most 1000000 seconds"),
+        (["--proxy-timeout", "2592000"], "--proxy-timeout: expected at most 1000000 seconds"),
+        (["--tls-handshake-timeout", "2592000"], "--tls-handshake-timeout: expected at most 1000000 seconds"),
+        (["--workers", "100000"], "--workers: expected a whole number from 1 to 1024, got '100000'"),
+        # Control characters split a log line (log injection) and broke --check's TOML.
+        (
+            ["--bind", "unix:/tmp/new\nline.sock"],
+            "--bind: a control character (a newline, a NUL, ...) is not allowed here, got 'unix:/tmp/new\\nline.sock'",
+        ),
+        (["--pid-file", "/tmp/a\x1b[2Jb.pid"], "--pid-file: a control character (a newline, a NUL, ...) is not"),
+        (["--tls-cert", "/tmp/a\rb.pem"], "--tls-cert: a control character"),
+        (["--user", "nobody\n"], "--user: a control character"),
+        (["--admin", "unix:/tmp/a\tb"], "--admin: a control character"),
+        (["--pid-file", "/tmp/\udcff.pid"], "--pid-file: expected UTF-8 text, got '/tmp/\\udcff.pid'"),
+        (
+            ["--bind", "unix:/" + "x" * 107],
+            "--bind: bad bind 'unix:/" + "x" * 107 + "': the Unix socket path is 108 bytes, over the 107",
+        ),
         (
             ["--allow", "10.0.0.300/8"],
             "--allow: '10.0.0.300/8' is not an IP network or address (such as 10.0.0.0/8 or ::1)",
@@ -145,6 +175,14 @@ def test_a_bad_flag_is_one_line_naming_it(argv: list[str], message: str) -> None
         ("bind = []\n", "app.toml: bind: expected at least one bind"),
         ("bind = [1]\n", "app.toml: bind: expected a non-empty string, got 1"),
         ("grace = inf\n", "app.toml: grace: expected a number of seconds, 0 or more, got inf"),
+        ("idle_timeout = 1e300\n", "app.toml: idle_timeout: expected at most 1000000 seconds (about 11.6 days)"),
+        ("workers = 99999999999999999999\n", "app.toml: workers: expected a whole number from 1 to 1024"),
+        # A NUL passed --check, then "ValueError: embedded null byte" when serving.
+        ('pid_file = "/tmp/a\\u0000b.pid"\n', "app.toml: pid_file: a control character (a newline, a NUL, ...)"),
+        ('tls_cert = "/tmp/a\\u0000b.pem"\n', "app.toml: tls_cert: a control character"),
+        ('tls_key = "/tmp/key\\n.pem"\n', "app.toml: tls_key: a control character"),
+        ('tls_client_ca = "\\u009b"\n', "app.toml: tls_client_ca: a control character"),
+        ('bind = ["unix:/tmp/a\\nb"]\n', "app.toml: bind: a control character"),
         ("handler = 'app'\n", "app.toml: handler: expected MODULE:ATTRIBUTE"),
         ("max_connections = \n", "app.toml: not valid TOML: "),
     ],
@@ -154,6 +192,34 @@ def test_a_bad_file_is_one_line_naming_the_setting_and_the_file(tmp_path: Path, 
         load_settings({}, _write(tmp_path, text))
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    # tomllib decodes the whole file first: a UnicodeDecodeError, a traceback until now.
+    (tmp_path / "app.toml").write_bytes(b'handler = "tests.cli_app:Echo"\n\xff\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, "app.toml")
+    assert str(caught.value) == "app.toml: not valid TOML: not UTF-8 (byte 0xff at offset 31)"
+
+
+def test_a_config_path_with_a_control_character(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, "app\n.toml")
+    assert str(caught.value).startswith("--config: a control character (a newline, a NUL, ...) is not allowed here")
+    assert "\n" not in str(caught.value)
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    settings = load_settings(_flags("--workers", "1024", "--idle-timeout", "1000000", "--grace", "1e6"))
+    assert (settings.workers, settings.idle_timeout, settings.grace) == (1024, 1_000_000.0, 1_000_000.0)
+    path = "/" + "x" * 106  # 107 bytes, the most sun_path holds
+    assert load_settings(_flags("--bind", f"unix:{path}")).bind == (parse_bind(f"unix:{path}"),)
+
+
+def test_the_help_names_the_abstract_namespace_as_a_bind_takes_it() -> None:
+    text = build_serve_parser().format_help()
+    assert "@ABSTRACT" not in text
+    assert "unix:@NAME" in " ".join(text.split())
 
 
 def test_a_missing_file(tmp_path: Path) -> None:

@@ -156,23 +156,67 @@ def import_handler(settings: ServeSettings) -> Any:
         if exc.name is not None and module_name.startswith(exc.name):
             raise settings.error("handler", f"no module named {exc.name!r}") from None
         raise settings.error("handler", f"importing {module_name} failed: {_one_line(exc)}") from None
-    except Exception as exc:  # the user's module failed: one line, where and why
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        # The user's module failed: one line, where and why. SystemExit too (a
+        # module that calls sys.exit(3) when imported exited 3 without a word),
+        # and KeyboardInterrupt (a traceback): neither is this command's own.
         raise settings.error("handler", f"importing {module_name} failed: {_one_line(exc)}") from None
     value: Any = module
     for part in attribute.split("."):
         if not hasattr(value, part):
             raise settings.error("handler", f"module {module_name} has no attribute {attribute!r}")
         value = getattr(value, part)
-    if not callable(value):
-        shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
-        raise settings.error("handler", f"{settings.handler} is {shown}, not a handler class")
+    if not _is_handler_class(value):
+        # Any callable used to pass (os:system, app:Echo.__init__) and failed
+        # at the first connection, or did something else entirely.
+        raise settings.error(
+            "handler",
+            f"{settings.handler} is {_described(value)}, not a handler class (a subclass of sockserve's or "
+            "socketserver's BaseRequestHandler, of FramedRequestHandler, or of a sockserve.aio handler)",
+        )
     return value
+
+
+def _is_handler_class(value: object) -> bool:
+    """A class of a kind :data:`KINDS` knows: the stdlib's handlers (the
+    drop-in servers take them), sockserve's, and the async ones."""
+    import socketserver
+
+    from ._framed import FramedRequestHandler
+    from ._handlers import BaseRequestHandler
+
+    if not isinstance(value, type):
+        return False
+    bases: tuple[type, ...] = (BaseRequestHandler, socketserver.BaseRequestHandler, FramedRequestHandler)
+    aio = sys.modules.get("sockserve.aio")  # loaded if the handler's module is async
+    if aio is not None:
+        bases += (
+            aio.AsyncStreamRequestHandler,
+            aio.AsyncProtocolHandler,
+            aio.AsyncDatagramRequestHandler,
+            aio.AsyncDatagramProtocolHandler,
+        )
+    return issubclass(value, bases)
+
+
+def _described(value: object) -> str:
+    """What the handler setting names, in a few words: ``the class Thing``,
+    ``the function Echo.__init__``, ``42``."""
+    import inspect
+
+    name = getattr(value, "__qualname__", None)
+    if isinstance(value, type):
+        return f"the class {name}"
+    if inspect.isroutine(value) and isinstance(name, str):
+        return f"the {'built-in ' if inspect.isbuiltin(value) else ''}function {name}"
+    shown = repr(value)
+    return shown if len(shown) <= 40 and "\n" not in shown else f"a {type(value).__name__}"
 
 
 def _one_line(exc: BaseException) -> str:
     """``SyntaxError: invalid syntax (app.py, line 3)``; for other errors the
     innermost frame of the user's code is named too."""
-    text = f"{type(exc).__name__}: {exc}"
+    text = type(exc).__name__ + (f": {exc}" if str(exc) else "")
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
@@ -273,6 +317,13 @@ def server_options(settings: ServeSettings) -> dict[str, Any]:
         )
     if settings.access_log:
         options["access_log"] = True  # read once, when serving starts
+    if settings.access_log or settings.admin is not None:
+        # The byte counters of /metrics (and the access log's bytes) come from a
+        # TCP_INFO read as each connection closes, which a server makes only
+        # when asked (it costs 5-8% of a connect-per-request connection, docs
+        # "Metrics"): asked whenever something shows them, so no series reads
+        # 0 while traffic flows.
+        options["count_bytes"] = True
     if settings.allow or settings.deny:
         from ._access import AccessList
 
@@ -411,7 +462,7 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
                     url,
                     plan.model,
                     os.getpid(),
-                    "" if passed is None else f"; inherited fd {passed.fd} {passed.name!r}",
+                    _inherited_note(passed),
                     extra={"listener": url, "model": plan.model, "workers": 1},
                 )
             if admin is not None:
@@ -426,6 +477,15 @@ def run(plan: Plan, options: dict[str, Any]) -> int:
     forced = sum(report.forced for report in reports)
     log.info("stopped (%d connection(s) in flight, %d closed early)", in_flight, forced)
     return 0
+
+
+def _inherited_note(passed: InheritedSocket | None) -> str:
+    """The start-up line's note on a socket passed by a service manager (or
+    by --reload's parent): its descriptor and its name, unless the name is
+    sd_listen_fds' "unknown", meaning it has none (the line names the address)."""
+    if passed is None:
+        return ""
+    return f"; inherited fd {passed.fd}" + ("" if passed.name == "unknown" else f" {passed.name!r}")
 
 
 def _admin_listener(
@@ -501,7 +561,9 @@ def _serve_with_systemd(servers: list[Any], plan: Plan, stack: contextlib.ExitSt
     from ._serve import serve_all
 
     settings = plan.settings
-    notifier = stack.enter_context(Notifier.from_environment())
+    # strict=False: a malformed NOTIFY_SOCKET or WATCHDOG_USEC is one warning,
+    # and the server serves on without notifying (or without the watchdog).
+    notifier = stack.enter_context(Notifier.from_environment(strict=False))
     watchdog = stack.enter_context(Watchdog(notifier, healthy=lambda: health.live))
     del watchdog  # stopped when the stack closes
     status = f"serving {len(servers)} listener(s), model {plan.model}"
@@ -551,7 +613,7 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
     ]
     status = f"serving {len(listeners)} listener(s), model {plan.model}, {settings.workers} workers"
     with contextlib.ExitStack() as stack:
-        notifier = stack.enter_context(Notifier.from_environment())
+        notifier = stack.enter_context(Notifier.from_environment(strict=False))  # bad variables: one warning
         health = Health()
 
         started: list[bool] = []
@@ -570,7 +632,7 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
                         plan.model,
                         settings.workers,
                         os.getpid(),
-                        "" if passed is None else f"; inherited fd {passed.fd} {passed.name!r}",
+                        _inherited_note(passed),
                     )
             log.info("ready: %s", status)
             health.set_ready()

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from ._access import parse_networks
 from ._drain import DEFAULT_GRACE
 from ._errors import SockserveError
+from ._limits import MAX_SECONDS
 from ._proxy_stage import DEFAULT_PROXY_TIMEOUT
 from ._socket_activation import Bind, parse_bind
 from ._tls import DEFAULT_HANDSHAKE_TIMEOUT
@@ -46,6 +48,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 CLIENT_CERT_MODES = ("none", "optional", "required")
 DEFAULT_BIND = "tcp://127.0.0.1:8000"
+# The most worker processes --workers takes. Each is a whole Python process
+# (tens of MB of memory, its own threads and connections); a machine with
+# more cores than this is rare, and a value beyond it is a typo (an extra
+# zero) that would otherwise fork until the memory or the pid limit runs out.
+MAX_WORKERS = 1024
+
+# C0 controls, DEL and C1 controls: in a path or a name they split a log line
+# in two (or forge one), end a --check comment early, and a NUL cannot reach
+# the kernel at all.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ConfigError(SockserveError, ValueError):
@@ -57,8 +69,16 @@ class ConfigError(SockserveError, ValueError):
 
 
 def _text(value: object) -> str:
+    """Non-empty text with no control character, that UTF-8 can write (every
+    setting's text is written back as TOML by --check, and logged)."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a non-empty string, got {value!r}")
+    if _CONTROL.search(value):
+        raise ValueError(f"a control character (a newline, a NUL, ...) is not allowed here, got {value!r}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a command-line byte that is not UTF-8 (surrogateescape)
+        raise ValueError(f"expected UTF-8 text, got {value!r}") from None
     return value
 
 
@@ -73,11 +93,13 @@ def _optional(convert: Callable[[object], Any]) -> Callable[[object], Any]:
     return convert_optional
 
 
-def _whole(minimum: int) -> Callable[[object], int]:
+def _whole(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
     def whole(value: object) -> int:
         number = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
         if isinstance(number, bool) or not isinstance(number, int) or number < minimum:
             raise ValueError(f"expected a whole number, {minimum} or more, got {value!r}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"expected a whole number from {minimum} to {maximum}, got {value!r}")
         return number
 
     return whole
@@ -96,6 +118,10 @@ def _seconds(positive: bool) -> Callable[[object], float]:
         if not (math.isfinite(number) and (number > 0 if positive else number >= 0)):
             floor = "more than 0" if positive else "0 or more"
             raise ValueError(f"expected a number of seconds, {floor}, got {value!r}")
+        if number > MAX_SECONDS:
+            # Each becomes a wait, which epoll bounds (_limits.MAX_SECONDS):
+            # a larger one passed here and then broke the server.
+            raise ValueError(f"expected at most {MAX_SECONDS:.0f} seconds (about 11.6 days), got {value!r}")
         return number
 
     return seconds
@@ -210,7 +236,7 @@ def _table() -> tuple[Setting, ...]:
             "bind",
             _binds,
             "where to listen: tcp://HOST:PORT, udp://HOST:PORT, unix:PATH, unixgram:PATH (Unix datagrams), "
-            "@ABSTRACT for a path in Linux's abstract namespace, "
+            "unix:@NAME (or unixgram:@NAME) for a name in Linux's abstract namespace, "
             "each optionally ?name=NAME (a systemd FileDescriptorName); repeat for several "
             f"(default {DEFAULT_BIND})",
             "URL",
@@ -224,7 +250,12 @@ def _table() -> tuple[Setting, ...]:
             + " (default: the one that fits the handler: pool, framed or async)",
             "MODEL",
         ),
-        s("workers", _whole(1), "worker processes; more than 1 serves with a prefork supervisor (default 1)", "N"),
+        s(
+            "workers",
+            _whole(1, MAX_WORKERS),
+            f"worker processes, up to {MAX_WORKERS}; more than 1 serves with a prefork supervisor (default 1)",
+            "N",
+        ),
         s(
             "grace",
             _seconds(False),
@@ -488,7 +519,10 @@ def load_settings(flags: Mapping[str, Any], config: str | None = None) -> ServeS
     values = _defaults()
     sources: dict[str, str] = {}
     if config is not None:
-        label = config  # as the user wrote it
+        try:
+            label = _text(config)  # as the user wrote it: every error about the file names it
+        except ValueError as exc:
+            raise ConfigError(f"--config: {exc}") from None
         for name, raw in _read_toml(config, label).items():
             setting = _BY_NAME.get(name)
             if setting is None:
@@ -530,6 +564,10 @@ def _read_toml(path: str, label: str) -> dict[str, Any]:
         raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{label}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib decodes the whole file first
+        raise ConfigError(
+            f"{label}: not valid TOML: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
     for name, value in data.items():
         if isinstance(value, dict):  # a [table]: sockserve's settings are all top-level keys
             raise ConfigError(
