@@ -47,20 +47,29 @@ SERVER = textwrap.dedent(
             second = self.rfile.readline()
             self.wfile.write(b"full reply: " + first.strip() + b" " + second)
 
-    server = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), TwoLines)
+    server = getattr(sockserve, sys.argv[3])(("127.0.0.1", 0), TwoLines)
     print(json.dumps({"address": server.server_address}), flush=True)
-    report = sockserve.serve(server, grace=float(sys.argv[1]), drain_delay=float(sys.argv[2]))
+    # "serve_all": through the control thread (what sockserve serve runs), not the plain loop
+    extras = {"on_ready": lambda: None} if sys.argv[4] == "serve_all" else {}
+    report = sockserve.serve(server, grace=float(sys.argv[1]), drain_delay=float(sys.argv[2]), **extras)
     print(json.dumps({"in_flight": report.in_flight, "forced": report.forced}), flush=True)
     """
 )
 
 
 class Child:
-    def __init__(self, tmp_path: Any, grace: float, drain_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        tmp_path: Any,
+        grace: float,
+        drain_delay: float = 0.0,
+        server_class: str = "ThreadPoolTCPServer",
+        how: str = "serve",
+    ) -> None:
         script = tmp_path / "serve_child.py"
         script.write_text(SERVER)
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(grace), str(drain_delay)],
+            [sys.executable, str(script), str(grace), str(drain_delay), server_class, how],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -93,9 +102,18 @@ class Child:
                     stream.close()
 
 
+# Every model, served alone and through serve_all()'s control thread. A
+# sequential server's handler runs on the loop that a signal interrupts.
+MODELS = ["ThreadPoolTCPServer", "TCPServer", "ThreadingTCPServer", "ForkingTCPServer"]
+MODELS_AND_HOW = [(model, how) for model in MODELS for how in ("serve", "serve_all")]
+
+
+@pytest.mark.parametrize(("server_class", "how"), MODELS_AND_HOW)
 @pytest.mark.parametrize("first_signal", [signal.SIGTERM, signal.SIGINT])
-def test_first_signal_drains_the_request_in_flight(tmp_path: Any, first_signal: signal.Signals) -> None:
-    child = Child(tmp_path, grace=30)
+def test_first_signal_drains_the_request_in_flight(
+    tmp_path: Any, first_signal: signal.Signals, server_class: str, how: str
+) -> None:
+    child = Child(tmp_path, grace=30, server_class=server_class, how=how)
     try:
         with connect(child.address) as client:
             client.sendall(b"slow\n")
@@ -111,9 +129,12 @@ def test_first_signal_drains_the_request_in_flight(tmp_path: Any, first_signal: 
         assert child.close() == 0
 
 
+@pytest.mark.parametrize(("server_class", "how"), MODELS_AND_HOW)
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGQUIT])
-def test_second_signal_or_sigquit_stops_at_once(tmp_path: Any, second: signal.Signals) -> None:
-    child = Child(tmp_path, grace=3600)
+def test_second_signal_or_sigquit_stops_at_once(
+    tmp_path: Any, second: signal.Signals, server_class: str, how: str
+) -> None:
+    child = Child(tmp_path, grace=3600, server_class=server_class, how=how)
     try:
         with connect(child.address) as client:
             client.sendall(b"slow\n")
@@ -122,6 +143,23 @@ def test_second_signal_or_sigquit_stops_at_once(tmp_path: Any, second: signal.Si
             child.next_log("draining")
             child.proc.send_signal(second)
             assert recv_all(client) == b""  # cut off: the grace period was ended
+        assert child.next("forced") == 1
+    finally:
+        assert child.close() == 0
+
+
+@pytest.mark.parametrize(("server_class", "how"), MODELS_AND_HOW)
+def test_the_grace_period_ends_with_the_connection_cut(tmp_path: Any, server_class: str, how: str) -> None:
+    # A client that never finishes its request: the first signal's grace
+    # period still begins, and its end cuts the connection (a sequential
+    # server's stop used to wait for its handler first, forever).
+    child = Child(tmp_path, grace=0.2, server_class=server_class, how=how)
+    try:
+        with connect(child.address) as client:
+            client.sendall(b"slow\n")
+            assert child.next("entered") == "slow\n"
+            child.proc.send_signal(signal.SIGTERM)
+            assert recv_all(client) == b""  # cut off when the grace period ended
         assert child.next("forced") == 1
     finally:
         assert child.close() == 0
@@ -148,10 +186,11 @@ def test_serve_restores_the_signal_handlers_it_borrowed() -> None:
 
 def test_serve_without_extras_starts_no_thread() -> None:
     # A forking server must not fork a multi-threaded process (Python 3.12
-    # warns, and a lock held by another thread stays held in the child).
+    # warns, and a lock held by another thread stays held in the child). (A
+    # sequential one has a control thread: see the grace period tests.)
     counts: list[int] = []
 
-    class CountsThreads(sockserve.TCPServer):
+    class CountsThreads(sockserve.ForkingTCPServer):
         def service_actions(self) -> None:
             counts.append(threading.active_count())
             os.kill(os.getpid(), signal.SIGTERM)

@@ -159,10 +159,22 @@ def serve_all(
     if drain_delay < 0:
         raise ValueError(f"drain_delay must be 0 or more, got {drain_delay!r}")
     extras = (health, on_ready, on_stopping, on_reloading)
-    if len(servers) == 1 and not drain_delay and all(extra is None for extra in extras):
+    plain = len(servers) == 1 and not drain_delay and all(extra is None for extra in extras)
+    if plain and not _handlers_run_on_the_loop(servers[0]):
         return [_serve_on_this_thread(servers[0], grace, poll_interval, graceful_signals, immediate_signals, unblock)]
     control = _Control(servers, grace, health, drain_delay, on_ready, on_stopping, on_reloading)
     return control.run(poll_interval, tuple(graceful_signals), tuple(immediate_signals), tuple(unblock))
+
+
+def _handlers_run_on_the_loop(server: object) -> bool:
+    """True for a sequential sockserve server: its handler runs on the thread
+    that serves, so only another thread can drain it (cut its connection when
+    the grace period ends) while a signal handler has interrupted that handler.
+    Read from the class, not the model: the model is made when serving starts."""
+    from ._base_server import BaseServer
+
+    make_model = getattr(type(server), "_make_model", None)
+    return make_model is not None and make_model is BaseServer._make_model
 
 
 def _tls_source_of(server: object) -> Callable[[], object] | None:
@@ -277,6 +289,7 @@ class _Control:
         self.reports: list[DrainReport | None] = [None] * len(servers)
         self.errors: list[BaseException] = []
         self.served: set[int] = set()  # the servers whose serve loop was entered (each stops itself)
+        self.logged: set[int] = set()  # the servers whose "received SIGTERM" line was logged already
 
     # -- the signal handlers: record, wake, and force_stop() (signal-safe) ----------------
 
@@ -381,7 +394,8 @@ class _Control:
             raise
         finally:
             self.events.put((_ENDED, index))  # one loop ended: every other one is asked to stop
-            _log_received(server, self.received, self.immediate, self.grace)
+            if index not in self.logged:
+                _log_received(server, self.received, self.immediate, self.grace)
             self._stop(index)
 
     def _stop(self, index: int) -> None:
@@ -449,16 +463,38 @@ class _Control:
 
     def _shutdown_all(self) -> None:
         """Ask every serving loop to end, in parallel, and wait until they have:
-        a loop's shutdown() waits for it (a sequential server's for its
-        handler in flight), which must not hold up the others' stops."""
+        a loop's shutdown() waits for it, which must not hold up the others' stops.
+
+        A sequential server is stopped here instead, with its grace period:
+        its shutdown() would wait for the handler in flight on its loop for
+        as long as the client keeps the connection, so the grace period
+        (which begins once the loop has ended) would never begin, and no
+        signal could end the wait. Its stop() drains from this thread, cuts
+        the connection when the grace period (or a force_stop()) ends it, and
+        the serving thread's own stop() then returns the same report."""
         askers = [
-            threading.Thread(target=_shutdown_quietly, args=(server,), name="sockserve serve shutdown")
-            for server in self.servers
+            threading.Thread(
+                target=self._stop_early if _runs_on_its_loop(server) else _shutdown_quietly,
+                args=(index,) if _runs_on_its_loop(server) else (server,),
+                name="sockserve serve shutdown",
+            )
+            for index, server in enumerate(self.servers)
         ]
         for asker in askers:
             asker.start()
         for asker in askers:
             asker.join()
+
+    def _stop_early(self, index: int) -> None:
+        """The stop of a server whose loop runs its handler (see _shutdown_all)."""
+        leave_signals_to_the_main_thread()
+        server = self.servers[index]
+        self.logged.add(index)
+        _log_received(server, self.received, self.immediate, self.grace)  # before the drain's lines
+        try:
+            server.stop(self.grace)
+        except Exception:
+            logger.exception("%s: stop() failed", format_address(server.server_address))
 
     def _reload_all(self) -> None:
         self._call(self.on_reloading, "on_reloading")
@@ -479,6 +515,11 @@ class _Control:
             callback()
         except Exception:
             logger.exception("serve(): %s raised; serving goes on", name)
+
+
+def _runs_on_its_loop(server: Stoppable) -> bool:
+    model = getattr(server, "_concurrency", None)  # a sync sockserve server's, once it serves
+    return bool(getattr(model, "runs_on_loop", False))
 
 
 def _shutdown_quietly(server: Stoppable) -> None:
