@@ -7,10 +7,12 @@ import mmap
 import os
 import pickle
 import threading
+from typing import Any
 
 import pytest
 
 import sockserve
+import sockserve.aio
 from sockserve import Metrics, MetricsSnapshot
 from sockserve._metrics import ACCEPTED, COUNTERS, GAUGES, REFUSED, REQUESTS, merge
 
@@ -189,3 +191,50 @@ def test_an_accept_out_of_descriptors_is_counted() -> None:
         assert not server._accept_backoff.failed(OSError(errno.ECONNABORTED, "aborted"), server.server_address)
         assert server.refused == {"emfile": 1}
         assert server.metrics.snapshot().refused["emfile"] == 1
+
+
+class _Hold(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        self.rfile.readline()  # until the client ends
+
+
+class _AsyncHold(sockserve.aio.AsyncStreamRequestHandler):
+    async def handle(self) -> None:
+        await self.reader.readline()
+
+
+@pytest.mark.parametrize("kind", ["pool", "async", "async_uvloop"])
+def test_a_shared_buffer_is_kept_current_on_a_clock(kind: str) -> None:
+    """Another process (a prefork supervisor) reads the raw buffer, which no
+    snapshot of the server's folds first: connections held open, fewer than
+    a fold's batch, show in it while the server serves, even with a serve
+    loop that has no idle turns of its own (poll_interval=None)."""
+    from sockserve.testing import running_server
+
+    from .helpers import connect, wait_until
+
+    if kind == "async_uvloop" and not sockserve.aio.uvloop_available():
+        pytest.skip("uvloop is not installed")
+    buffer = bytearray(Metrics.SIZE)
+    server: Any
+    if kind == "pool":
+        server = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), _Hold)
+    else:
+        loop = "uvloop" if kind == "async_uvloop" else "asyncio"
+        cls: Any = type("Server", (sockserve.aio.AsyncTCPServer,), {"event_loop": loop})
+        server = cls(("127.0.0.1", 0), _AsyncHold)
+    server.metrics = Metrics(buffer)
+    reader = Metrics(memoryview(buffer))  # the supervisor's view: its snapshots fold nothing
+
+    def shows(active: int, accepted: int) -> bool:
+        snap = reader.snapshot()
+        return snap.gauges["connections_active"] == active and snap.counters["connections_accepted"] == accepted
+
+    with running_server(server, poll_interval=None):  # type: ignore[arg-type]
+        held = [connect(server.server_address) for _ in range(2)]
+        try:
+            assert wait_until(lambda: shows(active=2, accepted=2)), reader.snapshot()
+        finally:
+            for client in held:
+                client.close()
+        assert wait_until(lambda: shows(active=0, accepted=2)), reader.snapshot()

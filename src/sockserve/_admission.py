@@ -33,6 +33,9 @@ from ._wakeup import Waker
 # Ended connections are added to the metrics this many at a time (and
 # before every snapshot, and on an idle turn of the serve loop): see fold().
 FOLD_BATCH = 64
+# And at least this often (seconds) while a serve loop runs, when another
+# process reads the metrics (``Metrics.read_elsewhere``: a prefork worker's).
+FOLD_INTERVAL = 0.5
 
 
 def _take_sum(values: collections.deque[int]) -> int:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from ._accept import ACCEPT_BATCH, BACKOFF_SECONDS, AcceptBackoff, accept_batch
 from ._access_log import hold, let_go
+from ._admission import FOLD_INTERVAL
 from ._framed import FramedRequestHandler, is_framed_handler
 from ._graceful import GracefulStop
 from ._limits import limits_of
@@ -203,6 +204,15 @@ class BaseServer(ServerCore, GracefulStop):
             pending.register(listener, select.POLLIN)
             # As selectors do: None blocks, anything else is rounded up to a millisecond.
             timeout_ms = None if poll_interval is None else max(0, math.ceil(poll_interval * 1000.0))
+            # Metrics another process reads (a prefork worker's slot): the
+            # counts are folded in at least every FOLD_INTERVAL, on an idle
+            # turn or on a busy one, so the reader is never further behind
+            # (a busy loop never has an idle turn). Nothing per turn otherwise.
+            fold_at: float | None = None
+            if self.metrics.read_elsewhere:
+                fold_at = time.monotonic() + FOLD_INTERVAL
+                fold_ms = math.ceil(FOLD_INTERVAL * 1000.0)
+                timeout_ms = fold_ms if timeout_ms is None else min(timeout_ms, fold_ms)
             watching = True
             while not handshake.requested:
                 # At capacity the listening socket is not watched, so new
@@ -226,6 +236,9 @@ class BaseServer(ServerCore, GracefulStop):
                     break
                 if not ready:
                     self._idle_turn()
+                elif fold_at is not None and time.monotonic() >= fold_at:
+                    self._idle_turn()
+                    fold_at = time.monotonic() + FOLD_INTERVAL
                 for fd, _ in ready:
                     if fd == listener:
                         self._serve_pending(pending)

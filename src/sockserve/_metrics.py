@@ -153,9 +153,14 @@ class Metrics:
 
     SIZE: ClassVar[int] = 8 * _NSLOTS
 
-    __slots__ = ("_lock", "_parts", "_sources", "slots")
+    __slots__ = ("_lock", "_parts", "_sources", "read_elsewhere", "slots")
 
     def __init__(self, buffer: Any = None) -> None:
+        # A buffer given to it may be read by another process (a prefork
+        # worker's slot, which its supervisor adds up): then the serve loops
+        # fold their counts in on a clock too (``FOLD_INTERVAL``), not only
+        # in batches, so that a busy or a killed worker's are not far behind.
+        self.read_elsewhere = buffer is not None
         if buffer is None:
             buffer = bytearray(self.SIZE)
         view = memoryview(buffer)

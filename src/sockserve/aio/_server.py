@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._accept import BACKOFF_SECONDS, AcceptBackoff
-from .._admission import Ticket
+from .._admission import FOLD_INTERVAL, Ticket
 from .._errors import ConnectionDeadlineExceeded
 from .._limits import limits_of
 from .._log import format_address, log_limit, logger, report_request_error
@@ -71,6 +71,7 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         self._accept_backoff = AcceptBackoff(self._count_refused)
         # Failures of the loop's own accept, reported by the loop (see AsyncTCPServer._loop_accept_error).
         self._loop_accept_failures = 0
+        self._fold_timer: asyncio.TimerHandle | None = None  # see serve()
         self._loop_accept_failing_since = 0.0
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._idle_waiter: asyncio.Future[bool] | None = None
@@ -149,6 +150,12 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
             # pending timer makes every turn of asyncio's loop read the clock
             # and compute a timeout, a cost paid on every request.
             ticking = type(self).service_actions is not AsyncBaseServer.service_actions
+            if self.metrics.read_elsewhere:
+                # Another process reads the metrics (a prefork worker's
+                # slot): fold the counts in every FOLD_INTERVAL, as the
+                # synchronous loop does. The only timer a server arms
+                # without a service_actions(), and only then.
+                self._fold_timer = loop.call_later(FOLD_INTERVAL, self._fold_on_a_clock, loop)
             while not handshake.requested:
                 wake: asyncio.Future[None] = loop.create_future()
                 self._serve_waiter = wake
@@ -163,6 +170,9 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
                     break
                 self.service_actions()
         finally:
+            if self._fold_timer is not None:
+                self._fold_timer.cancel()
+                self._fold_timer = None
             self._serve_running = False
             self._pause_accepting()
             try:
@@ -174,6 +184,15 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
                 if restore_exception_handler is not None:
                     restore_exception_handler()
                 handshake.end()
+
+    def _fold_on_a_clock(self, loop: asyncio.AbstractEventLoop) -> None:
+        """See serve(): fold, then again in FOLD_INTERVAL, while it serves."""
+        if not self._serve_running:
+            return
+        admission = self._admission_book
+        if admission is not None:
+            admission.fold()
+        self._fold_timer = loop.call_later(FOLD_INTERVAL, self._fold_on_a_clock, loop)
 
     def serve_forever(self, poll_interval: float = 0.5, *, loop: LoopChoice | None = None) -> None:
         """Serve until ``shutdown()``, blocking: it runs an event loop of its
