@@ -72,6 +72,12 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         # Failures of the loop's own accept, reported by the loop (see AsyncTCPServer._loop_accept_error).
         self._loop_accept_failures = 0
         self._fold_timer: asyncio.TimerHandle | None = None  # see serve()
+        # Descriptor numbers from which the loop's own accept hands over to
+        # sockserve's (None: never; see AsyncTCPServer._descriptors_low).
+        self._fd_ceiling: int | None = None
+        # While sockserve accepts in the loop's stead: the loop accepts
+        # again once no more than this many connections are open.
+        self._resume_loop_accept_at: int | None = None
         self._loop_accept_failing_since = 0.0
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._idle_waiter: asyncio.Future[bool] | None = None
@@ -362,10 +368,20 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
                 time.monotonic() - self._loop_accept_failing_since,
             )
             self._loop_accept_failures = 0
+        ceiling = self._fd_ceiling
+        if ceiling is not None and request.fileno() >= ceiling:
+            self._descriptors_low()
         if (self._listener_closed and self._drain_done is None) or not self._admit_item(item, request):
             transport.abort()
             return False
         return True
+
+    def _descriptors_low(self) -> None:
+        """A connection the loop accepted took a descriptor near the
+        process's limit (``_fd_ceiling``). Supplied by the stream servers."""
+
+    def _descriptors_recovered(self) -> None:
+        """Enough connections closed since ``_descriptors_low()``. Supplied by the stream servers."""
 
     def _deadline_passed(self, ticket: Ticket, limit: float) -> None:
         exc = ConnectionDeadlineExceeded(limit, ticket.peer)
@@ -378,6 +394,9 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         if admission is None:
             admission = self._admission()
         admission.release(ticket)
+        resume_at = self._resume_loop_accept_at
+        if resume_at is not None and len(admission) <= resume_at:
+            self._descriptors_recovered()
         waiter = self._idle_waiter
         if waiter is not None and not len(admission) and not waiter.done():
             waiter.set_result(True)

@@ -30,7 +30,7 @@ from ._datagram_handler import AsyncDatagramProtocolHandler
 from ._datagram_tasks import NO_TARGET, TaskStarter, run_datagram_handler
 from ._handlers import AsyncDatagramRequestHandler, AsyncProtocolHandler, AsyncStreamRequestHandler
 from ._inflight import InFlight
-from ._loop import accept_with_loop, loop_accepts
+from ._loop import accept_with_loop, loop_accepts, loop_kind
 from ._server import AsyncBaseServer
 
 if TYPE_CHECKING:
@@ -72,6 +72,25 @@ class _BoundServer(AsyncBaseServer):
         )
 
 
+# Descriptors kept in hand under uvloop: from the soft RLIMIT_NOFILE less
+# this many (at least; an eighth of the limit on a large one), sockserve
+# accepts instead of the loop (see AsyncTCPServer._descriptors_low).
+FD_HEADROOM = 16
+
+
+def descriptor_ceiling() -> int | None:
+    """The descriptor number from which uvloop's accept hands over, or None
+    (no limit, or no way to read it)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return None
+    return max(0, soft - max(FD_HEADROOM, soft // 8))
+
+
 class AsyncTCPServer(_BoundServer):
     """A TCP server on an event loop.
 
@@ -96,6 +115,8 @@ class AsyncTCPServer(_BoundServer):
     # accepts (see _loop_accepts), and the loop's server while it does.
     _loop_connections: Callable[[], asyncio.BaseProtocol] | None = None
     _loop_server: asyncio.Server | None = None
+    # _loop_connections while sockserve accepts in the loop's stead (see _descriptors_low).
+    _parked_loop_connections: Callable[[], asyncio.BaseProtocol] | None = None
 
     def server_activate(self) -> None:
         self.socket.listen(self.request_queue_size)
@@ -151,11 +172,16 @@ class AsyncTCPServer(_BoundServer):
     def _on_serve(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
         handler_class = self.RequestHandlerClass
         self._loop_connections = None
+        self._parked_loop_connections = None
+        self._resume_loop_accept_at = None
+        self._fd_ceiling = None
         if self._loop_accepts(loop):
             if issubclass(handler_class, AsyncStreamRequestHandler):
                 self._loop_connections = loop_streams(self, handler_class, loop)
             else:
                 self._loop_connections = loop_connections(self, handler_class, self._admission().limits.idle_timeout)
+            if loop_kind(loop) == "uvloop":
+                self._fd_ceiling = descriptor_ceiling()
         if self._loop_connections is not None:
             return route_loop_exceptions(loop, self._loop_accept_error)
         if issubclass(handler_class, AsyncProtocolHandler):
@@ -202,6 +228,44 @@ class AsyncTCPServer(_BoundServer):
         self._loop_accept_failures += 1
         self._count_refused("emfile")
         return True
+
+    def _descriptors_low(self) -> None:
+        """uvloop's accept is about to run out of descriptors: sockserve
+        accepts in its stead until enough connections have closed.
+
+        Out of descriptors, libuv accepts the connections waiting in the
+        backlog and closes them at once (its "EMFILE trick"), and uvloop
+        says nothing: they were neither counted nor logged. sockserve's own
+        accept (``accept_batch``) leaves them in the backlog, counts each
+        failed try (``refused["emfile"]``) and logs one line per episode, as
+        the pool does. Checked on each connection the loop accepted (its
+        descriptor's number, which the kernel allocates lowest first, says
+        how many are open), so a burst larger than ``FD_HEADROOM`` that
+        libuv takes in one go may still meet the trick."""
+        if self._parked_loop_connections is not None or self._loop_connections is None:
+            return
+        self._parked_loop_connections = self._loop_connections
+        self._resume_loop_accept_at = max(0, len(self._admission()) - FD_HEADROOM // 2)
+        self._pause_accepting()  # the loop's server: its duplicate of the socket only
+        self._loop_connections = None
+        logger.debug(
+            "%s is near the descriptor limit: accepting without the loop's help", format_address(self.server_address)
+        )
+        self._start_accepting()
+
+    def _descriptors_recovered(self) -> None:
+        factory = self._parked_loop_connections
+        self._resume_loop_accept_at = None
+        self._parked_loop_connections = None
+        if factory is None or not self._serve_running:
+            return
+        self._pause_accepting()  # sockserve's watch of the socket
+        if self._backoff_timer is not None:
+            self._backoff_timer.cancel()
+            self._backoff_timer = None
+        self._loop_connections = factory
+        logger.debug("%s: the loop accepts again", format_address(self.server_address))
+        self._start_accepting()
 
     def _loop_accepts(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether the event loop accepts the connections, in its own code
