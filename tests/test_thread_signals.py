@@ -141,13 +141,27 @@ def _main_thread_wait(pid: int) -> str:
         return f.read()
 
 
-MODELS = ["ThreadingTCPServer", "ThreadPoolTCPServer", "framed"]
+MODELS = ["ThreadingTCPServer", "ThreadPoolTCPServer", "framed", "TCPServer", "ForkingTCPServer"]
 HOWS = ["loop", "serve", "serve_all"]
+# A sequential server's handler runs on the thread that serves it: under
+# serve_all(), one of its serving threads, which block signals (_serve.py).
+# (A forking server's child is forked from it, but resets its mask.)
+ON_THE_LOOP = ("TCPServer",)
+UNDER_SERVE_ALL = pytest.mark.xfail(
+    reason="serve_all()'s serving threads block signals, and a sequential server's handlers run there",
+    strict=True,
+)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("how", HOWS)
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(
+    ("model", "how"),
+    [
+        pytest.param(model, how, marks=UNDER_SERVE_ALL if model in ON_THE_LOOP and how == "serve_all" else ())
+        for model in MODELS
+        for how in HOWS
+    ],
+)
 def test_a_program_a_handler_starts_can_be_terminated(tmp_path: Any, model: str, how: str) -> None:
     # It inherits the handler thread's signal mask: a blocked SIGTERM would
     # make terminate() do nothing (the stdlib's threads block nothing).
