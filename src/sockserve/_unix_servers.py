@@ -110,6 +110,13 @@ class _SocketFileOwner:
                 os.unlink(path)
         except FileNotFoundError:
             pass  # already removed (by the user, or a test's clean-up): nothing to do
+        except OSError as exc:
+            # A process that dropped its privileges after binding (``--user``)
+            # may not write the directory it bound in. The server is closed all
+            # the same: a stop must not end in a traceback (nor a prefork
+            # supervisor's with its workers unreaped) for a file left behind,
+            # which the next bind replaces as a stale socket anyway.
+            logger.warning("could not remove the socket file %r: %s", os.fsdecode(path), exc.strerror or exc)
 
 
 class UnixStreamServer(_SocketFileOwner, TCPServer):
