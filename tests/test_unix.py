@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -172,3 +174,54 @@ def test_a_mixture_with_a_stdlib_server_binds_as_the_stdlib_would(short_tmp: str
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["hello over a unix socket []", "False"]
+
+
+DROPS_THEN_CLOSES = """
+import logging, os, pwd, sys
+import sockserve
+from sockserve import aio
+
+class Handler(aio.AsyncStreamRequestHandler):
+    async def handle(self): pass
+
+class DatagramHandler(aio.AsyncDatagramRequestHandler):
+    async def handle(self): pass
+
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+classes = {
+    "UnixStreamServer": (sockserve.UnixStreamServer, sockserve.BaseRequestHandler),
+    "UnixDatagramServer": (sockserve.UnixDatagramServer, sockserve.BaseRequestHandler),
+    "AsyncUnixStreamServer": (aio.AsyncUnixStreamServer, Handler),
+    "AsyncUnixDatagramServer": (aio.AsyncUnixDatagramServer, DatagramHandler),
+}
+server_class, handler = classes[sys.argv[2]]
+server = server_class(sys.argv[1], handler)
+nobody = pwd.getpwnam("nobody")
+os.setgroups([])
+os.setgid(nobody.pw_gid)
+os.setuid(nobody.pw_uid)  # as --user does, after binding: the directory is root's
+server.server_close()
+print("closed", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "server_class", ["UnixStreamServer", "UnixDatagramServer", "AsyncUnixStreamServer", "AsyncUnixDatagramServer"]
+)
+def test_a_socket_file_it_may_not_remove_is_one_warning(short_tmp: str, server_class: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("dropping privileges needs root")
+    directory = os.path.join(short_tmp, "d")
+    os.mkdir(directory, 0o755)  # root's: the user nobody may not remove a file in it
+    path = os.path.join(directory, "s.sock")
+    done = subprocess.run(
+        [sys.executable, "-c", DROPS_THEN_CLOSES, path, server_class],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "closed\n"
+    assert done.stderr.splitlines() == [f"WARNING could not remove the socket file {path!r}: Permission denied"]
+    assert os.path.exists(path)
