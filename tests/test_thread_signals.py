@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any
 
 import pytest
@@ -210,3 +211,33 @@ def test_a_signal_that_lands_on_a_handler_thread_ends_the_drain_at_once(
         for client in clients:
             client.close()
         assert child.close() == 0
+
+
+def _blocked(native_id: int) -> int:
+    with open(f"/proc/self/task/{native_id}/status") as f:
+        return int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+
+
+def test_internal_threads_block_and_the_user_code_threads_they_start_do_not() -> None:
+    from sockserve._thread_signals import leave_signals_to_the_main_thread, signals_as_the_program_set_them
+
+    masks: dict[str, int] = {}
+
+    def user_code() -> None:
+        signals_as_the_program_set_them()
+        masks["user code"] = _blocked(threading.get_native_id())
+
+    def internal() -> None:
+        leave_signals_to_the_main_thread()
+        masks["internal"] = _blocked(threading.get_native_id())
+        started = threading.Thread(target=user_code)  # inherits this thread's mask
+        started.start()
+        started.join()
+
+    thread = threading.Thread(target=internal)
+    thread.start()
+    thread.join()
+    bit = 1 << (signal.SIGTERM - 1)
+    assert masks["internal"] & bit  # a signal for the process is left to the others
+    assert not masks["user code"] & bit  # the programs it starts can be terminated
+    assert masks["user code"] == _blocked(threading.get_native_id())  # the program's mask (the main thread's)
