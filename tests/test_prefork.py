@@ -24,7 +24,7 @@ import sockserve
 from sockserve.prefork import Prefork
 
 from .conftest import HAS_IPV6
-from .helpers import TIMEOUT, connect, recv_all, recv_line
+from .helpers import TIMEOUT, connect, recv_all, recv_line, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
@@ -135,7 +135,14 @@ SUPERVISOR = textwrap.dedent(
                     say(metrics={"counters": dict(snap.counters), "gauges": dict(snap.gauges)})
 
         threading.Thread(target=commands, daemon=True).start()
-    code = supervisor.run()
+    if config.get("sigterm_before_run"):
+        # As sockserve serve --workers does: SIGTERM blocked until run()'s handlers are in place.
+        import signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+        os.kill(os.getpid(), signal.SIGTERM)  # the stop comes before run() has handlers
+        code = supervisor.run(unblock=[signal.SIGTERM])
+    else:
+        code = supervisor.run()
     if config.get("own_child") is not None:
         try:
             say(own_child=os.waitstatus_to_exitcode(os.waitpid(own_child, 0)[1]))
@@ -780,3 +787,49 @@ def test_a_failed_bind_raises_the_servers_own_error_and_says_which_listener() ->
             assert supervisor.bind_failed == 1
         finally:
             supervisor.close()
+
+
+def test_a_sigterm_before_run_installs_its_handlers_is_a_graceful_stop(tmp_path: Any) -> None:
+    # Blocked by the caller, delivered once run()'s handlers are in place: not
+    # the default action (the process killed, exit 143, workers orphaned).
+    sup = Supervisor(tmp_path, workers=1, sigterm_before_run=True)
+    try:
+        sup.next("log", "received SIGTERM")
+    finally:
+        assert sup.finish() == 0
+    sup.read_to_end()
+    assert any("stopped" in line for line in sup.logs)
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie too: whoever reaps orphans may be slow)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Any) -> None:
+    sup = Supervisor(tmp_path, workers=2, grace=3600)
+    try:
+        sup.wait_workers(2)
+        workers = [pid for pid, _ in sup.spawned]
+        with connect(sup.address) as client:
+            client.sendall(b"slow\n")
+            serving = sup.next("entered")["entered"]
+            os.kill(sup.pid, signal.SIGKILL)
+            sup.next("log", f"worker {serving}: ")  # its drain begins: the supervisor's death was noticed
+            client.sendall(b"request\n")  # the connection in flight is still served
+            assert recv_line(client) == b"%d slow request\n" % serving
+        # No event to wait on: the workers are not our children.
+        assert wait_until(lambda: all(gone(pid) for pid in workers)), f"workers still running: {workers}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sup.proc.pid, signal.SIGKILL)  # whatever is left of the group
+        sup.proc.wait(timeout=30)
+        sup._reader.join(10)
+        for stream in (sup.proc.stdin, sup.proc.stdout, sup.proc.stderr):
+            if stream is not None:
+                stream.close()

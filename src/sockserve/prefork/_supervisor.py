@@ -38,7 +38,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, Protocol
 
 from .._drain import DEFAULT_GRACE
@@ -46,6 +46,7 @@ from .._log import format_address
 from .._metrics import MetricsSnapshot, merge
 from ._listeners import Listener, ListenerSpec, plan_listeners
 from ._metric_slots import MetricSlots
+from ._orphan import watch_the_supervisor
 from ._readiness import ReadinessPipe
 from ._signals import SUPERVISOR_SIGNALS, SignalQueue
 from ._table import RestartPolicy, Worker, WorkerTable
@@ -264,10 +265,20 @@ class Prefork:
 
     # -- the loop --------------------------------------------------------------
 
-    def run(self) -> int:
-        """Supervise until stopped by a signal; returns the exit status (0)."""
+    def run(self, *, unblock: Iterable[signal.Signals] = ()) -> int:
+        """Supervise until stopped by a signal; returns the exit status (0).
+
+        ``unblock``: signals the caller blocked so that none is lost before
+        these handlers are installed (a SIGTERM while the program starts
+        would otherwise end it with the default action, before it serves);
+        they are unblocked right after, and one that arrived meanwhile is
+        handled then, as ``serve(unblock=...)`` does. If binding fails, they
+        stay blocked (the caller is about to exit with the bind's error).
+        """
         self.bind()
         self.signals.install()
+        if unblock:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, tuple(unblock))
         log.info(
             "supervisor %d: serving %s with %d worker(s)%s",
             os.getpid(),
@@ -338,10 +349,11 @@ class Prefork:
         # its handlers are in place (run_worker).
         slot = self._slots.take() if self._slots is not None else None
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        supervisor = os.getpid()
         try:
             pid = os.fork()
             if pid == 0:
-                self._become_worker(max_requests, slot)
+                self._become_worker(max_requests, slot, supervisor)
         except BaseException:
             if slot is not None and self._slots is not None:
                 self._slots.retire(slot)  # the fork failed: nobody writes it
@@ -351,10 +363,13 @@ class Prefork:
         self._table.add(pid, self._generation, slot)
         log.info("spawned worker %d (generation %d)", pid, self._generation)
 
-    def _become_worker(self, max_requests: int, slot: int | None) -> NoReturn:
+    def _become_worker(self, max_requests: int, slot: int | None, supervisor: int) -> NoReturn:
         """The child's side of _spawn(): never returns into the supervisor's loop."""
         try:
             mark_worker_records(os.getpid())
+            # A supervisor killed with SIGKILL must not leave its workers
+            # serving for ever: they drain (SIGTERM) when it dies.
+            watch_the_supervisor(supervisor)
             self.signals.close()
             for service in self.services:
                 service.close_in_child()
