@@ -616,6 +616,47 @@ def test_prefork_workers_hold_no_admin_socket_and_the_admin_port_dies_with_the_s
             assert wait_until(lambda: all(_gone(worker) for worker in workers + new))
 
 
+# A SIGTERM that comes while the supervisor binds (before its handlers exist):
+# sent by a Prefork.bind() wrapper, so that it lands in that window every time.
+SIGTERM_WHILE_BINDING = """
+import os, signal, sys
+from sockserve.cli import main
+from sockserve.prefork import Prefork
+
+real_bind = Prefork.bind
+sent = []
+
+
+def bind(self):
+    if not sent:
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_bind(self)
+
+
+Prefork.bind = bind
+sys.exit(main(["serve", "tests.cli_app:Echo", "--bind", "tcp://127.0.0.1:0", "--workers", "2"]))
+"""
+
+
+def test_prefork_a_sigterm_during_start_up_stops_it_gracefully() -> None:
+    # It found the default action (the supervisor killed, exit -15, its
+    # workers orphaned): the signals are blocked from the start, and the
+    # supervisor unblocks them once its handlers are in place.
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGTERM_WHILE_BINDING],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 3,
+        check=False,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "SIGTERM" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_prefork_names_the_bind_that_failed() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -602,6 +602,18 @@ def _configure(server: Any, options: dict[str, Any]) -> None:
 def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
     """``--workers N``: a prefork supervisor serving every bind (or the sockets
     it inherited) in each worker, telling systemd when the workers serve."""
+    # Blocked from the start, as in one process, until the supervisor's
+    # handlers are in place (run() unblocks them): a SIGTERM that comes while
+    # it binds, drops privileges or forks stops it gracefully instead of
+    # killing it with its workers orphaned.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        return _supervise(plan, options)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+def _supervise(plan: Plan, options: dict[str, Any]) -> int:
     from ._sd_notify import Notifier
     from .prefork import Prefork
 
@@ -689,7 +701,7 @@ def _run_prefork(plan: Plan, options: dict[str, Any]) -> int:
         if admin is not None:
             admin.start()
             log.info("admin listener on %s: /healthz /readyz /metrics", _admin_url(admin.server_address))
-        return supervisor.run()
+        return supervisor.run(unblock=SIGNALS)
 
 
 class _WatchdogPings:
