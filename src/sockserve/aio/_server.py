@@ -72,9 +72,9 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
         # Failures of the loop's own accept, reported by the loop (see AsyncTCPServer._loop_accept_error).
         self._loop_accept_failures = 0
         self._fold_timer: asyncio.TimerHandle | None = None  # see serve()
-        # Descriptor numbers from which the loop's own accept hands over to
-        # sockserve's (None: never; see AsyncTCPServer._descriptors_low).
-        self._fd_ceiling: int | None = None
+        # Connections the loop accepts before the next look at the
+        # descriptors (None: never; see AsyncTCPServer._descriptors_low).
+        self._fd_countdown: int | None = None
         # While sockserve accepts in the loop's stead: the loop accepts
         # again once no more than this many connections are open.
         self._resume_loop_accept_at: int | None = None
@@ -368,17 +368,20 @@ class AsyncBaseServer(ServerCore, AsyncGracefulStop):
                 time.monotonic() - self._loop_accept_failing_since,
             )
             self._loop_accept_failures = 0
-        ceiling = self._fd_ceiling
-        if ceiling is not None and request.fileno() >= ceiling:
-            self._descriptors_low()
+        countdown = self._fd_countdown
+        if countdown is not None:
+            if countdown:
+                self._fd_countdown = countdown - 1
+            else:
+                self._check_descriptors(request)
         if (self._listener_closed and self._drain_done is None) or not self._admit_item(item, request):
             transport.abort()
             return False
         return True
 
-    def _descriptors_low(self) -> None:
-        """A connection the loop accepted took a descriptor near the
-        process's limit (``_fd_ceiling``). Supplied by the stream servers."""
+    def _check_descriptors(self, request: Any) -> None:
+        """Every few connections the loop accepts (``_fd_countdown``): is
+        the process near its descriptor limit? Supplied by the stream servers."""
 
     def _descriptors_recovered(self) -> None:
         """Enough connections closed since ``_descriptors_low()``. Supplied by the stream servers."""

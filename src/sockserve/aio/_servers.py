@@ -76,6 +76,9 @@ class _BoundServer(AsyncBaseServer):
 # this many (at least; an eighth of the limit on a large one), sockserve
 # accepts instead of the loop (see AsyncTCPServer._descriptors_low).
 FD_HEADROOM = 16
+# Connections the loop accepts between two looks (a getrlimit() and the
+# descriptor's number): well under FD_HEADROOM.
+FD_CHECK_EVERY = 4
 
 
 def descriptor_ceiling() -> int | None:
@@ -174,14 +177,14 @@ class AsyncTCPServer(_BoundServer):
         self._loop_connections = None
         self._parked_loop_connections = None
         self._resume_loop_accept_at = None
-        self._fd_ceiling = None
+        self._fd_countdown = None
         if self._loop_accepts(loop):
             if issubclass(handler_class, AsyncStreamRequestHandler):
                 self._loop_connections = loop_streams(self, handler_class, loop)
             else:
                 self._loop_connections = loop_connections(self, handler_class, self._admission().limits.idle_timeout)
             if loop_kind(loop) == "uvloop":
-                self._fd_ceiling = descriptor_ceiling()
+                self._fd_countdown = 0  # the first connection looks
         if self._loop_connections is not None:
             return route_loop_exceptions(loop, self._loop_accept_error)
         if issubclass(handler_class, AsyncProtocolHandler):
@@ -229,6 +232,18 @@ class AsyncTCPServer(_BoundServer):
         self._count_refused("emfile")
         return True
 
+    def _check_descriptors(self, request: Any) -> None:
+        """Under uvloop, every ``FD_CHECK_EVERY`` connections the loop
+        accepted: one whose descriptor's number (the kernel allocates the
+        lowest free, so it says how many are open) is within
+        ``FD_HEADROOM`` of the soft RLIMIT_NOFILE, read again each time (a
+        ``prlimit`` on the running process counts), hands accepting over to
+        sockserve (``_descriptors_low``)."""
+        self._fd_countdown = FD_CHECK_EVERY
+        ceiling = descriptor_ceiling()
+        if ceiling is not None and request.fileno() >= ceiling:
+            self._descriptors_low()
+
     def _descriptors_low(self) -> None:
         """uvloop's accept is about to run out of descriptors: sockserve
         accepts in its stead until enough connections have closed.
@@ -238,10 +253,9 @@ class AsyncTCPServer(_BoundServer):
         says nothing: they were neither counted nor logged. sockserve's own
         accept (``accept_batch``) leaves them in the backlog, counts each
         failed try (``refused["emfile"]``) and logs one line per episode, as
-        the pool does. Checked on each connection the loop accepted (its
-        descriptor's number, which the kernel allocates lowest first, says
-        how many are open), so a burst larger than ``FD_HEADROOM`` that
-        libuv takes in one go may still meet the trick."""
+        the pool does. Looked at every few connections (``_check_descriptors``),
+        so a burst larger than the headroom that libuv takes in one go may
+        still meet the trick."""
         if self._parked_loop_connections is not None or self._loop_connections is None:
             return
         self._parked_loop_connections = self._loop_connections
