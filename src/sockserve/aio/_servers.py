@@ -5,6 +5,7 @@ receiving datagrams on the event loop."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 import types
@@ -75,23 +76,34 @@ class _BoundServer(AsyncBaseServer):
 # Descriptors kept in hand under uvloop: from the soft RLIMIT_NOFILE less
 # this many (at least; an eighth of the limit on a large one), sockserve
 # accepts instead of the loop (see AsyncTCPServer._descriptors_low).
-FD_HEADROOM = 16
+FD_HEADROOM = 32
 # Connections the loop accepts between two looks (a getrlimit() and the
 # descriptor's number): well under FD_HEADROOM.
-FD_CHECK_EVERY = 4
+FD_CHECK_EVERY = 16
 
 
 def descriptor_ceiling() -> int | None:
     """The descriptor number from which uvloop's accept hands over, or None
     (no limit, or no way to read it)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY or soft <= 0:
+    global _getrlimit, _unlimited
+    getrlimit = _getrlimit
+    if getrlimit is None:
+        # Imported once: an import statement run at every look costs ~8 k
+        # instructions even when the module is loaded.
+        try:
+            import resource
+        except ImportError:
+            return None
+        _unlimited = resource.RLIM_INFINITY
+        getrlimit = _getrlimit = functools.partial(resource.getrlimit, resource.RLIMIT_NOFILE)
+    soft = getrlimit()[0]
+    if soft == _unlimited or soft <= 0:
         return None
     return max(0, soft - max(FD_HEADROOM, soft // 8))
+
+
+_getrlimit: Callable[[], tuple[int, int]] | None = None
+_unlimited = -1  # resource.RLIM_INFINITY, once it is imported
 
 
 class AsyncTCPServer(_BoundServer):
