@@ -370,6 +370,45 @@ def test_hostile_clients_do_not_block_healthz_for_others(admin: AdminServer) -> 
             sock.close()
 
 
+def closed_unanswered(sock: socket.socket) -> bool:
+    """The server closed ``sock`` without a reply (a reset if it had not read what was sent)."""
+    try:
+        return recv_all(sock) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_past_the_limit_make_room_for_a_probe(admin: Any) -> None:
+    # More idle connections than the listener takes, none of them ever timed
+    # out here: a probe is answered because it takes the place of the oldest
+    # one still sending its head (it used to wait in the backlog for their
+    # deadlines: a liveness probe with a 1 s timeout failed, H4 finding 4).
+    loop: AdminLoop = admin.loop
+    loop.max_connections = 8
+    loop.head_timeout_seconds = loop.timeout_seconds = 3600.0
+    idle = [connect(admin.server_address) for _ in range(12)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /heal")  # a head begun, never finished
+        for _ in range(3):
+            assert get(admin.server_address, "/healthz")[::2] == (200, b"ok\n")
+        assert closed_unanswered(idle[0])  # the oldest made room
+        assert len(loop._connections) <= loop.max_connections
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_head_not_sent_in_time_is_closed(admin: Any) -> None:
+    loop: AdminLoop = admin.loop
+    loop.head_timeout_seconds = 0.2
+    loop.timeout_seconds = 3600.0
+    with connect(admin.server_address) as slow:
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished
+        assert recv_all(slow) == b""  # closed at the head's deadline, unanswered
+    assert get(admin.server_address, "/healthz")[0] == 200
+
+
 # -- sans-IO: the framer and the parser -------------------------------------------------
 
 
@@ -510,7 +549,7 @@ def test_loop_drops_a_silent_client_at_its_deadline(health: Health) -> None:
         assert get(driver.server_address, "/healthz")[0] == 200
 
 
-def test_loop_over_its_connection_limit_leaves_clients_in_the_backlog(health: Health) -> None:
+def test_loop_over_its_connection_limit_closes_the_oldest_still_sending_its_head(health: Health) -> None:
     loop = AdminLoop(("127.0.0.1", 0), health)
     loop.max_connections = 2
     with LoopDriver(loop) as driver:
@@ -518,11 +557,13 @@ def test_loop_over_its_connection_limit_leaves_clients_in_the_backlog(health: He
         try:
             for sock in held:
                 sock.sendall(b"GET /heal")
-            assert wait_until(lambda: len(loop._connections) == 2)  # both accepted: the listener is not polled now
-            with connect(driver.server_address) as waiting:
-                waiting.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
-                held[0].close()  # a place frees: the waiting one is accepted and answered
-                assert split_response(recv_all(waiting))[::2] == (200, b"ok\n")
+            assert wait_until(lambda: len(loop._connections) == 2)
+            with connect(driver.server_address) as newcomer:
+                newcomer.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+                assert split_response(recv_all(newcomer))[::2] == (200, b"ok\n")
+            assert closed_unanswered(held[0])  # the oldest made room
+            held[1].sendall(b"thz HTTP/1.1\r\n\r\n")  # the other one keeps its place
+            assert split_response(recv_all(held[1]))[::2] == (200, b"ok\n")
         finally:
             for sock in held:
                 sock.close()
@@ -532,7 +573,12 @@ def test_loop_close_in_child_closes_its_sockets_but_leaves_the_unix_file(health:
     loop = AdminLoop(unix_path, health)
     client = connect(unix_path)
     try:
-        assert wait_until(lambda: (loop.serve(0.0), len(loop.poll_fds()) == 2)[1])  # accepted
+
+        def accepted() -> bool:
+            loop.serve(0.0)
+            return len(loop.poll_fds()) == 2
+
+        assert wait_until(accepted)
         loop.close_in_child()
         assert loop.poll_fds() == []
         assert recv_all(client) == b""  # its connection closed (the only copy here)

@@ -2,33 +2,33 @@
 HTTP/1.1, on a thread of its own, for a load balancer, an orchestrator's
 probes and Prometheus.
 
-It is a sockserve server itself: a framed pool (``FramedRequestHandler``),
-so a client that trickles its request or never finishes it holds a buffer,
-not a thread, and limits close what lingers. The HTTP it speaks is the least
+It is one loop of non-blocking sockets (``AdminLoop``), so a client that
+trickles its request or never finishes it holds a buffer, not a thread, and
+its limits close what lingers and make room for a probe. The HTTP it speaks is the least
 a probe needs: a request head in, one response out, the connection closed.
 Reading the head is sans-IO (``HeadFramer``, ``parse_head``, ``respond``),
 so it is fuzzed without a socket. It answers anyone who reaches it: bind it
 to loopback or a private network.
 
-``AdminLoop`` gives the same answers with no thread at all, served by its
-owner's loop: the prefork supervisor's, which forks workers and must not
-have threads when it does.
+``AdminServer`` runs that loop on a thread of its own; the prefork
+supervisor, which forks workers and must not have threads when it does,
+serves an ``AdminLoop`` from its own loop.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 
-from ._framed import FramedRequestHandler
 from ._health import Health
 from ._inet_servers import TCPServer
-from ._limits import Limits
 from ._log import budget, format_address, logger
-from ._pool_servers import ThreadPoolTCPServer, ThreadPoolUnixStreamServer
 from ._thread_signals import leave_signals_to_the_main_thread
 from ._unix_servers import UnixStreamServer
 
@@ -219,19 +219,7 @@ def _response(
     return head if head_only else head + data
 
 
-# -- the server ----------------------------------------------------------------------
-
-
-class _AdminHandler(FramedRequestHandler):
-    """One request, one response, then the connection is closed."""
-
-    def make_framer(self) -> HeadFramer:
-        return HeadFramer()
-
-    def handle_request(self, request: bytes) -> None:
-        admin: AdminServer = self.server.admin
-        self.send(_answer(request, self.client_address, admin.health, admin._render_metrics, admin.metrics_missing))
-        self.close()
+# -- answering ---------------------------------------------------------------------
 
 
 def _answer(
@@ -274,83 +262,7 @@ def _metrics_renderer(metrics: MetricsSource | None) -> tuple[Callable[[], tuple
     return (lambda: (exposition.content_type, exposition())), False
 
 
-class _AdminLimits:
-    """What keeps a slow or hostile admin client from holding the listener:
-    connections are buffers (framed), a few dozen at most, each given a few
-    seconds; the pool's threads only run complete requests."""
-
-    limits = Limits(max_connections=64, idle_timeout=5.0, connection_timeout=10.0)
-    pool_max_workers = 2
-    pool_min_workers = 1
-    request_queue_size = 64
-    admin: AdminServer
-
-
-class _AdminTCPServer(_AdminLimits, ThreadPoolTCPServer):
-    pass
-
-
-class _AdminUnixServer(_AdminLimits, ThreadPoolUnixStreamServer):
-    pass
-
-
-class AdminServer:
-    """``/healthz``, ``/readyz`` and ``/metrics`` on ``address``: a TCP
-    ``(host, port)`` (port 0: any free one, read back from
-    ``server_address``) or a Unix socket path.
-
-    ``health``: what ``/healthz`` (200 while ``live``) and ``/readyz`` (200
-    while ``ready``, else 503 and the state) answer. ``metrics``: what
-    ``/metrics`` exposes, read at each scrape: a ``MetricsSnapshot``, or one
-    per listener by name (a ``listener`` label); None: no ``/metrics`` (404).
-    Without prometheus-client, ``/metrics`` answers 501 with a hint, and
-    ``start()`` logs one warning.
-
-    Binds in the constructor; ``start()`` serves on a thread of its own;
-    ``close()`` stops it, joins the thread and closes the socket. Also a
-    context manager (``start()`` on entry, ``close()`` on exit).
-    """
-
-    def __init__(self, address: tuple[str, int] | str, health: Health, metrics: MetricsSource | None = None) -> None:
-        self.health = health
-        self._render_metrics, self.metrics_missing = _metrics_renderer(metrics)
-        server_class = _AdminUnixServer if isinstance(address, str) else _AdminTCPServer
-        self._server: _AdminTCPServer | _AdminUnixServer = server_class(address, _AdminHandler)
-        self._server.admin = self
-        self.server_address: Any = self._server.server_address
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Serve on a thread of its own."""
-        if self._thread is not None:
-            raise RuntimeError("the admin listener is already started")
-        if self.metrics_missing:
-            logger.warning("admin listener %s: %s", format_address(self.server_address), METRICS_HINT)
-        self._thread = threading.Thread(
-            target=self._serve, name=f"sockserve admin {format_address(self.server_address)}"
-        )
-        self._thread.start()
-
-    def _serve(self) -> None:
-        leave_signals_to_the_main_thread()
-        self._server.serve_forever()
-
-    def close(self) -> None:
-        """Stop serving (a request in flight gets a second to finish), join
-        the thread, close the socket. Idempotent."""
-        self._server.stop(1.0)
-        if self._thread is not None:
-            self._thread.join()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-# -- the same listener without a thread, for a loop that forks -----------------------
+# -- the listener: a loop of non-blocking sockets ------------------------------------
 
 
 class _AdminBindLimits:
@@ -358,7 +270,7 @@ class _AdminBindLimits:
 
 
 class _AdminTCPBind(_AdminBindLimits, TCPServer):
-    allow_reuse_address = True  # as the pool's admin server: a restart binds again at once
+    allow_reuse_address = True  # a restart binds again at once
 
 
 class _AdminUnixBind(_AdminBindLimits, UnixStreamServer):
@@ -368,21 +280,34 @@ class _AdminUnixBind(_AdminBindLimits, UnixStreamServer):
 class _LoopConnection:
     """One client of an ``AdminLoop``: its head so far, then its response."""
 
-    __slots__ = ("client", "deadline", "framer", "out", "sock")
+    __slots__ = ("client", "deadline", "framer", "out", "sock", "started")
 
-    def __init__(self, sock: socket.socket, client: Any, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, client: Any, started: float, deadline: float) -> None:
         self.sock = sock
         self.client = client
+        self.started = started
         self.deadline = deadline
         self.framer = HeadFramer()
         self.out: memoryview | None = None  # the response, once the head is in: what is left to send
 
 
 class AdminLoop:
-    """The admin listener of ``AdminServer`` (same answers, same limits), but
-    with no thread: a loop that owns it waits on ``poll_fds()`` for at most
+    """The admin listener, served by a loop that owns it (``AdminServer`` is
+    one on a thread of its own): that loop waits on ``poll_fds()`` for at most
     ``timeout()`` and calls ``serve()`` after each wait; every socket is
     non-blocking, so a slow or silent client never holds that loop.
+
+    A probe must get its answer while others hold connections open (a
+    Kubernetes liveness probe times out in a second, and the pod is
+    restarted): a connection gets ``head_timeout_seconds`` to send its
+    request head, and at ``max_connections`` a new connection takes the place
+    of the oldest one still sending its head, which is closed unanswered. A
+    well-behaved client sends its head at once and is answered in the turn
+    that reads it; to push it out, a flood must open ``max_connections``
+    connections between its connect and its head. (Waiting in the backlog
+    instead, it waited for the idle ones' deadlines: ~64 idle connections
+    starved every probe.) Only when every place is a response being sent
+    does a newcomer wait in the backlog.
 
     For the prefork supervisor, which forks its workers from that loop: a
     thread running at a fork may hold a lock (the logging budget's, a
@@ -395,6 +320,7 @@ class AdminLoop:
     """
 
     max_connections = 64
+    head_timeout_seconds = 2.0  # from accept to a complete request head: a probe's is one packet
     timeout_seconds = 10.0  # a whole exchange, from accept to the last byte of the response
 
     def __init__(self, address: tuple[str, int] | str, health: Health, metrics: MetricsSource | None = None) -> None:
@@ -415,8 +341,8 @@ class AdminLoop:
     def poll_fds(self) -> list[tuple[int, int]]:
         """The descriptors to wait on, each with its ``select.poll`` events."""
         fds = [(fd, select.POLLOUT if c.out is not None else select.POLLIN) for fd, c in self._connections.items()]
-        if len(self._connections) < self.max_connections and self._listener.fileno() >= 0:
-            fds.append((self._listener.fileno(), select.POLLIN))  # over the limit, clients wait in the backlog
+        if self._listener.fileno() >= 0 and (len(self._connections) < self.max_connections or self._evictable()):
+            fds.append((self._listener.fileno(), select.POLLIN))  # else clients wait in the backlog
         return fds
 
     def timeout(self, now: float) -> float | None:
@@ -442,8 +368,17 @@ class AdminLoop:
             elif now >= connection.deadline:
                 self._drop(fd)
 
+    def _evictable(self) -> int | None:
+        """The oldest connection still sending its head (the dict keeps accept order)."""
+        return next((fd for fd, c in self._connections.items() if c.out is None), None)
+
     def _accept(self, now: float) -> None:
-        while len(self._connections) < self.max_connections:
+        for _ in range(self.max_connections):  # bounded: a flood must not hold the owner's loop
+            oldest = None
+            if len(self._connections) >= self.max_connections:
+                oldest = self._evictable()
+                if oldest is None:
+                    return  # every place is a response being sent: the newcomers wait in the backlog
             try:
                 sock, client = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -452,8 +387,16 @@ class AdminLoop:
                 if budget.take("admin-accept") is not None:
                     logger.warning("admin listener: accept failed: %s", exc)
                 return
+            if len(self._connections) >= self.max_connections and oldest is not None:
+                self._drop(oldest)  # its place, to a client that may be a probe
+                if budget.take("admin-full") is not None:
+                    logger.warning(
+                        "admin listener: %d connections open: closed the oldest that had not sent a request",
+                        self.max_connections,
+                    )
             sock.setblocking(False)
-            self._connections[sock.fileno()] = _LoopConnection(sock, client, now + self.timeout_seconds)
+            deadline = now + min(self.head_timeout_seconds, self.timeout_seconds)
+            self._connections[sock.fileno()] = _LoopConnection(sock, client, now, deadline)
 
     def _read(self, connection: _LoopConnection) -> None:
         framer = connection.framer
@@ -469,6 +412,7 @@ class AdminLoop:
         if head is not None:
             response = _answer(head, connection.client, self.health, self._render_metrics, self.metrics_missing)
             connection.out = memoryview(response)
+            connection.deadline = connection.started + self.timeout_seconds  # the head is in: time to send
         elif framer.ended:  # the client stopped sending before a head: nothing to answer
             connection.out = memoryview(b"")
 
@@ -501,6 +445,84 @@ class AdminLoop:
         for fd in list(self._connections):
             self._drop(fd)
         self._bound.server_close()
+
+
+class AdminServer:
+    """``/healthz``, ``/readyz`` and ``/metrics`` on ``address``: a TCP
+    ``(host, port)`` (port 0: any free one, read back from
+    ``server_address``) or a Unix socket path.
+
+    ``health``: what ``/healthz`` (200 while ``live``) and ``/readyz`` (200
+    while ``ready``, else 503 and the state) answer. ``metrics``: what
+    ``/metrics`` exposes, read at each scrape: a ``MetricsSnapshot``, or one
+    per listener by name (a ``listener`` label); None: no ``/metrics`` (404).
+    Without prometheus-client, ``/metrics`` answers 501 with a hint, and
+    ``start()`` logs one warning.
+
+    An ``AdminLoop`` on a thread of its own: one thread, whatever the
+    clients do (see ``AdminLoop`` for the limits that keep a probe answered).
+
+    Binds in the constructor; ``start()`` serves on a thread of its own;
+    ``close()`` stops it, joins the thread and closes the sockets. Also a
+    context manager (``start()`` on entry, ``close()`` on exit).
+    """
+
+    def __init__(self, address: tuple[str, int] | str, health: Health, metrics: MetricsSource | None = None) -> None:
+        self.health = health
+        self.loop = AdminLoop(address, health, metrics)
+        self.metrics_missing = self.loop.metrics_missing
+        self.server_address: Any = self.loop.server_address
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Serve on a thread of its own."""
+        if self._thread is not None:
+            raise RuntimeError("the admin listener is already started")
+        self.loop.start()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"sockserve admin {format_address(self.server_address)}"
+        )
+        self._thread.start()
+
+    def _serve(self) -> None:
+        leave_signals_to_the_main_thread()
+        loop = self.loop
+        while True:
+            poller = select.poll()
+            poller.register(self._stop_r, select.POLLIN)
+            for fd, events in loop.poll_fds():
+                poller.register(fd, events)
+            timeout = loop.timeout(time.monotonic())
+            ready = poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+            if any(fd == self._stop_r for fd, _ in ready):
+                return
+            try:
+                loop.serve(time.monotonic())
+            except Exception:  # its bug: told, and the listener goes on
+                if budget.take("admin-loop") is not None:
+                    logger.exception("admin listener: serving failed")
+
+    def close(self) -> None:
+        """Stop serving (a response not yet sent is dropped), join the
+        thread, close the sockets. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        os.write(self._stop_w, b"x")
+        if self._thread is not None:
+            self._thread.join()
+        self.loop.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _serves_nothing(request: Any, client_address: Any, server: Any) -> None:
