@@ -21,7 +21,6 @@ from sockserve import _serve as sockserve_serve
 from sockserve import aio
 from sockserve._address import format_address
 from sockserve._health import Health
-from sockserve.testing import running_server
 
 from .helpers import connect, recv_all, recv_line, wait_until
 
@@ -221,27 +220,6 @@ def _blocked_signals(native_id: int) -> set[signal.Signals]:
     with open(f"/proc/self/task/{native_id}/status") as f:
         mask = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
     return {s for s in signal.Signals if mask & (1 << (s.value - 1))}
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads thread signal masks from /proc")
-@pytest.mark.parametrize("server_class", [sockserve.ThreadingTCPServer, sockserve.ThreadPoolTCPServer])
-def test_request_threads_leave_signals_to_the_main_thread(server_class: type[sockserve.TCPServer]) -> None:
-    # Otherwise the kernel may deliver SIGQUIT to a request thread while the
-    # main thread waits out a drain, and the handler that ends the drain would
-    # run only when the grace period is over.
-    seen: list[set[signal.Signals]] = []
-
-    class Report(sockserve.StreamRequestHandler):
-        def handle(self) -> None:
-            seen.append(_blocked_signals(threading.get_native_id()))
-            self.wfile.write(self.rfile.readline())
-
-    with running_server(server_class(("127.0.0.1", 0), Report)) as server, connect(server.server_address) as client:
-        client.sendall(b"hi\n")
-        assert recv_line(client) == b"hi\n"
-    assert {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP} <= seen[0]
-    assert signal.SIGSEGV not in seen[0]
-    assert signal.SIGTERM not in _blocked_signals(threading.get_native_id())  # the main thread's own are untouched
 
 
 def test_a_signal_ends_a_wait_of_the_main_thread_whatever_its_timing() -> None:

@@ -144,24 +144,15 @@ def _main_thread_wait(pid: int) -> str:
 
 MODELS = ["ThreadingTCPServer", "ThreadPoolTCPServer", "framed", "TCPServer", "ForkingTCPServer"]
 HOWS = ["loop", "serve", "serve_all"]
-# A sequential server's handler runs on the thread that serves it: under
-# serve_all(), one of its serving threads, which block signals (_serve.py).
-# (A forking server's child is forked from it, but resets its mask.)
-ON_THE_LOOP = ("TCPServer",)
-UNDER_SERVE_ALL = pytest.mark.xfail(
-    reason="serve_all()'s serving threads block signals, and a sequential server's handlers run there",
-    strict=True,
-)
+# Under serve_all() a sequential server's handler runs on one of its serving
+# threads, which take the program's mask (_serve.py); a forking server's child
+# is forked from such a thread, and resets its mask.
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("model", "how"),
-    [
-        pytest.param(model, how, marks=UNDER_SERVE_ALL if model in ON_THE_LOOP and how == "serve_all" else ())
-        for model in MODELS
-        for how in HOWS
-    ],
+    [(model, how) for model in MODELS for how in HOWS],
 )
 def test_a_program_a_handler_starts_can_be_terminated(tmp_path: Any, model: str, how: str) -> None:
     # It inherits the handler thread's signal mask: a blocked SIGTERM would

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from ._drain import DEFAULT_GRACE, DrainReport
 from ._health import Health
+from ._limits import check_seconds
 from ._log import format_address, logger
 from ._signal_wakeup import signals_interrupt_waits
 from ._thread_signals import leave_signals_to_the_main_thread
@@ -156,8 +157,9 @@ def serve_all(
     servers = tuple(servers)
     if not servers:
         raise ValueError("serve_all() needs at least one server")
-    if drain_delay < 0:
-        raise ValueError(f"drain_delay must be 0 or more, got {drain_delay!r}")
+    check_seconds("drain_delay", drain_delay, zero=True)
+    if grace is not None:
+        check_seconds("grace", grace, zero=True)
     extras = (health, on_ready, on_stopping, on_reloading)
     plain = len(servers) == 1 and not drain_delay and all(extra is None for extra in extras)
     if plain and not _handlers_run_on_the_loop(servers[0]):
@@ -343,7 +345,7 @@ class _Control:
                     for index in range(1, len(self.servers)):
                         thread = threading.Thread(
                             target=self._serve_thread,
-                            args=(index, poll_interval),
+                            args=(index, poll_interval, unblock),
                             name=f"sockserve serve {format_address(self.servers[index].server_address)}",
                         )
                         thread.start()
@@ -377,8 +379,15 @@ class _Control:
 
     # -- the serving threads (the main thread serves the first server) ---------------
 
-    def _serve_thread(self, index: int, poll_interval: float) -> None:
-        leave_signals_to_the_main_thread()
+    def _serve_thread(self, index: int, poll_interval: float, unblock: tuple[signal.Signals, ...]) -> None:
+        # The program's signal mask, not a block of our own: a sequential
+        # server's handlers run on this thread, and the programs they start
+        # inherit its mask (a blocked SIGTERM would make them unkillable). It
+        # was started before the caller's blocked signals were let through:
+        # let them through here too. A signal the kernel delivers to this
+        # thread still wakes the main thread (the wake-up descriptor).
+        if unblock:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
         try:
             self._serve(index, poll_interval)
         except BaseException as exc:  # handed to the main thread, which raises it

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, Protocol
 
 from .._drain import DEFAULT_GRACE
+from .._limits import check_seconds
 from .._log import format_address
 from .._metrics import MetricsSnapshot, merge
 from ._listeners import Listener, ListenerSpec, plan_listeners
@@ -177,8 +178,9 @@ class Prefork:
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
-        if drain_delay < 0:
-            raise ValueError(f"drain_delay must be 0 or more, got {drain_delay!r}")
+        check_seconds("drain_delay", drain_delay, zero=True)
+        if grace is not None:
+            check_seconds("grace", grace, zero=True)
         self._listeners: list[Listener] = plan_listeners(
             server_class, server_address, handler_class, listeners, sockets, reuse_port
         )
