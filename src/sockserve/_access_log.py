@@ -22,9 +22,21 @@ from ._metrics import HANDLER_ERRORS, Metrics
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
     import logging
-    from typing import Any
+    from typing import Any, Protocol
 
-    from ._admission import Ticket
+    from ._ticket import Ticket
+
+    class HeldSocket(Protocol):
+        """What ``hold()`` and ``let_go()`` use of a ``socket.socket``: the count of
+        references ``makefile()`` keeps (``close()`` waits for them) and the close
+        it then defers, in CPython's ``socket.py`` (3.10-3.13). Named here, in one
+        place, since typeshed does not declare them."""
+
+        _io_refs: int
+        _closed: bool
+
+        def _real_close(self) -> None: ...
+
 
 ACCESS_LOGGER = "sockserve.access"
 
@@ -93,7 +105,8 @@ def hold(sock: socket.socket) -> socket.socket:
     ``makefile()`` takes (``socket._io_refs``), for which ``close()`` waits,
     as it waits for an open ``rfile``. Only on the thread that then calls
     ``let_go()``."""
-    sock._io_refs += 1  # type: ignore[attr-defined]
+    held: HeldSocket = sock  # type: ignore[assignment]  # see HeldSocket
+    held._io_refs += 1
     return sock
 
 
@@ -110,9 +123,10 @@ def let_go(sock: socket.socket, ticket: Ticket, tcp: bool) -> None:
             pass
     elif ticket.closed_by is None and client_finished(sock):
         ticket.closed_by = "client"
-    sock._io_refs -= 1  # type: ignore[attr-defined]  # socket._decref_socketios(), inline
-    if sock._closed:  # type: ignore[attr-defined]
-        sock._real_close()  # type: ignore[attr-defined]
+    held: HeldSocket = sock  # type: ignore[assignment]  # see HeldSocket
+    held._io_refs -= 1  # socket._decref_socketios(), inline
+    if held._closed:
+        held._real_close()
 
 
 def client_finished(sock: socket.socket) -> bool:

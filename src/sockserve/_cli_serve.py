@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._bind_errors import why_bind_failed
 from ._config import ConfigError, ServeSettings
 from ._health import Health
 from ._socket_activation import Bind, parse_bind
@@ -731,10 +732,9 @@ class _WatchdogPings:
 
 
 def _cannot_listen(bind: Bind, exc: OSError, what: str = "") -> None:
-    from .cli import _why
 
     kind = "unix" if bind.scheme in ("unix", "unixgram") else "tcp"
-    log.error("cannot listen on %s%s: %s", bind, f" ({what})" if what else "", _why(kind, bind.address, exc))
+    log.error("cannot listen on %s%s: %s", bind, f" ({what})" if what else "", why_bind_failed(kind, bind.address, exc))
 
 
 def serve_command(settings: ServeSettings, argv: Sequence[str] = (), *, check_only: bool, out: Any = None) -> int:

@@ -28,6 +28,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sock
 if TYPE_CHECKING:
     from typing import Any, Protocol, final
 
+    from ._access_log import HeldSocket
     from ._connection_info import ProxiedConnections
     from ._stages import Prepared
 else:
@@ -150,15 +151,17 @@ class Job:
         and ``let_go``, inline here: this is the threads' and the pool's
         path, where each Python call is a share of a connection's cost)."""
         previous = set_current_job(self)
-        held = None
+        held: socket.socket | None = None
+        refs: HeldSocket  # the same socket, seen for the references it counts (see HeldSocket)
         ticket = self.ticket
         try:
             if not self.stages or self.prepare():
                 if ticket is not None and self.host._stream_end:
                     request = self.request
                     if isinstance(request, socket.socket):
-                        request._io_refs += 1  # type: ignore[attr-defined]  # hold(), inline
                         held = request
+                        refs = request  # type: ignore[assignment]
+                        refs._io_refs += 1  # hold(), inline
                 target(self.request, self.client_address)
         finally:
             set_current_job(previous)
@@ -168,9 +171,10 @@ class Job:
                         ticket.tcp_info = held.getsockopt(socket.IPPROTO_TCP, TCP_INFO_OPT, TCP_INFO_SIZE)  # type: ignore[union-attr]
                     except OSError:
                         pass
-                    held._io_refs -= 1  # type: ignore[attr-defined]
-                    if held._closed:  # type: ignore[attr-defined]
-                        held._real_close()  # type: ignore[attr-defined]
+                    refs = held  # type: ignore[assignment]
+                    refs._io_refs -= 1
+                    if refs._closed:
+                        refs._real_close()
                 else:
                     let_go(held, ticket, False)  # type: ignore[arg-type]  # held only with a ticket
             self.release()

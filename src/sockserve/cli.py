@@ -11,18 +11,15 @@ user's program would. It is also the only place that configures logging.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import ipaddress
 import logging
 import math
-import os
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ._errors import SocketPathInUse, SocketPathNotASocket
+from ._bind_errors import why_bind_failed
 from ._framed import FramedRequestHandler
 from ._log import format_address
 from ._pool_servers import ThreadPoolTCPServer, ThreadPoolUnixStreamServer
@@ -142,37 +139,11 @@ def _cannot_listen(kind: str, address: Any, exc: OSError) -> int:
     Only ``OSError`` from creating and binding the listening socket gets here:
     anything else is a bug and keeps its traceback.
     """
-    print(f"sockserve echo: cannot listen on {format_address(address)}: {_why(kind, address, exc)}", file=sys.stderr)
+    print(
+        f"sockserve echo: cannot listen on {format_address(address)}: {why_bind_failed(kind, address, exc)}",
+        file=sys.stderr,
+    )
     return 1
-
-
-def _why(kind: str, address: Any, exc: OSError) -> str:
-    """The cause of a failed bind in plain words; the OS's own words when we
-    have nothing clearer to say."""
-    if isinstance(exc, SocketPathInUse):
-        return "another server is live on this path"
-    if isinstance(exc, SocketPathNotASocket):
-        return "the path exists and is not a socket (sockserve never replaces such a file)"
-    if isinstance(exc, socket.gaierror):
-        return f"the host name does not resolve ({exc.strerror})"
-    if exc.errno == errno.EADDRINUSE:
-        return "the address is already in use"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return "no network interface on this machine has this address"
-    if exc.errno == errno.EACCES:
-        if kind == "tcp" and 0 < address[1] < 1024:
-            return "permission denied (ports below 1024 usually need root or CAP_NET_BIND_SERVICE)"
-        return "permission denied"
-    if kind == "unix" and exc.errno == errno.ENOENT:
-        # Checked rather than assumed: ENOENT could also come from the path
-        # vanishing right after the bind.
-        directory = os.path.dirname(address) or "."
-        if not os.path.isdir(directory):
-            return f"the directory {directory} does not exist"
-    if kind == "unix" and exc.errno == errno.ENOTDIR:
-        return "a part of the path is not a directory"
-    # An OSError without an errno: CPython's "AF_UNIX path too long".
-    return exc.strerror or str(exc)
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -426,11 +426,16 @@ class _ServedInItsOwnProcess:
 
     _sockserve_parent_gone: int = -1  # the read end of a pipe the test holds the other end of
 
+    if TYPE_CHECKING:
+
+        def shutdown(self) -> None:
+            """The server's own (this class is mixed in front of a ForkingMixIn server)."""
+
     def service_actions(self) -> None:
         super().service_actions()  # type: ignore[misc]
         fd = self._sockserve_parent_gone
         if fd >= 0 and select.select([fd], [], [], 0)[0]:
-            self.shutdown()  # type: ignore[attr-defined]
+            self.shutdown()
 
 
 class _ServerProcess:
