@@ -72,3 +72,44 @@ def wait_until(predicate: Any, timeout: float = TIMEOUT, interval: float = 0.01)
             return False
         pause.wait(interval)
     return True
+
+
+class JsonLinesChild:
+    """A Python script run as a child process that reports on stdout, one JSON
+    object per line; ``next(key)`` reads up to the next message with ``key``."""
+
+    def __init__(self, script: Any, *args: str) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def next(self, key: str) -> Any:
+        """The next message that has ``key``, skipping others (bounded by the test timeout)."""
+        import json
+
+        assert self.proc.stdout is not None
+        while line := self.proc.stdout.readline():
+            message = json.loads(line)
+            if key in message:
+                return message[key]
+        raise AssertionError(f"the server exited before saying {key!r}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+
+    def next_log(self, startswith: str) -> str:
+        while not (message := self.next("log")).startswith(startswith):
+            pass
+        return str(message)
+
+    def close(self) -> int:
+        """Its exit status (waiting up to 10 s, then killing it); its pipes closed."""
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()

@@ -22,7 +22,7 @@ from sockserve import aio
 from sockserve._address import format_address
 from sockserve._health import Health
 
-from .helpers import connect, recv_all, recv_line, wait_until
+from .helpers import JsonLinesChild, connect, recv_all, recv_line, wait_until
 
 SERVER = textwrap.dedent(
     """
@@ -56,7 +56,7 @@ SERVER = textwrap.dedent(
 )
 
 
-class Child:
+class Child(JsonLinesChild):
     def __init__(
         self,
         tmp_path: Any,
@@ -67,38 +67,8 @@ class Child:
     ) -> None:
         script = tmp_path / "serve_child.py"
         script.write_text(SERVER)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(grace), str(drain_delay), server_class, how],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        super().__init__(script, str(grace), str(drain_delay), server_class, how)
         self.address = tuple(self.next("address"))
-
-    def next(self, key: str) -> Any:
-        """The next message that has ``key``, skipping others (bounded by the test timeout)."""
-        assert self.proc.stdout is not None
-        while line := self.proc.stdout.readline():
-            message = json.loads(line)
-            if key in message:
-                return message[key]
-        raise AssertionError(f"the server exited before saying {key!r}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-
-    def next_log(self, startswith: str) -> str:
-        while not (message := self.next("log")).startswith(startswith):
-            pass
-        return str(message)
-
-    def close(self) -> int:
-        try:
-            return self.proc.wait(timeout=10)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
 
 
 # Every model, served alone and through serve_all()'s control thread. A

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 from typing import Any
 
 import pytest
 
-from .helpers import connect, recv_all, recv_line, wait_until
+from .helpers import JsonLinesChild, connect, recv_all, recv_line, wait_until
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads signal masks from /proc")
 
@@ -102,39 +100,12 @@ SERVER = textwrap.dedent(
 )
 
 
-class Child:
+class Child(JsonLinesChild):
     def __init__(self, tmp_path: Any, model: str, how: str) -> None:
         script = tmp_path / "thread_signals_child.py"
         script.write_text(SERVER)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), model, how], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        super().__init__(script, model, how)
         self.address = tuple(self.next("address"))
-
-    def next(self, key: str) -> Any:
-        """The next message that has ``key``, skipping others (bounded by the test timeout)."""
-        assert self.proc.stdout is not None
-        while line := self.proc.stdout.readline():
-            message = json.loads(line)
-            if key in message:
-                return message[key]
-        raise AssertionError(f"the server exited before saying {key!r}: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-
-    def next_log(self, startswith: str) -> str:
-        while not (message := self.next("log")).startswith(startswith):
-            pass
-        return str(message)
-
-    def close(self) -> int:
-        try:
-            return self.proc.wait(timeout=10)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
 
 
 def _main_thread_wait(pid: int) -> str:
