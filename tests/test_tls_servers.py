@@ -236,7 +236,15 @@ def serving(
     if proxy is not None:
         server.proxy_protocol = proxy
     with running_server(server, poll_interval=0.05):
-        yield server
+        try:
+            yield server
+        finally:
+            if isinstance(server, sockserve.ForkingMixIn):
+                # A child forked while this process's own client was inside
+                # OpenSSL may hold one of its locks for ever (seen once in
+                # its handshake under heavy load): a stop with a grace period
+                # kills it, where server_close() alone would wait for it.
+                server.stop(10.0)
 
 
 # --- clients ---------------------------------------------------------------------
