@@ -255,16 +255,7 @@ class ProxyHeader(_Frozen, _ProxyHeaderFields):
     """
 
     __slots__ = ()
-    _names = _ProxyHeaderFields.__slots__
-
-    version: int
-    command: str
-    family: int
-    protocol: int
-    source: Any
-    destination: Any
-    tlvs: Mapping[int, tuple[bytes, ...]]
-    size: int
+    _names = _ProxyHeaderFields.__slots__  # its fields, typed there
 
     def __init__(
         self,
