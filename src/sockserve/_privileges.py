@@ -27,6 +27,13 @@ from ._errors import SockserveError
 from ._frozen import FrozenValue
 from ._log import logger
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    _Entry = TypeVar("_Entry")
+
 __all__ = ["Identity", "PrivilegeError", "drop_privileges", "resolve_identity"]
 
 
@@ -78,6 +85,20 @@ def _as_id(value: str | int) -> int | None:
     return number
 
 
+def _look_up(
+    value: str | int, by_id: Callable[[int], _Entry], by_name: Callable[[str], _Entry], kind: str
+) -> _Entry | int:
+    """``value`` (a name or an id) in the ``kind`` database: its entry, or
+    the bare id when an id has none (a name must have one)."""
+    number = _as_id(value)
+    try:
+        return by_id(number) if number is not None else by_name(str(value))
+    except KeyError:
+        if number is None:
+            raise PrivilegeError(f"unknown {kind} {value!r}: no such entry in the {kind} database") from None
+        return number
+
+
 def resolve_identity(user: str | int | None, group: str | int | None) -> Identity | None:
     """Look ``user`` and ``group`` up without changing anything; None when both are None.
 
@@ -100,13 +121,9 @@ def resolve_identity(user: str | int | None, group: str | int | None) -> Identit
     if user is None:
         uid = os.geteuid()
     else:
-        number = _as_id(user)
-        try:
-            entry = pwd.getpwuid(number) if number is not None else pwd.getpwnam(str(user))
-        except KeyError:
-            if number is None:
-                raise PrivilegeError(f"unknown user {user!r}: no such entry in the user database") from None
-            uid = number
+        entry = _look_up(user, pwd.getpwuid, pwd.getpwnam, "user")
+        if isinstance(entry, int):
+            uid = entry
         else:
             uid, user_name, user_gid = entry.pw_uid, entry.pw_name, entry.pw_gid
     group_name: str | None = None
@@ -115,13 +132,9 @@ def resolve_identity(user: str | int | None, group: str | int | None) -> Identit
             raise PrivilegeError(f"user {user!r} has no entry in the user database: name its group too")
         gid = user_gid
     else:
-        number = _as_id(group)
-        try:
-            group_entry = grp.getgrgid(number) if number is not None else grp.getgrnam(str(group))
-        except KeyError:
-            if number is None:
-                raise PrivilegeError(f"unknown group {group!r}: no such entry in the group database") from None
-            gid = number
+        group_entry = _look_up(group, grp.getgrgid, grp.getgrnam, "group")
+        if isinstance(group_entry, int):
+            gid = group_entry
         else:
             gid, group_name = group_entry.gr_gid, group_entry.gr_name
     if group_name is None:
