@@ -28,14 +28,10 @@ from .helpers import TIMEOUT, connect, recv_all, recv_line, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
-SUPERVISOR = textwrap.dedent(
+# What every supervisor script says: its events, and sockserve's log lines,
+# as JSON lines on stdout (needs json, logging, os and time imported).
+REPORTING = textwrap.dedent(
     """
-    import json, logging, os, socket, sys, time
-    import sockserve
-    from sockserve.prefork import Prefork, RestartPolicy
-
-    config = json.loads(sys.argv[1])
-
     def say(**event):
         # One write() per line: the supervisor and its workers share this pipe.
         os.write(1, (json.dumps(event) + "\\n").encode())
@@ -47,7 +43,22 @@ SUPERVISOR = textwrap.dedent(
     log = logging.getLogger("sockserve")
     log.addHandler(Report())
     log.setLevel(logging.INFO)
+    """
+)
 
+SUPERVISOR = (
+    textwrap.dedent(
+        """
+    import json, logging, os, socket, sys, time
+    import sockserve
+    from sockserve.prefork import Prefork, RestartPolicy
+
+    config = json.loads(sys.argv[1])
+    """
+    )
+    + REPORTING
+    + textwrap.dedent(
+        """
     if config.get("own_child") is not None:
         # The embedding program's own child, exited before the supervisor
         # starts: a zombie whose status is the program's to collect.
@@ -150,6 +161,7 @@ SUPERVISOR = textwrap.dedent(
             say(own_child="reaped by someone else")
     sys.exit(code)
     """
+    )
 )
 
 

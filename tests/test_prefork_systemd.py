@@ -19,15 +19,16 @@ from sockserve.prefork import Prefork
 
 from .fake_systemd import ServiceManager
 from .helpers import connect, recv_line
-from .test_prefork import Supervisor, ask
+from .test_prefork import REPORTING, Supervisor, ask
 
 pytestmark = [pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()"), pytest.mark.timeout(120)]
 
 # A supervisor as `sockserve serve --workers N` runs one under systemd: the
 # inherited sockets by name, sd_notify from the callbacks. Its events go to
 # stdout as JSON lines, as test_prefork's supervisor's do.
-SYSTEMD_SUPERVISOR = textwrap.dedent(
-    """
+SYSTEMD_SUPERVISOR = (
+    textwrap.dedent(
+        """
     import json, logging, os, sys, time
     import sockserve
     from sockserve._sd_notify import Notifier
@@ -35,18 +36,11 @@ SYSTEMD_SUPERVISOR = textwrap.dedent(
     from sockserve.prefork import Prefork, RestartPolicy
 
     config = json.loads(sys.argv[1])
-
-    def say(**event):
-        os.write(1, (json.dumps(event) + "\\n").encode())
-
-    class Report(logging.Handler):
-        def emit(self, record):
-            say(log=record.getMessage(), t=time.monotonic(), pid=os.getpid(), name=record.name)
-
-    log = logging.getLogger("sockserve")
-    log.addHandler(Report())
-    log.setLevel(logging.INFO)
-
+    """
+    )
+    + REPORTING
+    + textwrap.dedent(
+        """
     class Handler(sockserve.StreamRequestHandler):
         # "inode": the inode of the listening socket this worker serves.
         def handle(self):
@@ -79,6 +73,7 @@ SYSTEMD_SUPERVISOR = textwrap.dedent(
     notifier.close()
     sys.exit(code)
     """
+    )
 )
 
 
