@@ -117,10 +117,7 @@ def let_go(sock: socket.socket, ticket: Ticket, tcp: bool) -> None:
     closed it. (``Job.run`` does the same inline: it is the pool's and the
     threads' path, where a call is a share of a connection's cost.)"""
     if tcp:
-        try:
-            ticket.tcp_info = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO_OPT, _TCP_INFO_SIZE)
-        except OSError:
-            pass
+        tcp_bytes(sock, ticket)
     elif ticket.closed_by is None and client_finished(sock):
         ticket.closed_by = "client"
     held: HeldSocket = sock  # type: ignore[assignment]  # see HeldSocket

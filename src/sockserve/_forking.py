@@ -462,7 +462,8 @@ class ForkingMixIn(_ServerBase):
             ticket = job.ticket
             if ticket is not None and ticket.deadline is not None:
                 job.start_deadline_in_child()
-            refused_before = self.refused
+            # Read only when stages run: a snapshot per fork otherwise for nothing.
+            refused_before = self.refused if job.stages else {}
             if not job.stages or job.prepare():
                 held = None
                 if ticket is not None:

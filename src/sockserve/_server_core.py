@@ -110,13 +110,18 @@ class ServerCore:
             with self._admission_lock:
                 if self._admission_book is None:
                     admission = Admission(self.limits, on_free=self._capacity_freed, metrics=self.metrics)
-                    admission.access_log = bool(self.access_log)
-                    admission.settle_all = bool(self.access_log) or bool(self.count_bytes)
+                    self._report_through(admission)
                     if self._counts_datagrams_on_receipt:
                         admission.accepted_unit = admission.request_unit = 0
                     self._admission_book = admission
                 admission = self._admission_book
         return admission
+
+    def _report_through(self, admission: Admission) -> None:
+        """The access log and count_bytes as they are now, for ``admission``:
+        with either, every release takes the path that settles it."""
+        admission.access_log = bool(self.access_log)
+        admission.settle_all = admission.access_log or bool(self.count_bytes)
 
     def _know_edge(self) -> None:
         """Read the edge options once (when serving starts, or at the first
@@ -136,8 +141,7 @@ class ServerCore:
         admission = self._admission_book
         if admission is not None:
             admission.use_metrics(self.metrics)
-            admission.access_log = bool(self.access_log)
-            admission.settle_all = bool(self.access_log) or bool(self.count_bytes)
+            self._report_through(admission)
         # How a stream connection ended (its bytes, who closed first) is
         # read as it closes, only where something wants it: the access log,
         # or count_bytes (it costs 6-9% of a connection: see docs, "Metrics").
@@ -297,8 +301,9 @@ class ServerCore:
         ``proxy_header``, ``tls_handshake``, ``emfile``, ``timeout``): those
         that happened. A copy, read from ``metrics``, which has them all."""
         admission = self._admission_book
-        metrics = self.metrics if admission is None else admission.metrics
-        return {reason: n for reason, n in metrics.snapshot().refused.items() if n}
+        if admission is not None:
+            return admission.refused
+        return {reason: n for reason, n in self.metrics.snapshot().refused.items() if n}
 
     def _count_drain(self, seconds: float) -> None:
         """A graceful stop ended after ``seconds``: in the metrics, with every
