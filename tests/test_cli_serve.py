@@ -1140,3 +1140,17 @@ def test_the_access_log_in_json_whatever_the_log_level(short_tmp: str) -> None:
         assert line["closed_by"] == "client"
         assert server.stop() == 0, server.text
         assert "serving" not in server.text  # the INFO lines of the other loggers stay hidden
+
+
+def test_listener_and_admin_urls_are_written_as_binds_are() -> None:
+    # An abstract Unix admin socket's address comes back as bytes: it was
+    # taken for TCP, and the start-up line raised TypeError after binding.
+    from sockserve._cli_serve import _admin_url, url_of
+
+    assert url_of("tcp", ("::1", 9000)) == "tcp://[::1]:9000"
+    assert url_of("udp", ("127.0.0.1", 53)) == "udp://127.0.0.1:53"
+    assert url_of("unixgram", b"\0name") == "unixgram:@name"
+    assert url_of("unix", "/run/app.sock") == "unix:/run/app.sock"
+    assert _admin_url(("127.0.0.1", 9100)) == "http://127.0.0.1:9100"
+    assert _admin_url("/run/admin.sock") == "http+unix:/run/admin.sock"
+    assert _admin_url(b"\0admin") == "http+unix:@admin"

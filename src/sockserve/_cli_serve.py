@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._address import format_address
 from ._bind_errors import why_bind_failed
 from ._config import ConfigError, ServeSettings
 from ._health import Health
@@ -407,12 +408,8 @@ def check_notes(plan: Plan) -> dict[str, str]:
 
 def url_of(scheme: str, address: Any) -> str:
     """A listener's address as the URL a --bind would give: tcp://[::1]:9000, unix:/run/app.sock, unix:@name."""
-    if scheme in ("unix", "unixgram"):
-        if isinstance(address, bytes):
-            address = address.decode("utf-8", "surrogateescape")
-        return f"{scheme}:@{address[1:]}" if address.startswith("\0") else f"{scheme}:{address}"
-    host, port = address[0], address[1]
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+    separator = ":" if scheme in ("unix", "unixgram") else "://"
+    return f"{scheme}{separator}{format_address(address)}"
 
 
 def run(plan: Plan, options: dict[str, Any]) -> int:
@@ -513,7 +510,9 @@ def _listener_metrics(plan: Plan, servers: list[Any]) -> MetricsSource:
 
 
 def _admin_url(address: Any) -> str:
-    return f"http+unix:{address}" if isinstance(address, str) else "http://" + url_of("tcp", address)[6:]
+    # An abstract Unix name comes back from the socket as bytes: only a
+    # tuple is TCP.
+    return "http://" + format_address(address) if isinstance(address, tuple) else "http+unix:" + format_address(address)
 
 
 def inherited_for(settings: ServeSettings) -> dict[Bind, InheritedSocket]:
