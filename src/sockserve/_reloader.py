@@ -34,6 +34,8 @@ import socket
 import sys
 import time
 
+from ._socket_activation import _LISTEN_VARIABLES, SD_LISTEN_FDS_START
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see sockserve/__init__.py)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,8 +47,6 @@ __all__ = ["SourceWatcher", "run_with_reload"]
 
 log = logging.getLogger("sockserve.reload")
 
-SD_LISTEN_FDS_START = 3
-_LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_PIDFDID", "LISTEN_FDS", "LISTEN_FDNAMES")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 
