@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from .._log import format_address
 from .._metrics import Metrics
-from .._serve import serve, serve_all
+from .._serve import serve_all
 from ._readiness import tell_ready
 from ._signals import SUPERVISOR_SIGNALS
 
@@ -99,10 +99,7 @@ def run_worker(
             "immediate_signals": (signal.SIGQUIT,),
             "unblock": SUPERVISOR_SIGNALS,
         }
-        if len(servers) == 1:
-            serve(servers[0], **options)
-        else:
-            serve_all(servers, **options)
+        serve_all(servers, **options)  # serve() of one server is this too
         recycled = any(getattr(server, "max_requests_reached", False) for server in servers)
         code = WORKER_RECYCLED if recycled else WORKER_OK
     except BaseException:
