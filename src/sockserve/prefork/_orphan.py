@@ -12,7 +12,6 @@ so the connections in flight still finish. Elsewhere nothing is armed (see
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -35,6 +34,8 @@ def watch_the_supervisor(supervisor_pid: int, sig: signal.Signals = signal.SIGTE
     """
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes  # here, in the worker: importing sockserve.prefork does not pay for it
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's prctl
         if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
