@@ -481,14 +481,16 @@ class _Control:
         signal could end the wait. Its stop() drains from this thread, cuts
         the connection when the grace period (or a force_stop()) ends it, and
         the serving thread's own stop() then returns the same report."""
-        askers = [
-            threading.Thread(
-                target=self._stop_early if _runs_on_its_loop(server) else _shutdown_quietly,
-                args=(index,) if _runs_on_its_loop(server) else (server,),
-                name="sockserve serve shutdown",
+        askers = []
+        for index, server in enumerate(self.servers):
+            early = _runs_on_its_loop(server)
+            askers.append(
+                threading.Thread(
+                    target=self._stop_early if early else _shutdown_quietly,
+                    args=(index,) if early else (server,),
+                    name="sockserve serve shutdown",
+                )
             )
-            for index, server in enumerate(self.servers)
-        ]
         for asker in askers:
             asker.start()
         for asker in askers:
