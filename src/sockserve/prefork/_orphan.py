@@ -12,6 +12,10 @@ so the connections in flight still finish. Elsewhere nothing is armed (see
 
 from __future__ import annotations
 
+# Imported here, not in the worker that uses it: workers fork after a
+# privilege drop, and the new user may not be able to read the interpreter's
+# library at all (sockserve serve --user).
+import ctypes
 import logging
 import os
 import signal
@@ -34,8 +38,6 @@ def watch_the_supervisor(supervisor_pid: int, sig: signal.Signals = signal.SIGTE
     """
     if not sys.platform.startswith("linux"):
         return False
-    import ctypes  # here, in the worker: importing sockserve.prefork does not pay for it
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's prctl
         if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
